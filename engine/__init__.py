@@ -1,0 +1,1 @@
+"""fim-lsp's inference engine: GPTBigCode checkpoints, per-document KV caches, decoding."""

@@ -1,0 +1,102 @@
+"""The contract every backend (torch, ONNX Runtime, remote server, reference) fulfils.
+
+A backend takes a prompt string for one document slot and returns the raw generation with token
+statistics. Prompt building and post-processing live outside it (in `lsp_server`'s pure core);
+the backend owns tokenisation, the per-document KV cache and decoding. Pure: no torch here.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Literal, NewType, Protocol
+
+from engine.fim_tokens import FimTokens
+
+DocId = NewType("DocId", str)
+StopReason = Literal["eos", "stop_token", "stop_string", "max_tokens", "time_budget", "cancelled"]
+
+
+class Cancelled(Exception):
+    """Raised by a backend when the request's CancelToken fired between decode steps."""
+
+
+class CancelToken:
+    """A flag a request's owner sets from any thread; the engine checks it between steps."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the engine to stop at its next step boundary."""
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancel() was called."""
+        return self._event.is_set()
+
+
+@dataclass(slots=True)
+class CompletionRequest:
+    """One generation for one document slot."""
+
+    doc_id: DocId
+    prompt: str  # the exact prompt text, FIM special tokens spelled out
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_strings: tuple[str, ...] = ()
+    time_budget_s: float | None = None  # wall-clock cap on decoding; None = no cap
+
+
+@dataclass(slots=True)
+class CompletionResult:
+    """The raw generation (special tokens removed) and what it cost."""
+
+    text: str
+    token_ids: list[int]
+    stop_reason: StopReason
+    prompt_tokens: int  # tokens in the prompt
+    reused_tokens: int  # prompt tokens whose K/V came from the slot's cache
+    prefill_tokens: int  # prompt tokens computed for this request
+    generated_tokens: int
+    latency_ms: float  # wall clock, tokenisation to last token
+    extra: dict[str, float] = field(default_factory=dict)  # backend-specific figures
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """What `fim-lsp status` and `fim-lsp/status` report about a loaded backend."""
+
+    backend: str  # "torch", "onnx", "openai", "reference"
+    model: str  # checkpoint directory or hub id
+    device: str
+    dtype: str
+    n_ctx: int  # the model's context window in tokens
+    why: str = ""  # why this backend/dtype was chosen
+
+
+class Backend(Protocol):
+    """A loaded model that completes prompts per document."""
+
+    info: BackendInfo
+    fim: FimTokens
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens `text` encodes to (special tokens recognised)."""
+        ...
+
+    def complete(self, request: CompletionRequest, cancel: CancelToken | None = None) -> CompletionResult:
+        """Generate for `request`; raise Cancelled if `cancel` fires. Thread-safe per doc_id."""
+        ...
+
+    def drop(self, doc_id: DocId) -> None:
+        """Forget a document's cached state (the document was closed)."""
+        ...
+
+    def cache_stats(self) -> dict[str, int]:
+        """Slots and bytes held, for status reports."""
+        ...

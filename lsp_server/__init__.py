@@ -1,0 +1,1 @@
+"""fim-lsp's language server: document sync, the pure prompt core, and LSP handlers."""

@@ -1,0 +1,25 @@
+"""Shared fixtures: checkpoint-kit models (cached per machine, never downloaded)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.checkpoint_kit import CheckpointSpec, ensure_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def kit(**fields) -> Path:
+    """The cached kit checkpoint for these CheckpointSpec fields."""
+    return ensure_checkpoint(CheckpointSpec(**fields))
+
+
+@pytest.fixture(scope="session")
+def tiny_starcoder() -> Path:
+    return kit(shape="tiny", family="starcoder")
+
+
+@pytest.fixture(scope="session")
+def tiny_santacoder() -> Path:
+    return kit(shape="tiny", family="santacoder")
