@@ -14,7 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("lsp_server.server", "main_serve", "run the language server (stdio, or --tcp HOST:PORT)"),
     "demo": ("lsp_server.demo", "main_demo", "type a sample file through the real server and print suggestions"),
-    "complete": ("engine.complete", "main_complete", "complete one cursor position in a file"),
+    "complete": ("lsp_server.complete", "main_complete", "complete one cursor position in a file"),
     "bench": ("benchmarks.cli", "main_bench", "run a benchmark and print its table"),
     "export-onnx": ("engine.onnx_export", "main_export", "export a checkpoint to ONNX (optionally int8)"),
     "eval": ("lsp_server.evaluate", "main_eval", "exact match on the HumanEval infilling problems"),
