@@ -1,0 +1,129 @@
+"""The in-process PyTorch backend: our GPTBigCode forward with an exact per-document KV cache.
+
+A request is tokenised, matched against its document's slot (and, through block hashes, against
+other documents' slots), the slot's buffer is evicted/grown/seeded as the pure `SlotTable`
+plans, and only the tokens the slot lacks are prefilled before decoding. Requests are serialised
+by one lock: the model uses every core anyway, and the slot table is not shared-state safe.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+import xxhash
+
+from engine.api import BackendInfo, CancelToken, CompletionRequest, CompletionResult, DocId
+from engine.cache import CacheConfig, SlotTable
+from engine.generate import Sampling, StopRules, check_prompt, generate
+from engine.loading import LoadedModel, available_memory
+from engine.model import KVBuffer
+
+DEFAULT_BUDGET_SHARE = 0.3  # of the memory free after loading, when no budget is configured
+
+
+def default_hash(data: bytes) -> int:
+    """The block hash: xxh3, 64 bits."""
+    return xxhash.xxh3_64_intdigest(data)
+
+
+class TorchBackend:
+    """`engine.api.Backend` over a loaded `Transformer`; one KV slot per document."""
+
+    def __init__(self, loaded: LoadedModel, cache: CacheConfig | None = None, kv_dtype: torch.dtype | None = None,
+                 model_name: str | None = None, why: str = "", prefill_chunk: int = 512,
+                 hash_fn: Callable[[bytes], int] = default_hash, clock: Callable[[], float] = time.perf_counter):
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.fim = loaded.tokenizer.fim
+        self.device = loaded.device
+        self.kv_dtype = kv_dtype or loaded.dtype
+        self.prefill_chunk = prefill_chunk
+        self.clock = clock
+        args = self.model.args
+        self.info = BackendInfo(backend="torch", model=model_name or str(loaded.path), device=str(loaded.device),
+                                dtype=str(loaded.dtype).removeprefix("torch."), n_ctx=args.n_positions, why=why)
+        config = cache or CacheConfig()
+        per_token = args.kv_bytes_per_token(torch.empty((), dtype=self.kv_dtype).element_size())
+        budget = config.budget_bytes or int(available_memory(self.device) * DEFAULT_BUDGET_SHARE)
+        self.table = SlotTable(per_token, budget, args.n_positions, hash_fn, config)
+        self.buffers: dict[DocId, KVBuffer] = {}
+        self.stop_ids = loaded.tokenizer.stop_ids()
+        self.emittable = loaded.tokenizer.tokenizer.get_vocab_size()  # rows past it are padding
+        self.lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def complete(self, request: CompletionRequest, cancel: CancelToken | None = None) -> CompletionResult:
+        start = self.clock()
+        ids = self.tokenizer.encode(request.prompt)
+        args = self.model.args
+        check_prompt(ids, args.n_positions, args.vocab_size)
+        if request.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {request.max_new_tokens}")
+        max_new = min(request.max_new_tokens, args.n_positions - len(ids))
+        deadline = start + request.time_budget_s if request.time_budget_s is not None else None
+        rules = StopRules(max_new_tokens=max_new, stop_ids=self.stop_ids, eod_id=self.tokenizer.eod_id,
+                          stop_strings=request.stop_strings, deadline=deadline, emittable=self.emittable)
+        sampling = Sampling(request.temperature, request.top_p, request.seed)
+        with self.lock:
+            kv, plan = self.prepare_slot(request.doc_id, ids, len(ids) + max(max_new - 1, 0))
+            gen = generate(self.model, kv, ids, plan.keep, rules, sampling,
+                           written=lambda part: self.table.append(request.doc_id, part),
+                           decode=self.tokenizer.decode, cancel=cancel, prefill_chunk=self.prefill_chunk,
+                           clock=self.clock)
+        text = self.tokenizer.decode(gen.tokens)
+        if gen.stop_reason == "stop_string":
+            text = text[:min(text.index(s) for s in request.stop_strings if s and s in text)]
+        return CompletionResult(
+            text=text, token_ids=gen.tokens, stop_reason=gen.stop_reason, prompt_tokens=len(ids),
+            reused_tokens=plan.keep, prefill_tokens=len(ids) - plan.keep, generated_tokens=len(gen.tokens),
+            latency_ms=(self.clock() - start) * 1e3,
+            extra={"prefill_ms": gen.prefill_ms, "decode_ms": gen.decode_ms,
+                   "seeded_tokens": float(plan.keep if plan.seed_from else 0)},
+        )
+
+    def prepare_slot(self, doc_id: DocId, ids: list[int], total: int):
+        """Carry out the table's plan on the buffers: evict, grow, seed. Returns (buffer, plan)."""
+        plan = self.table.plan(doc_id, ids, total)
+        for victim in plan.evict:
+            self.buffers.pop(victim, None)
+        try:
+            kv = self.buffers.get(doc_id)
+            if kv is None:
+                assert plan.keep == 0 or plan.seed_from is not None, f"slot {doc_id} lost its buffer"
+                kv = self.buffers[doc_id] = KVBuffer(self.model.args, plan.capacity, self.kv_dtype, self.device)
+            kv.grow(plan.capacity)
+            if plan.seed_from is not None:
+                kv.copy_prefix_from(self.buffers[plan.seed_from], plan.keep)
+        except BaseException:  # out of memory while allocating: forget the slot rather than serve stale K/V
+            self.table.evict(doc_id)
+            self.buffers.pop(doc_id, None)
+            raise
+        return kv, plan
+
+    def drop(self, doc_id: DocId) -> None:
+        with self.lock:
+            self.table.drop(doc_id)
+            self.buffers.pop(doc_id, None)
+
+    def slot_tokens(self, doc_id: DocId) -> list[int]:
+        """The token ids whose K/V the document's slot holds (empty when it has none)."""
+        with self.lock:
+            slot = self.table.slots.get(doc_id)
+            return list(slot.cached_tokens) if slot else []
+
+    def cache_stats(self) -> dict[str, int]:
+        with self.lock:
+            stats = list(self.table.stats.values())
+            return {
+                "slots": len(self.table.slots),
+                "bytes": sum(b.nbytes for b in self.buffers.values()),
+                "budget_bytes": self.table.budget_bytes,
+                "reused_tokens": sum(s.reused for s in stats),
+                "seeded_tokens": sum(s.seeded for s in stats),
+                "prefilled_tokens": sum(s.prefilled for s in stats),
+                "evictions": sum(s.evicted for s in stats),
+            }

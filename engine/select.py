@@ -1,0 +1,115 @@
+"""Choosing a backend, device and dtype for a model, and loading it: `load_backend`.
+
+`auto` means: CUDA when present (bf16 where supported, else fp16), otherwise the CPU in bf16 when
+it has native bf16 matrix instructions (AVX-512 BF16 / AMX) and fp32 otherwise. Every choice
+carries a one-line reason that `fim-lsp status` prints. Runtimes other than torch live in their
+own modules and are imported only when asked for (see RUNTIMES).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.api import Backend
+from engine.cache import CacheConfig
+from engine.loading import CheckpointError, Progress, load_model
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# backend name -> module with `load_backend(model, device, dtype, revision, progress, **options)`
+RUNTIMES: dict[str, str] = {
+    "onnx": "engine.backends.onnx_backend",
+    "openai": "engine.backends.openai_backend",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where and in what precision the model runs, and why."""
+
+    device: torch.device
+    dtype: torch.dtype
+    kv_dtype: torch.dtype  # the per-document K/V buffers
+    why: str
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX-512 BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
+    """Resolve `auto` device and dtype; raise CheckpointError for ones this machine lacks."""
+    if device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise CheckpointError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise CheckpointError(f"--device {device} asked for CUDA but this torch sees no GPU; use --device cpu")
+        if dev.type not in ("cpu", "cuda"):
+            raise CheckpointError(f"--device {device}: only cpu and cuda are supported")
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise CheckpointError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+        chosen = DTYPES[dtype]
+        if dev.type == "cpu" and chosen == torch.float16:
+            raise CheckpointError("--dtype float16 is slow and inexact on CPU; use bfloat16 or float32")
+        return Placement(dev, chosen, kv_dtype_for(dev, chosen), f"--dtype {dtype} as asked")
+    if dev.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Placement(dev, torch.bfloat16, torch.bfloat16, "CUDA with bf16 support")
+        return Placement(dev, torch.float16, torch.float16, "CUDA without bf16: fp16")
+    if cpu_has_bf16():
+        return Placement(dev, torch.bfloat16, kv_dtype_for(dev, torch.bfloat16),
+                         "CPU with AVX-512 BF16/AMX: bf16 weights prefill 2-3x faster than fp32, decode no slower")
+    return Placement(dev, torch.float32, torch.float32, "CPU without native bf16: fp32")
+
+
+def kv_dtype_for(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The K/V buffers' dtype: the weights' dtype (attention runs in it)."""
+    return dtype
+
+
+def load_backend(model: str | None = None, backend: str = "auto", device: str = "auto", dtype: str = "auto",
+                 revision: str | None = None, progress: Progress | None = None, threads: int | None = None,
+                 cache: CacheConfig | None = None, url: str | None = None) -> Backend:
+    """Load `model` (a directory or hub id; None: the bundled default model) behind a Backend."""
+    if threads is not None:
+        if threads < 1:
+            raise CheckpointError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    if backend in RUNTIMES:
+        module_name = RUNTIMES[backend]
+        if importlib.util.find_spec(module_name) is None:
+            raise CheckpointError(f"the {backend} backend is not available in this build; use --backend torch")
+        module = importlib.import_module(module_name)
+        return module.load_backend(model=model, device=device, dtype=dtype, revision=revision,
+                                   progress=progress, url=url)
+    if backend not in ("auto", "torch"):
+        raise CheckpointError(f"--backend {backend!r}: choose auto, torch, {', '.join(RUNTIMES)}")
+    name = resolve_model_name(model)
+    placement = choose_placement(device, dtype)
+    loaded = load_model(name, placement.device, placement.dtype, revision=revision, progress=progress)
+    from engine.backends.torch_backend import TorchBackend
+
+    return TorchBackend(loaded, cache=cache, kv_dtype=placement.kv_dtype, model_name=name, why=placement.why)
+
+
+def resolve_model_name(model: str | None) -> str:
+    """`model`, or the bundled default model directory when none is given."""
+    if model is not None:
+        return model
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        raise CheckpointError(f"no --model given and no bundled default model in {DEFAULT_MODEL_DIR}; "
+                              f"pass --model DIR (or a hub id)")
+    return str(DEFAULT_MODEL_DIR)
