@@ -1,0 +1,129 @@
+"""Snippets of other open documents that look like the code around the cursor.
+
+Copilot's "neighbouring tabs": slide a window of lines over every other open document of the same
+language, score each window by the Jaccard similarity of its identifier set with the identifiers
+around the cursor, and keep the best few within a token budget. The snippets sit at the head of the
+prompt, so changing them invalidates the whole KV cache: the previous choice is kept until a new
+one is materially better. Pure: the token counter is passed in.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from lsp_server.context import CursorContext
+
+WINDOW_LINES = 20  # lines per candidate window
+WINDOW_STEP = 10  # lines between window starts
+MIN_SCORE = 0.1  # below this Jaccard similarity a window is not worth its tokens
+MATERIAL_GAIN = 0.1  # a new best must beat the kept one by this much to replace it
+MAX_SNIPPETS = 3
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Words every program has; they say nothing about which code is similar.
+_STOP_WORDS = frozenset(
+    "if else elif for while return def class import from as in is not and or true false none null "
+    "self this let const var function int str new public private static void try except catch "
+    "finally with pass break continue do end then fn pub use mut struct impl type".split()
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Snippet:
+    """A piece of another open document, placed in the prompt under its path."""
+
+    path: str
+    text: str
+
+
+def word_set(text: str) -> frozenset[str]:
+    """The identifiers in `text`, lower-cased, without keywords."""
+    return frozenset(w for w in (m.lower() for m in _WORD.findall(text)) if w not in _STOP_WORDS)
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    """|a ∩ b| / |a ∪ b|; 0 for two empty sets."""
+    union = len(a | b)
+    return len(a & b) / union if union else 0.0
+
+
+def text_around_cursor(ctx: CursorContext, lines_before: int = 20, lines_after: int = 5) -> str:
+    """The lines near the cursor that snippets are compared with."""
+    before = ctx.prefix.split("\n")[-lines_before - 1 :] if ctx.prefix else []
+    after = ctx.suffix.split("\n")[: lines_after + 1] if ctx.suffix else []
+    return "\n".join(before) + "\n".join(after)
+
+
+@lru_cache(maxsize=64)
+def _windows(text: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Candidate windows of a document and their word sets (memoised: documents change rarely
+    compared with how often the cursor moves)."""
+    lines = text.splitlines(keepends=True)
+    last_start = max(0, len(lines) - WINDOW_LINES)
+    starts = list(range(0, last_start + 1, WINDOW_STEP))
+    if starts[-1] != last_start:
+        starts.append(last_start)
+    windows = []
+    for start in starts:
+        chunk = "".join(lines[start : start + WINDOW_LINES])
+        if chunk.strip():
+            windows.append((chunk, word_set(chunk)))
+    return tuple(windows)
+
+
+def _fit(snippet_text: str, path: str, budget: int, count_tokens: Callable[[str], int]) -> str:
+    """`snippet_text` cut to whole lines so that it and its path header fit in `budget` tokens."""
+    lines = snippet_text.splitlines(keepends=True)
+    while lines and count_tokens(path + "\n" + "".join(lines)) > budget:
+        lines.pop()
+    return "".join(lines)
+
+
+def _score(words: frozenset[str], snippets: Sequence[Snippet]) -> float:
+    return max((jaccard(words, word_set(s.text)) for s in snippets), default=0.0)
+
+
+def select_snippets(around_cursor: str, others: Sequence[tuple[str, str]], budget_tokens: int,
+                    count_tokens: Callable[[str], int], previous: Sequence[Snippet] = ()) -> list[Snippet]:
+    """The best windows of `others` ((path, text) of open documents of the same language) for the
+    code `around_cursor`, at most one per document, within `budget_tokens` tokens in all.
+
+    Returns `previous` unchanged while every previous snippet still reads the same in its
+    document, still scores at least MIN_SCORE, and the new best does not beat it by MATERIAL_GAIN.
+    """
+    if budget_tokens < 0:
+        raise ValueError(f"budget_tokens must be >= 0, got {budget_tokens}")
+    words = word_set(around_cursor)
+    candidates: list[tuple[float, str, str]] = []  # (score, path, window text)
+    for path, text in others:
+        scored = [(jaccard(words, ws), chunk) for chunk, ws in _windows(text)] if text.strip() else []
+        if scored:
+            best, chunk = max(scored, key=lambda sc: sc[0])  # first window wins ties
+            if best >= MIN_SCORE:
+                candidates.append((best, path, chunk))
+    candidates.sort(key=lambda c: (-c[0], c[1]))
+    if previous and _still_good(previous, others, words, budget_tokens, count_tokens):
+        new_best = candidates[0][0] if candidates else 0.0
+        if new_best < _score(words, previous) + MATERIAL_GAIN:
+            return list(previous)
+    chosen: list[Snippet] = []
+    left = budget_tokens
+    for _, path, chunk in candidates[:MAX_SNIPPETS]:
+        text = _fit(chunk, path, left, count_tokens)
+        if text.strip():
+            chosen.append(Snippet(path=path, text=text))
+            left -= count_tokens(path + "\n" + text)
+    return chosen
+
+
+def _still_good(previous: Sequence[Snippet], others: Sequence[tuple[str, str]], words: frozenset[str],
+                budget_tokens: int, count_tokens: Callable[[str], int]) -> bool:
+    """Every previous snippet is still in its document verbatim, similar enough, within budget."""
+    texts = dict(others)
+    if any(s.text not in texts.get(s.path, "") for s in previous):
+        return False
+    if any(jaccard(words, word_set(s.text)) < MIN_SCORE for s in previous):
+        return False
+    return sum(count_tokens(s.path + "\n" + s.text) for s in previous) <= budget_tokens

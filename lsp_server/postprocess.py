@@ -1,0 +1,356 @@
+"""A model's raw generation made into the suggestion the editor shows.
+
+The model writes until a stop token or its budget; what it wrote often runs past the useful part:
+it re-types the code after the cursor, closes brackets the editor already closed, leaves the block
+it was asked to fill, repeats a line forever, or ends in spaces. The rules, in order:
+
+1. cut at stop tokens and stop strings;
+2. one line or a block: mid-line is one line; at the end of a line that opens a block, or on an
+   empty line under one, it is the block (`multiline` = never/auto/always);
+3. a block ends where the indentation leaves its scope, where it meets the first line after the
+   cursor (the suffix), at a line that repeats the one before, or at `max_lines`;
+4. text that repeats the rest of the cursor's line is removed, and closing characters the
+   suggestion supplies (`)`, `]`, `"`) replace those already after the cursor;
+5. brackets stay balanced: a closer that matches nothing open ends the suggestion, and a one-line
+   suggestion inside a line closes what it opened;
+6. trailing whitespace is trimmed, and an empty suggestion is no suggestion.
+
+Pure: strings in, a Suggestion out. Bracket and string tracking is lexical (quotes end at a line
+break, comments are not recognised): good enough for the line or block around a cursor.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from lsp_server.context import CursorContext
+
+MultiLine = Literal["never", "auto", "always"]
+Case = Literal["mid", "line_start", "open_line", "line_end"]
+
+OPEN_TO_CLOSE = {"(": ")", "[": "]", "{": "}"}
+CLOSE_TO_OPEN = {v: k for k, v in OPEN_TO_CLOSE.items()}
+QUOTES = "\"'`"
+_BLOCK_OPENER = re.compile(r"(?:[:{(\[]|=>|\b(?:do|then|else|begin))$")
+_CLOSERS_ONLY = re.compile(r"^[\s)\]}>;,]+$")
+PREFIX_SCAN_CHARS = 4000  # how far back the cursor's open brackets are looked for
+
+
+@dataclass(frozen=True, slots=True)
+class PostprocessConfig:
+    """How raw generations become suggestions; one per server."""
+
+    multiline: MultiLine = "auto"
+    """never: one line; auto: a block after a block opener, else one line; always: a block."""
+    max_lines: int = 16
+    """Most lines a suggestion may have."""
+    stop_strings: tuple[str, ...] = ()
+    """Texts that end a generation (e.g. a language's `\\ndef `), beyond the model's stop tokens."""
+
+    def __post_init__(self) -> None:
+        if self.multiline not in ("never", "auto", "always"):
+            raise ValueError(f"multiline must be never, auto or always, got {self.multiline!r}")
+        if self.max_lines < 1:
+            raise ValueError(f"max_lines must be >= 1, got {self.max_lines}")
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    """What the editor inserts at the cursor."""
+
+    text: str  # inserted at the cursor, in the document's line breaks
+    replace_chars: int = 0  # chars after the cursor on its line that the text replaces (`)`, `]`, `"`)
+
+
+@dataclass(frozen=True, slots=True)
+class ShownSuggestion:
+    """A suggestion the editor is showing, and the document around the cursor when it was made."""
+
+    prefix: str
+    suffix: str
+    suggestion: Suggestion
+
+
+def indent_width(line: str) -> int:
+    """Columns of leading whitespace, tabs counted as 4."""
+    stripped = line.lstrip(" \t")
+    return len(line[: len(line) - len(stripped)].expandtabs(4))
+
+
+def opens_block(line: str) -> bool:
+    """True when a line ends with a block opener (`:`, `{`, `(`, `[`, `=>`, `do`, `then`...)."""
+    return bool(_BLOCK_OPENER.search(line.rstrip()))
+
+
+def cut_at_stops(raw: str, stops: Sequence[str]) -> str:
+    """`raw` up to the earliest occurrence of any non-empty stop."""
+    end = len(raw)
+    for stop in stops:
+        if stop:
+            found = raw.find(stop, 0, end)
+            if found >= 0:
+                end = found
+    return raw[:end]
+
+
+def _has_word(text: str) -> bool:
+    return any(c.isalnum() for c in text)
+
+
+def _same_line(a: str, b: str) -> bool:
+    """Two lines read the same: ignoring indentation when they hold words, exactly otherwise
+    (`}` closing an inner block is not the `}` of the outer one)."""
+    if _has_word(b):
+        return a.strip() == b.strip()
+    return a.rstrip() == b.rstrip() and bool(b.strip())
+
+
+def _classify(ctx: CursorContext) -> Case:
+    before, after = ctx.line_prefix.strip(), ctx.line_suffix.strip()
+    if before and after:
+        return "mid"
+    if after:
+        return "line_start"
+    return "line_end" if before else "open_line"
+
+
+def _previous_line(ctx: CursorContext) -> str:
+    """The last non-blank line above the cursor's line ("" when none)."""
+    above = ctx.prefix[: len(ctx.prefix) - len(ctx.line_prefix)].rstrip()
+    return above[max(above.rfind("\n"), above.rfind("\r")) + 1 :]
+
+
+def _next_line(ctx: CursorContext) -> str:
+    """The first non-blank line below the cursor's line ("" when none)."""
+    below = ctx.suffix[len(ctx.line_suffix) :]
+    for line in below.splitlines()[:64]:
+        if line.strip():
+            return line
+    return ""
+
+
+def _take_block(lines: list[str], ctx: CursorContext, case: Case, opener: str | None, anchor: str,
+                max_lines: int) -> list[str]:
+    """The lines of a block suggestion: stop where indentation leaves the scope, at the line after
+    the cursor (`anchor`), at a repeated line, or at `max_lines`."""
+    first_full = ctx.line_prefix + lines[0]  # the cursor's line as the block starts it
+    if case != "mid" and case != "line_end" and anchor and _same_line(first_full, anchor):
+        return []
+    if opener is not None:
+        floor = indent_width(opener)  # the block's lines sit deeper than its opener
+        scope = floor + 1
+    else:
+        floor = -1
+        starter = first_full if first_full.strip() else next((x for x in lines[1:] if x.strip()), "")
+        scope = indent_width(starter if case != "line_end" else ctx.line_prefix)
+    kept = [lines[0]]
+    previous = first_full if first_full.strip() else _previous_line(ctx)
+    for line in lines[1:]:
+        if len(kept) >= max_lines:
+            break
+        if not line.strip():
+            kept.append(line)
+            continue
+        if anchor and _same_line(line, anchor):
+            break
+        if indent_width(line) < scope:
+            if indent_width(line) == floor and _CLOSERS_ONLY.match(line):
+                kept.append(line)  # the closing bracket of the block the opener began
+            break
+        if _has_word(line) and line.strip() == previous.strip():
+            break  # a model stuck repeating itself
+        kept.append(line)
+        previous = line
+    return kept
+
+
+def _take_line(lines: list[str], ctx: CursorContext, case: Case, config: PostprocessConfig, anchor: str) -> list[str]:
+    """The lines of a one-line suggestion (plus the line break it needs, as ["", ...] pieces)."""
+    first = lines[0]
+    if case == "line_end" and not first.strip() and len(lines) > 1 and config.multiline == "auto":
+        return ["", lines[1]]  # the model went on to the next line: suggest that line
+    if case in ("open_line", "line_start") and anchor and _same_line(ctx.line_prefix + first, anchor):
+        return []
+    if case == "open_line" and _has_word(first) and first.strip() == _previous_line(ctx).strip():
+        return []
+    return [first]
+
+
+def _prefix_brackets(prefix: str) -> tuple[list[str], str | None]:
+    """The brackets still open at the end of `prefix` and the quote the cursor is inside, if any."""
+    tail = prefix[-PREFIX_SCAN_CHARS:]
+    if len(tail) < len(prefix):
+        tail = tail[tail.find("\n") + 1 :]  # start on a line boundary
+    stack: list[str] = []
+    quote: str | None = None
+    escaped = False
+    for c in tail:
+        if c in "\r\n":
+            quote, escaped = None, False
+        elif quote is not None:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == quote:
+                quote = None
+        elif c in QUOTES:
+            quote = c
+        elif c in OPEN_TO_CLOSE:
+            stack.append(c)
+        elif c in CLOSE_TO_OPEN and CLOSE_TO_OPEN[c] in stack:
+            while stack.pop() != CLOSE_TO_OPEN[c]:
+                pass
+    return stack, quote
+
+
+@dataclass(slots=True)
+class _Balance:
+    text: str  # the suggestion, cut before its first unmatched closer
+    closers: str  # characters that close what the prefix opened (brackets, the cursor's string)
+    unclosed: list[str]  # brackets the suggestion opened and left open
+
+
+def _balance(text: str, outer: list[str], quote: str | None) -> _Balance:
+    """Walk the suggestion's brackets against those the prefix left open."""
+    outer = list(outer)
+    own: list[str] = []
+    closers: list[str] = []
+    outer_quote = quote  # a string begun before the cursor
+    escaped = False
+    for i, c in enumerate(text):
+        if c == "\n":
+            quote, outer_quote, escaped = None, None, False
+        elif quote is not None:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == quote:
+                if outer_quote is not None:
+                    closers.append(c)
+                    outer_quote = None
+                quote = None
+        elif c in QUOTES:
+            quote = c
+        elif c in OPEN_TO_CLOSE:
+            own.append(c)
+        elif c in CLOSE_TO_OPEN:
+            want = CLOSE_TO_OPEN[c]
+            if own:
+                if own[-1] != want:
+                    return _Balance(text[:i], "".join(closers), own)
+                own.pop()
+            elif outer and outer[-1] == want:
+                outer.pop()
+                closers.append(c)
+            else:
+                return _Balance(text[:i], "".join(closers), own)
+    return _Balance(text, "".join(closers), own)
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _without_suffix_repeat(text: str, line_prefix: str, rest_of_line: str, below: str) -> str:
+    """Enforce the invariant: the suggestion never re-types the line that follows it.
+
+    `line_prefix` is the cursor's line before it, `rest_of_line` what stays after the cursor on
+    its line, `below` the first non-blank line after that. Whole lines of the suggestion equal to the line that follows are cut, and a last
+    line that ends with the rest of the cursor's line loses that ending."""
+    follows = rest_of_line if rest_of_line.strip() else below
+    lines = text.split("\n")
+    complete = lines if not rest_of_line.strip() else lines[:-1]
+    if _has_word(follows):
+        for i, line in enumerate(complete):
+            if _same_line(line_prefix + line if i == 0 else line, follows):
+                return "\n".join(lines[:i]).rstrip()
+    tail = rest_of_line.strip()
+    if tail and _has_word(tail) and lines[-1].rstrip().endswith(tail):
+        lines[-1] = lines[-1].rstrip()[: -len(tail)]
+        return "\n".join(lines)
+    return text
+
+
+def postprocess(raw: str, ctx: CursorContext, config: PostprocessConfig,
+                stop_tokens: Sequence[str] = ()) -> Suggestion | None:
+    """The suggestion to show for a raw generation at `ctx`, or None when nothing is worth showing.
+
+    `stop_tokens` are the model's special tokens (FimTokens.stop_tokens()); the config's stop
+    strings are cut too. The returned text uses the document's line breaks."""
+    text = cut_at_stops(raw.replace("\r\n", "\n").replace("\r", "\n"), (*stop_tokens, *config.stop_strings))
+    if not text.strip():
+        return None
+    case = _classify(ctx)
+    lp, ls = ctx.line_prefix, ctx.line_suffix
+    opener = None
+    if case == "open_line" and opens_block(_previous_line(ctx)):
+        opener = _previous_line(ctx)
+    elif case == "line_end" and opens_block(lp):
+        opener = lp
+    multi = config.multiline == "always" or (config.multiline == "auto" and opener is not None)
+    below = _next_line(ctx)
+    anchor = (lp + ls) if case == "line_start" else below
+    lines = text.split("\n")
+    if multi:
+        kept = _take_block(lines, ctx, case, opener, anchor, config.max_lines)
+    else:
+        kept = _take_line(lines, ctx, case, config, anchor)
+    kept = [line.rstrip() for line in kept[:-1]] + kept[-1:]
+    while len(kept) > 1 and not kept[-1].strip():
+        kept.pop()
+    terminated = case == "line_start" and len(kept) < len(lines)  # whole lines, then the old one
+    text = "\n".join(kept)
+    if (case == "mid" or (case == "line_start" and not terminated)) and _has_word(ls):
+        whole = ls.strip()  # the model re-typed the rest of the line
+        if text.rstrip().endswith(whole):
+            text = text.rstrip()[: len(text.rstrip()) - len(whole)]
+    outer, quote = _prefix_brackets(ctx.prefix)
+    balance = _balance(text, outer, quote)
+    text = balance.text
+    if case == "mid" and "\n" not in text and balance.unclosed:
+        text += "".join(OPEN_TO_CLOSE[c] for c in reversed(balance.unclosed))
+    replace_chars = _common_prefix_len(balance.closers, ls) if ls.strip() and not terminated else 0
+    rest_of_line = ls[replace_chars:]
+    if terminated or not rest_of_line.strip():
+        text = text.rstrip()
+    if not text.strip():
+        return None
+    if terminated:
+        text += "\n" + lp
+        rest_of_line = lp + ls
+    text = _without_suffix_repeat(text, lp, rest_of_line, below)
+    if not text.strip():
+        return None
+    if ctx.newline != "\n":
+        text = text.replace("\n", ctx.newline)
+    return Suggestion(text=text, replace_chars=replace_chars)
+
+
+def reuse_suggestion(shown: ShownSuggestion, ctx: CursorContext) -> Suggestion | None:
+    """The rest of a shown suggestion after the user typed its first characters; None when they
+    typed something else, deleted, moved, or typed it all.
+
+    An editor that auto-closes brackets inserts the closer after the cursor as the user types the
+    opener; when the rest of the suggestion supplies that closer it is replaced too."""
+    if not ctx.prefix.startswith(shown.prefix) or not ctx.suffix.endswith(shown.suffix):
+        return None
+    typed = ctx.prefix[len(shown.prefix) :]
+    inserted = ctx.suffix[: len(ctx.suffix) - len(shown.suffix)]  # auto-closed characters
+    text = shown.suggestion.text
+    if not typed or not text.startswith(typed) or len(typed) >= len(text):
+        return None
+    rest = text[len(typed) :]
+    if inserted:
+        if any(c not in ")]}\"'`" for c in inserted) or inserted not in rest:
+            return None
+        return replace(shown.suggestion, text=rest, replace_chars=shown.suggestion.replace_chars + len(inserted))
+    return replace(shown.suggestion, text=rest)
