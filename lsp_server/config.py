@@ -1,0 +1,150 @@
+"""The language server's settings: one dataclass per component, parsed once from the wire.
+
+Settings arrive three ways: command-line flags (`fim-lsp serve --model ...`), the client's
+`initializationOptions`, and `workspace/didChangeConfiguration`. All three end up here as a
+`ServerConfig`; a bad value raises ConfigError naming the key and what it accepts, and the server
+keeps the configuration it had.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+Multiline = Literal["auto", "never", "always"]
+FimMode = Literal["auto", "spm", "psm"]
+
+SECTION_NAMES = ("fim-lsp", "fimLsp", "fim_lsp")  # where clients nest our settings
+
+
+class ConfigError(ValueError):
+    """A setting has the wrong type or an unknown value."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Which model to load and where; changing any field reloads the model."""
+
+    model: str | None = None  # checkpoint directory or hub id; None = the bundled default model
+    revision: str | None = None  # hub revision
+    backend: str = "auto"  # auto, torch, onnx, openai
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    dtype: str = "auto"  # auto, float32, bfloat16, float16
+    cache_bytes: int | None = None  # KV cache byte budget; None = sized from free memory
+    threads: int | None = None  # CPU threads for the engine; None = all cores
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionSettings:
+    """How each completion is prompted, generated and trimmed; applies from the next request."""
+
+    max_new_tokens: int = 64  # generation budget per request
+    temperature: float = 0.0  # 0 = greedy
+    multiline: Multiline = "auto"  # single line mid-line, a block after an opener
+    prefix_suffix_ratio: float = 3.0  # how the prompt budget splits between before and after the cursor
+    neighbours: bool = True  # add snippets from other open documents of the same language
+    fim_mode: FimMode = "auto"  # FIM template order; auto = the family's trained default
+    time_budget_s: float | None = None  # wall-clock cap on decoding
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything the server is configured with."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    completion: CompletionSettings = field(default_factory=CompletionSettings)
+    debounce_ms: int = 0  # wait this long for a newer request before running the model
+
+
+# wire key -> (component, field, accepted types, allowed values or None)
+_KEYS: dict[str, tuple[str, str, tuple[type, ...], tuple[Any, ...] | None]] = {
+    "model": ("model", "model", (str, type(None)), None),
+    "revision": ("model", "revision", (str, type(None)), None),
+    "backend": ("model", "backend", (str,), ("auto", "torch", "onnx", "openai", "reference")),
+    "device": ("model", "device", (str,), None),
+    "dtype": ("model", "dtype", (str,), ("auto", "float32", "bfloat16", "float16")),
+    "cacheBytes": ("model", "cache_bytes", (int, type(None)), None),
+    "maxNewTokens": ("completion", "max_new_tokens", (int,), None),
+    "temperature": ("completion", "temperature", (int, float), None),
+    "multiline": ("completion", "multiline", (str,), ("auto", "never", "always")),
+    "prefixSuffixRatio": ("completion", "prefix_suffix_ratio", (int, float), None),
+    "neighbours": ("completion", "neighbours", (bool,), None),
+    "fimMode": ("completion", "fim_mode", (str,), ("auto", "spm", "psm")),
+    "timeBudgetMs": ("completion", "time_budget_s", (int, float, type(None)), None),
+    "debounceMs": ("server", "debounce_ms", (int,), None),
+}
+_IGNORED = {"token"}  # read elsewhere (the TCP shared secret)
+
+
+def apply_settings(config: ServerConfig, raw: Any) -> ServerConfig:
+    """`config` with the wire settings in `raw` applied; raise ConfigError on any bad value.
+
+    `raw` is the client's JSON: flat (`{"maxNewTokens": 32}`) or nested under a section name
+    (`{"fim-lsp": {...}}`, as VS Code sends it). Unknown keys are an error, so a typo is seen.
+    """
+    if raw is None:
+        return config
+    if not isinstance(raw, dict):
+        raise ConfigError(f"settings must be a JSON object, got {type(raw).__name__}")
+    for name in SECTION_NAMES:
+        if isinstance(raw.get(name), dict):
+            raw = raw[name]
+            break
+    changes: dict[str, dict[str, Any]] = {"model": {}, "completion": {}, "server": {}}
+    for key, value in raw.items():
+        if key in _IGNORED:
+            continue
+        if key not in _KEYS:
+            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(_KEYS))}")
+        component, name, types, allowed = _KEYS[key]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ConfigError(f"setting {key!r} must be {wanted}, got {value!r}")
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"setting {key!r} must be one of {list(allowed)}, got {value!r}")
+        if key == "timeBudgetMs" and value is not None:
+            value = value / 1000
+        changes[component][name] = value
+    merged = replace(
+        config,
+        model=replace(config.model, **changes["model"]),
+        completion=replace(config.completion, **changes["completion"]),
+        **changes["server"],
+    )
+    check(merged)
+    return merged
+
+
+def check(config: ServerConfig) -> None:
+    """Raise ConfigError when a value is out of range."""
+    c = config.completion
+    if not 1 <= c.max_new_tokens <= 4096:
+        raise ConfigError(f"maxNewTokens must be between 1 and 4096, got {c.max_new_tokens}")
+    if c.temperature < 0:
+        raise ConfigError(f"temperature must be >= 0, got {c.temperature}")
+    if c.prefix_suffix_ratio <= 0:
+        raise ConfigError(f"prefixSuffixRatio must be > 0, got {c.prefix_suffix_ratio}")
+    if c.time_budget_s is not None and c.time_budget_s <= 0:
+        raise ConfigError(f"timeBudgetMs must be > 0, got {c.time_budget_s * 1000}")
+    if config.debounce_ms < 0:
+        raise ConfigError(f"debounceMs must be >= 0, got {config.debounce_ms}")
+    if config.model.cache_bytes is not None and config.model.cache_bytes <= 0:
+        raise ConfigError(f"cacheBytes must be > 0, got {config.model.cache_bytes}")
+
+
+def config_from_args(args: Any) -> ServerConfig:
+    """The configuration the command line asks for (`fim-lsp serve/demo/complete` flags)."""
+    model = ModelConfig(
+        model=getattr(args, "model", None), revision=getattr(args, "revision", None),
+        backend=getattr(args, "backend", "auto"), device=getattr(args, "device", "auto"),
+        dtype=getattr(args, "dtype", "auto"), threads=getattr(args, "threads", None),
+    )
+    completion = CompletionSettings()
+    if getattr(args, "max_new_tokens", None) is not None:
+        completion = replace(completion, max_new_tokens=args.max_new_tokens)
+    if getattr(args, "temperature", None) is not None:
+        completion = replace(completion, temperature=args.temperature)
+    if getattr(args, "fim_mode", None) is not None:
+        completion = replace(completion, fim_mode=args.fim_mode)
+    config = ServerConfig(model=model, completion=completion)
+    check(config)
+    return config

@@ -1,0 +1,127 @@
+"""The server's copy of every open document and notebook, kept equal to the client's.
+
+We keep our own store rather than pygls' workspace for two reasons: pygls splits lines with
+`str.splitlines` (form feeds, U+2028 and friends count as line breaks there but not in LSP, so
+incremental edits after them land in the wrong place), and pygls reads an unknown URI from disk
+(a request for a document the client never opened must not touch the file system). Positions in
+edits are converted with the prompt core's `position_to_offset`, the same code that places the
+cursor, so an edit and a completion always agree on where a position is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import unquote, urlparse
+
+from lsp_server.context import Encoding, position_to_offset
+
+CellKind = Literal["code", "markdown"]
+
+
+@dataclass(slots=True)
+class Document:
+    """One open text document (or notebook cell)."""
+
+    uri: str
+    text: str
+    version: int
+    language_id: str
+    notebook_uri: str | None = None  # set for a notebook cell
+
+
+@dataclass(slots=True)
+class Notebook:
+    """One open notebook: its cells in order, each a document in the store."""
+
+    uri: str
+    cells: list[tuple[str, CellKind]] = field(default_factory=list)  # (cell uri, kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """A content change: replace `range` (start/end line and character) by `text`; None = whole text."""
+
+    text: str
+    range: tuple[int, int, int, int] | None = None  # start line, start character, end line, end character
+
+
+class DocumentStore:
+    """Open documents and notebooks by URI; never reads anything from disk."""
+
+    def __init__(self) -> None:
+        self.documents: dict[str, Document] = {}
+        self.notebooks: dict[str, Notebook] = {}
+
+    def open(self, uri: str, text: str, version: int, language_id: str, notebook_uri: str | None = None) -> None:
+        """didOpen: the client's full text."""
+        self.documents[uri] = Document(uri, text, version, language_id, notebook_uri)
+
+    def change(self, uri: str, version: int, edits: list[Edit], encoding: Encoding) -> None:
+        """didChange: apply `edits` in order; raise KeyError for a document that is not open."""
+        doc = self.documents[uri]
+        for edit in edits:
+            doc.text = apply_edit(doc.text, edit, encoding)
+        doc.version = version
+
+    def close(self, uri: str) -> None:
+        """didClose; closing an unknown document is not an error."""
+        self.documents.pop(uri, None)
+
+    def get(self, uri: str) -> Document | None:
+        """The open document, or None (never read from disk)."""
+        return self.documents.get(uri)
+
+    def open_notebook(self, uri: str, cells: list[tuple[str, CellKind]], cell_docs: list[Document]) -> None:
+        """notebookDocument/didOpen: the cell order and each cell's text."""
+        self.notebooks[uri] = Notebook(uri, list(cells))
+        for doc in cell_docs:
+            self.open(doc.uri, doc.text, doc.version, doc.language_id, notebook_uri=uri)
+
+    def splice_cells(self, uri: str, start: int, delete_count: int, new_cells: list[tuple[str, CellKind]]) -> None:
+        """A structural notebook change: `delete_count` cells at `start` replaced by `new_cells`."""
+        notebook = self.notebooks[uri]
+        if not 0 <= start <= len(notebook.cells):
+            raise ValueError(f"cell index {start} is outside the notebook's {len(notebook.cells)} cells")
+        notebook.cells[start:start + delete_count] = new_cells
+
+    def set_cell_kind(self, notebook_uri: str, cell_uri: str, kind: CellKind) -> None:
+        """A cell turned from code to markdown or back."""
+        notebook = self.notebooks[notebook_uri]
+        notebook.cells = [(u, kind if u == cell_uri else k) for u, k in notebook.cells]
+
+    def close_notebook(self, uri: str) -> None:
+        """notebookDocument/didClose: forget the notebook and its cells."""
+        notebook = self.notebooks.pop(uri, None)
+        if notebook is not None:
+            for cell_uri, _ in notebook.cells:
+                self.close(cell_uri)
+
+    def others(self, uri: str) -> list[tuple[str, str]]:
+        """(path, text) of the other open documents in the same language, for neighbour snippets."""
+        doc = self.documents.get(uri)
+        if doc is None:
+            return []
+        return [
+            (uri_to_path(other.uri), other.text) for other in self.documents.values()
+            if other.uri != uri and other.notebook_uri is None and other.language_id == doc.language_id
+        ]
+
+
+def apply_edit(text: str, edit: Edit, encoding: Encoding) -> str:
+    """`text` after one content change; positions past a line's end or the last line clamp."""
+    if edit.range is None:
+        return edit.text
+    start_line, start_char, end_line, end_char = edit.range
+    start = position_to_offset(text, start_line, start_char, encoding)
+    end = position_to_offset(text, end_line, end_char, encoding)
+    if end < start:
+        raise ValueError(f"edit range ends ({end_line}:{end_char}) before it starts ({start_line}:{start_char})")
+    return text[:start] + edit.text + text[end:]
+
+
+def uri_to_path(uri: str) -> str:
+    """A readable path for prompts and snippet headers: the file path of a file URI, else the URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    return uri

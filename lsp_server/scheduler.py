@@ -1,0 +1,125 @@
+"""Runs completions off the event loop: one engine thread, newest request per document wins.
+
+The LSP event loop must stay free to read the next keystroke, so every model call runs on a
+single worker thread (the engine is one model on a few cores; running two generations at once
+only makes both slower). Each request gets a CancelToken. A newer request for the same document
+cancels the older one; `$/cancelRequest` cancels the awaiting task, and we forward that to the
+token so the engine stops at its next decode step. Requests for other documents queue behind the
+running one and are answered in turn.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from engine.api import CancelToken, Cancelled
+
+T = TypeVar("T")
+
+
+class Superseded(Exception):
+    """A newer request for the same document arrived; this one was dropped."""
+
+
+@dataclass(slots=True)
+class _Ticket:
+    """One request in flight for a document."""
+
+    token: CancelToken
+    seq: int
+
+
+class Scheduler:
+    """One engine thread; per-document cancellation of older requests; optional debounce."""
+
+    def __init__(self, debounce_s: float = 0.0) -> None:
+        self.debounce_s = debounce_s
+        self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fim-engine")
+        self._latest: dict[str, _Ticket] = {}
+        self._seq = 0
+
+    async def run(self, doc_key: str, job: Callable[[CancelToken], T]) -> T:
+        """Run `job(token)` on the engine thread as the newest request for `doc_key`.
+
+        Raises Superseded when a newer request for the document replaced this one before or
+        while it ran, and asyncio.CancelledError (after cancelling the token) when the awaiting
+        task is cancelled, e.g. by `$/cancelRequest`.
+        """
+        self._seq += 1
+        ticket = _Ticket(CancelToken(), self._seq)
+        older = self._latest.get(doc_key)
+        if older is not None:
+            older.token.cancel()
+        self._latest[doc_key] = ticket
+        try:
+            if self.debounce_s > 0:
+                await asyncio.sleep(self.debounce_s)
+            if ticket.token.cancelled:
+                raise Superseded(doc_key)
+            future = self._engine.submit(_unless_cancelled, job, ticket.token)
+            try:
+                return await asyncio.wrap_future(future)
+            except Cancelled:
+                raise Superseded(doc_key) from None
+        except asyncio.CancelledError:
+            ticket.token.cancel()  # the engine stops at its next step
+            raise
+        finally:
+            if self._latest.get(doc_key) is ticket:
+                del self._latest[doc_key]
+
+    def cancel(self, doc_key: str) -> None:
+        """Cancel the request in flight for `doc_key`, if any (the document was closed)."""
+        ticket = self._latest.pop(doc_key, None)
+        if ticket is not None:
+            ticket.token.cancel()
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the engine thread after the work queued before it (e.g. dropping a slot)."""
+        return await asyncio.wrap_future(self._engine.submit(fn))
+
+    def shutdown(self) -> None:
+        """Cancel everything in flight and stop the engine thread."""
+        for ticket in self._latest.values():
+            ticket.token.cancel()
+        self._engine.shutdown(wait=False, cancel_futures=True)
+
+
+def _unless_cancelled(job: Callable[[CancelToken], T], token: CancelToken) -> T:
+    """Skip a job whose request was cancelled while it waited in the queue."""
+    if token.cancelled:
+        raise Cancelled("cancelled before it started")
+    return job(token)
+
+
+class LatencyWindow:
+    """Latencies of the last `size` completions (milliseconds), for status reports."""
+
+    def __init__(self, size: int = 100) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, latency_ms: float) -> None:
+        with self._lock:
+            self._values.append(latency_ms)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """Count, p50 and p95 in milliseconds (None before the first completion)."""
+        with self._lock:
+            values = sorted(self._values)
+        return {"count": len(values), "p50_ms": percentile(values, 50), "p95_ms": percentile(values, 95)}
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """The nearest-rank `q`th percentile of already sorted values; None when empty."""
+    if not sorted_values:
+        return None
+    assert 0 < q <= 100, f"percentile must be in (0, 100], got {q}"
+    rank = math.ceil(q / 100 * len(sorted_values))
+    return sorted_values[rank - 1]

@@ -1,0 +1,59 @@
+"""Server settings from the wire: flat or nested, typed, range-checked, unchanged on error."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from lsp_server.config import CompletionSettings, ConfigError, ModelConfig, ServerConfig, apply_settings, config_from_args
+
+
+def test_flat_settings_apply_to_their_components():
+    config = apply_settings(ServerConfig(), {
+        "model": "/models/santacoder", "revision": "main", "backend": "torch", "device": "cpu", "dtype": "bfloat16",
+        "cacheBytes": 1 << 30, "maxNewTokens": 32, "temperature": 0.2, "multiline": "never",
+        "prefixSuffixRatio": 2, "neighbours": False, "fimMode": "psm", "timeBudgetMs": 500, "debounceMs": 30,
+    })
+    assert config == ServerConfig(
+        model=ModelConfig(model="/models/santacoder", revision="main", backend="torch", device="cpu",
+                          dtype="bfloat16", cache_bytes=1 << 30),
+        completion=CompletionSettings(max_new_tokens=32, temperature=0.2, multiline="never", prefix_suffix_ratio=2,
+                                      neighbours=False, fim_mode="psm", time_budget_s=0.5),
+        debounce_ms=30,
+    )
+
+
+@pytest.mark.parametrize("section", ["fim-lsp", "fimLsp"])
+def test_settings_nested_under_the_section_name(section):
+    config = apply_settings(ServerConfig(), {section: {"maxNewTokens": 8}, "otherServer": {"x": 1}})
+    assert config.completion.max_new_tokens == 8
+
+
+def test_none_and_empty_leave_the_configuration_unchanged():
+    base = ServerConfig(debounce_ms=5)
+    assert apply_settings(base, None) is base
+    assert apply_settings(base, {}) == base
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"maxNewTokens": "64"}, "'maxNewTokens' must be int"),
+    ({"maxNewTokens": True}, "'maxNewTokens' must be int"),
+    ({"maxNewTokens": 0}, "maxNewTokens must be between 1 and 4096"),
+    ({"multiline": "sometimes"}, "'multiline' must be one of ['auto', 'never', 'always']"),
+    ({"neighbors": True}, "unknown setting 'neighbors'"),
+    ({"temperature": -1}, "temperature must be >= 0"),
+    ({"debounceMs": -5}, "debounceMs must be >= 0"),
+    ([1, 2], "settings must be a JSON object, got list"),
+])
+def test_bad_settings_raise_a_clear_error(raw, message):
+    with pytest.raises(ConfigError) as info:
+        apply_settings(ServerConfig(), raw)
+    assert message in str(info.value)
+
+
+def test_command_line_flags():
+    args = argparse.Namespace(model="m", revision=None, backend="auto", device="cpu", dtype="float32", threads=2,
+                              max_new_tokens=16, temperature=0.0, fim_mode="spm")
+    config = config_from_args(args)
+    assert config.model == ModelConfig(model="m", device="cpu", dtype="float32", threads=2)
+    assert config.completion == CompletionSettings(max_new_tokens=16, fim_mode="spm")
