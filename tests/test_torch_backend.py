@@ -1,0 +1,207 @@
+"""TorchBackend: the Backend contract, exactness against recompute and transformers, bad input."""
+import threading
+
+import pytest
+import torch
+
+from engine.api import CancelToken, Cancelled, CompletionRequest, DocId
+from engine.backends.reference import ReferenceBackend
+from engine.backends.torch_backend import TorchBackend
+from engine.cache import CacheConfig
+from engine.generate import RequestError
+from engine.loading import load_model
+from tests.conftest import kit
+
+MIB = 2**20
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_model(str(kit(shape="tiny")), torch.device("cpu"), torch.float32)
+
+
+def backend(loaded, **config) -> TorchBackend:
+    return TorchBackend(loaded, CacheConfig(**{"budget_bytes": 16 * MIB, **config}))
+
+
+def fim_prompt(b, prefix: str, suffix: str) -> str:
+    f = b.fim
+    return f"{f.prefix}{f.suffix}{suffix}{f.middle}{prefix}"
+
+
+def recompute(loaded, request: CompletionRequest) -> list[int]:
+    """Greedy tokens from a fresh backend that prefills the whole prompt."""
+    return backend(loaded, reuse=False).complete(request).token_ids
+
+
+DOC = DocId("file:///a.py")
+PREFIX = "import os\n\ndef read_config(path):\n    with open(path) as f:\n        "
+SUFFIX = "\n    return data\n"
+
+
+def test_complete_fills_the_result_and_the_next_keystroke_reuses_the_slot(loaded):
+    b = backend(loaded)
+    first = b.complete(CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=8))
+    ids = b.tokenizer.encode(fim_prompt(b, PREFIX, SUFFIX))
+    assert (first.prompt_tokens, first.reused_tokens, first.prefill_tokens) == (len(ids), 0, len(ids))
+    assert first.generated_tokens == len(first.token_ids) and first.text == b.tokenizer.decode(first.token_ids)
+    assert b.slot_tokens(DOC) == (ids + first.token_ids)[: len(ids) + max(len(first.token_ids) - 1, 0)]
+    second = b.complete(CompletionRequest(DOC, fim_prompt(b, PREFIX + "d", SUFFIX), max_new_tokens=8))
+    assert second.reused_tokens >= len(ids) - 2 and second.prefill_tokens <= 3
+    assert second.token_ids == recompute(loaded, CompletionRequest(DOC, fim_prompt(b, PREFIX + "d", SUFFIX), 8))
+    assert b.info.backend == "torch" and b.info.n_ctx == 512 and b.info.dtype == "float32"
+
+
+def test_greedy_tokens_equal_transformers_generate(loaded):
+    b = backend(loaded)
+    reference = ReferenceBackend.load(loaded.path)
+    for k, prefix in enumerate([PREFIX, "def add(a, b):\n    return", "class Stack:\n    def push(self, x):\n"]):
+        request = CompletionRequest(DocId(f"d{k}"), fim_prompt(b, prefix, SUFFIX), max_new_tokens=12)
+        ours, theirs = b.complete(request), reference.complete(request)
+        assert ours.token_ids == theirs.token_ids and ours.stop_reason == theirs.stop_reason
+
+
+def test_sampling_with_a_seed_repeats(loaded):
+    b = backend(loaded)
+    request = CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=10, temperature=0.9,
+                                top_p=0.95, seed=11)
+    assert b.complete(request).token_ids == backend(loaded).complete(request).token_ids
+
+
+def test_stop_strings_cut_the_text(loaded):
+    b = backend(loaded)
+    full = b.complete(CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=12))
+    assert len(full.text) > 3, "the tiny model should write something to cut"
+    stop = full.text[2:4]
+    cut = b.complete(CompletionRequest(DocId("other"), fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=12,
+                                       stop_strings=(stop,)))
+    assert cut.stop_reason == "stop_string" and cut.text == full.text[: full.text.index(stop)]
+
+
+@pytest.mark.parametrize("prefix, suffix", [("", ""), ("", PREFIX + SUFFIX), (PREFIX + SUFFIX, "")],
+                         ids=["empty document", "cursor at 0", "cursor at end"])
+def test_edge_documents_equal_recompute_and_leave_the_slot_consistent(loaded, prefix, suffix):
+    b = backend(loaded)
+    b.complete(CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=6))
+    request = CompletionRequest(DOC, fim_prompt(b, prefix, suffix), max_new_tokens=6)
+    assert b.complete(request).token_ids == recompute(loaded, request)
+    again = CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=6)
+    assert b.complete(again).token_ids == recompute(loaded, again)
+
+
+def test_a_prompt_longer_than_the_window_is_refused_and_the_slot_survives(loaded):
+    b = backend(loaded)
+    request = CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=6)
+    b.complete(request)
+    held = b.slot_tokens(DOC)
+    with pytest.raises(RequestError, match="window is 512"):
+        b.complete(CompletionRequest(DOC, fim_prompt(b, "x = 1\n" * 400, SUFFIX), max_new_tokens=6))
+    assert b.slot_tokens(DOC) == held
+    assert b.complete(request).token_ids == recompute(loaded, request)
+
+
+def test_generation_never_runs_past_the_window(loaded):
+    b = backend(loaded)
+    ids = b.tokenizer.encode("x = 1\n" * 200)
+    text = b.tokenizer.decode(ids[: 512 - 3])
+    result = b.complete(CompletionRequest(DOC, text, max_new_tokens=50))
+    assert result.prompt_tokens + result.generated_tokens <= 512
+
+
+def test_special_tokens_in_the_document_and_unemittable_ids(loaded):
+    b = backend(loaded)
+    b.emittable = 600  # pretend ids >= 600 are vocabulary padding
+    weird = fim_prompt(b, PREFIX + "<fim_pad><gh_stars><|endoftext|>x", SUFFIX)
+    request = CompletionRequest(DOC, weird, max_new_tokens=10)
+    result = b.complete(request)
+    assert all(t < 600 for t in result.token_ids)
+    fresh = backend(loaded, reuse=False)
+    fresh.emittable = 600
+    assert result.token_ids == fresh.complete(request).token_ids
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        b.complete(CompletionRequest(DOC, weird, max_new_tokens=-1))
+
+
+class CancelAfter(CancelToken):
+    __slots__ = ("checks", "n")
+
+    def __init__(self, n):
+        super().__init__()
+        self.checks, self.n = 0, n
+
+    @property
+    def cancelled(self):
+        self.checks += 1
+        return self.checks > self.n
+
+
+@pytest.mark.parametrize("checks", [0, 3], ids=["before prefill", "mid-decode"])
+def test_cancel_raises_and_the_next_request_equals_recompute(loaded, checks):
+    b = backend(loaded)
+    request = CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=12)
+    with pytest.raises(Cancelled):
+        b.complete(request, CancelAfter(checks))
+    ids = b.tokenizer.encode(request.prompt)
+    held = b.slot_tokens(DOC)
+    assert held[: len(ids)] == ids[: len(held)], "the slot holds a prefix of the prompt, then decoded tokens"
+    assert len(held) == (0 if checks == 0 else len(ids) + checks - 1)
+    assert b.complete(request).token_ids == recompute(loaded, request)
+
+
+def test_fifty_documents_stay_under_the_budget_and_evicted_ones_recompute(loaded):
+    per_slot = 256 * loaded.model.args.kv_bytes_per_token(4)  # one 256-position chunk
+    b = backend(loaded, budget_bytes=8 * per_slot)
+    requests = [CompletionRequest(DocId(f"doc{i}"), fim_prompt(b, f"# file {i}\n" + PREFIX, SUFFIX), max_new_tokens=4)
+                for i in range(50)]
+    for request in requests:
+        b.complete(request)
+        stats = b.cache_stats()
+        assert stats["bytes"] <= stats["budget_bytes"] and stats["slots"] <= 8
+    assert b.cache_stats()["evictions"] == 42
+    assert b.slot_tokens(DocId("doc0")) == []
+    assert b.complete(requests[0]).token_ids == recompute(loaded, requests[0])
+
+
+def test_a_document_opening_like_a_cached_one_is_seeded_by_copy(loaded):
+    b = backend(loaded)
+    header = "".join(f"import module_{i}\n" for i in range(40))  # well over two 64-token blocks
+    b.complete(CompletionRequest(DocId("first"), fim_prompt(b, header + "x = 1\n", SUFFIX), max_new_tokens=4))
+    request = CompletionRequest(DocId("second"), fim_prompt(b, header + "y = 2\n", SUFFIX), max_new_tokens=4)
+    result = b.complete(request)
+    assert result.extra["seeded_tokens"] >= 128 and result.reused_tokens == result.extra["seeded_tokens"]
+    assert result.token_ids == recompute(loaded, request)
+
+
+def test_drop_frees_the_slot(loaded):
+    b = backend(loaded)
+    b.complete(CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=4))
+    assert b.cache_stats()["slots"] == 1 and b.cache_stats()["bytes"] > 0
+    b.drop(DOC)
+    assert b.cache_stats()["slots"] == 0 and b.cache_stats()["bytes"] == 0 and b.slot_tokens(DOC) == []
+
+
+def test_requests_from_several_threads_equal_sequential_ones(loaded):
+    b = backend(loaded)
+    requests = [CompletionRequest(DocId(f"t{i}"), fim_prompt(b, PREFIX + "x" * i, SUFFIX), max_new_tokens=6)
+                for i in range(6)]
+    expected = [recompute(loaded, r) for r in requests]
+    results: dict[int, list[int]] = {}
+
+    def work(i):
+        for _ in range(2):
+            results[i] = b.complete(requests[i]).token_ids
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(6)] == expected
