@@ -70,7 +70,7 @@ def prefill(model: Transformer, kv: KVBuffer, ids: Sequence[int], start: int, ch
             written: Callable[[list[int]], None], cancel: CancelToken | None) -> Tensor:
     """Run `ids` at positions start.. in chunks of `chunk`; logits of the last one: [V]."""
     assert ids, "prefill needs at least one token (the last prompt token gives the first logits)"
-    device = kv.data.device
+    device = kv.device
     logits = None
     for offset in range(0, len(ids), chunk):
         if cancel is not None and cancel.cancelled:
@@ -86,7 +86,7 @@ def prefill(model: Transformer, kv: KVBuffer, ids: Sequence[int], start: int, ch
 
 def decode_one_token(model: Transformer, kv: KVBuffer, token: int, pos: int) -> Tensor:
     """Feed one token at `pos`; logits for the next: [V]."""
-    device = kv.data.device
+    device = kv.device
     input_ids = torch.tensor([token], dtype=torch.long, device=device)  # [1]
     input_pos = torch.tensor([pos], device=device)  # [1]
     return model(input_ids, input_pos, kv, pos)[0]  # [V]
@@ -122,7 +122,7 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
     t1 = clock()
     generator = None
     if sampling.temperature > 0:
-        generator = torch.Generator(device=kv.data.device)
+        generator = torch.Generator(device=kv.device)
         generator.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() % 2**63))
     tokens: list[int] = []
     reason: StopReason = "max_tokens"

@@ -77,6 +77,10 @@ class KVBuffer:
     def nbytes(self) -> int:
         return self.data.numel() * self.data.element_size()
 
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
     def grow(self, capacity: int) -> None:
         """Reallocate to hold `capacity` positions, keeping what is written."""
         if capacity <= self.capacity:

@@ -94,7 +94,7 @@ class TorchBackend:
             kv = self.buffers.get(doc_id)
             if kv is None:
                 assert plan.keep == 0 or plan.seed_from is not None, f"slot {doc_id} lost its buffer"
-                kv = self.buffers[doc_id] = KVBuffer(self.model.args, plan.capacity, self.kv_dtype, self.device)
+                kv = self.buffers[doc_id] = self.new_buffer(plan.capacity)
             kv.grow(plan.capacity)
             if plan.seed_from is not None:
                 kv.copy_prefix_from(self.buffers[plan.seed_from], plan.keep)
@@ -103,6 +103,10 @@ class TorchBackend:
             self.buffers.pop(doc_id, None)
             raise
         return kv, plan
+
+    def new_buffer(self, capacity: int) -> KVBuffer:
+        """An empty K/V buffer for one document (a runtime with its own buffers overrides this)."""
+        return KVBuffer(self.model.args, capacity, self.kv_dtype, self.device)
 
     def drop(self, doc_id: DocId) -> None:
         with self.lock:
