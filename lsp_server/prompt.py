@@ -8,8 +8,8 @@ StarCoder was trained on both orders; we default to SPM,
 
 because then the prefix comes last: typing at the cursor only appends to the prompt text, so the
 engine reuses every cached token but the last few. That holds only if the window does not slide on
-every keystroke, so the prefix window starts on a line that is a multiple of `chunk_lines` and
-moves a whole chunk at a time when the budget runs out; the suffix window is cut by chunks counted
+every keystroke, so the prefix window starts on a line that is a multiple of `chunk_lines` (fewer
+lines in a small window) and moves a whole chunk at a time when the budget runs out; the suffix window is cut by chunks counted
 from the cursor, which typing before it does not change.
 
 Token counts come from the model's tokenizer, passed in as `count_tokens`. Counting is per chunk;
@@ -36,6 +36,13 @@ CountTokens = Callable[[str], int]
 
 NO_FIM_NOTE = "model has no FIM tokens: left-to-right completion"
 CHAR_CUT = 64  # a line longer than the whole budget is cut at multiples of this many code points
+# A small window cannot afford 32-line chunks: a jump wastes up to a chunk of budget. Chunks are
+# capped so that about CHUNKS_PER_WINDOW fit, guessing LINE_TOKENS tokens a line.
+CHUNKS_PER_WINDOW = 8
+# A suffix this many characters per token of its budget or shorter is counted whole first; a
+# longer one (the rest of a 5,000-line file) only chunk by chunk, as far as the window reaches.
+SHORT_TEXT_CHARS_PER_TOKEN = 4
+LINE_TOKENS = 8
 
 
 class PromptDoesNotFit(ValueError):
@@ -51,7 +58,7 @@ class PromptConfig:
     prefix_suffix_ratio: float = 3.0
     """Share of the window given to the prefix over the suffix (3.0 = 3:1)."""
     chunk_lines: int = 32
-    """The prefix window's start moves in whole chunks of this many lines."""
+    """The prefix window's start moves in whole chunks of this many lines (fewer in small windows)."""
     max_new_tokens: int = 64
     """Generation budget reserved from the model's window."""
     include_filename: bool = True
@@ -82,6 +89,7 @@ class Prompt:
     suffix: str  # the windowed suffix actually used ("" in l2r mode)
     note: str = ""  # why the prompt differs from what was configured
     prefix_start_line: int = 0  # document line where the prefix window starts
+    chunk_lines: int = 0  # the chunk size the prefix window moved by
     snippets: int = 0  # snippets of other documents included
 
 
@@ -127,22 +135,19 @@ def _line_starts_backward(text: str):
         yield start
 
 
-def _line_ends_forward(text: str) -> list[int]:
-    """Offsets just past each line's break in `text` (the last entry is len(text))."""
-    ends: list[int] = []
+def _line_ends_forward(text: str):
+    """Offsets just past each line's break in `text`, first line first (the last is len(text))."""
     pos, n = 0, len(text)
     has_cr = "\r" in text
     while pos < n:
         nl = text.find("\n", pos)
-        cr = text.find("\r", pos) if has_cr else -1
-        hits = [i for i in (nl, cr) if i >= 0]
-        if not hits:
-            ends.append(n)
-            break
-        brk = min(hits)
+        cr = text.find("\r", pos, nl if nl >= 0 else n) if has_cr else -1
+        brk = cr if cr >= 0 else nl
+        if brk < 0:
+            yield n
+            return
         pos = brk + (2 if text.startswith("\r\n", brk) else 1)
-        ends.append(pos)
-    return ends
+        yield pos
 
 
 def _cut_to_fit(text: str, budget: int, count: CountTokens, keep_end: bool) -> str:
@@ -181,6 +186,11 @@ class _LineStarts:
                 return None
             self._found.append(nxt)
         return self._found[n]
+
+
+def chunk_lines_for(budget: int, chunk_lines: int) -> int:
+    """The chunk size for a prefix budget: `chunk_lines`, or fewer when the budget is small."""
+    return max(1, min(chunk_lines, budget // (CHUNKS_PER_WINDOW * LINE_TOKENS)))
 
 
 def window_prefix(prefix: str, cursor_line: int, budget: int, chunk_lines: int,
@@ -236,13 +246,18 @@ def window_suffix(suffix: str, budget: int, chunk_lines: int, count: CountTokens
     """
     if budget <= 0 or not suffix:
         return ""
-    if count(suffix) <= budget:
+    if len(suffix) <= budget * SHORT_TEXT_CHARS_PER_TOKEN and count(suffix) <= budget:
         return suffix
-    ends = _line_ends_forward(suffix)
+    ends: list[int] = []  # line ends, found only as far as the window reaches
+    walk = _line_ends_forward(suffix)
     used, taken = 0, 0  # tokens used, lines taken
     for step in (chunk_lines, 1):
-        while taken < len(ends):
+        while True:
+            while len(ends) < taken + step and (end := next(walk, None)) is not None:
+                ends.append(end)
             upto = min(taken + step, len(ends))
+            if upto == taken:
+                break
             start = ends[taken - 1] if taken else 0
             cost = count(suffix[start : ends[upto - 1]]) + (1 if taken else 0)
             if used + cost > budget:
@@ -317,7 +332,8 @@ def build_prompt(ctx: CursorContext, fim: FimTokens, count_tokens: CountTokens, 
         suffix_budget = int(available / (config.prefix_suffix_ratio + 1))
         suffix = window_suffix(ctx.suffix, suffix_budget, config.chunk_lines, count)
         available -= count(suffix) if suffix else 0
-    prefix, start_line = window_prefix(ctx.prefix, ctx.line, available, config.chunk_lines, count)
+    chunk = chunk_lines_for(available, config.chunk_lines)
+    prefix, start_line = window_prefix(ctx.prefix, ctx.line, available, chunk, count)
     if mode == "spm":
         text = f"{head}{fim.prefix}{fim.suffix}{suffix}{fim.middle}{prefix}"
     elif mode == "psm":
@@ -325,4 +341,4 @@ def build_prompt(ctx: CursorContext, fim: FimTokens, count_tokens: CountTokens, 
     else:
         text = f"{head}{prefix}"
     return Prompt(text=text, mode=mode, prefix=prefix, suffix=suffix, note=note,
-                  prefix_start_line=start_line, snippets=len(kept))
+                  prefix_start_line=start_line, chunk_lines=chunk, snippets=len(kept))

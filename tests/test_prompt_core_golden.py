@@ -93,8 +93,8 @@ def test_cursor_context_emoji_before_cursor_utf8():
 
 # ---------------------------------------------------------------- 2-3. prompts and their window
 SPM_CTX = CursorContext(prefix="def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))\n")
-WINDOW_DOC = "".join(f"line{i}\n" for i in range(10))
-WINDOW_SUFFIX = "rest\n" + "".join(f"s{i}\n" for i in range(10))
+WINDOW_DOC = "".join(f"line{i:02d}".ljust(31, "-") + "\n" for i in range(14))  # 14 lines of 32 characters
+WINDOW_SUFFIX = "rest\n" + "".join(f"s{i}".ljust(31, "-") + "\n" for i in range(10))
 WINDOW_CONFIG = PromptConfig(chunk_lines=4, max_new_tokens=10, include_filename=False, neighbours=False)
 HE_PREFIX = '    >>> strlen(\'abc\')\n    3\n    """\n'
 HE_SUFFIX = "\n\ndef main():\n"
@@ -103,73 +103,75 @@ PROMPTS = [
     # (id, ctx, fim, n_ctx, config, path, snippets, expected Prompt)
     ("starcoder-spm-filename", SPM_CTX, STARCODER, 2048, PromptConfig(), "src/calc.py", (),
      Prompt(text="<filename>src/calc.py\n<fim_prefix><fim_suffix>\n\nprint(add(1, 2))\n<fim_middle>def add(a, b):\n    ",
-            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, prefix_start_line=0)),
+            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, prefix_start_line=0, chunk_lines=29)),
     ("starcoder-psm", SPM_CTX, STARCODER, 2048, PromptConfig(fim_mode="psm"), "src/calc.py", (),
      Prompt(text="<filename>src/calc.py\n<fim_prefix>def add(a, b):\n    <fim_suffix>\n\nprint(add(1, 2))\n<fim_middle>",
-            mode="psm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix)),
+            mode="psm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, chunk_lines=29)),
     ("starcoder-no-filename", SPM_CTX, STARCODER, 2048, PromptConfig(include_filename=False), "src/calc.py", (),
      Prompt(text="<fim_prefix><fim_suffix>\n\nprint(add(1, 2))\n<fim_middle>def add(a, b):\n    ",
-            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix)),
+            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, chunk_lines=30)),
     ("santacoder-spm-hyphens", SPM_CTX, SANTACODER, 2048, PromptConfig(), "src/calc.py", (),
      Prompt(text="<fim-prefix><fim-suffix>\n\nprint(add(1, 2))\n<fim-middle>def add(a, b):\n    ",
-            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix)),
+            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, chunk_lines=30)),
     ("santacoder-psm", SPM_CTX, SANTACODER, 2048, PromptConfig(fim_mode="psm"), None, (),
      Prompt(text="<fim-prefix>def add(a, b):\n    <fim-suffix>\n\nprint(add(1, 2))\n<fim-middle>",
-            mode="psm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix)),
+            mode="psm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, chunk_lines=30)),
     ("no-fim-left-to-right", SPM_CTX, NO_FIM, 2048, PromptConfig(fim_mode="spm"), "src/calc.py", (),
-     Prompt(text="def add(a, b):\n    ", mode="l2r", prefix=SPM_CTX.prefix, suffix="", note=NO_FIM_NOTE)),
+     Prompt(text="def add(a, b):\n    ", mode="l2r", prefix=SPM_CTX.prefix, suffix="", note=NO_FIM_NOTE, chunk_lines=31)),
     ("starcoder-snippet-as-file", SPM_CTX, STARCODER, 2048, PromptConfig(), "src/calc.py",
      (Snippet("src/util.py", "def sub(a, b):\n    return a - b\n"),),
      Prompt(text="<filename>src/util.py\ndef sub(a, b):\n    return a - b\n<|endoftext|><filename>src/calc.py\n"
                  "<fim_prefix><fim_suffix>\n\nprint(add(1, 2))\n<fim_middle>def add(a, b):\n    ",
-            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, snippets=1)),
+            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, snippets=1, chunk_lines=28)),
     ("santacoder-snippet-as-comments", SPM_CTX, SANTACODER, 2048, PromptConfig(), "src/calc.py",
      (Snippet("src/util.py", "def sub(a, b):\n    return a - b\n"),),
      Prompt(text="# Compare this snippet from src/util.py:\n# def sub(a, b):\n#     return a - b\n"
                  "<fim-prefix><fim-suffix>\n\nprint(add(1, 2))\n<fim-middle>def add(a, b):\n    ",
-            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, snippets=1)),
+            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, snippets=1, chunk_lines=28)),
     ("js-snippet-uses-slashes", CursorContext("let x = ", ";\n"), SANTACODER, 2048, PromptConfig(), "app.js",
      (Snippet("lib.js", "export const y = 1;\n"),),
      Prompt(text="// Compare this snippet from lib.js:\n// export const y = 1;\n<fim-prefix><fim-suffix>;\n<fim-middle>let x = ",
-            mode="spm", prefix="let x = ", suffix=";\n", snippets=1)),
+            mode="spm", prefix="let x = ", suffix=";\n", snippets=1, chunk_lines=29)),
     ("neighbours-off-drops-snippets", SPM_CTX, STARCODER, 2048, PromptConfig(neighbours=False), None,
      (Snippet("src/util.py", "def sub(a, b):\n    return a - b\n"),),
      Prompt(text="<fim_prefix><fim_suffix>\n\nprint(add(1, 2))\n<fim_middle>def add(a, b):\n    ",
-            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix)),
+            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, chunk_lines=30)),
     ("snippet-over-budget-dropped", SPM_CTX, STARCODER, 2048, PromptConfig(neighbour_tokens=20), None,
      (Snippet("src/util.py", "def sub(a, b):\n    return a - b\n"),),
      Prompt(text="<fim_prefix><fim_suffix>\n\nprint(add(1, 2))\n<fim_middle>def add(a, b):\n    ",
-            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix)),
-    # 106 tokens - 10 generated - 36 FIM = 60: the suffix gets 60/4 = 15 (one 4-line chunk, 14),
-    # the prefix the other 46: chunks starting at lines 8 (15) and 4 (24 + 1 margin).
-    ("window-chunks", CursorContext(WINDOW_DOC + "cur", WINDOW_SUFFIX), SANTACODER, 106, WINDOW_CONFIG, None, (),
-     Prompt(text="<fim-prefix><fim-suffix>rest\ns0\ns1\ns2\n<fim-middle>line4\nline5\nline6\nline7\nline8\nline9\ncur",
-            mode="spm", prefix="line4\nline5\nline6\nline7\nline8\nline9\ncur", suffix="rest\ns0\ns1\ns2\n",
-            prefix_start_line=4)),
-    # seven more characters typed: lines 8.. cost 22, lines 4..7 another 25 > 46: the window jumps a chunk
-    ("window-jumps-a-chunk", CursorContext(WINDOW_DOC + "curXXXXXXX", WINDOW_SUFFIX), SANTACODER, 106, WINDOW_CONFIG,
-     None, (),
-     Prompt(text="<fim-prefix><fim-suffix>rest\ns0\ns1\ns2\n<fim-middle>line8\nline9\ncurXXXXXXX",
-            mode="spm", prefix="line8\nline9\ncurXXXXXXX", suffix="rest\ns0\ns1\ns2\n", prefix_start_line=8)),
-    # the suffix is short: its unused share goes to the prefix (80 - 4 = 76 >= 15 + 25 + 25, all of it)
-    ("short-suffix-lends-budget", CursorContext(WINDOW_DOC + "cur", "end\n"), SANTACODER, 126, WINDOW_CONFIG, None, (),
-     Prompt(text="<fim-prefix><fim-suffix>end\n<fim-middle>" + WINDOW_DOC + "cur", mode="spm",
-            prefix=WINDOW_DOC + "cur", suffix="end\n", prefix_start_line=0)),
-    # a budget (10) smaller than the cursor's chunk (15): chunks of 2 lines start at line 10
-    ("window-halves-chunks", CursorContext(WINDOW_DOC + "cur", ""), SANTACODER, 56, WINDOW_CONFIG, None, (),
-     Prompt(text="<fim-prefix><fim-suffix><fim-middle>cur", mode="spm", prefix="cur", suffix="",
-            prefix_start_line=10)),
-    # one line longer than the budget: cut at a multiple of 64 code points from the line's start
+            mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, chunk_lines=30)),
+    # 446 tokens - 10 generated - 36 FIM = 400: the suffix gets 400/4 = 100 (two lines after "rest"
+    # as a 4-line chunk would pass it: 69), the prefix 331 in 4-line chunks (331 // 64 >= 4): from
+    # line 12 (67), 8 (+129), 4 (+129) = 325; line 0 would make 454.
+    ("window-chunks", CursorContext(WINDOW_DOC + "cur", WINDOW_SUFFIX), SANTACODER, 446, WINDOW_CONFIG, None, (),
+     Prompt(text="<fim-prefix><fim-suffix>" + WINDOW_SUFFIX[:69] + "<fim-middle>" + WINDOW_DOC[4 * 32 :] + "cur",
+            mode="spm", prefix=WINDOW_DOC[4 * 32 :] + "cur", suffix=WINDOW_SUFFIX[:69], prefix_start_line=4,
+            chunk_lines=4)),
+    # nine more characters typed: 76 + 129 + 129 > 331, the window jumps a chunk
+    ("window-jumps-a-chunk", CursorContext(WINDOW_DOC + "cur" + "X" * 9, WINDOW_SUFFIX), SANTACODER, 446,
+     WINDOW_CONFIG, None, (),
+     Prompt(text="<fim-prefix><fim-suffix>" + WINDOW_SUFFIX[:69] + "<fim-middle>" + WINDOW_DOC[8 * 32 :] + "cur" + "X" * 9,
+            mode="spm", prefix=WINDOW_DOC[8 * 32 :] + "cur" + "X" * 9, suffix=WINDOW_SUFFIX[:69], prefix_start_line=8,
+            chunk_lines=4)),
+    # a short suffix lends its unused share to the prefix: 400 - 4 = 396 >= 325 (without: 300 < 325)
+    ("short-suffix-lends-budget", CursorContext(WINDOW_DOC + "cur", "end\n"), SANTACODER, 446, WINDOW_CONFIG, None, (),
+     Prompt(text="<fim-prefix><fim-suffix>end\n<fim-middle>" + WINDOW_DOC[4 * 32 :] + "cur", mode="spm",
+            prefix=WINDOW_DOC[4 * 32 :] + "cur", suffix="end\n", prefix_start_line=4, chunk_lines=4)),
+    # a small window (60) moves by single lines: "cur" (3), line 13 (+33), line 12 would make 69
+    ("small-window-single-lines", CursorContext(WINDOW_DOC + "cur", ""), SANTACODER, 106, WINDOW_CONFIG, None, (),
+     Prompt(text="<fim-prefix><fim-suffix><fim-middle>" + WINDOW_DOC[13 * 32 :] + "cur", mode="spm",
+            prefix=WINDOW_DOC[13 * 32 :] + "cur", suffix="", prefix_start_line=13, chunk_lines=1)),
+    # one line longer than the budget (80): cut at a multiple of 64 code points from the line's start
     ("window-long-line", CursorContext("x" * 200, ""), SANTACODER, 126, WINDOW_CONFIG, None, (),
      Prompt(text="<fim-prefix><fim-suffix><fim-middle>" + "x" * 72, mode="spm", prefix="x" * 72, suffix="",
-            prefix_start_line=0)),
+            prefix_start_line=0, chunk_lines=1)),
     ("crlf-and-emoji-kept-verbatim", CursorContext("s = '😀'\r\nt = ", "\r\n"), STARCODER, 2048,
      PromptConfig(include_filename=False), None, (),
      Prompt(text="<fim_prefix><fim_suffix>\r\n<fim_middle>s = '😀'\r\nt = ", mode="spm",
-            prefix="s = '😀'\r\nt = ", suffix="\r\n")),
+            prefix="s = '😀'\r\nt = ", suffix="\r\n", chunk_lines=30)),
     ("he-strlen-spm", CursorContext(HE_PREFIX, HE_SUFFIX), STARCODER, 2048, PromptConfig(), "strlen.py", (),
      Prompt(text="<filename>strlen.py\n<fim_prefix><fim_suffix>" + HE_SUFFIX + "<fim_middle>" + HE_PREFIX,
-            mode="spm", prefix=HE_PREFIX, suffix=HE_SUFFIX)),
+            mode="spm", prefix=HE_PREFIX, suffix=HE_SUFFIX, chunk_lines=29)),
 ]
 
 
