@@ -25,6 +25,7 @@ class NextToken(torch.nn.Module):
 class FakeKV:
     def __init__(self, capacity=64):
         self.data = torch.zeros(1)
+        self.device = self.data.device
         self.capacity = capacity
 
 
