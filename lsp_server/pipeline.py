@@ -1,0 +1,156 @@
+"""From a document and a cursor to a suggestion: the one path every entry point takes.
+
+The language server, `fim-lsp complete`, the demo and the evaluation all call `complete()`:
+cursor context -> prompt (prompt core, counted with the backend's tokenizer) -> the backend's
+generation (stop strings, token budget, temperature, cancellation) -> post-processing. Pure glue:
+the backend is passed in, and nothing here knows about LSP.
+"""
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.api import Backend, CancelToken, CompletionRequest, CompletionResult, DocId
+from lsp_server.config import CompletionSettings, ModelConfig
+from lsp_server.context import CursorContext, Encoding, cursor_context
+from lsp_server.neighbours import Snippet, select_snippets, text_around_cursor
+from lsp_server.postprocess import PostprocessConfig, ShownSuggestion, Suggestion, postprocess, reuse_suggestion
+from lsp_server.prompt import Prompt, PromptConfig, TokenCounter, build_prompt, memoize_counts
+
+Progress = Callable[[str, float], None]  # (message, fraction done in [0, 1]) while a model loads
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_COUNTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backend -> its memoised token counter
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """The prompt core's and the generation's settings for one request."""
+
+    prompt: PromptConfig = PromptConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
+    temperature: float = 0.0
+    time_budget_s: float | None = None
+    seed: int | None = None
+
+
+def pipeline_config(settings: CompletionSettings) -> PipelineConfig:
+    """The pipeline configuration that user-facing completion settings describe."""
+    return PipelineConfig(
+        prompt=PromptConfig(
+            fim_mode=settings.fim_mode, prefix_suffix_ratio=settings.prefix_suffix_ratio,
+            max_new_tokens=settings.max_new_tokens, neighbours=settings.neighbours,
+        ),
+        postprocess=PostprocessConfig(multiline=settings.multiline),
+        temperature=settings.temperature,
+        time_budget_s=settings.time_budget_s,
+    )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one completion produced, and what it cost."""
+
+    suggestion: Suggestion | None  # what the editor shows; None = nothing worth showing
+    context: CursorContext
+    prompt: Prompt | None  # None when served from the suggestion already shown
+    result: CompletionResult | None  # the backend's raw generation and token figures; None when reused
+    snippets: tuple[Snippet, ...] = ()  # neighbour snippets in the prompt (pass back as `previous`)
+
+    @property
+    def raw(self) -> str:
+        """The generation before post-processing (the reused suggestion's text when reused)."""
+        if self.result is not None:
+            return self.result.text
+        return self.suggestion.text if self.suggestion is not None else ""
+
+
+def complete(
+    backend: Backend,
+    doc_id: str,
+    text: str,
+    line: int,
+    character: int,
+    *,
+    encoding: Encoding = "utf-16",
+    config: PipelineConfig = PipelineConfig(),
+    path: str | None = None,
+    others: list[tuple[str, str]] | None = None,
+    previous_snippets: tuple[Snippet, ...] = (),
+    shown: ShownSuggestion | None = None,
+    cancel: CancelToken | None = None,
+) -> Outcome:
+    """Complete `text` at (`line`, `character`) with `backend`.
+
+    `others` are (path, text) of other open documents for neighbour snippets; `shown` is the
+    suggestion the editor shows now: when the user typed into it, its rest is served with no
+    model call. Raises engine.api.Cancelled when `cancel` fires during generation.
+    """
+    text = scrub_surrogates(text)
+    ctx = cursor_context(text, line, character, encoding)
+    if shown is not None and (reused := reuse_suggestion(shown, ctx)) is not None:
+        return Outcome(suggestion=reused, context=ctx, prompt=None, result=None)
+    count_tokens = token_counter(backend)
+    snippets: tuple[Snippet, ...] = ()
+    if config.prompt.neighbours and others:
+        snippets = tuple(select_snippets(
+            text_around_cursor(ctx), others, config.prompt.neighbour_tokens, count_tokens, previous=previous_snippets,
+        ))
+    prompt = build_prompt(ctx, backend.fim, count_tokens, backend.info.n_ctx, config.prompt, path=path, snippets=snippets)
+    request = CompletionRequest(
+        doc_id=DocId(doc_id), prompt=prompt.text, max_new_tokens=config.prompt.max_new_tokens,
+        temperature=config.temperature, seed=config.seed, stop_strings=tuple(config.postprocess.stop_strings),
+        time_budget_s=config.time_budget_s,
+    )
+    result = backend.complete(request, cancel)
+    suggestion = postprocess(result.text, ctx, config.postprocess, stop_tokens=backend.fim.stop_tokens())
+    return Outcome(suggestion=suggestion, context=ctx, prompt=prompt, result=result, snippets=snippets)
+
+
+def token_counter(backend: Backend) -> TokenCounter:
+    """The backend's token count, memoised once per backend (unchanged prompt chunks cost a look-up)."""
+    try:
+        counter = _COUNTERS.get(backend)
+        if counter is None:
+            counter = _COUNTERS[backend] = memoize_counts(backend.count_tokens)
+        return counter
+    except TypeError:  # a backend that cannot be weakly referenced
+        return memoize_counts(backend.count_tokens)
+
+
+def scrub_surrogates(text: str) -> str:
+    """`text` with lone UTF-16 surrogates (unencodable as UTF-8) replaced by U+FFFD.
+
+    Each is one code point and one UTF-16 unit either way, so positions do not move.
+    """
+    if _LONE_SURROGATE.search(text) is None:
+        return text
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def load_model(config: ModelConfig, progress: Progress | None = None) -> Backend:
+    """Load the backend `config` names: the engine's choice, or `reference` (transformers generate).
+
+    Raises the loader's own exception (a message saying what to do) when the model cannot load.
+    """
+    if config.backend == "reference":
+        from engine.backends.reference import ReferenceBackend
+
+        return ReferenceBackend.load(config.model or default_model_dir())
+    from engine.select import load_backend
+
+    from engine.cache import CacheConfig
+
+    cache = CacheConfig(budget_bytes=config.cache_bytes) if config.cache_bytes is not None else None
+    return load_backend(model=config.model, backend=config.backend, device=config.device, dtype=config.dtype,
+                        revision=config.revision, progress=progress, threads=config.threads, cache=cache)
+
+
+def default_model_dir() -> str:
+    """The bundled default model's directory."""
+    import engine
+
+    return str(Path(engine.__file__).resolve().parent / "default_model")

@@ -1,0 +1,280 @@
+"""`fim-lsp serve` end to end: pytest-lsp drives the real server over stdio with a kit model.
+
+The oracle is the same pipeline run in this process on the same checkpoint: after each edit the
+server's inline completion must carry exactly the text the pipeline produces for the client's
+copy of the document, placed at the cursor (plus any closing characters it replaces).
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+from lsp_server import pipeline
+from lsp_server.config import CompletionSettings, ModelConfig
+from lsp_server.demo import fetch_status, wait_until_loaded
+from lsp_server.context import offset_to_position, position_to_offset
+from lsp_server.documents import uri_to_path
+from lsp_server.notebook import Cell, map_cell_position, notebook_text
+from lsp_server.postprocess import ShownSuggestion
+from tests.conftest import kit
+
+TINY = str(kit(shape="tiny", family="starcoder"))
+MAX_NEW_TOKENS = 8
+OPTIONS = {"maxNewTokens": MAX_NEW_TOKENS}
+
+
+def serve_command(model: str = TINY) -> list[str]:
+    return [sys.executable, "-m", "lsp_server.cli", "serve", "--model", model, "--dtype", "float32"]
+
+
+def capabilities(encoding: str = "utf-16") -> types.ClientCapabilities:
+    """An editor with inline completion, notebook sync and server-initiated progress."""
+    return types.ClientCapabilities(
+        general=types.GeneralClientCapabilities(position_encodings=[encoding]),
+        window=types.WindowClientCapabilities(work_done_progress=True),
+        text_document=types.TextDocumentClientCapabilities(
+            inline_completion=types.InlineCompletionClientCapabilities(),
+            completion=types.CompletionClientCapabilities(),
+        ),
+        notebook_document=types.NotebookDocumentClientCapabilities(
+            synchronization=types.NotebookDocumentSyncClientCapabilities()),
+    )
+
+
+async def start_session(client: LanguageClient, encoding: str = "utf-16", options: dict | None = None) -> dict:
+    """initialize + initialized, then wait for the model; returns the ready status."""
+    result = await client.initialize_session(types.InitializeParams(
+        capabilities=capabilities(encoding), initialization_options=OPTIONS if options is None else options))
+    assert result.capabilities.position_encoding == encoding
+    return await wait_until_loaded(client, timeout_s=120)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The oracle: the same checkpoint, backend and dtype, in this process."""
+    return pipeline.load_model(ModelConfig(model=TINY, dtype="float32"))
+
+
+class Mirror:
+    """The client's copy of its documents, and what the server must answer for them."""
+
+    def __init__(self, client: LanguageClient, engine, encoding: str = "utf-16",
+                 settings: CompletionSettings = CompletionSettings(max_new_tokens=MAX_NEW_TOKENS)):
+        self.client, self.engine, self.encoding = client, engine, encoding
+        self.config = pipeline.pipeline_config(settings)
+        self.docs: dict[str, str] = {}
+        self.versions: dict[str, int] = {}
+        self.shown: dict[str, ShownSuggestion] = {}
+        self.snippets: dict[str, tuple] = {}
+
+    def open(self, uri: str, text: str) -> None:
+        self.docs[uri], self.versions[uri] = text, 1
+        self.client.text_document_did_open(types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+
+    def type(self, uri: str, offset: int, typed: str, delete: int = 0) -> int:
+        """Replace `delete` characters at `offset` by `typed` with one incremental change; new cursor offset."""
+        text = self.docs[uri]
+        start = offset_to_position(text, offset, self.encoding)
+        end = offset_to_position(text, offset + delete, self.encoding)
+        self.versions[uri] += 1
+        self.client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=self.versions[uri]),
+            content_changes=[types.TextDocumentContentChangePartial(
+                range=types.Range(types.Position(*start), types.Position(*end)), text=typed)]))
+        self.docs[uri] = text[:offset] + typed + text[offset + delete:]
+        return offset + len(typed)
+
+    def position(self, uri: str, offset: int) -> types.Position:
+        return types.Position(*offset_to_position(self.docs[uri], offset, self.encoding))
+
+    def expect(self, uri: str, offset: int) -> types.InlineCompletionList:
+        """What the server must answer for an inline completion at `offset` in `uri`."""
+        text = self.docs[uri]
+        line, character = offset_to_position(text, offset, self.encoding)
+        others = [(uri_to_path(u), t) for u, t in self.docs.items() if u != uri]
+        outcome = pipeline.complete(
+            self.engine, uri, text, line, character, encoding=self.encoding, config=self.config,
+            path=uri_to_path(uri), others=others, previous_snippets=self.snippets.get(uri, ()),
+            shown=self.shown.get(uri))
+        return self.record(uri, outcome, text, offset)
+
+    def record(self, key: str, outcome: pipeline.Outcome, text: str, offset: int) -> types.InlineCompletionList:
+        self.snippets[key] = outcome.snippets
+        if outcome.suggestion is None:
+            self.shown.pop(key, None)
+            return types.InlineCompletionList(items=())
+        self.shown[key] = ShownSuggestion(outcome.context.prefix, outcome.context.suffix, outcome.suggestion)
+        end = offset + outcome.suggestion.replace_chars
+        rng = types.Range(types.Position(*offset_to_position(text, offset, self.encoding)),
+                          types.Position(*offset_to_position(text, end, self.encoding)))
+        return types.InlineCompletionList(items=(types.InlineCompletionItem(insert_text=outcome.suggestion.text, range=rng),))
+
+    async def inline(self, uri: str, offset: int) -> types.InlineCompletionList:
+        answer = await self.client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=self.position(uri, offset),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
+        for item in answer.items:  # the accept command's arguments vary; check its name and drop it
+            assert item.command is not None and item.command.command == "fim-lsp.accepted"
+            item.command = None
+        return answer
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=serve_command()))
+async def client(lsp_client: LanguageClient):
+    yield
+    await lsp_client.shutdown_session()
+
+
+CODE = (
+    "import os\n"
+    "\n"
+    "def read_lines(path):\n"
+    "    with open(path) as f:\n"
+    "        return [line.rstrip() for line in f]\n"
+    "\n"
+    "def main():\n"
+    "    lines = read_lines(os.path.join('data', 'x.txt'))\n"
+    "    print(len(lines))\n"
+)
+
+
+async def test_session_progress_edits_completion_fallback_and_status(client: LanguageClient, engine):
+    status = await start_session(client)
+    assert status["state"] == "ready"
+    assert (status["model"], status["backend"], status["device"], status["dtype"]) == (
+        TINY, engine.info.backend, "cpu", "float32")
+
+    # $/progress while the model loaded: begin at 0 %, percentages that never go down, an end
+    reports = [r for token, rs in client.progress_reports.items() if str(token).startswith("fim-lsp/load") for r in rs]
+    assert isinstance(reports[0], types.WorkDoneProgressBegin) and reports[0].percentage == 0
+    assert isinstance(reports[-1], types.WorkDoneProgressEnd)
+    percentages = [r.percentage for r in reports[:-1] if r.percentage is not None]
+    assert percentages == sorted(percentages) and len(percentages) >= 2 and percentages[-1] <= 100
+
+    mirror = Mirror(client, engine)
+    uri = "file:///work/project/reader.py"
+    mirror.open(uri, CODE)
+    cursor = mirror.docs[uri].index("    print(len(lines))")
+    for key in "    total = ":  # typed key by key, a completion after each
+        cursor = mirror.type(uri, cursor, key)
+    cursor = mirror.type(uri, cursor, "su")
+    cursor = mirror.type(uri, cursor - 2, "", delete=2)  # backspace twice
+    cursor = mirror.type(uri, cursor, "len(")
+    answer = await mirror.inline(uri, cursor)
+    assert answer == mirror.expect(uri, cursor)
+    assert answer.items, "the kit model produces some text here"
+
+    # the completion fallback: one item whose text edit carries the same text at the same range
+    cursor = mirror.type(uri, cursor, "l")
+    expected = mirror.expect(uri, cursor).items
+    listing = await client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=mirror.position(uri, cursor)))
+    assert isinstance(listing, types.CompletionList) and len(listing.items) == len(expected) == 1
+    item = listing.items[0]
+    assert item.text_edit == types.TextEdit(range=expected[0].range, new_text=expected[0].insert_text)
+    assert "AI suggestion" in item.detail and item.command.command == "fim-lsp.accepted"
+
+    # the client accepts: the command comes back and is counted
+    await client.workspace_execute_command_async(types.ExecuteCommandParams(
+        command=item.command.command, arguments=item.command.arguments))
+    status = await fetch_status(client)
+    assert status["acceptance"]["accepted"] == 1
+    assert status["acceptance"]["accepted_chars"] == len(expected[0].insert_text)
+    assert status["latency"]["count"] == 2 and 0 < status["latency"]["p50_ms"] <= status["latency"]["p95_ms"]
+    assert status["cache_slots"] >= 1 and status["cache_bytes"] > 0
+    assert status["last"]["prompt_tokens"] > status["last"]["prefill_tokens"] >= 1  # the cache served the rest
+
+
+async def test_cancel_mid_decode_answers_32800_and_the_next_request_is_right(client: LanguageClient, engine):
+    await start_session(client, options={"maxNewTokens": 300, "multiline": "always"})
+    mirror = Mirror(client, engine)
+    uri = "file:///work/project/slow.py"
+    mirror.open(uri, CODE)
+    cursor = mirror.docs[uri].index("    print")
+    params = types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=mirror.position(uri, cursor),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))
+    request = asyncio.ensure_future(client.protocol.send_request_async(
+        types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="slow-1"))
+    await asyncio.sleep(0.5)  # 300 tokens take seconds: the engine is mid-decode
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="slow-1"))
+    with pytest.raises(Exception) as info:
+        await asyncio.wait_for(request, timeout=10)
+    assert getattr(info.value, "code", None) == -32800
+
+    # the slot stays consistent: a fresh request equals a full recompute in this process
+    cursor = mirror.type(uri, cursor, "x")
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"maxNewTokens": 8}))
+    mirror.config = pipeline.pipeline_config(CompletionSettings(max_new_tokens=8, multiline="always"))
+    assert await mirror.inline(uri, cursor) == mirror.expect(uri, cursor)
+
+
+async def test_two_documents_are_served_concurrently(client: LanguageClient, engine):
+    await start_session(client)
+    mirror = Mirror(client, engine)
+    a, b = "file:///work/project/a.py", "file:///work/project/b.py"
+    mirror.open(a, "def square(x):\n    return x * x\n\nprint(square(3))\n")
+    mirror.open(b, "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.\n")
+    ca, cb = mirror.docs[a].index("\n\nprint"), len(mirror.docs[b]) - 1
+    answers = await asyncio.gather(mirror.inline(a, ca), mirror.inline(b, cb))
+    assert list(answers) == [mirror.expect(a, ca), mirror.expect(b, cb)]
+
+
+async def test_notebook_cells_see_the_cells_around_them(client: LanguageClient, engine):
+    await start_session(client)
+    nb = "file:///work/project/analysis.ipynb"
+    cells = [("nb-cell:1", "code", "import math\nradius = 2.0\n"),
+             ("nb-cell:2", "markdown", "# Area of the circle"),
+             ("nb-cell:3", "code", "area = math.")]
+    client.notebook_document_did_open(types.DidOpenNotebookDocumentParams(
+        notebook_document=types.NotebookDocument(
+            uri=nb, notebook_type="jupyter-notebook", version=1,
+            cells=[types.NotebookCell(kind=types.NotebookCellKind.Code if k == "code" else types.NotebookCellKind.Markup,
+                                      document=u) for u, k, _ in cells]),
+        cell_text_documents=[types.TextDocumentItem(uri=u, language_id="python" if k == "code" else "markdown",
+                                                    version=1, text=t) for u, k, t in cells]))
+    # edit the last cell incrementally through the notebook change
+    client.notebook_document_did_change(types.DidChangeNotebookDocumentParams(
+        notebook_document=types.VersionedNotebookDocumentIdentifier(version=2, uri=nb),
+        change=types.NotebookDocumentChangeEvent(cells=types.NotebookDocumentCellChanges(text_content=[
+            types.NotebookDocumentCellContentChanges(
+                document=types.VersionedTextDocumentIdentifier(uri="nb-cell:3", version=2),
+                changes=[types.TextDocumentContentChangePartial(
+                    range=types.Range(types.Position(0, 12), types.Position(0, 12)), text="pi * radius")])]))))
+    cell_text = "area = math.pi * radius"
+    answer = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri="nb-cell:3"), position=types.Position(0, len(cell_text)),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+
+    notebook_cells = [Cell("code", cells[0][2]), Cell("markdown", cells[1][2]), Cell("code", cell_text)]
+    text, _ = notebook_text(notebook_cells, "python")
+    line, character = map_cell_position(notebook_cells, "python", 2, 0, len(cell_text))
+    assert text.startswith("# %%\nimport math\nradius = 2.0\n") and "# Area of the circle" in text
+    outcome = pipeline.complete(engine, nb, text, line, character, config=Mirror(client, engine).config,
+                                path=uri_to_path(nb))
+    assert outcome.context.prefix.endswith("# %%\narea = math.pi * radius")
+    expected = Mirror(client, engine).record(nb, outcome, cell_text, len(cell_text))
+    for item in answer.items:
+        item.command = None
+    assert answer == expected
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8"])
+async def test_emoji_and_cjk_before_the_cursor(client: LanguageClient, engine, encoding):
+    await start_session(client, encoding=encoding)
+    mirror = Mirror(client, engine, encoding=encoding)
+    uri = "file:///work/project/greet.py"
+    mirror.open(uri, "def greet(name):\n    return f'😀 你好, {name}' + \n\nprint(greet('世界'))\n")
+    cursor = mirror.docs[uri].index(" + \n") + 3
+    cursor = mirror.type(uri, cursor, "'🎉")  # an edit whose range is measured in the session's units
+    position = mirror.position(uri, cursor)
+    # 31 code points before the cursor: 😀 and 🎉 take 2 UTF-16 units and 4 UTF-8 bytes, 你 and 好 3 bytes
+    assert position.character == {"utf-16": 33, "utf-8": 41}[encoding]
+    assert position_to_offset(mirror.docs[uri], position.line, position.character, encoding) == cursor
+    assert await mirror.inline(uri, cursor) == mirror.expect(uri, cursor)
