@@ -1,0 +1,452 @@
+"""Training the bundled default model: a small GPTBigCode FIM model on code every machine has.
+
+The corpus is the Python standard library plus the Python sources of installed packages. Each
+document is cut into windows that fit one training sequence; most windows are turned into
+fill-in-the-middle samples in StarCoder's two orderings (SPM and PSM), split either at random
+characters or at line boundaries (one line, the rest of a line, or an indented block), which is
+what an editor asks for. Samples are packed into fixed-length sequences separated by
+`<|endoftext|>`.
+
+Pure parts (`fim_sample`, `windows`) take a `random.Random` and strings; the loop in `train`
+owns torch and writes the model with its tokenizer atomically every few minutes, so a usable
+checkpoint exists long before training ends.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from engine.checkpoint_kit import corpus_files, save_tokenizer, specials_for, train_tokenizer
+
+FimOrder = Literal["spm", "psm"]
+
+
+@dataclass(frozen=True, slots=True)
+class FimTokenStrings:
+    """The special-token strings the samples are written with (StarCoder's spelling)."""
+
+    prefix: str = "<fim_prefix>"
+    middle: str = "<fim_middle>"
+    suffix: str = "<fim_suffix>"
+    eod: str = "<|endoftext|>"
+    filename: str = "<filename>"
+
+
+@dataclass(frozen=True, slots=True)
+class FimPolicy:
+    """How often and how samples are split for fill-in-the-middle."""
+
+    fim_rate: float = 0.7  # fraction of windows turned into FIM samples
+    spm_rate: float = 0.5  # of those, fraction in SPM order (the rest PSM)
+    char_rate: float = 0.3  # of those, fraction split at random characters
+    block_rate: float = 0.3  # of those, fraction whose middle is an indented block (rest: one line)
+    mid_line_rate: float = 0.5  # of line splits, fraction where the cursor sits inside the line
+    filename_rate: float = 0.5  # fraction of samples headed by `<filename>path\n`, as the product prompts
+
+
+@dataclass(slots=True)
+class TrainConfig:
+    """One training run of the default model."""
+
+    out: Path  # where config.json, model.safetensors and the tokenizer are written
+    n_layer: int = 4
+    n_embd: int = 256
+    n_head: int = 8
+    seq_len: int = 512  # training sequence length = the model's n_positions
+    vocab_size: int = 8192
+    batch_tokens: int = 16384  # tokens per optimizer step
+    micro_batch: int = 16  # sequences per forward pass
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    deadline: float = 0.0  # unix time at which training stops; the cosine schedule spans it
+    checkpoint_every_s: float = 600.0
+    seed: int = 0
+    threads: int = 2
+    bf16: bool = True  # autocast matmuls to bf16 (fast on CPUs with AMX/AVX512-BF16)
+    policy: FimPolicy = field(default_factory=FimPolicy)
+    state: Path | None = None  # optimizer state for resuming (kept outside the repo)
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus and samples (pure)
+
+
+def source_roots() -> list[Path]:
+    """Directories of Python sources present on this machine: stdlib and site-packages."""
+    paths = sysconfig.get_paths()
+    roots = [Path(paths["stdlib"]), Path(paths["purelib"])]
+    for extra in ("/usr/lib/python3/dist-packages",):
+        if Path(extra).is_dir():
+            roots.append(Path(extra))
+    return [r for r in dict.fromkeys(roots) if r.is_dir()]
+
+
+def training_files(roots: list[Path], max_file_bytes: int = 300_000) -> list[Path]:
+    """Every `.py` file under `roots` (deduplicated by resolved path), sorted, small enough to be code."""
+    seen: dict[Path, None] = {}
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            try:
+                real, size = path.resolve(), path.stat().st_size
+            except OSError:
+                continue
+            if 200 <= size <= max_file_bytes:
+                seen.setdefault(real, None)
+    return sorted(seen)
+
+
+def windows(text: str, max_chars: int) -> Iterator[str]:
+    """Consecutive runs of whole lines of `text`, each at most `max_chars` (long lines cut)."""
+    chunk: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        if len(line) > max_chars:
+            line = line[:max_chars]
+        if size + len(line) > max_chars and chunk:
+            yield "".join(chunk)
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
+        yield "".join(chunk)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def split_points(text: str, rng: random.Random, policy: FimPolicy) -> tuple[int, int]:
+    """Character offsets (start, end) of the middle, chosen as the policy says."""
+    lines = text.splitlines(keepends=True)
+    if rng.random() < policy.char_rate or len(lines) < 3:
+        a, b = sorted(rng.randrange(len(text) + 1) for _ in range(2))
+        return a, b
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    code_lines = [i for i, line in enumerate(lines) if line.strip()] or [0]
+    k = rng.choice(code_lines)
+    if rng.random() < policy.block_rate:
+        # the line and every following line indented deeper (a block body), or a few lines
+        end = k + 1
+        while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > _indent(lines[k])):
+            end += 1
+        if end == k + 1:
+            end = min(len(lines), k + rng.randint(2, 6))
+        start = starts[k]
+    else:
+        end = k + 1
+        start = starts[k]
+        if rng.random() < policy.mid_line_rate:
+            body = lines[k].rstrip("\n")
+            lead = _indent(body)
+            start += rng.randint(lead, len(body))
+    return start, starts[end]
+
+
+def fim_sample(text: str, rng: random.Random, policy: FimPolicy, tokens: FimTokenStrings,
+               path: str | None = None) -> str:
+    """`text` as a training sample: left to right, or FIM in SPM or PSM order; ends with EOD.
+
+    SPM is StarCoder's training ordering: `<fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}{middle}`.
+    PSM: `<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>{middle}`. Some samples are headed
+    by `<filename>{path}\n`, the head the product's prompts carry.
+    """
+    head = f"{tokens.filename}{path}\n" if path and rng.random() < policy.filename_rate else ""
+    if rng.random() >= policy.fim_rate:
+        return head + text + tokens.eod
+    a, b = split_points(text, rng, policy)
+    prefix, middle, suffix = text[:a], text[a:b], text[b:]
+    if rng.random() < policy.spm_rate:
+        return f"{head}{tokens.prefix}{tokens.suffix}{suffix}{tokens.middle}{prefix}{middle}{tokens.eod}"
+    return f"{head}{tokens.prefix}{prefix}{tokens.suffix}{suffix}{tokens.middle}{middle}{tokens.eod}"
+
+
+def display_path(path: Path, parts: int = 3) -> str:
+    """The last few components of a source path, as a project-relative name would read."""
+    return "/".join(path.parts[-parts:])
+
+
+def sample_stream(files: list[Path], rng: random.Random, policy: FimPolicy, max_chars: int,
+                  shuffle_buffer: int = 4096) -> Iterator[str]:
+    """Endless FIM samples from windows of `files`, shuffled through a buffer, epoch after epoch."""
+    tokens = FimTokenStrings()
+    buffer: list[tuple[str, str]] = []
+    while True:
+        order = list(files)
+        rng.shuffle(order)
+        for path in order:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            name = display_path(path)
+            for window in windows(text, max_chars):
+                buffer.append((window, name))
+                if len(buffer) >= shuffle_buffer:
+                    i = rng.randrange(len(buffer))
+                    buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                    window, name = buffer.pop()
+                    yield fim_sample(window, rng, policy, tokens, name)
+
+
+def packed_sequences(samples: Iterator[str], encode_batch, seq_len: int, batch: int = 256) -> Iterator[list[int]]:
+    """Token sequences of exactly `seq_len` ids from samples concatenated end to end."""
+    pending: list[int] = []
+    while True:
+        texts = [next(samples) for _ in range(batch)]
+        for ids in encode_batch(texts):
+            pending.extend(ids)
+        while len(pending) >= seq_len:
+            yield pending[:seq_len]
+            del pending[:seq_len]
+
+
+def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay over the wall-clock progress (0..1)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop (torch)
+
+
+def model_config(cfg: TrainConfig, eos_id: int) -> dict:
+    """config.json of the default model, in the same layout as the hub's gpt_bigcode files."""
+    return {
+        "activation_function": "gelu_pytorch_tanh",
+        "architectures": ["GPTBigCodeForCausalLM"],
+        "attention_softmax_in_fp32": True,
+        "attn_pdrop": 0.0,
+        "bos_token_id": eos_id,
+        "embd_pdrop": 0.0,
+        "eos_token_id": eos_id,
+        "initializer_range": 0.02,
+        "layer_norm_epsilon": 1e-05,
+        "model_type": "gpt_bigcode",
+        "multi_query": True,
+        "n_embd": cfg.n_embd,
+        "n_head": cfg.n_head,
+        "n_inner": 4 * cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_positions": cfg.seq_len,
+        "resid_pdrop": 0.0,
+        "scale_attention_softmax_in_fp32": True,
+        "scale_attn_weights": True,
+        "torch_dtype": "float16",
+        "use_cache": True,
+        "vocab_size": cfg.vocab_size,
+    }
+
+
+def save_model(model, out: Path) -> None:
+    """Write the weights as fp16 safetensors, replacing the previous file atomically."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
+               if k != "lm_head.weight"}  # tied to transformer.wte.weight, as on the hub
+    tmp = out / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / "model.safetensors")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+SANITY_PROMPTS = [
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        ",
+    "def mean(values):\n    total = sum(values)\n    ",
+    "import os\n\ndef exists(path):\n    return os.path.",
+]
+
+
+def sanity_generations(model, tokenizer, eos_id: int, max_new_tokens: int = 24) -> list[str]:
+    """Greedy SPM completions of a few editor-like prefixes (empty suffix), for the log."""
+    import torch
+
+    outputs = []
+    for prefix in SANITY_PROMPTS:
+        ids = tokenizer.encode(f"<fim_prefix><fim_suffix><fim_middle>{prefix}").ids
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                nxt = int(model(x).logits[0, -1].argmax())
+                if nxt == eos_id or x.shape[1] >= model.config.n_positions:
+                    break
+                x = torch.cat([x, torch.tensor([[nxt]])], dim=1)
+        outputs.append(tokenizer.decode(x[0, len(ids):].tolist(), skip_special_tokens=False))
+    return outputs
+
+
+def train(cfg: TrainConfig, log=print) -> None:
+    """Train until `cfg.deadline`, checkpointing into `cfg.out` every `checkpoint_every_s`."""
+    import torch
+    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
+
+    assert cfg.deadline > time.time(), "the deadline is in the past"
+    assert cfg.batch_tokens % (cfg.micro_batch * cfg.seq_len) == 0, "batch_tokens must be a multiple of micro_batch*seq_len"
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+
+    log(f"tokenizer: starcoder specials, {cfg.vocab_size} tokens, trained on the stdlib")
+    tokenizer = train_tokenizer("starcoder", cfg.vocab_size, corpus_files())
+    save_tokenizer(tokenizer, "starcoder", cfg.out, cfg.seq_len)
+    eos_id = tokenizer.token_to_id(specials_for("starcoder")[0])
+    _write_json(cfg.out / "config.json", model_config(cfg, eos_id))
+    _write_json(cfg.out / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
+
+    files = training_files(source_roots())
+    held_out = files[::200]
+    train_files = [f for i, f in enumerate(files) if i % 200]
+    total_bytes = sum(f.stat().st_size for f in train_files)
+    log(f"corpus: {len(train_files)} files, {total_bytes / 1e6:.1f} MB; held out: {len(held_out)} files")
+
+    def encode_batch(texts):
+        return [e.ids for e in tokenizer.encode_batch(texts)]
+
+    max_chars = cfg.seq_len * 3  # about one sequence of code per window
+    stream = packed_sequences(sample_stream(train_files, rng, cfg.policy, max_chars), encode_batch, cfg.seq_len)
+    val_stream = packed_sequences(sample_stream(held_out, random.Random(1), cfg.policy, max_chars, 64),
+                                  encode_batch, cfg.seq_len, 32)
+    val = torch.tensor([next(val_stream) for _ in range(32)])  # [32, seq_len]
+
+    config = GPTBigCodeConfig(**{k: v for k, v in model_config(cfg, eos_id).items()
+                                 if k not in ("architectures", "torch_dtype")})
+    model = GPTBigCodeForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {cfg.n_layer} layers x {cfg.n_embd}, {cfg.n_head} heads MQA, ctx {cfg.seq_len}, {n_params / 1e6:.2f}M params")
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    step, tokens_seen = 0, 0
+    if cfg.state is not None and cfg.state.exists():
+        state = torch.load(cfg.state, weights_only=False)
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        step, tokens_seen = state["step"], state["tokens"]
+        log(f"resumed at step {step}, {tokens_seen} tokens")
+
+    accum = cfg.batch_tokens // (cfg.micro_batch * cfg.seq_len)
+    start = time.time()
+    span = cfg.deadline - start
+    last_ckpt = start
+    log_path = cfg.out / "training_log.tsv"
+    if not log_path.exists():
+        log_path.write_text("step\ttokens\tminutes\tlr\ttrain_loss\tval_loss\n")
+
+    def evaluate() -> float:
+        model.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            losses = [float(model(val[i:i + 8], labels=val[i:i + 8]).loss) for i in range(0, len(val), 8)]
+        model.train()
+        return sum(losses) / len(losses)
+
+    def checkpoint(train_loss: float) -> None:
+        val_loss = evaluate()
+        save_model(model, cfg.out)
+        if cfg.state is not None:
+            torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "step": step,
+                        "tokens": tokens_seen}, str(cfg.state) + ".tmp")
+            os.replace(str(cfg.state) + ".tmp", cfg.state)
+        with log_path.open("a") as f:
+            f.write(f"{step}\t{tokens_seen}\t{(time.time() - start) / 60:.1f}\t{lr:.2e}\t{train_loss:.4f}\t{val_loss:.4f}\n")
+        log(f"checkpoint step {step}: val loss {val_loss:.4f}")
+        model.eval()
+        for text in sanity_generations(model, tokenizer, eos_id):
+            log(f"  sample: {text!r}")
+        model.train()
+
+    model.train()
+    running = None
+    lr = cfg.lr
+    tick = time.time()
+    while time.time() < cfg.deadline:
+        lr = lr_at(step, (time.time() - start) / span, cfg)
+        for group in optim.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for _ in range(accum):
+            x = torch.tensor([next(stream) for _ in range(cfg.micro_batch)])  # [micro_batch, seq_len]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = model(x, labels=x).loss
+            (loss / accum).backward()
+            loss_sum += float(loss.detach()) / accum
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += cfg.batch_tokens
+        running = loss_sum if running is None else 0.95 * running + 0.05 * loss_sum
+        if step % 10 == 0:
+            rate = cfg.batch_tokens * 10 / (time.time() - tick)  # tokens/s over the last 10 steps
+            log(f"step {step} loss {loss_sum:.4f} (avg {running:.4f}) lr {lr:.2e} {rate:.0f} tok/s")
+            tick = time.time()
+        if time.time() - last_ckpt >= cfg.checkpoint_every_s:
+            checkpoint(running)
+            last_ckpt = time.time()
+    checkpoint(running if running is not None else float("nan"))
+    log("done")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of scripts/train_default_model.py."""
+    import argparse
+    from datetime import datetime, timezone
+
+    p = argparse.ArgumentParser(description="Train the bundled default FIM model.")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "default_model"))
+    p.add_argument("--until", required=True, help="UTC time HH:MM at which to stop (today or tomorrow)")
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=256)
+    p.add_argument("--n-head", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--batch-tokens", type=int, default=16384)
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=float, default=600.0, help="seconds")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--state", default=None, help="optimizer state file for resuming")
+    args = p.parse_args(argv)
+
+    now = datetime.now(timezone.utc)
+    hh, mm = (int(x) for x in args.until.split(":"))
+    deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    if deadline <= now:
+        deadline = deadline.replace(day=now.day + 1)
+    cfg = TrainConfig(out=Path(args.out), n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
+                      seq_len=args.seq_len, vocab_size=args.vocab_size, batch_tokens=args.batch_tokens,
+                      micro_batch=args.micro_batch, lr=args.lr, warmup_steps=args.warmup_steps,
+                      deadline=deadline.timestamp(), checkpoint_every_s=args.checkpoint_every,
+                      threads=args.threads, bf16=not args.no_bf16,
+                      state=Path(args.state) if args.state else None)
+    print(json.dumps({k: str(v) for k, v in asdict(cfg).items()}), flush=True)
+    train(cfg, log=lambda msg: print(msg, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""`fim-lsp eval`: exact-match scoring, the product path it runs through, and the sandbox."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from engine.api import BackendInfo, CompletionRequest, CompletionResult
+from engine.checkpoint_kit import STARCODER_SPECIALS
+from engine.fim_tokens import fim_tokens_from_vocab
+from lsp_server import cli
+from lsp_server.evaluate import (
+    Problem, cursor_of, evaluate, exact_match, load_problems, program_for,
+)
+from lsp_server.sandbox import SandboxLimits, run_program
+
+PROBLEM = Problem(
+    task_id="Test/0",
+    entry_point="add",
+    prompt='def add(a, b):\n    """Sum of a and b."""\n',
+    suffix="    return total\n",
+    canonical_solution="    total = a + b\n",
+    test="def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n",
+)
+
+
+class ScriptedBackend:
+    """A backend double that answers each prompt with a fixed generation (for scoring tests)."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers  # a text the prompt must contain -> the raw generation
+        self.fim = fim_tokens_from_vocab(STARCODER_SPECIALS)
+        self.info = BackendInfo(backend="scripted", model="scripted", device="cpu", dtype="float32", n_ctx=2048)
+        self.prompts: list[str] = []
+        self.dropped: list[str] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 3 + 1
+
+    def complete(self, request: CompletionRequest, cancel=None) -> CompletionResult:
+        self.prompts.append(request.prompt)
+        text = next(raw for key, raw in self.answers.items() if key in request.prompt)
+        return CompletionResult(text=text, token_ids=[], stop_reason="eos", prompt_tokens=1, reused_tokens=0,
+                                prefill_tokens=1, generated_tokens=1, latency_ms=1.0)
+
+    def drop(self, doc_id) -> None:
+        self.dropped.append(doc_id)
+
+    def cache_stats(self) -> dict[str, int]:
+        return {}
+
+
+@pytest.mark.parametrize("middle, canonical, expected", [
+    ("    total = a + b\n", "    total = a + b\n", True),
+    ("total = a + b", "    total = a + b\n", True),  # whitespace around the middle does not count
+    ("    total = a - b\n", "    total = a + b\n", False),
+    ("    total = a  + b\n", "    total = a + b\n", False),  # inner whitespace does
+    ("", "    total = a + b\n", False),
+])
+def test_exact_match_strips_only_the_ends(middle, canonical, expected):
+    assert exact_match(middle, canonical) is expected
+
+
+def test_cursor_of_counts_code_points():
+    assert cursor_of("def f():\n    x = 'é😀'") == (1, 12)
+    assert cursor_of("a\nb\n") == (2, 0)
+
+
+def test_problems_load_with_all_fields():
+    single = load_problems("single-line")
+    multi = load_problems("multi-line", limit=5)
+    assert len(single) == 1033 and len(multi) == 5
+    assert single[0].task_id == "SingleLineInfilling/HumanEval/0/L0"
+    assert all(p.canonical_solution.endswith("\n") for p in single[:50])
+    with pytest.raises(ValueError, match="positive"):
+        load_problems("single-line", limit=0)
+
+
+def test_evaluate_scores_a_right_and_a_wrong_middle_through_the_pipeline():
+    wrong = Problem("Test/1", "add", PROBLEM.prompt.replace("Sum", "Total"), PROBLEM.suffix,
+                    PROBLEM.canonical_solution, PROBLEM.test)
+    backend = ScriptedBackend({"Sum of": "    total = a + b\n<|endoftext|>", "Total of": "    total = a * b\n"})
+    report = evaluate(backend, [PROBLEM, wrong], "single-line", pass_at_1=True)
+    assert [r.exact for r in report.results] == [True, False]
+    assert [r.passed for r in report.results] == [True, False]
+    assert report.exact_matches == 1 and report.exact_match == 0.5 and report.pass_at_1 == 0.5
+    assert "AssertionError" in report.results[1].detail
+    # the prompt is SPM: suffix first, then the prefix the model continues
+    assert backend.prompts[0] == f"<fim_prefix><fim_suffix>{PROBLEM.suffix}<fim_middle>{PROBLEM.prompt}"
+    assert backend.dropped == ["Test/0", "Test/1"]
+    summary = report.summary()
+    assert {k: summary[k] for k in ("benchmark", "problems", "exact_match", "pass_at_1")} == {
+        "benchmark": "single-line", "problems": 2, "exact_match": 0.5, "pass_at_1": 0.5}
+
+
+def test_single_line_keeps_one_line_and_multi_line_keeps_the_block():
+    raw = "    total = a + b\n    total += 0\n"
+    single = evaluate(ScriptedBackend({"": raw}), [PROBLEM], "single-line")
+    multi_problem = Problem("Test/2", "add", PROBLEM.prompt, PROBLEM.suffix, raw, PROBLEM.test)
+    multi = evaluate(ScriptedBackend({"": raw}), [multi_problem], "multi-line")
+    assert single.results[0].middle.strip() == "total = a + b"
+    assert single.exact_matches == 1
+    assert multi.results[0].middle.strip() == raw.strip()
+    assert multi.exact_matches == 1
+
+
+def test_program_for_joins_code_tests_and_check():
+    assert program_for(PROBLEM, "    total = a + b\n").endswith("\n\ncheck(add)\n")
+    assert run_program(program_for(PROBLEM, "    total = a + b\n")).passed
+
+
+def test_sandbox_reports_a_failing_program():
+    result = run_program("assert 1 + 1 == 3, 'arithmetic'\n")
+    assert result.status == "failed" and result.returncode == 1
+    assert result.detail == "AssertionError: arithmetic"
+
+
+def test_sandbox_kills_an_infinite_loop_at_the_timeout():
+    start = time.perf_counter()
+    result = run_program("while True:\n    pass\n", SandboxLimits(timeout_s=1.0, cpu_s=5))
+    assert result.status == "timeout" and not result.passed
+    assert time.perf_counter() - start < 4.0
+
+
+@pytest.mark.parametrize("attempt", [
+    "import socket\nsocket.create_connection(('127.0.0.1', 9))\n",
+    "import socket\nsocket.socket()\n",
+    "import subprocess\nsubprocess.run(['true'])\n",
+    "import os\nos.system('true')\n",
+])
+def test_sandbox_refuses_sockets_and_processes(attempt):
+    result = run_program(attempt)
+    assert result.status == "failed"
+    assert result.detail.startswith("PermissionError: sandbox:")
+
+
+def test_sandbox_runs_isolated_in_an_empty_temp_dir():
+    result = run_program("import os, sys\nassert os.listdir('.') == ['program.py', 'runner.py'] or "
+                         "sorted(os.listdir('.')) == ['program.py', 'runner.py']\nassert 'HOME' not in os.environ\n"
+                         "assert sys.flags.isolated == 1\n")
+    assert result.passed, result.detail
+
+
+def test_cli_eval_json_on_a_kit_checkpoint(tiny_starcoder, capsys):
+    code = cli.main(["eval", "--model", str(tiny_starcoder), "--benchmark", "single-line", "--limit", "2",
+                     "--max-new-tokens", "8", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    summary = json.loads(out.out)
+    assert summary["benchmark"] == "single-line" and summary["problems"] == 2
+    assert 0.0 <= summary["exact_match"] <= 1.0 and "pass_at_1" not in summary
+    assert summary["model"] == str(tiny_starcoder)
+    assert "eval single-line" in out.err  # the progress bar
+
+
+def test_cli_eval_missing_model_is_one_line(tmp_path, capsys):
+    code = cli.main(["eval", "--model", str(tmp_path / "nope"), "--limit", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("fim-lsp eval: cannot load the model") and "\n" not in err
+
+
+def test_a_backend_without_fim_tokens_is_refused_with_a_reason():
+    from lsp_server.evaluate import fim_problem
+
+    backend = ScriptedBackend({})
+    assert fim_problem(backend) is None
+    backend.fim = fim_tokens_from_vocab(["<|endoftext|>", "def"])
+    assert "has no fill-in-the-middle tokens" in fim_problem(backend)

@@ -1,0 +1,120 @@
+"""The default model's training data: windows, FIM splits in both orders, packing, schedule."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from engine.training import (
+    FimPolicy, FimTokenStrings, TrainConfig, display_path, fim_sample, lr_at, packed_sequences,
+    split_points, windows,
+)
+
+TEXT = (
+    "class Point:\n"
+    "    def __init__(self, x, y):\n"
+    "        self.x = x\n"
+    "        self.y = y\n"
+    "\n"
+    "    def norm(self):\n"
+    "        return (self.x ** 2 + self.y ** 2) ** 0.5\n"
+)
+TOKENS = FimTokenStrings()
+
+
+def unpack(sample: str, order: str) -> tuple[str, str, str]:
+    """(prefix, middle, suffix) of a FIM sample in `order` (an empty PSM prefix reads like SPM)."""
+    assert sample.endswith(TOKENS.eod), sample
+    body = sample[: -len(TOKENS.eod)]
+    if order == "spm":
+        assert body.startswith(TOKENS.prefix + TOKENS.suffix), body
+        suffix, rest = body[len(TOKENS.prefix + TOKENS.suffix):].split(TOKENS.middle)
+        return "", rest, suffix  # SPM: prefix and middle run together after <fim_middle>
+    assert body.startswith(TOKENS.prefix), body
+    prefix, rest = body[len(TOKENS.prefix):].split(TOKENS.suffix)
+    suffix, middle = rest.split(TOKENS.middle)
+    return prefix, middle, suffix
+
+
+def test_windows_keep_whole_lines_under_the_limit():
+    chunks = list(windows(TEXT, 60))
+    assert "".join(chunks) == TEXT
+    assert all(len(c) <= 60 for c in chunks)
+    assert all(c.endswith("\n") for c in chunks)
+    assert list(windows("x" * 25 + "\n", 10)) == ["x" * 10]  # an overlong line is cut
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_line_splits_take_one_whole_line(seed):
+    policy = FimPolicy(char_rate=0.0, block_rate=0.0, mid_line_rate=0.0)
+    a, b = split_points(TEXT, random.Random(seed), policy)
+    assert TEXT[a:b] in TEXT.splitlines(keepends=True)
+    assert TEXT[a:b].strip()  # never an empty line
+    assert a == 0 or TEXT[a - 1] == "\n"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_mid_line_splits_run_to_the_end_of_the_line(seed):
+    policy = FimPolicy(char_rate=0.0, block_rate=0.0, mid_line_rate=1.0)
+    a, b = split_points(TEXT, random.Random(seed), policy)
+    assert TEXT[a:b].endswith("\n") and "\n" not in TEXT[a:b - 1]
+
+
+def test_block_splits_take_the_indented_body():
+    policy = FimPolicy(char_rate=0.0, block_rate=1.0)
+    seen = {TEXT[slice(*split_points(TEXT, random.Random(s), policy))] for s in range(50)}
+    body = "    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n"
+    assert body in seen
+
+
+@pytest.mark.parametrize("spm_rate, order", [(1.0, "spm"), (0.0, "psm")])
+def test_fim_samples_in_both_orders_reassemble_the_text(spm_rate, order):
+    policy = FimPolicy(fim_rate=1.0, spm_rate=spm_rate, filename_rate=0.0)
+    for seed in range(30):
+        sample = fim_sample(TEXT, random.Random(seed), policy, TOKENS)
+        prefix, middle, suffix = unpack(sample, order)
+        assert sample.count(TOKENS.middle) == 1
+        if order == "psm":
+            assert prefix + middle + suffix == TEXT
+        else:
+            assert middle + suffix == TEXT  # prefix+middle after <fim_middle>, then the suffix
+
+
+def test_spm_sample_has_starcoders_layout():
+    policy = FimPolicy(fim_rate=1.0, spm_rate=1.0, char_rate=0.0, block_rate=0.0, mid_line_rate=0.0,
+                       filename_rate=1.0)
+    sample = fim_sample(TEXT, random.Random(3), policy, TOKENS, path="geometry/point.py")
+    head = "<filename>geometry/point.py\n"
+    assert sample.startswith(head + "<fim_prefix><fim_suffix>")
+    suffix, tail = sample[len(head + "<fim_prefix><fim_suffix>"):].split("<fim_middle>")
+    assert tail.endswith("<|endoftext|>")
+    assert tail[: -len("<|endoftext|>")] + suffix == TEXT
+
+
+def test_left_to_right_samples_are_the_text_and_eod():
+    policy = FimPolicy(fim_rate=0.0, filename_rate=0.0)
+    assert fim_sample(TEXT, random.Random(0), policy, TOKENS) == TEXT + "<|endoftext|>"
+
+
+def test_packed_sequences_have_the_exact_length_and_lose_nothing():
+    samples = iter(["abcdefg", "hij", "klmnopqrstu"] * 100)
+    encode = lambda texts: [[ord(c) for c in t] for t in texts]  # noqa: E731
+    seqs = packed_sequences(samples, encode, seq_len=8, batch=3)
+    first = [next(seqs) for _ in range(3)]
+    assert all(len(s) == 8 for s in first)
+    assert "".join(chr(i) for s in first for i in s) == "abcdefghijklmnopqrstuabc"
+
+
+def test_display_path_keeps_the_last_components():
+    assert display_path(Path("/usr/lib/python3.11/json/encoder.py")) == "python3.11/json/encoder.py"
+
+
+def test_lr_warms_up_then_follows_the_cosine_to_the_floor():
+    cfg = TrainConfig(out=Path("unused"), lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, 0.0, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, 0.01, cfg) == pytest.approx(1e-3)
+    assert lr_at(100, 0.0, cfg) == pytest.approx(1e-3)
+    assert lr_at(100, 0.5, cfg) == pytest.approx(0.55e-3)
+    assert lr_at(100, 1.0, cfg) == pytest.approx(1e-4)
+    assert lr_at(100, 2.0, cfg) == pytest.approx(1e-4)  # past the deadline it stays at the floor
