@@ -1,0 +1,431 @@
+"""Export the engine's GPTBigCode forward to ONNX, with its KV cache as graph inputs and outputs.
+
+One graph serves prefill and decode: inputs `input_ids` [1, T], `position_ids` [1, T],
+`logit_positions` [K] (which of the T new tokens need logits: the last one for prefill, all of
+them to verify several drafted tokens) and per layer `past_key_i` / `past_value_i`
+[1, kv_heads, P, head_dim]; outputs `logits` [1, K, V] and `present_key_i` / `present_value_i`
+[1, kv_heads, P + T, head_dim]. T and P are dynamic (P = 0 for a fresh prompt), so cropping a
+document's cache to a shared prefix is a slice of the arrays it holds.
+
+The graph is traced from `engine.model`'s own blocks, so the exported function is the one the
+torch backend runs. Next to the model a manifest records the source checkpoint's xxhash, the
+opset, dtype and quantisation; `check_export` compares it with the checkpoint so that an export
+of another (or an older) checkpoint is refused rather than served. `--int8` adds a copy with
+int8 MatMul/Gemm weights (onnxruntime dynamic quantisation) and records its greedy agreement
+with fp32.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+import xxhash
+
+MANIFEST = "fim-lsp-onnx.json"
+FORMAT_VERSION = 1  # bump when the graph's inputs or outputs change
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+COPIED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+PARITY_TOL = 1e-3  # fp32 logits, ORT against torch, checked after every export
+Quantization = Literal["none", "int8-dynamic"]
+
+
+class ExportError(Exception):
+    """An export that cannot be made or used; the message says what was wrong and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What an export directory holds and what it was made from (fim-lsp-onnx.json)."""
+
+    format_version: int
+    source: str  # the checkpoint directory exported
+    source_hash: str  # xxh3-128 of the checkpoint's config, tokenizer and weight files
+    opset: int
+    dtype: str  # of the fp32 graph's weights and K/V
+    files: dict[str, str]  # quantisation ("none", "int8-dynamic") -> file name in this directory
+    n_layer: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    n_positions: int
+    parity_max_abs: float  # fp32 ORT vs torch logits on the export check
+    int8_agreement: float | None = None  # greedy top-1 agreement of int8 with fp32 on the export check
+    exporter: str = ""  # torch / onnx / onnxruntime versions
+
+    def write(self, out: Path) -> None:
+        tmp = out / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(out / MANIFEST)
+
+    @classmethod
+    def read(cls, out: Path) -> "Manifest":
+        """The manifest in `out`; ExportError when missing or unreadable."""
+        file = out / MANIFEST
+        if not file.is_file():
+            raise ExportError(f"{out} holds no ONNX export ({MANIFEST} missing)")
+        try:
+            data = json.loads(file.read_text())
+            known = {f.name for f in fields(cls)}
+            manifest = cls(**{k: v for k, v in data.items() if k in known})
+        except (OSError, ValueError, TypeError) as exc:
+            raise ExportError(f"{file} is unreadable ({exc}); export again with fim-lsp export-onnx") from None
+        if manifest.format_version != FORMAT_VERSION:
+            raise ExportError(f"{out} was exported in format {manifest.format_version}, this build reads "
+                              f"{FORMAT_VERSION}; export again with fim-lsp export-onnx")
+        return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity of a checkpoint
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """The files whose bytes determine a checkpoint's function: config, tokenizer, weights."""
+    from engine.loading import weight_files
+
+    return [path / "config.json", path / "tokenizer.json", *weight_files(path)]
+
+
+def checkpoint_hash(path: Path, chunk: int = 1 << 24) -> str:
+    """xxh3-128 over the checkpoint's files (names and bytes), as 32 hex digits."""
+    digest = xxhash.xxh3_128()
+    for file in checkpoint_files(path):
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def check_export(out: Path, source_hash: str | None) -> Manifest:
+    """The manifest of a usable export in `out`, or ExportError saying why it is not usable.
+
+    `source_hash` is the checkpoint's current hash (None: the export directory was given on
+    its own, and its source is checked only when the source still exists).
+    """
+    manifest = Manifest.read(out)
+    if source_hash is None and (Path(manifest.source) / "config.json").is_file():
+        source_hash = checkpoint_hash(Path(manifest.source))
+    if source_hash is not None and source_hash != manifest.source_hash:
+        raise ExportError(f"the export in {out} was made from another checkpoint (hash {manifest.source_hash[:12]}, "
+                          f"the checkpoint's is {source_hash[:12]}); export again with fim-lsp export-onnx")
+    for name in manifest.files.values():
+        if not (out / name).is_file():
+            raise ExportError(f"{out / name} is missing; export again with fim-lsp export-onnx")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# The graph
+
+
+def export_wrapper(model):
+    """An nn.Module over `model`'s weights with the graph's inputs and outputs (see module doc)."""
+    import torch
+    import torch.nn.functional as F
+
+    class CachedForward(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids, position_ids, logit_positions, past):
+            m, a = self.m, self.m.args
+            ids, pos = input_ids[0], position_ids[0]  # [T]
+            T, start = ids.shape[0], past[0].shape[2]  # new tokens, cached positions P
+            x = m.wte(ids) + m.wpe(pos)  # [T, E]
+            presents = []
+            for i, block in enumerate(m.h):
+                fresh = x.new_zeros(2, a.kv_heads, T, a.head_dim)  # [2, KH, T, D], written by the block
+                kv = torch.cat([torch.cat([past[2 * i], past[2 * i + 1]]), fresh], dim=2)  # [2, KH, P+T, D]
+                x = block(x, pos, kv, start)
+                presents += [kv[0:1], kv[1:2]]  # [1, KH, P+T, D] each
+            x = x.index_select(0, logit_positions)  # [K, E]
+            return (F.linear(m.ln_f(x), m.wte.weight)[None], *presents)  # [1, K, V], tied head
+
+    return CachedForward()
+
+
+def io_names(n_layer: int) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(past input names, present output names) interleaved key/value per layer, plus the fixed ones."""
+    past = [f"past_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
+    present = [f"present_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
+    return ["input_ids", "position_ids", "logit_positions"], past, ["logits"], present
+
+
+def export_graph(model, file: Path, opset: int) -> None:
+    """Trace `model` (fp32, CPU) and write the graph to `file` (weights as external data)."""
+    import onnx
+    import torch
+    from torch.export import Dim
+
+    a = model.args
+    T = Dim("T", min=1, max=a.n_positions)
+    P = Dim("P", min=0, max=a.n_positions)
+    K = Dim("K", min=1, max=a.n_positions)
+    n = 2 * a.n_layer
+    # Sample shapes away from 0/1 so the tracer keeps every axis symbolic.
+    past = tuple(torch.zeros(1, a.kv_heads, 3, a.head_dim) for _ in range(n))  # [1, KH, P=3, D]
+    sample = (torch.zeros(1, 2, dtype=torch.long), torch.tensor([[3, 4]]), torch.tensor([0, 1]), past)
+    shapes = ({1: T}, {1: T}, {0: K}, tuple({2: P} for _ in range(n)))
+    fixed_in, past_names, fixed_out, present_names = io_names(a.n_layer)
+    with torch.no_grad():
+        program = torch.onnx.export(export_wrapper(model), sample, dynamo=True, dynamic_shapes=shapes,
+                                    input_names=fixed_in + past_names, output_names=fixed_out + present_names,
+                                    opset_version=opset, verbose=False)
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    program.save(str(file), external_data=True)
+    # Value infos recorded by the tracer can disagree with onnx's shape inference, which the
+    # quantiser runs; the graph needs none of them to run. Rewrite the graph, not the weights.
+    graph = onnx.load(str(file), load_external_data=False)
+    del graph.graph.value_info[:]
+    onnx.save(graph, str(file))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks after exporting
+
+
+def check_ids(vocab: int, n: int, seed: int = 0) -> list[int]:
+    """A fixed pseudo-random token sequence for parity checks (ids from 20 up: no specials)."""
+    import random
+
+    rng = random.Random(seed)
+    return [rng.randrange(min(20, vocab - 1), vocab) for _ in range(n)]
+
+
+def parity(model, session, n_prompt: int = 48, n_steps: int = 8) -> float:
+    """Max |ORT - torch| over logits of a prefill and cached single-token steps (fp32)."""
+    import numpy as np
+    import torch
+
+    from engine.backends.onnx_backend import OrtForward, OrtSlot
+    from engine.model import KVBuffer
+
+    a = model.args
+    n_prompt = min(n_prompt, a.n_positions - n_steps)
+    ids = check_ids(a.vocab_size, n_prompt + n_steps)
+    kv = KVBuffer(a, len(ids), torch.float32)
+    with torch.no_grad():
+        expected = model(torch.tensor(ids), torch.arange(len(ids)), kv, 0).numpy()  # [S, V]
+    forward = OrtForward(session, a)
+    slot = OrtSlot(a, capacity=len(ids))
+    got = [forward.run(ids[:n_prompt], 0, slot, all_logits=True)]  # [n_prompt, V]
+    for p in range(n_prompt, len(ids)):
+        got.append(forward.run(ids[p:p + 1], p, slot, all_logits=True))  # [1, V]
+    return float(np.abs(np.concatenate(got) - expected).max())
+
+
+def greedy_agreement(reference, candidate, args, prompts: list[list[int]], new_tokens: int) -> float:
+    """Share of greedy steps where `candidate` picks the token `reference` picks.
+
+    Both decode from the reference's own continuation (teacher forcing), so one early
+    disagreement does not count against every later step.
+    """
+    import numpy as np
+
+    from engine.backends.onnx_backend import OrtForward, OrtSlot
+
+    ref, cand = OrtForward(reference, args), OrtForward(candidate, args)
+    same = total = 0
+    for prompt in prompts:
+        slots = OrtSlot(args, args.n_positions), OrtSlot(args, args.n_positions)
+        r = ref.run(prompt, 0, slots[0])[-1]
+        c = cand.run(prompt, 0, slots[1])[-1]
+        pos = len(prompt)
+        for _ in range(new_tokens):
+            token = int(np.argmax(r))
+            same += token == int(np.argmax(c))
+            total += 1
+            if pos + 1 >= args.n_positions:
+                break
+            r = ref.run([token], pos, slots[0])[-1]
+            c = cand.run([token], pos, slots[1])[-1]
+            pos += 1
+    return same / max(total, 1)
+
+
+def sample_prompts(tokenizer, n_ctx: int, count: int = 6, chars: int = 600) -> list[list[int]]:
+    """FIM prompts cut from this file's own source: code a tokenizer trained on code knows."""
+    text = Path(__file__).read_text()
+    fim = tokenizer.fim
+    prompts = []
+    step = max((len(text) - chars) // count, 1)
+    for i in range(count):
+        window = text[i * step:i * step + chars]
+        cut = len(window) // 2
+        prompt = f"{fim.prefix}{window[:cut]}{fim.suffix}{window[cut:]}{fim.middle}"
+        prompts.append(tokenizer.encode(prompt)[: n_ctx // 2])
+    return prompts
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+Progress = Callable[[str], None]
+
+
+def export(model_dir: str | Path, out: str | Path, int8: bool = False, opset: int = 18,
+           progress: Progress | None = None) -> Manifest:
+    """Export the checkpoint at `model_dir` into `out` (created; a stale export there is replaced)."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from engine.loading import CheckpointError, load_model
+
+    say = progress or (lambda _step: None)
+    src, out = Path(model_dir).resolve(), Path(out).resolve()
+    if not (src / "config.json").is_file():
+        raise ExportError(f"{src} is not a checkpoint directory (no config.json); pass --model DIR")
+    if out == src:
+        raise ExportError(f"--out {out} is the checkpoint directory itself; choose a directory of its own")
+    say("hashing the checkpoint")
+    source_hash = checkpoint_hash(src)
+    say("loading the checkpoint (fp32)")
+    try:
+        loaded = load_model(str(src), torch.device("cpu"), torch.float32)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from None
+    model, args = loaded.model, loaded.model.args
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # the directory is not a valid export until we finish
+    for stale in [FP32_FILE, INT8_FILE]:
+        for f in out.glob(stale + "*"):
+            f.unlink()
+    say("tracing and writing the ONNX graph")
+    export_graph(model, out / FP32_FILE, opset)
+    for name in COPIED_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+    say("checking ONNX Runtime against torch")
+    fp32 = open_session(out / FP32_FILE)
+    diff = parity(model, fp32)
+    if not diff <= PARITY_TOL:
+        raise ExportError(f"the exported graph's logits differ from torch by {diff:.2e} (> {PARITY_TOL}); "
+                          f"this checkpoint does not export faithfully")
+    files = {"none": FP32_FILE}
+    agreement = None
+    if int8:
+        say("quantising weights to int8")
+        quantize(out / FP32_FILE, out / INT8_FILE)
+        files["int8-dynamic"] = INT8_FILE
+        say("measuring int8 agreement with fp32")
+        agreement = greedy_agreement(fp32, open_session(out / INT8_FILE), args,
+                                     sample_prompts(loaded.tokenizer, args.n_positions), new_tokens=16)
+    manifest = Manifest(
+        format_version=FORMAT_VERSION, source=str(src), source_hash=source_hash, opset=opset, dtype="float32",
+        files=files, n_layer=args.n_layer, kv_heads=args.kv_heads, head_dim=args.head_dim,
+        vocab_size=args.vocab_size, n_positions=args.n_positions, parity_max_abs=diff, int8_agreement=agreement,
+        exporter=f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}",
+    )
+    manifest.write(out)
+    return manifest
+
+
+def quantize(src: Path, dst: Path) -> None:
+    """int8 weights for every MatMul/Gemm with a constant weight; activations quantised per call."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(src))
+    untie_shared_weights(model.graph)
+    large = model.ByteSize() > 1_800_000_000  # protobuf's 2 GiB limit, with room to spare
+    quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                     use_external_data_format=large)
+
+
+def untie_shared_weights(graph) -> None:
+    """Give a MatMul/Gemm its own copy of a weight other nodes also read (the tied LM head).
+
+    The quantiser rewrites a weight in place (transposed, for Gemm's transB), which would corrupt
+    the embedding lookup that shares it.
+    """
+    from collections import Counter
+
+    import onnx
+
+    readers = Counter(name for node in graph.node for name in node.input)
+    weights = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm") and node.input[1] in weights and readers[node.input[1]] > 1:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(weights[node.input[1]])
+            copy.name = f"{node.input[1]}.{node.name}"
+            graph.initializer.append(copy)
+            node.input[1] = copy.name
+
+
+def external_size(file: Path) -> int:
+    """Bytes of the external-data files written beside an ONNX model."""
+    return sum(f.stat().st_size for f in file.parent.glob(file.name + ".data*"))
+
+
+def open_session(file: Path, providers: list[str] | None = None, threads: int | None = None):
+    """An onnxruntime InferenceSession for `file`; ExportError if the file does not load."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only; a failed load raises anyway
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(file), sess_options=options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{file} does not load in ONNX Runtime ({first}); the file is corrupt or truncated — "
+                          f"export again with fim-lsp export-onnx") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def main_export(args) -> int:
+    """`fim-lsp export-onnx --model M --out DIR [--int8] [--opset N]`."""
+    import sys
+
+    from tqdm import tqdm
+
+    from engine.loading import CheckpointError, resolve_checkpoint
+    from engine.select import resolve_model_name
+
+    steps = ["hashing", "loading", "tracing", "checking"] + (["quantising", "agreement"] if args.int8 else [])
+    bar = tqdm(total=len(steps), desc="export-onnx", unit="step", file=sys.stderr)
+
+    def progress(step: str) -> None:
+        if bar.desc != "export-onnx":  # the previous step is done
+            bar.update(1)
+        bar.set_description(step)
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        src = resolve_checkpoint(resolve_model_name(args.model), args.revision)
+        started = time.perf_counter()
+        manifest = export(src, args.out, int8=args.int8, opset=args.opset, progress=progress)
+    except (ExportError, CheckpointError) as exc:
+        bar.close()
+        print(f"fim-lsp export-onnx: {exc}", file=sys.stderr)
+        return 2
+    bar.update(bar.total - bar.n)
+    bar.close()
+    out = Path(args.out)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.name.startswith(FP32_FILE)) / 2**20
+    print(f"exported {src} -> {out / FP32_FILE} ({size:.0f} MiB, opset {manifest.opset}) "
+          f"in {time.perf_counter() - started:.0f} s; ORT vs torch max |diff| {manifest.parity_max_abs:.1e}")
+    if manifest.int8_agreement is not None:
+        q = (out / INT8_FILE).stat().st_size / 2**20
+        print(f"int8: {out / INT8_FILE} ({q:.0f} MiB); greedy agreement with fp32 "
+              f"{manifest.int8_agreement:.1%} of teacher-forced steps on sample prompts")
+    return 0
