@@ -1,7 +1,10 @@
 """Choosing a backend, device and dtype for a model, and loading it: `load_backend`.
 
-`auto` means: CUDA when present (bf16 where supported, else fp16), otherwise the CPU in bf16 when
-it has native bf16 matrix instructions (AVX-512 BF16 / AMX) and fp32 otherwise. Every choice
+`auto` means: torch on CUDA when present (bf16 where supported, else fp16); otherwise ONNX
+Runtime when an export of this checkpoint exists (or is made on first use, if configured);
+otherwise torch on the CPU in bf16 when it has native bf16 matrix instructions (AVX-512 BF16 /
+AMX) and fp32 otherwise. ONNX Runtime that cannot serve (not installed, no or a stale or corrupt
+export) falls back to torch on the CPU, and the reason is kept. Every choice
 carries a one-line reason that `fim-lsp status` prints. Runtimes other than torch live in their
 own modules and are imported only when asked for (see RUNTIMES).
 """
@@ -20,8 +23,8 @@ from engine.loading import CheckpointError, Progress, load_model
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # backend name -> module with `load_backend(model, device, dtype, revision, progress, **options)`
+# (onnx is chosen in load_backend itself: it falls back to torch rather than failing)
 RUNTIMES: dict[str, str] = {
-    "onnx": "engine.backends.onnx_backend",
     "openai": "engine.backends.openai_backend",
 }
 
@@ -82,8 +85,11 @@ def kv_dtype_for(device: torch.device, dtype: torch.dtype) -> torch.dtype:
 
 def load_backend(model: str | None = None, backend: str = "auto", device: str = "auto", dtype: str = "auto",
                  revision: str | None = None, progress: Progress | None = None, threads: int | None = None,
-                 cache: CacheConfig | None = None, url: str | None = None) -> Backend:
-    """Load `model` (a directory or hub id; None: the bundled default model) behind a Backend."""
+                 cache: CacheConfig | None = None, url: str | None = None, onnx=None) -> Backend:
+    """Load `model` (a directory or hub id; None: the bundled default model) behind a Backend.
+
+    `onnx`: an `engine.backends.onnx_backend.OnnxConfig` (where exports live, export on first use).
+    """
     if threads is not None:
         if threads < 1:
             raise CheckpointError(f"--threads must be at least 1, got {threads}")
@@ -95,14 +101,24 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
         module = importlib.import_module(module_name)
         return module.load_backend(model=model, device=device, dtype=dtype, revision=revision,
                                    progress=progress, url=url)
-    if backend not in ("auto", "torch"):
-        raise CheckpointError(f"--backend {backend!r}: choose auto, torch, {', '.join(RUNTIMES)}")
+    if backend not in ("auto", "torch", "onnx"):
+        raise CheckpointError(f"--backend {backend!r}: choose auto, torch, onnx, {', '.join(RUNTIMES)}")
     name = resolve_model_name(model)
+    fallback = ""
+    if backend == "onnx" or (backend == "auto" and device in ("auto", "cpu") and not torch.cuda.is_available()):
+        from engine.backends.onnx_backend import OnnxUnavailable, load_onnx_backend
+
+        try:
+            return load_onnx_backend(name, device, dtype, revision, progress, cache, onnx,
+                                     export_missing=backend == "onnx" or bool(onnx and onnx.auto_export))
+        except OnnxUnavailable as exc:
+            fallback, device = f"ONNX Runtime not used: {exc}. ", "cpu"
     placement = choose_placement(device, dtype)
     loaded = load_model(name, placement.device, placement.dtype, revision=revision, progress=progress)
     from engine.backends.torch_backend import TorchBackend
 
-    return TorchBackend(loaded, cache=cache, kv_dtype=placement.kv_dtype, model_name=name, why=placement.why)
+    return TorchBackend(loaded, cache=cache, kv_dtype=placement.kv_dtype, model_name=name,
+                        why=fallback + placement.why)
 
 
 def resolve_model_name(model: str | None) -> str:
