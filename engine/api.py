@@ -20,6 +20,14 @@ class Cancelled(Exception):
     """Raised by a backend when the request's CancelToken fired between decode steps."""
 
 
+class BackendError(Exception):
+    """The backend could not serve a request (a remote server down, slow, refusing or garbled).
+
+    The message names the server and what to do; the language server shows it once and answers
+    with an empty result, and the next request tries again.
+    """
+
+
 class CancelToken:
     """A flag a request's owner sets from any thread; the engine checks it between steps."""
 
