@@ -31,6 +31,11 @@ class ModelConfig:
     dtype: str = "auto"  # auto, float32, bfloat16, float16
     cache_bytes: int | None = None  # KV cache byte budget; None = sized from free memory
     threads: int | None = None  # CPU threads for the engine; None = all cores
+    url: str | None = None  # OpenAI-compatible server for backend "openai", e.g. http://127.0.0.1:8000
+    api_key: str | None = field(default=None, repr=False)  # bearer key for `url`; None = $FIM_LSP_API_KEY
+    family: str | None = None  # FIM spelling for "openai" without a local tokenizer: starcoder, santacoder
+    remote_model: str | None = None  # model name sent to `url`; None = the first one its /v1/models lists
+    remote_timeout_s: float = 30.0  # how long one request to `url` may take to answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,11 @@ _KEYS: dict[str, tuple[str, str, tuple[type, ...], tuple[Any, ...] | None]] = {
     "fimMode": ("completion", "fim_mode", (str,), ("auto", "spm", "psm")),
     "timeBudgetMs": ("completion", "time_budget_s", (int, float, type(None)), None),
     "debounceMs": ("server", "debounce_ms", (int,), None),
+    "url": ("model", "url", (str, type(None)), None),
+    "apiKey": ("model", "api_key", (str, type(None)), None),
+    "family": ("model", "family", (str, type(None)), ("starcoder", "santacoder", None)),
+    "remoteModel": ("model", "remote_model", (str, type(None)), None),
+    "remoteTimeoutMs": ("model", "remote_timeout_s", (int, float), None),
 }
 _IGNORED = {"token"}  # read elsewhere (the TCP shared secret)
 
@@ -101,7 +111,7 @@ def apply_settings(config: ServerConfig, raw: Any) -> ServerConfig:
             raise ConfigError(f"setting {key!r} must be {wanted}, got {value!r}")
         if allowed is not None and value not in allowed:
             raise ConfigError(f"setting {key!r} must be one of {list(allowed)}, got {value!r}")
-        if key == "timeBudgetMs" and value is not None:
+        if key in ("timeBudgetMs", "remoteTimeoutMs") and value is not None:
             value = value / 1000
         changes[component][name] = value
     merged = replace(
@@ -129,14 +139,23 @@ def check(config: ServerConfig) -> None:
         raise ConfigError(f"debounceMs must be >= 0, got {config.debounce_ms}")
     if config.model.cache_bytes is not None and config.model.cache_bytes <= 0:
         raise ConfigError(f"cacheBytes must be > 0, got {config.model.cache_bytes}")
+    m = config.model
+    if m.backend == "openai" and not m.url:
+        raise ConfigError("backend 'openai' needs url (the server's address, e.g. http://127.0.0.1:8000)")
+    if m.url is not None and not m.url.startswith(("http://", "https://")):
+        raise ConfigError(f"url must start with http:// or https://, got {m.url!r}")
+    if m.remote_timeout_s <= 0:
+        raise ConfigError(f"remoteTimeoutMs must be > 0, got {m.remote_timeout_s * 1000}")
 
 
 def config_from_args(args: Any) -> ServerConfig:
     """The configuration the command line asks for (`fim-lsp serve/demo/complete` flags)."""
+    url = getattr(args, "url", None)
+    backend = getattr(args, "backend", "auto")
     model = ModelConfig(
         model=getattr(args, "model", None), revision=getattr(args, "revision", None),
-        backend=getattr(args, "backend", "auto"), device=getattr(args, "device", "auto"),
-        dtype=getattr(args, "dtype", "auto"), threads=getattr(args, "threads", None),
+        backend="openai" if url and backend == "auto" else backend, device=getattr(args, "device", "auto"),
+        dtype=getattr(args, "dtype", "auto"), threads=getattr(args, "threads", None), url=url,
     )
     completion = CompletionSettings()
     if getattr(args, "max_new_tokens", None) is not None:
