@@ -33,6 +33,7 @@ Case = Literal["mid", "line_start", "open_line", "line_end"]
 OPEN_TO_CLOSE = {"(": ")", "[": "]", "{": "}"}
 CLOSE_TO_OPEN = {v: k for k, v in OPEN_TO_CLOSE.items()}
 QUOTES = "\"'`"
+_PAIRED = ")]}([{" + QUOTES
 _BLOCK_OPENER = re.compile(r"(?:[:{(\[]|=>|\b(?:do|then|else|begin))$")
 _CLOSERS_ONLY = re.compile(r"^[\s)\]}>;,]+$")
 PREFIX_SCAN_CHARS = 4000  # how far back the cursor's open brackets are looked for
@@ -260,23 +261,28 @@ def _common_prefix_len(a: str, b: str) -> int:
     return n
 
 
-def _without_suffix_repeat(text: str, line_prefix: str, rest_of_line: str, below: str) -> str:
-    """Enforce the invariant: the suggestion never re-types the line that follows it.
-
-    `line_prefix` is the cursor's line before it, `rest_of_line` what stays after the cursor on
-    its line, `below` the first non-blank line after that. Whole lines of the suggestion equal to the line that follows are cut, and a last
-    line that ends with the rest of the cursor's line loses that ending."""
-    follows = rest_of_line if rest_of_line.strip() else below
+def _without_repeated_next_line(text: str, line_prefix: str, follows: str, last_complete: bool) -> str:
+    """`text` cut before its first whole line that re-types `follows`, the line the suggestion
+    runs into. The first line counts with `line_prefix` before it, as the editor will show it;
+    the last line counts only when `last_complete` (nothing else follows it on its line)."""
+    if not _has_word(follows):
+        return text
     lines = text.split("\n")
-    complete = lines if not rest_of_line.strip() else lines[:-1]
-    if _has_word(follows):
-        for i, line in enumerate(complete):
-            if _same_line(line_prefix + line if i == 0 else line, follows):
-                return "\n".join(lines[:i]).rstrip()
-    tail = rest_of_line.strip()
-    if tail and _has_word(tail) and lines[-1].rstrip().endswith(tail):
-        lines[-1] = lines[-1].rstrip()[: -len(tail)]
-        return "\n".join(lines)
+    for i, line in enumerate(lines if last_complete else lines[:-1]):
+        if _same_line(line_prefix + line if i == 0 else line, follows):
+            return "\n".join(lines[:i]).rstrip()
+    return text
+
+
+def _without_retyped_rest(text: str, rest_of_line: str) -> str:
+    """`text` without endings that repeat the rest of the cursor's line (`x + 1` before ` + 1`).
+    Closing brackets and quotes are left to replace_chars and bracket balance."""
+    tails = [t for t in dict.fromkeys((rest_of_line.rstrip(), rest_of_line.strip()))
+             if t and (_has_word(t) or not any(c in _PAIRED for c in t))]
+    body = text.rstrip()
+    while any(body.endswith(t) for t in tails):
+        tail = next(t for t in tails if body.endswith(t))
+        text = body = body[: len(body) - len(tail)]
     return text
 
 
@@ -309,25 +315,24 @@ def postprocess(raw: str, ctx: CursorContext, config: PostprocessConfig,
         kept.pop()
     terminated = case == "line_start" and len(kept) < len(lines)  # whole lines, then the old one
     text = "\n".join(kept)
-    if (case == "mid" or (case == "line_start" and not terminated)) and _has_word(ls):
-        whole = ls.strip()  # the model re-typed the rest of the line
-        if text.rstrip().endswith(whole):
-            text = text.rstrip()[: len(text.rstrip()) - len(whole)]
     outer, quote = _prefix_brackets(ctx.prefix)
     balance = _balance(text, outer, quote)
     text = balance.text
     if case == "mid" and "\n" not in text and balance.unclosed:
         text += "".join(OPEN_TO_CLOSE[c] for c in reversed(balance.unclosed))
-    replace_chars = _common_prefix_len(balance.closers, ls) if ls.strip() and not terminated else 0
+    joins_line = bool(ls.strip()) and not terminated  # the last line runs into the rest of the line
+    replace_chars = _common_prefix_len(balance.closers, ls) if joins_line else 0
     rest_of_line = ls[replace_chars:]
-    if terminated or not rest_of_line.strip():
+    if not joins_line or not rest_of_line.strip():
         text = text.rstrip()
-    if not text.strip():
-        return None
     if terminated:
-        text += "\n" + lp
-        rest_of_line = lp + ls
-    text = _without_suffix_repeat(text, lp, rest_of_line, below)
+        text = _without_repeated_next_line(text, lp, lp + ls, last_complete=True)
+        text = text + "\n" + lp if text.strip() else ""
+    elif joins_line and rest_of_line.strip():
+        text = _without_repeated_next_line(text, lp, rest_of_line, last_complete=False)
+        text = _without_retyped_rest(text, rest_of_line)
+    else:
+        text = _without_repeated_next_line(text, lp, below, last_complete=True)
     if not text.strip():
         return None
     if ctx.newline != "\n":
