@@ -23,3 +23,13 @@ def tiny_starcoder() -> Path:
 @pytest.fixture(scope="session")
 def tiny_santacoder() -> Path:
     return kit(shape="tiny", family="santacoder")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """An ONNX export (fp32 and int8) of the tiny StarCoder-family kit model, made once per run."""
+    from engine.onnx_export import export
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny-starcoder"
+    export(kit(shape="tiny", family="starcoder"), out, int8=True)
+    return out
