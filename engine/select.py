@@ -85,10 +85,12 @@ def kv_dtype_for(device: torch.device, dtype: torch.dtype) -> torch.dtype:
 
 def load_backend(model: str | None = None, backend: str = "auto", device: str = "auto", dtype: str = "auto",
                  revision: str | None = None, progress: Progress | None = None, threads: int | None = None,
-                 cache: CacheConfig | None = None, url: str | None = None, onnx=None) -> Backend:
+                 cache: CacheConfig | None = None, url: str | None = None, onnx=None,
+                 remote=None) -> Backend:
     """Load `model` (a directory or hub id; None: the bundled default model) behind a Backend.
 
     `onnx`: an `engine.backends.onnx_backend.OnnxConfig` (where exports live, export on first use).
+    `remote`: an `engine.backends.openai_backend.RemoteConfig` (API key, timeouts) for backend openai.
     """
     if threads is not None:
         if threads < 1:
@@ -100,7 +102,7 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
             raise CheckpointError(f"the {backend} backend is not available in this build; use --backend torch")
         module = importlib.import_module(module_name)
         return module.load_backend(model=model, device=device, dtype=dtype, revision=revision,
-                                   progress=progress, url=url)
+                                   progress=progress, url=url, remote=remote)
     if backend not in ("auto", "torch", "onnx"):
         raise CheckpointError(f"--backend {backend!r}: choose auto, torch, onnx, {', '.join(RUNTIMES)}")
     name = resolve_model_name(model)
