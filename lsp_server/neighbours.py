@@ -17,7 +17,7 @@ from lsp_server.context import CursorContext
 
 WINDOW_LINES = 20  # lines per candidate window
 WINDOW_STEP = 10  # lines between window starts
-MIN_SCORE = 0.1  # below this Jaccard similarity a window is not worth its tokens
+MIN_SCORE = 0.05  # below this Jaccard similarity a window is not worth its tokens
 MATERIAL_GAIN = 0.1  # a new best must beat the kept one by this much to replace it
 MAX_SNIPPETS = 3
 

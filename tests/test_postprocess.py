@@ -1,0 +1,56 @@
+"""Post-processing helpers and policies beyond the golden table."""
+from __future__ import annotations
+
+import pytest
+
+from engine.fim_tokens import FimTokens
+from lsp_server.context import CursorContext
+from lsp_server.postprocess import (PostprocessConfig, ShownSuggestion, Suggestion, cut_at_stops, indent_width,
+                                    opens_block, postprocess, reuse_suggestion)
+
+SANTACODER = FimTokens(family="santacoder", eod="<|endoftext|>", prefix="<fim-prefix>", middle="<fim-middle>",
+                       suffix="<fim-suffix>", pad="<fim-pad>")
+
+
+@pytest.mark.parametrize("line,opens", [("def f(x):", True), ("if (a) {", True), ("items = [", True),
+                                        ("x.map(y =>", True), ("foo do", True), ("x = 1", False),
+                                        ("return done", False), ("s = 'a:b'", False), ("call(a)  ", False)])
+def test_block_openers(line, opens):
+    assert opens_block(line) is opens
+
+
+def test_indent_width_counts_tabs_as_four():
+    assert [indent_width(x) for x in ("x", "    x", "\tx", "\t  x", "   ")] == [0, 4, 4, 6, 3]
+
+
+def test_cut_at_the_earliest_stop():
+    assert cut_at_stops("a<fim-pad>b<|endoftext|>", ("<|endoftext|>", "<fim-pad>")) == "a"
+    assert cut_at_stops("abc", ("", "z")) == "abc"
+
+
+def test_santacoder_stop_tokens_end_the_middle():
+    ctx = CursorContext("x = ", "\n")
+    assert postprocess("size<fim-middle>junk", ctx, PostprocessConfig(), SANTACODER.stop_tokens()) == Suggestion("size")
+
+
+def test_lone_cr_document_gets_lone_cr():
+    ctx = CursorContext("if ok:\r    ", "")
+    assert postprocess("a = 1\n    b = 2", ctx, PostprocessConfig()) == Suggestion("a = 1\r    b = 2")
+
+
+def test_always_respects_max_lines_of_one():
+    ctx = CursorContext("def f():\n    ", "")
+    assert postprocess("a = 1\n    b = 2", ctx, PostprocessConfig(multiline="always", max_lines=1)) == Suggestion("a = 1")
+
+
+@pytest.mark.parametrize("field,value", [("multiline", "sometimes"), ("max_lines", 0)])
+def test_bad_postprocess_config_is_a_clear_error(field, value):
+    with pytest.raises(ValueError, match=field):
+        PostprocessConfig(**{field: value})
+
+
+def test_forward_typing_through_a_whole_suggestion():
+    shown = ShownSuggestion("total = ", "\n", Suggestion("price * qty"))
+    rests = [reuse_suggestion(shown, CursorContext("total = " + "price * qty"[:n], "\n")) for n in range(1, 12)]
+    assert [r.text if r else None for r in rests] == [
+        "rice * qty", "ice * qty", "ce * qty", "e * qty", " * qty", "* qty", " qty", "qty", "ty", "y", None]
