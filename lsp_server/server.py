@@ -32,7 +32,7 @@ from pygls.exceptions import (
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
-from engine.api import Backend
+from engine.api import Backend, BackendError
 from lsp_server import pipeline
 from lsp_server.config import ConfigError, ModelConfig, ServerConfig, apply_settings, config_from_args
 from lsp_server.context import Encoding, offset_to_position, position_to_offset
@@ -98,6 +98,7 @@ class FimServer(LanguageServer):
         self.loaded: ModelConfig | None = None  # the configuration `backend` was loaded from
         self.model_state: ModelState = "not started"
         self.model_error = ""
+        self.backend_error = ""  # the last request's BackendError while they keep failing; "" once one works
         self.loads = 0  # load attempts started; a finished load older than the newest is discarded
         self.initialized = False  # `initialized` arrived
         self.required_token: str | None = None  # TCP shared secret
@@ -391,10 +392,16 @@ async def suggest(ls: FimServer, uri: str, position: types.Position) -> Placed |
         outcome = await ls.scheduler.run(doc_key, job)
     except Superseded:
         return None
+    except BackendError as exc:
+        report_backend_error(ls, str(exc))
+        return None
     except Exception as exc:
         ls.log(types.MessageType.Error, f"fim-lsp: completion failed: {exc}\n{traceback.format_exc()}")
         raise JsonRpcInternalError(f"completion failed: {type(exc).__name__}: {exc}") from None
     latency_ms = (time.perf_counter() - start) * 1000  # request arrival to answer
+    if ls.backend_error:
+        ls.backend_error = ""
+        ls.log(types.MessageType.Info, "fim-lsp: completions work again")
     ls.latency.add(latency_ms)
     ls.last = last_figures(outcome, latency_ms)
     ls.snippets[doc_key] = outcome.snippets
@@ -411,6 +418,15 @@ async def suggest(ls: FimServer, uri: str, position: types.Position) -> Placed |
     command = types.Command(title="fim-lsp: suggestion accepted", command=ACCEPTED,
                             arguments=[{"uri": uri, "id": ls.suggestions, "chars": len(suggestion.text)}])
     return Placed(suggestion.text, types.Range(types.Position(*start_pos), types.Position(*end_pos)), command)
+
+
+def report_backend_error(ls: FimServer, message: str) -> None:
+    """Show the first failure of a run (typing on would repeat it at every key); log the rest."""
+    if ls.backend_error:
+        ls.log(types.MessageType.Warning, f"fim-lsp: {message}")
+    else:
+        ls.show(types.MessageType.Error, f"fim-lsp: {message}")
+    ls.backend_error = message
 
 
 def last_figures(outcome: pipeline.Outcome, latency_ms: float) -> dict[str, Any]:
@@ -479,6 +495,7 @@ def fim_lsp_status(ls: FimServer, params: Any) -> dict[str, Any]:
     return {
         "state": ls.model_state,
         "error": ls.model_error or None,
+        "backend_error": ls.backend_error or None,
         "model": info.model if info else None,
         "backend": info.backend if info else None,
         "device": info.device if info else None,
