@@ -1,0 +1,158 @@
+"""The ONNX export: the graph computes the engine's forward (prefill and cached steps, MQA and MHA),
+its manifest names the checkpoint it came from, and int8 quantisation keeps the embedding intact."""
+import json
+import shutil
+from contextlib import redirect_stdout
+from io import StringIO
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from engine.backends.onnx_backend import OrtForward, OrtSlot
+from engine.loading import load_model
+from engine.model import KVBuffer
+from engine.onnx_export import (
+    FP32_FILE, INT8_FILE, MANIFEST, ExportError, Manifest, check_export, checkpoint_hash, open_session,
+    untie_shared_weights,
+)
+from lsp_server import cli
+from tests.conftest import kit
+
+TOL = 1e-3  # fp32 logits, ORT against torch (the issue's bound; seen: ~5e-6)
+CPU = torch.device("cpu")
+
+
+def torch_logits(model, ids: list[int]) -> np.ndarray:
+    """Full-recompute logits of every position: [S, V]."""
+    kv = KVBuffer(model.args, len(ids), torch.float32)
+    with torch.no_grad():
+        return model(torch.tensor(ids), torch.arange(len(ids)), kv, 0).numpy()
+
+
+def assert_prefill_and_cached_steps_match(model, session, seed: int = 1):
+    """Prefill 40 tokens, run 12 cached single-token steps, then crop to 20 and prefill 3 more."""
+    a = model.args
+    ids = torch.randint(20, a.vocab_size, (52,), generator=torch.Generator().manual_seed(seed)).tolist()
+    expected = torch_logits(model, ids)  # [52, V]
+    forward, slot = OrtForward(session, a), OrtSlot(a, capacity=64)
+    prefill = forward.run(ids[:40], 0, slot, all_logits=True)  # [40, V]
+    assert prefill.shape == (40, a.vocab_size)
+    assert np.abs(prefill - expected[:40]).max() < TOL
+    for p in range(40, 52):
+        step = forward.run(ids[p:p + 1], p, slot)  # [1, V]
+        assert np.abs(step[0] - expected[p]).max() < TOL, f"cached step at position {p}"
+    assert slot.length == 52
+    edited = ids[:20] + [21, 22, 23]  # keep a prefix, as a keystroke that edits mid-prompt does
+    last = forward.run(edited[20:], 20, slot)  # [1, V], over the cropped K/V
+    assert np.abs(last[0] - torch_logits(model, edited)[-1]).max() < TOL
+    assert slot.length == 23
+
+
+def test_multi_query_export_matches_torch_at_prefill_and_cached_steps(tiny_onnx):
+    model = load_model(str(kit(shape="tiny", family="starcoder")), CPU, torch.float32).model
+    assert_prefill_and_cached_steps_match(model, open_session(tiny_onnx / FP32_FILE))
+
+
+def test_cli_exports_multi_head_santacoder_and_it_matches_torch(tmp_path):
+    path = kit(shape="tiny", family="santacoder", mha=True)
+    out = StringIO()
+    with redirect_stdout(out):
+        code = cli.main(["export-onnx", "--model", str(path), "--out", str(tmp_path), "--opset", "18"])
+    assert code == 0
+    assert f"{tmp_path / FP32_FILE}" in out.getvalue() and "max |diff|" in out.getvalue()
+    manifest = check_export(tmp_path, checkpoint_hash(path))
+    assert (manifest.kv_heads, manifest.files, manifest.int8_agreement) == (4, {"none": FP32_FILE}, None)
+    model = load_model(str(path), CPU, torch.float32).model
+    assert_prefill_and_cached_steps_match(model, open_session(tmp_path / FP32_FILE), seed=2)
+
+
+def test_manifest_records_source_hash_opset_dtype_and_quantisation(tiny_onnx):
+    path = kit(shape="tiny", family="starcoder")
+    data = json.loads((tiny_onnx / MANIFEST).read_text())
+    assert data["source"] == str(path) and data["source_hash"] == checkpoint_hash(path)
+    assert (data["opset"], data["dtype"]) == (18, "float32")
+    assert data["files"] == {"none": FP32_FILE, "int8-dynamic": INT8_FILE}
+    assert (data["n_layer"], data["kv_heads"], data["head_dim"], data["vocab_size"]) == (2, 1, 16, 1024)
+    assert data["parity_max_abs"] < TOL
+    assert 0.0 <= data["int8_agreement"] <= 1.0
+    assert Manifest.read(tiny_onnx).source_hash == data["source_hash"]
+
+
+def test_checkpoint_hash_changes_with_one_weight_byte(tmp_path):
+    src = kit(shape="tiny", family="starcoder")
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    assert checkpoint_hash(copy) == checkpoint_hash(src)
+    weights = copy / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 1
+    weights.write_bytes(bytes(raw))
+    assert checkpoint_hash(copy) != checkpoint_hash(src)
+
+
+def test_an_export_of_another_checkpoint_is_refused(tiny_onnx):
+    other = checkpoint_hash(kit(shape="tiny", family="santacoder"))
+    with pytest.raises(ExportError, match="made from another checkpoint"):
+        check_export(tiny_onnx, other)
+
+
+def test_a_directory_without_a_manifest_or_with_another_format_is_refused(tmp_path, tiny_onnx):
+    with pytest.raises(ExportError, match="no ONNX export"):
+        check_export(tmp_path, None)
+    data = json.loads((tiny_onnx / MANIFEST).read_text())
+    (tmp_path / MANIFEST).write_text(json.dumps({**data, "format_version": 0}))
+    with pytest.raises(ExportError, match="exported in format 0"):
+        check_export(tmp_path, None)
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(ExportError, match="unreadable"):
+        check_export(tmp_path, None)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated graph", "truncated weights"])
+def test_a_corrupt_or_truncated_model_file_is_a_clear_error(tmp_path, tiny_onnx, damage):
+    shutil.copytree(tiny_onnx, tmp_path, dirs_exist_ok=True)
+    graph, data = tmp_path / FP32_FILE, tmp_path / (FP32_FILE + ".data")
+    if damage == "garbage":
+        graph.write_bytes(b"\x00not an onnx model" * 100)
+    elif damage == "truncated graph":
+        graph.write_bytes(graph.read_bytes()[:1000])
+    else:
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(ExportError, match="corrupt or truncated"):
+        open_session(graph)
+
+
+def test_int8_graph_quantises_every_projection_and_the_tied_head(tiny_onnx):
+    graph = onnx.load(str(tiny_onnx / INT8_FILE))
+    ops = [n.op_type for n in graph.graph.node]
+    # 2 layers x (c_attn, c_proj, c_fc, mlp c_proj) + the LM head
+    assert ops.count("MatMulInteger") == 9 and "Gemm" not in ops
+    embedding = next(n for n in graph.graph.node if n.op_type == "Gather" and n.input[0] == "m.wte.weight")
+    table = next(t for t in graph.graph.initializer if t.name == embedding.input[0])
+    assert list(table.dims) == [1024, 64], "the embedding lookup keeps its own [V, E] table"
+
+
+def test_untie_gives_a_shared_weight_its_own_copy_for_the_matmul():
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.arange(12, dtype=np.float32))
+    nodes = [helper.make_node("Gather", ["w", "ids"], ["x"], name="embed"),
+             helper.make_node("Gemm", ["x", "w"], ["y"], name="head", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [weight])
+    untie_shared_weights(graph)
+    assert [list(n.input) for n in graph.node] == [["w", "ids"], ["x", "w.head"]]
+    copy = next(t for t in graph.initializer if t.name == "w.head")
+    assert copy.dims == weight.dims and copy.float_data == weight.float_data
+    untie_shared_weights(graph)
+    assert len(graph.initializer) == 2, "untying twice changes nothing"
+
+
+def test_export_refuses_a_directory_that_is_no_checkpoint(tmp_path):
+    from engine.onnx_export import export
+
+    with pytest.raises(ExportError, match="not a checkpoint directory"):
+        export(tmp_path, tmp_path / "out")
+    code = cli.main(["export-onnx", "--model", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert code == 2
