@@ -179,17 +179,15 @@ def _take_line(lines: list[str], ctx: CursorContext, case: Case, config: Postpro
     return [first]
 
 
-def _prefix_brackets(prefix: str) -> tuple[list[str], str | None]:
-    """The brackets still open at the end of `prefix` and the quote the cursor is inside, if any."""
-    tail = prefix[-PREFIX_SCAN_CHARS:]
-    if len(tail) < len(prefix):
-        tail = tail[tail.find("\n") + 1 :]  # start on a line boundary
-    stack: list[str] = []
-    quote: str | None = None
+def _lex(text: str, quote: str | None):
+    """(index, char, kind) for the characters that matter to bracket balance: kind is "code" for
+    a character outside strings, "open"/"close" for a quote that starts/ends a string, "break" for
+    a line break (which ends any string). `quote` is the string `text` starts inside, if any."""
     escaped = False
-    for c in tail:
+    for i, c in enumerate(text):
         if c in "\r\n":
             quote, escaped = None, False
+            yield i, c, "break"
         elif quote is not None:
             if escaped:
                 escaped = False
@@ -197,8 +195,24 @@ def _prefix_brackets(prefix: str) -> tuple[list[str], str | None]:
                 escaped = True
             elif c == quote:
                 quote = None
+                yield i, c, "close"
         elif c in QUOTES:
             quote = c
+            yield i, c, "open"
+        else:
+            yield i, c, "code"
+
+
+def _prefix_brackets(prefix: str) -> tuple[list[str], str | None]:
+    """The brackets still open at the end of `prefix` and the quote the cursor is inside, if any."""
+    tail = prefix[-PREFIX_SCAN_CHARS:]
+    if len(tail) < len(prefix):
+        tail = tail[tail.find("\n") + 1 :]  # start on a line boundary
+    stack: list[str] = []
+    quote: str | None = None
+    for _, c, kind in _lex(tail, None):
+        if kind != "code":
+            quote = c if kind == "open" else None
         elif c in OPEN_TO_CLOSE:
             stack.append(c)
         elif c in CLOSE_TO_OPEN and CLOSE_TO_OPEN[c] in stack:
@@ -219,32 +233,20 @@ def _balance(text: str, outer: list[str], quote: str | None) -> _Balance:
     outer = list(outer)
     own: list[str] = []
     closers: list[str] = []
-    outer_quote = quote  # a string begun before the cursor
-    escaped = False
-    for i, c in enumerate(text):
-        if c == "\n":
-            quote, outer_quote, escaped = None, None, False
-        elif quote is not None:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == quote:
-                if outer_quote is not None:
-                    closers.append(c)
-                    outer_quote = None
-                quote = None
-        elif c in QUOTES:
-            quote = c
-        elif c in OPEN_TO_CLOSE:
+    in_outer_string = quote is not None  # a string begun before the cursor
+    for i, c, kind in _lex(text, quote):
+        if kind == "close" and in_outer_string:
+            closers.append(c)
+        if kind != "code":
+            in_outer_string = False
+            continue
+        if c in OPEN_TO_CLOSE:
             own.append(c)
         elif c in CLOSE_TO_OPEN:
             want = CLOSE_TO_OPEN[c]
-            if own:
-                if own[-1] != want:
-                    return _Balance(text[:i], "".join(closers), own)
+            if own and own[-1] == want:
                 own.pop()
-            elif outer and outer[-1] == want:
+            elif not own and outer and outer[-1] == want:
                 outer.pop()
                 closers.append(c)
             else:
