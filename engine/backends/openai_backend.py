@@ -1,0 +1,570 @@
+"""The remote backend: completions from an OpenAI-compatible server (vLLM, TGI, llama.cpp, `fim-lsp engine`).
+
+The language server builds the FIM prompt itself, with the same prompt core as in-process, and
+sends the text to `POST {url}/v1/completions`; the server's own prefix cache (vLLM's automatic
+prefix caching, llama.cpp's `cache_prompt`) does the reuse, which the SPM prompt and the chunked
+window keep hitting. When the server is our own engine daemon (`fim-lsp engine`), requests go to
+its richer endpoint instead, carrying this process's client id and the document id, so the
+daemon's per-document KV slots line up with the editor's documents.
+
+Token counts come from a local tokenizer copy (`--model DIR`), else from the daemon's tokenizer,
+else from a conservative characters-per-token estimate. Failures become `BackendError` with a
+message naming the server and what to do; a cancelled request closes its connection. The API
+key is read at call time (configuration first, then the environment) and never logged.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import math
+import os
+import re
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from engine.api import (
+    BackendError, BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, StopReason,
+)
+from engine.fim_tokens import EOD_TOKEN, Family, FimTokens, fim_tokens_from_vocab
+
+log = logging.getLogger("fim-lsp.openai")
+
+API_KEY_ENV = "FIM_LSP_API_KEY"
+CHARS_PER_TOKEN_ESTIMATE = 2.0  # code averages 3-4 characters per BPE token: 2 over-counts, so prompts fit
+DEFAULT_N_CTX = 2048  # when neither a local config.json nor the server says
+WATCH_POLL_S = 0.01  # how often a request's watcher looks at its CancelToken and deadline
+DAEMON_INFO = "/v1/fim-lsp/info"
+DAEMON_TOKENIZER = "/v1/fim-lsp/tokenizer"
+DAEMON_COMPLETIONS = "/v1/fim-lsp/completions"
+DAEMON_DROP = "/v1/fim-lsp/drop"
+OPENAI_COMPLETIONS = "/v1/completions"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+Mode = Literal["unknown", "daemon", "openai"]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    """How to talk to the server, beyond its URL."""
+
+    api_key: str | None = field(default=None, repr=False)  # bearer key; None = the environment's, read per call
+    api_key_env: str = API_KEY_ENV  # the environment variable holding the key
+    family: Family | None = None  # FIM spelling when no tokenizer is at hand; None = starcoder
+    served_model: str | None = None  # the `model` field sent; None = the first of the server's /v1/models
+    n_ctx: int | None = None  # the model's window; None = from config.json or the server
+    connect_timeout_s: float = 3.0  # to open the TCP connection
+    read_timeout_s: float = 30.0  # for the whole answer of one request
+    retries: int = 2  # extra attempts after a refused connection or a 429/5xx
+    backoff_s: float = 0.25  # first wait before a retry; doubles each time
+    stream: bool = False  # read the answer as server-sent events (stops early on a stop string)
+    client_id: str | None = None  # this process's namespace in a shared daemon; None = a random one
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """The server's address, split once."""
+
+    scheme: str
+    host: str
+    port: int
+    base_path: str  # prefix before /v1/..., without a trailing slash
+
+    @classmethod
+    def parse(cls, url: str) -> "Endpoint":
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BackendError(f"url {redact_url(url)!r} is not an http(s) address; use e.g. http://127.0.0.1:8000")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise BackendError(f"url {redact_url(url)!r} has a bad port") from None
+        base = parts.path.rstrip("/")
+        base = base[: -len("/v1")] if base.endswith("/v1") else base  # accept both .../ and .../v1
+        return cls(parts.scheme, parts.hostname, port, base)
+
+    @property
+    def shown(self) -> str:
+        """The address as messages print it (never with credentials)."""
+        return f"{self.scheme}://{self.host}:{self.port}{self.base_path}"
+
+
+class _Retry(Exception):
+    """An attempt that may succeed if repeated (connection refused or reset, 429, 5xx)."""
+
+    def __init__(self, message: str, before_response: bool = False) -> None:
+        super().__init__(message)
+        self.before_response = before_response  # no status line was read
+
+
+class _Watch:
+    """Closes a request's connection when its CancelToken fires or its deadline passes."""
+
+    def __init__(self, conn: http.client.HTTPConnection, cancel: CancelToken | None, deadline: float,
+                 clock: Callable[[], float]) -> None:
+        self.conn, self.cancel, self.deadline, self.clock = conn, cancel, deadline, clock
+        self.reason: Literal["", "cancelled", "timeout"] = ""
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="fim-remote-watch", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.done.wait(WATCH_POLL_S):
+            if self.cancel is not None and self.cancel.cancelled:
+                self.reason = "cancelled"
+            elif self.clock() > self.deadline:
+                self.reason = "timeout"
+            else:
+                continue
+            sock = self.conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in recv()
+                except OSError:
+                    pass
+            return
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+class OpenAIBackend:
+    """`engine.api.Backend` over an OpenAI-compatible `/v1/completions` server."""
+
+    def __init__(self, url: str, config: RemoteConfig = RemoteConfig(), tokenizer: Any = None,
+                 fim: FimTokens | None = None, n_ctx: int | None = None, why: str = "",
+                 environ: Mapping[str, str] = os.environ, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.endpoint = Endpoint.parse(url)
+        self.config = config
+        self.tokenizer = tokenizer  # a tokenizers.Tokenizer, or None to estimate counts
+        self.fim = fim or family_tokens(config.family or "starcoder")
+        self.environ, self.clock, self.sleep = environ, clock, sleep
+        self.client_id = config.client_id or uuid.uuid4().hex[:16]
+        self.mode: Mode = "unknown"
+        self.served_model = config.served_model
+        self.conn: http.client.HTTPConnection | None = None  # kept alive between requests
+        self.counters = {"requests": 0, "errors": 0, "retries": 0, "cancelled": 0}
+        self.info = BackendInfo(backend="openai", model=f"{self.served_model or 'model'} at {self.endpoint.shown}",
+                                device="remote", dtype="remote", n_ctx=n_ctx or config.n_ctx or DEFAULT_N_CTX,
+                                why=why)
+
+    # -- Backend protocol -------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        if self.tokenizer is not None:
+            return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return math.ceil(len(text) / CHARS_PER_TOKEN_ESTIMATE)
+
+    def complete(self, request: CompletionRequest, cancel: CancelToken | None = None) -> CompletionResult:
+        start = self.clock()
+        self.counters["requests"] += 1
+        if self.mode == "unknown":
+            self.probe(cancel)
+        stops = stop_list(self.fim, request.stop_strings)
+        if self.mode == "daemon":
+            path, body = DAEMON_COMPLETIONS, {
+                "client": self.client_id, "doc_id": request.doc_id, "prompt": request.prompt,
+                "max_tokens": request.max_new_tokens, "temperature": request.temperature, "top_p": request.top_p,
+                "seed": request.seed, "stop": list(stops), "time_budget_s": request.time_budget_s,
+            }
+        else:
+            path, body = OPENAI_COMPLETIONS, {
+                "prompt": request.prompt, "max_tokens": request.max_new_tokens, "temperature": request.temperature,
+                "top_p": request.top_p, "stop": list(stops), "stream": self.config.stream,
+            }
+            if self.served_model:
+                body["model"] = self.served_model
+            if request.seed is not None:
+                body["seed"] = request.seed
+        try:
+            if self.mode == "daemon":
+                return self.daemon_result(self.post(path, body, cancel), start)
+            if self.config.stream:
+                text, finish, usage = self.post_streaming(path, body, stops, cancel)
+            else:
+                text, finish, usage = parse_completion(self.post(path, body, cancel), self.endpoint.shown)
+        except Cancelled:
+            self.counters["cancelled"] += 1
+            raise
+        except BackendError:
+            self.counters["errors"] += 1
+            raise
+        text, cut = cut_at_stops(text, stops)
+        details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
+        prompt_tokens = int(usage.get("prompt_tokens") or self.count_tokens(request.prompt))
+        cached = int(details.get("cached_tokens") or 0)  # vLLM reports it; others leave it out (then 0)
+        reason: StopReason = "stop_string" if cut else "max_tokens" if finish == "length" else "eos"
+        return CompletionResult(
+            text=text, token_ids=[], stop_reason=reason, prompt_tokens=prompt_tokens, reused_tokens=cached,
+            prefill_tokens=prompt_tokens - cached, generated_tokens=int(usage.get("completion_tokens") or 0),
+            latency_ms=(self.clock() - start) * 1e3, extra={"cache_reported": float("cached_tokens" in details)},
+        )
+
+    def drop(self, doc_id: DocId) -> None:
+        if self.mode != "daemon":
+            return  # a generic server keeps no per-document state of ours
+        try:
+            self.post(DAEMON_DROP, {"client": self.client_id, "doc_id": doc_id}, None, retries=0)
+        except BackendError as exc:  # the daemon evicts by LRU anyway
+            log.info("could not drop %s on %s: %s", doc_id, self.endpoint.shown, exc)
+
+    def cache_stats(self) -> dict[str, int]:
+        """This process's request counters (the server's cache is its own; never asked from here)."""
+        return {"slots": 0, "bytes": 0, **self.counters}
+
+    # -- the server -------------------------------------------------------------------------
+
+    def probe(self, cancel: CancelToken | None = None) -> dict[str, Any] | None:
+        """Learn whether the server is our daemon (its info) or a generic one (its model list).
+
+        Returns the daemon's info, or None for a generic server; leaves `mode` "unknown" (and
+        raises BackendError) when the server cannot be reached.
+        """
+        try:
+            info = self.get(DAEMON_INFO, cancel)
+        except _NotFound:
+            self.mode = "openai"
+            if self.served_model is None:
+                try:
+                    models = self.get("/v1/models", cancel)
+                    self.served_model = str(models["data"][0]["id"])
+                except (_NotFound, KeyError, IndexError, TypeError):
+                    pass  # the `model` field is then left out; most single-model servers accept that
+            return None
+        self.mode = "daemon"
+        return info
+
+    def get(self, path: str, cancel: CancelToken | None) -> Any:
+        return self.request("GET", path, None, cancel, retries=0)
+
+    def post(self, path: str, body: dict[str, Any], cancel: CancelToken | None, retries: int | None = None) -> Any:
+        return self.request("POST", path, body, cancel, retries=retries)
+
+    def post_streaming(self, path: str, body: dict[str, Any], stops: tuple[str, ...],
+                       cancel: CancelToken | None) -> tuple[str, str | None, dict[str, Any]]:
+        """Read a server-sent-event answer; stop reading (closing the connection) at a stop string."""
+        where = self.endpoint.shown
+
+        def read(response: http.client.HTTPResponse, path: str) -> tuple[str, str | None, dict[str, Any]]:
+            if response.status != 200:
+                self.decode(response, path)  # raises the status's error
+            parts, finish, usage = [], None, {}
+            for event in server_sent_events(response, where):
+                text, f, u = parse_completion(event, where, streamed=True)
+                parts.append(text)
+                finish, usage = f or finish, u or usage
+                if any(s in "".join(parts) for s in stops):
+                    self.close()  # the server stops generating when the client hangs up
+                    break
+            return "".join(parts), finish, usage
+
+        return self.request("POST", path, body, cancel, read=read)
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None, cancel: CancelToken | None,
+                retries: int | None = None, read: Callable[[http.client.HTTPResponse, str], Any] | None = None) -> Any:
+        """Send one request with bounded retries and backoff; `read` the response (default: its JSON)."""
+        retries = self.config.retries if retries is None else retries
+        read = read or self.decode
+        attempt = 0
+        while True:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("cancelled before the request was sent")
+            reused = self.conn is not None and self.conn.sock is not None
+            try:
+                with _Exchange(self, method, path, body, cancel) as response:
+                    return read(response, path)
+            except _Retry as exc:
+                if reused and exc.before_response:
+                    continue  # a kept-alive connection the server had closed meanwhile: reconnect at once
+                if attempt == retries:
+                    raise BackendError(f"{exc}{f' (tried {retries + 1} times)' if retries else ''}") from None
+                self.counters["retries"] += 1
+                self.wait(self.config.backoff_s * 2**attempt, cancel)
+                attempt += 1
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = self.config.api_key or self.environ.get(self.config.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def connection(self) -> http.client.HTTPConnection:
+        if self.conn is None:
+            e = self.endpoint
+            if e.scheme == "https":
+                self.conn = http.client.HTTPSConnection(e.host, e.port, timeout=self.config.connect_timeout_s,
+                                                        context=ssl.create_default_context())
+            else:
+                self.conn = http.client.HTTPConnection(e.host, e.port, timeout=self.config.connect_timeout_s)
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def decode(self, response: http.client.HTTPResponse, path: str) -> Any:
+        """The JSON of a response; BackendError (or _Retry) for an error status or a body that is not JSON."""
+        raw = response.read()
+        where = self.endpoint.shown
+        status = response.status
+        if status in (404, 405):
+            raise _NotFound(f"the completion server at {where} has no {path} (HTTP {status}); "
+                            f"is url the address of an OpenAI-compatible server?")
+        if status != 200:
+            detail = self.redact(error_detail(raw))
+            if status in (401, 403):
+                has_key = bool(self.config.api_key or self.environ.get(self.config.api_key_env))
+                what = "refused the API key" if has_key else "needs an API key"
+                raise BackendError(f"the completion server at {where} {what} (HTTP {status}: {detail}); "
+                                   f"set apiKey in the settings or ${self.config.api_key_env}")
+            if status in RETRY_STATUSES:
+                raise _Retry(f"the completion server at {where} answered HTTP {status}: {detail}")
+            raise BackendError(f"the completion server at {where} rejected the request (HTTP {status}: {detail})")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise BackendError(f"the completion server at {where} sent a reply that is not JSON: "
+                               f"{self.redact(excerpt(raw))!r}") from None
+
+    def redact(self, text: str) -> str:
+        """`text` with the API key blanked, should a server echo it back."""
+        key = self.config.api_key or self.environ.get(self.config.api_key_env)
+        return text.replace(key, "***") if key else text
+
+    def wait(self, seconds: float, cancel: CancelToken | None) -> None:
+        """Back off for `seconds`, waking early (and raising Cancelled) when `cancel` fires."""
+        end = self.clock() + seconds
+        while (left := end - self.clock()) > 0:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("cancelled while waiting to retry")
+            self.sleep(min(left, WATCH_POLL_S * 5))
+
+    def daemon_result(self, answer: Any, start: float) -> CompletionResult:
+        """Our daemon's answer: the engine's own CompletionResult fields."""
+        try:
+            return CompletionResult(
+                text=str(answer["text"]), token_ids=[int(t) for t in answer["token_ids"]],
+                stop_reason=answer["stop_reason"], prompt_tokens=int(answer["prompt_tokens"]),
+                reused_tokens=int(answer["reused_tokens"]), prefill_tokens=int(answer["prefill_tokens"]),
+                generated_tokens=int(answer["generated_tokens"]), latency_ms=(self.clock() - start) * 1e3,
+                extra={"engine_ms": float(answer["latency_ms"]),
+                       **{k: float(v) for k, v in (answer.get("extra") or {}).items()}},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BackendError(f"the engine daemon at {self.endpoint.shown} sent an answer without "
+                               f"{exc}: {excerpt(json.dumps(answer).encode())!r}") from None
+
+
+class _NotFound(BackendError):
+    """HTTP 404: the path does not exist on this server."""
+
+
+class _Exchange:
+    """One request/response on the backend's connection, watched for cancellation and the deadline."""
+
+    def __init__(self, backend: OpenAIBackend, method: str, path: str, body: dict[str, Any] | None,
+                 cancel: CancelToken | None) -> None:
+        self.backend, self.method, self.path, self.body, self.cancel = backend, method, path, body, cancel
+        self.watch: _Watch | None = None
+
+    def __enter__(self) -> http.client.HTTPResponse:
+        b = self.backend
+        conn = b.connection()
+        self.watch = _Watch(conn, self.cancel, b.clock() + b.config.read_timeout_s, b.clock)
+        payload = json.dumps(self.body).encode() if self.body is not None else None
+        try:
+            conn.request(self.method, b.endpoint.base_path + self.path, body=payload, headers=b.headers())
+            if conn.sock is not None:
+                conn.sock.settimeout(b.config.read_timeout_s)  # a read idle this long fails, even between events
+            return conn.getresponse()
+        except Exception as exc:
+            raise self.translate(exc, self.finish(failed=True), before_response=True) from None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        reason = self.finish(failed=exc is not None)
+        if exc is not None and (reason or isinstance(exc, (OSError, http.client.HTTPException))):
+            raise self.translate(exc, reason, before_response=False) from None
+
+    def finish(self, failed: bool) -> str:
+        """Stop the watcher; drop a connection that failed or was interrupted. Returns why it fired, if it did."""
+        assert self.watch is not None, "finish() before __enter__"
+        self.watch.stop()
+        reason = self.watch.reason
+        if failed or reason:
+            self.backend.close()  # a half-read or interrupted connection is never reused
+        return reason
+
+    def translate(self, exc: BaseException, reason: str, before_response: bool) -> BaseException:
+        """A transport failure as Cancelled, BackendError or _Retry; other exceptions unchanged."""
+        b = self.backend
+        where, timeout = b.endpoint.shown, b.config.read_timeout_s
+        if reason == "cancelled":
+            return Cancelled("cancelled while the server was answering")
+        if reason == "timeout" or isinstance(exc, (socket.timeout, TimeoutError)):
+            return BackendError(f"the completion server at {where} did not answer within {timeout:g} s; "
+                                f"check that it is not overloaded, or raise remoteTimeoutMs")
+        if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):
+            return _Retry(f"cannot reach the completion server at {where}: {exc.strerror or exc}; is it running?")
+        if isinstance(exc, (OSError, http.client.HTTPException)):
+            return _Retry(f"the completion server at {where} closed the connection ({type(exc).__name__})",
+                          before_response=before_response and not isinstance(exc, ConnectionRefusedError))
+        return exc
+
+
+def load_backend(model: str | None = None, device: str = "auto", dtype: str = "auto", revision: str | None = None,
+                 progress=None, url: str | None = None, remote: RemoteConfig | None = None,
+                 environ: Mapping[str, str] = os.environ) -> OpenAIBackend:
+    """The remote backend for `url`; `model` is an optional local checkpoint directory (its tokenizer).
+
+    Asks the server once whether it is our daemon (then its tokenizer counts tokens exactly); a
+    server that cannot be reached now is asked again on the first request.
+    """
+    if not url:
+        raise BackendError("--backend openai needs --url (the server's address, e.g. http://127.0.0.1:8000)")
+    config = remote or RemoteConfig()
+    tokenizer, fim, n_ctx, notes = None, None, config.n_ctx, []
+    if model is not None:
+        path = Path(model)
+        if not (path / "tokenizer.json").is_file():
+            raise BackendError(f"--model {model}: for the openai backend this is a local directory holding the "
+                               f"model's tokenizer.json (to count tokens); none found there")
+        from engine.tokenizer import CheckpointTokenizer
+
+        local = CheckpointTokenizer.from_dir(path)
+        tokenizer, fim = local.tokenizer, local.fim
+        n_ctx = n_ctx or read_n_ctx(path)
+        notes.append(f"tokens counted with the tokenizer in {path}")
+    backend = OpenAIBackend(url, config, tokenizer, fim, n_ctx, environ=environ)
+    try:
+        info = backend.probe()
+    except BackendError as exc:
+        info = None
+        notes.append(f"server not reachable at start ({exc}); asked again on the first request")
+    if info is not None:
+        if tokenizer is None:
+            backend.tokenizer, backend.fim = tokenizer_from_json(backend.get(DAEMON_TOKENIZER, None))
+            notes.append("tokens counted with the engine daemon's tokenizer")
+        backend.served_model = backend.served_model or info.get("model")
+        n_ctx = n_ctx or int(info.get("n_ctx") or 0) or None
+    if backend.tokenizer is None:
+        family = config.family or "starcoder"
+        notes.append(f"no local tokenizer: {family} FIM tokens{'' if config.family else ' (the default family)'}, "
+                     f"tokens estimated at {CHARS_PER_TOKEN_ESTIMATE:g} characters each")
+    kind = {"daemon": "engine daemon", "openai": "OpenAI-compatible server", "unknown": "server"}[backend.mode]
+    backend.info = BackendInfo(backend="openai", model=f"{backend.served_model or 'model'} at {backend.endpoint.shown}",
+                               device="remote", dtype="remote", n_ctx=n_ctx or DEFAULT_N_CTX,
+                               why=f"{kind}; " + "; ".join(notes))
+    return backend
+
+
+# -- pure helpers ----------------------------------------------------------------------------
+
+
+def family_tokens(family: str) -> FimTokens:
+    """The FIM tokens of a family named in configuration."""
+    if family == "starcoder":
+        vocab = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>", "<file_sep>")
+    elif family == "santacoder":
+        vocab = ("<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>")
+    else:
+        raise BackendError(f"family {family!r}: choose starcoder or santacoder")
+    return fim_tokens_from_vocab((EOD_TOKEN, *vocab))
+
+
+def tokenizer_from_json(text: Any) -> tuple[Any, FimTokens]:
+    """A tokenizers.Tokenizer from a parsed tokenizer.json, and its FIM tokens."""
+    from tokenizers import Tokenizer
+
+    if not isinstance(text, dict):
+        raise BackendError("the engine daemon sent no tokenizer (expected its tokenizer.json)")
+    tok = Tokenizer.from_str(json.dumps(text))
+    special = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
+    return tok, fim_tokens_from_vocab(special)
+
+
+def read_n_ctx(path: Path) -> int | None:
+    """`n_positions` from a checkpoint's config.json, if it says."""
+    try:
+        value = json.loads((path / "config.json").read_text()).get("n_positions")
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
+def stop_list(fim: FimTokens, stop_strings: tuple[str, ...]) -> tuple[str, ...]:
+    """The family's FIM tokens and end of text, then the request's stop strings; no repeats."""
+    return tuple(dict.fromkeys(s for s in (*fim.stop_tokens(), *stop_strings) if s))
+
+
+def cut_at_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """`text` up to the first stop string (servers that print special tokens leave them in)."""
+    hits = [i for s in stops if (i := text.find(s)) >= 0]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+def parse_completion(answer: Any, where: str, streamed: bool = False) -> tuple[str, str | None, dict[str, Any]]:
+    """(text, finish_reason, usage) of a /v1/completions answer; BackendError when it has no text."""
+    try:
+        choice = answer["choices"][0] if answer.get("choices") or not streamed else {"text": ""}
+        text = choice["text"]
+        if not isinstance(text, str):
+            raise TypeError("choices[0].text is not a string")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise BackendError(f"the completion server at {where} sent JSON without choices[0].text: "
+                           f"{excerpt(json.dumps(answer).encode())!r}") from None
+    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+    return text, choice.get("finish_reason"), usage
+
+
+def server_sent_events(response: http.client.HTTPResponse, where: str) -> Iterator[Any]:
+    """The JSON payloads of `data:` lines until `data: [DONE]` or the end of the stream."""
+    for raw in response:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:"):].strip()
+        if data == "[DONE]":
+            return
+        try:
+            yield json.loads(data)
+        except ValueError:
+            raise BackendError(f"the completion server at {where} streamed an event that is not JSON: "
+                               f"{data[:200]!r}") from None
+
+
+def error_detail(raw: bytes) -> str:
+    """The message of an error body: OpenAI's `{"error": {"message": ...}}`, FastAPI's `detail`, or its start."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return excerpt(raw) or "no body"
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:300]
+        if isinstance(error, str):
+            return error[:300]
+        if body.get("detail"):
+            return str(body["detail"])[:300]
+    return excerpt(raw)
+
+
+def excerpt(raw: bytes, limit: int = 200) -> str:
+    text = raw.decode("utf-8", "replace").strip()
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def redact_url(url: str) -> str:
+    """`url` without user:password@."""
+    return re.sub(r"//[^/@]*@", "//", url)
