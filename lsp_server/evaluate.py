@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -133,12 +133,37 @@ def pipeline_config_for(benchmark: Benchmark, max_new_tokens: int):
     """Greedy, no neighbours or file name; one line for single-line, a block for multi-line."""
     from lsp_server.pipeline import PipelineConfig
 
-    multiline = "never" if benchmark == "single-line" else "always"
     return PipelineConfig(
         prompt=PromptConfig(max_new_tokens=max_new_tokens, neighbours=False, include_filename=False),
-        postprocess=PostprocessConfig(multiline=multiline, max_lines=64),
+        postprocess=PostprocessConfig(multiline="never" if benchmark == "single-line" else "always", max_lines=64),
         temperature=0.0,
     )
+
+
+class FirstLineBackend:
+    """A backend whose generations end at their first line break (the break's token included).
+
+    A one-line suggestion is made from the generation's first line alone (and whether a line
+    break followed it), so the suggestion is the same as with the full generation; decoding the
+    lines after it would only cost time.
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.info = inner.info
+        self.fim = inner.fim
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def complete(self, request, cancel=None):
+        return self.inner.complete(replace(request, stop_strings=(*request.stop_strings, "\n")), cancel)
+
+    def drop(self, doc_id) -> None:
+        self.inner.drop(doc_id)
+
+    def cache_stats(self) -> dict[str, int]:
+        return self.inner.cache_stats()
 
 
 def complete_problem(backend, problem: Problem, config) -> tuple[str, float]:
@@ -159,6 +184,8 @@ def evaluate(backend, problems: Iterable[Problem], benchmark: Benchmark, *, max_
     """Score `backend` on `problems`; `progress` wraps the iterable (e.g. tqdm) when given."""
     problems = list(problems)
     config = pipeline_config_for(benchmark, max_new_tokens)
+    if benchmark == "single-line":
+        backend = FirstLineBackend(backend)
     if pass_at_1 and run_program is None:
         from lsp_server.sandbox import run_program
     report = Report(benchmark=benchmark, model=backend.info.model, backend=backend.info.backend,

@@ -33,6 +33,7 @@ class ScriptedBackend:
         self.fim = fim_tokens_from_vocab(STARCODER_SPECIALS)
         self.info = BackendInfo(backend="scripted", model="scripted", device="cpu", dtype="float32", n_ctx=2048)
         self.prompts: list[str] = []
+        self.stop_strings: list[tuple[str, ...]] = []
         self.dropped: list[str] = []
 
     def count_tokens(self, text: str) -> int:
@@ -40,7 +41,10 @@ class ScriptedBackend:
 
     def complete(self, request: CompletionRequest, cancel=None) -> CompletionResult:
         self.prompts.append(request.prompt)
+        self.stop_strings.append(request.stop_strings)
         text = next(raw for key, raw in self.answers.items() if key in request.prompt)
+        ends = [text.find(s) + len(s) for s in request.stop_strings if s in text]
+        text = text[: min(ends)] if ends else text  # as the engine: the stop string's token is kept
         return CompletionResult(text=text, token_ids=[], stop_reason="eos", prompt_tokens=1, reused_tokens=0,
                                 prefill_tokens=1, generated_tokens=1, latency_ms=1.0)
 
@@ -89,6 +93,7 @@ def test_evaluate_scores_a_right_and_a_wrong_middle_through_the_pipeline():
     # the prompt is SPM: suffix first, then the prefix the model continues
     assert backend.prompts[0] == f"<fim_prefix><fim_suffix>{PROBLEM.suffix}<fim_middle>{PROBLEM.prompt}"
     assert backend.dropped == ["Test/0", "Test/1"]
+    assert backend.stop_strings == [("\n",), ("\n",)]  # single-line decoding ends at the line break
     summary = report.summary()
     assert {k: summary[k] for k in ("benchmark", "problems", "exact_match", "pass_at_1")} == {
         "benchmark": "single-line", "problems": 2, "exact_match": 0.5, "pass_at_1": 0.5}
@@ -103,6 +108,22 @@ def test_single_line_keeps_one_line_and_multi_line_keeps_the_block():
     assert single.exact_matches == 1
     assert multi.results[0].middle.strip() == raw.strip()
     assert multi.exact_matches == 1
+
+
+@pytest.mark.parametrize("raw", [
+    "    total = a + b\n    total += 0\n",
+    "    total = a + b",
+    "    total = a + b\n",
+    "\n    total = a + b\n",
+    "    total = (a +\n b)\n",
+])
+def test_stopping_at_the_first_line_break_keeps_the_one_line_suggestion(raw):
+    from lsp_server.evaluate import FirstLineBackend, complete_problem, pipeline_config_for
+
+    config = pipeline_config_for("single-line", 64)
+    full, _ = complete_problem(ScriptedBackend({"": raw}), PROBLEM, config)
+    first_line, _ = complete_problem(FirstLineBackend(ScriptedBackend({"": raw})), PROBLEM, config)
+    assert first_line == full
 
 
 def test_program_for_joins_code_tests_and_check():
