@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from engine.fim_tokens import FimTokens
 from lsp_server.context import CursorContext, cursor_context, offset_to_position, position_to_offset
 from lsp_server.postprocess import PostprocessConfig, postprocess
-from lsp_server.prompt import PromptConfig, build_prompt
+from lsp_server.prompt import CHAR_CUT, PromptConfig, build_prompt
 
 STARCODER = FimTokens(family="starcoder", eod="<|endoftext|>", prefix="<fim_prefix>", middle="<fim_middle>",
                       suffix="<fim_suffix>", filename="<filename>")
@@ -99,5 +99,18 @@ def test_prompt_fits_and_typing_only_appends(before, after, n_ctx, fim_mode, chu
     for prompt, prefix in ((old, before), (new, before + "x")):
         assert len(prompt.text) <= n_ctx - config.max_new_tokens
         assert prefix.endswith(prompt.prefix) and after.startswith(prompt.suffix)
+        start = len(prefix) - len(prompt.prefix)
+        head = prefix[:start]
+        breaks = head.count("\n") + head.count("\r") - head.count("\r\n")
+        cursor_line = CursorContext(prefix, "").line
+        line_start = max(head.rfind("\n"), head.rfind("\r")) + 1
+        if prompt.prefix_start_line < cursor_line or line_start == start:
+            # the window starts on a chunk boundary: the start of that line, a multiple of the chunk
+            assert line_start == start and breaks == prompt.prefix_start_line
+            assert prompt.prefix_start_line % prompt.chunk_lines == 0 or prompt.prefix_start_line == cursor_line
+            assert not (head.endswith("\r") and prompt.prefix.startswith("\n"))
+        else:  # the cursor's line alone is too long: cut a multiple of CHAR_CUT from its start (or all)
+            assert prompt.prefix_start_line == cursor_line
+            assert (start - line_start) % CHAR_CUT == 0 or prompt.prefix == ""
     if fim_mode == "auto" and new.prefix_start_line == old.prefix_start_line and new.prefix == old.prefix + "x":
         assert new.text == old.text + "x"
