@@ -147,13 +147,11 @@ def available_memory(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def check_fits(args: ModelArgs, stored: torch.dtype, target: torch.dtype, available: int, where: str) -> None:
-    """Refuse a model whose weights (plus a conversion copy) cannot fit in `available` bytes."""
+def check_fits(args: ModelArgs, target: torch.dtype, available: int, where: str) -> None:
+    """Refuse a model whose weights in `target` cannot fit in `available` bytes."""
     params = args.param_count()
     size = torch.empty((), dtype=target).element_size()
-    # Loading holds the file's tensors and the converted ones at once, one tensor at a time at most
-    # when the dtypes match; budget the worst case plus 10% for activations and the allocator.
-    needed = int(params * size * 1.1)
+    needed = int(params * size * 1.1)  # weights are cast as read; 10% for activations and the allocator
     if needed > available:
         raise CheckpointError(
             f"a {params / 1e9:.1f}B-parameter model needs about {needed / 2**30:.1f} GiB in "
@@ -179,18 +177,25 @@ def weight_files(path: Path) -> list[Path]:
     raise CheckpointError(f"{path} has no model.safetensors or pytorch_model.bin")
 
 
-def read_tensors(files: list[Path], progress: Progress) -> dict[str, torch.Tensor]:
-    """All tensors of the weight files, on CPU, as stored (pickles only through weights_only)."""
-    from safetensors.torch import load_file
+def read_tensors(files: list[Path], dtype: torch.dtype, progress: Progress) -> dict[str, torch.Tensor]:
+    """All tensors of the weight files on the CPU, each cast to `dtype` as it is read (so memory
+    peaks at the model in `dtype` plus one stored tensor); pickles only through weights_only."""
+    from safetensors import safe_open
 
     tensors: dict[str, torch.Tensor] = {}
     for i, file in enumerate(files):
-        progress(f"reading {file.name}", i / len(files))
         try:
             if file.suffix == ".safetensors":
-                tensors.update(load_file(str(file), device="cpu"))
+                with safe_open(str(file), framework="pt", device="cpu") as f:
+                    names = list(f.keys())
+                    for k, name in enumerate(names):
+                        tensors[name] = f.get_tensor(name).to(dtype)
+                        if k % 16 == 0:
+                            progress(f"reading {file.name}", (i + k / len(names)) / len(files) * 0.9)
             else:
-                tensors.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+                progress(f"reading {file.name}", i / len(files) * 0.9)
+                stored = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                tensors.update((name, t.to(dtype)) for name, t in stored.items())
         except Exception as exc:
             raise CheckpointError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
     return tensors
@@ -260,9 +265,9 @@ def load_model(model: str, device: torch.device, dtype: torch.dtype, revision: s
         raise CheckpointError(f"{path}: the tokenizer has {tokenizer.tokenizer.get_vocab_size()} tokens but the "
                               f"model only {config.args.vocab_size}")
     where = "the GPU" if device.type == "cuda" else "this machine"
-    check_fits(config.args, config.dtype, dtype, available(device), where)
+    check_fits(config.args, dtype, available(device), where)
     files = weight_files(path)
-    tensors = read_tensors(files, say)
+    tensors = read_tensors(files, dtype, say)
     say("converting weights", 0.9)
     state = to_model_state(tensors, config.layout, config.args)
     with torch.device("meta"):

@@ -27,7 +27,7 @@ def describe(model: str | None, backend: str = "auto", device: str = "auto", dty
     placement = choose_placement(device, dtype)
     args = config.args
     free = available_memory(placement.device)
-    check_fits(args, config.dtype, placement.dtype, free, "the GPU" if placement.device.type == "cuda" else "this machine")
+    check_fits(args, placement.dtype, free, "the GPU" if placement.device.type == "cuda" else "this machine")
     kv_size = torch.empty((), dtype=placement.kv_dtype).element_size()
     weight_bytes = args.param_count() * torch.empty((), dtype=placement.dtype).element_size()
     return {

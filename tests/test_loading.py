@@ -124,6 +124,6 @@ def test_starcoder_15b_is_refused_from_its_config_before_any_weight_is_read(tmp_
 def test_check_fits_counts_bytes_of_the_target_dtype():
     args = ModelArgs(n_layer=24, n_embd=2048, n_head=16, n_positions=2048, vocab_size=49280)
     assert 1.1e9 < args.param_count() < 1.2e9  # SantaCoder's 1.1B
-    check_fits(args, torch.float16, torch.bfloat16, available=3 * 2**30, where="here")
+    check_fits(args, torch.bfloat16, available=3 * 2**30, where="here")
     with pytest.raises(CheckpointError, match="in float32"):
-        check_fits(args, torch.float16, torch.float32, available=3 * 2**30, where="here")
+        check_fits(args, torch.float32, available=3 * 2**30, where="here")
