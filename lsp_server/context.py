@@ -16,6 +16,7 @@ Encoding = Literal["utf-8", "utf-16", "utf-32"]
 ENCODINGS: tuple[Encoding, ...] = ("utf-8", "utf-16", "utf-32")
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_BLOCK = 4096  # characters counted at a time when looking for a line
 
 
 class InvalidPosition(ValueError):
@@ -67,16 +68,46 @@ def _check_index(name: str, value: object) -> None:
         raise InvalidPosition(f"{name} must be >= 0, got {value}")
 
 
+def _count_breaks(text: str, start: int, end: int, has_cr: bool) -> int:
+    """LSP line breaks in text[start:end] (`\r\n` counts once)."""
+    n = text.count("\n", start, end)
+    if has_cr:
+        n += text.count("\r", start, end) - text.count("\r\n", start, end)
+    return n
+
+
+def line_start(text: str, line: int) -> int | None:
+    """Offset where line `line` starts; None past the last line.
+
+    Skips whole blocks of text with C-speed counts before walking single breaks, so a cursor at the
+    end of a 5,000-line file costs tens of microseconds rather than a Python loop over every line."""
+    pos, remaining = 0, line
+    has_cr = "\r" in text
+    while remaining > 0:
+        end = min(pos + _BLOCK, len(text))
+        if text.startswith("\r\n", end - 1):
+            end += 1  # never split a \r\n between blocks
+        found = _count_breaks(text, pos, end, has_cr)
+        if found < remaining:
+            if end >= len(text):
+                return None
+            remaining -= found
+            pos = end
+            continue
+        for match in _LINE_BREAK.finditer(text, pos, end):
+            remaining -= 1
+            if remaining == 0:
+                return match.end()
+    return pos
+
+
 def line_span(text: str, line: int) -> tuple[int, int] | None:
     """(start, end) code-point offsets of line `line` without its break; None past the last line."""
-    start = 0
-    for index, match in enumerate(_LINE_BREAK.finditer(text)):
-        if index == line:
-            return start, match.start()
-        start = match.end()
-    if line == text.count("\n") + text.count("\r") - text.count("\r\n"):
-        return start, len(text)
-    return None
+    start = line_start(text, line)
+    if start is None:
+        return None
+    match = _LINE_BREAK.search(text, start)
+    return start, match.start() if match else len(text)
 
 
 def position_to_offset(text: str, line: int, character: int, encoding: Encoding = "utf-16") -> int:
