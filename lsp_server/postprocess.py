@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from lsp_server.context import CursorContext
@@ -356,8 +356,11 @@ def reuse_suggestion(shown: ShownSuggestion, ctx: CursorContext) -> Suggestion |
     if not typed or not text.startswith(typed) or len(typed) >= len(text):
         return None
     rest = text[len(typed) :]
+    replace_chars = shown.suggestion.replace_chars
     if inserted:
-        if any(c not in ")]}\"'`" for c in inserted) or inserted not in rest:
+        if any(c not in CLOSE_TO_OPEN and c not in QUOTES for c in inserted) or inserted not in rest:
             return None
-        return replace(shown.suggestion, text=rest, replace_chars=shown.suggestion.replace_chars + len(inserted))
-    return replace(shown.suggestion, text=rest)
+        replace_chars += len(inserted)
+    if rest == ctx.suffix[:replace_chars]:
+        return None  # only the closers already there are left
+    return Suggestion(text=rest, replace_chars=replace_chars)

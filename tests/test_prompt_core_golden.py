@@ -373,6 +373,7 @@ REUSE = [
     ("auto-closed-quote-replaced-too", SHOWN_CALL, 'print("', '")\n', Suggestion('hello")', 2)),
     ("typed-something-else", SHOWN_CALL, "print(x", ")\n", None),
     ("typed-it-all", SHOWN_CALL, 'print("hello")', ")\n", None),
+    ("only-the-closer-left", SHOWN_CALL, 'print("hello"', ")\n", None),
     ("deleted-a-char", SHOWN_CALL, "print", ")\n", None),
     ("suffix-changed", SHOWN_CALL, 'print("h', ", 2)\n", None),
     ("typed-across-a-line-break", SHOWN_BLOCK, "def f():\n    a = 1\n    ", "", Suggestion("return a")),
