@@ -139,6 +139,8 @@ def _take_block(lines: list[str], ctx: CursorContext, case: Case, opener: str | 
     first_full = ctx.line_prefix + lines[0]  # the cursor's line as the block starts it
     if case != "mid" and case != "line_end" and anchor and _same_line(first_full, anchor):
         return []
+    if case == "open_line" and _repeats_line_above(ctx, lines[0]):
+        return []
     if opener is not None:
         floor = indent_width(opener)  # the block's lines sit deeper than its opener
         scope = floor + 1
@@ -174,9 +176,14 @@ def _take_line(lines: list[str], ctx: CursorContext, case: Case, config: Postpro
         return ["", lines[1]]  # the model went on to the next line: suggest that line
     if case in ("open_line", "line_start") and anchor and _same_line(ctx.line_prefix + first, anchor):
         return []
-    if case == "open_line" and _has_word(first) and first.strip() == _previous_line(ctx).strip():
+    if case == "open_line" and _repeats_line_above(ctx, first):
         return []
     return [first]
+
+
+def _repeats_line_above(ctx: CursorContext, first: str) -> bool:
+    """True when the suggestion's first line on an empty line repeats the line above it."""
+    return _has_word(first) and first.strip() == _previous_line(ctx).strip()
 
 
 def _lex(text: str, quote: str | None):

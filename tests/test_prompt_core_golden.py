@@ -332,6 +332,7 @@ POSTPROCESS = [
     ("next-line-after-line-end", "x = 1", "\n", "\ny = 2\nz = 3", AUTO, Suggestion("\ny = 2")),
     ("repeated-lines-dropped", "def f():\n    ", "", "x = 1\n    x = 1\n    x = 1", AUTO, Suggestion("x = 1")),
     ("repeat-of-line-above-is-none", "    total = 0\n    ", "\n", "total = 0\n", AUTO, None),
+    ("repeat-of-line-above-block-is-none", "    total = 0\n    ", "\n", "total = 0\n    total = 0\n", ALWAYS, None),
     ("suffix-line-not-retyped", "def f():\n    a = 1\n    ", "\n    return a\n", "b = 2\n    return a\n", ALWAYS,
      Suggestion("b = 2")),
     ("retyping-next-line-is-none", "def f():\n    a = 1\n    ", "\n    return a\n", "return a\n", AUTO, None),
