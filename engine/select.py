@@ -119,7 +119,7 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
             return load_onnx_backend(name, device, dtype, revision, progress, cache, onnx,
                                      export_missing=backend == "onnx" or bool(onnx and onnx.auto_export))
         except OnnxUnavailable as exc:
-            fallback, device = f"ONNX Runtime not used: {exc}. ", "cpu"
+            fallback, device, name = f"ONNX Runtime not used: {exc}. ", "cpu", exc.checkpoint or name
     placement = choose_placement(device, dtype)
     loaded = load_model(name, placement.device, placement.dtype, revision=revision, progress=progress)
     from engine.backends.torch_backend import TorchBackend

@@ -33,7 +33,15 @@ Quantization = Literal["auto", "none", "int8-dynamic"]
 
 
 class OnnxUnavailable(Exception):
-    """ONNX Runtime cannot serve this model; the message says why and what to do."""
+    """ONNX Runtime cannot serve this model; the message says why and what to do.
+
+    `checkpoint`: the checkpoint to run with torch instead (the export's source when the model
+    given was an export directory).
+    """
+
+    def __init__(self, message: str, checkpoint: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 @dataclass(slots=True)
@@ -179,7 +187,7 @@ def load_onnx_backend(model: str, device: str = "auto", dtype: str = "auto", rev
     try:
         import onnxruntime  # noqa: F401  (checked here so that its absence is a reason, not a crash)
     except ImportError:
-        raise OnnxUnavailable("onnxruntime is not installed (pip install onnxruntime)") from None
+        raise OnnxUnavailable("onnxruntime is not installed (pip install onnxruntime)", source_of(model)) from None
     try:
         path = resolve_checkpoint(model, revision)
         out, given_export = export_dir_for(path, config)
@@ -205,4 +213,14 @@ def load_onnx_backend(model: str, device: str = "auto", dtype: str = "auto", rev
         why += f"; {'int8 weights' + agreement if quantization != 'none' else 'fp32'}"
         return OnnxBackend(session, out, manifest, quantization, cache=cache, why=why)
     except (ExportError, CheckpointError, OSError) as exc:
-        raise OnnxUnavailable(str(exc)) from None
+        raise OnnxUnavailable(str(exc), source_of(model)) from None
+    except OnnxUnavailable as exc:
+        raise OnnxUnavailable(str(exc), source_of(model)) from None
+
+
+def source_of(model: str) -> str | None:
+    """The checkpoint an export directory was made from (None: `model` is no readable export)."""
+    try:
+        return Manifest.read(Path(model)).source
+    except ExportError:
+        return None
