@@ -140,20 +140,19 @@ def load_model(config: ModelConfig, progress: Progress | None = None) -> Backend
         from engine.backends.reference import ReferenceBackend
 
         return ReferenceBackend.load(config.model or default_model_dir())
+    if config.backend == "openai":  # a thin client: neither torch nor the local engine is imported
+        from engine.backends.openai_backend import RemoteConfig, load_backend as load_remote
+
+        remote = RemoteConfig(api_key=config.api_key, family=config.family, served_model=config.remote_model,
+                              read_timeout_s=config.remote_timeout_s)
+        return load_remote(model=config.model, url=config.url, remote=remote)
     from engine.select import load_backend
 
     from engine.cache import CacheConfig
 
     cache = CacheConfig(budget_bytes=config.cache_bytes) if config.cache_bytes is not None else None
-    remote = None
-    if config.backend == "openai":
-        from engine.backends.openai_backend import RemoteConfig
-
-        remote = RemoteConfig(api_key=config.api_key, family=config.family, served_model=config.remote_model,
-                              read_timeout_s=config.remote_timeout_s)
     return load_backend(model=config.model, backend=config.backend, device=config.device, dtype=config.dtype,
-                        revision=config.revision, progress=progress, threads=config.threads, cache=cache,
-                        url=config.url, remote=remote)
+                        revision=config.revision, progress=progress, threads=config.threads, cache=cache)
 
 
 def default_model_dir() -> str:
