@@ -279,7 +279,8 @@ def render_head(fim: FimTokens, config: PromptConfig, path: str | None, snippets
     parts: list[str] = []
     if fim.filename is not None:
         for s in snippets:
-            parts.append(f"{fim.filename}{s.path}\n{s.text}{'' if s.text.endswith(chr(10)) else chr(10)}{fim.eod}")
+            body = s.text if s.text.endswith("\n") else s.text + "\n"
+            parts.append(f"{fim.filename}{s.path}\n{body}{fim.eod}")
         if config.include_filename and path:
             parts.append(f"{fim.filename}{path}\n")
     else:
@@ -296,6 +297,17 @@ def choose_mode(fim: FimTokens, config: PromptConfig) -> tuple[PromptMode, str]:
     if not fim.has_fim:
         return "l2r", NO_FIM_NOTE
     return ("psm" if config.fim_mode == "psm" else "spm"), ""
+
+
+def _room(n_ctx: int, config: PromptConfig, mode: PromptMode, fim: FimTokens, head: str, count: CountTokens) -> int:
+    """Tokens left for the prefix and suffix windows once the generation, head and FIM markers
+    are paid for. Special tokens split text, so the pieces' counts add up exactly, except where
+    the head runs straight into the prefix (left-to-right): one token of margin there."""
+    if mode == "l2r":
+        fixed = count(head) + 1 if head else 0
+    else:
+        fixed = (count(head) if head else 0) + count(f"{fim.prefix}{fim.suffix}{fim.middle}")
+    return n_ctx - config.max_new_tokens - fixed
 
 
 def build_prompt(ctx: CursorContext, fim: FimTokens, count_tokens: CountTokens, n_ctx: int,
@@ -316,11 +328,10 @@ def build_prompt(ctx: CursorContext, fim: FimTokens, count_tokens: CountTokens, 
     while kept and count(head) - count(bare_head) > config.neighbour_tokens:
         kept.pop()
         head = render_head(fim, config, path, kept)
-    markers = "" if mode == "l2r" else f"{fim.prefix}{fim.suffix}{fim.middle}"
-    available = n_ctx - config.max_new_tokens - (count(head) if head else 0) - (count(markers) if markers else 0)
+    available = _room(n_ctx, config, mode, fim, head, count)
     if available <= 0 and kept:
         kept, head = [], bare_head
-        available = n_ctx - config.max_new_tokens - (count(head) if head else 0) - (count(markers) if markers else 0)
+        available = _room(n_ctx, config, mode, fim, head, count)
     if available <= 0:
         raise PromptDoesNotFit(
             f"n_ctx={n_ctx} leaves no room for a prompt after max_new_tokens={config.max_new_tokens} "

@@ -118,6 +118,11 @@ PROMPTS = [
             mode="psm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, chunk_lines=30)),
     ("no-fim-left-to-right", SPM_CTX, NO_FIM, 2048, PromptConfig(fim_mode="spm"), "src/calc.py", (),
      Prompt(text="def add(a, b):\n    ", mode="l2r", prefix=SPM_CTX.prefix, suffix="", note=NO_FIM_NOTE, chunk_lines=31)),
+    # the head (77) runs into the prefix: one token of margin, 2048 - 64 - 78 = 1906 -> 29-line chunks
+    ("no-fim-snippet-as-comments", SPM_CTX, NO_FIM, 2048, PromptConfig(), "src/calc.py",
+     (Snippet("src/util.py", "def sub(a, b):\n    return a - b\n"),),
+     Prompt(text="# Compare this snippet from src/util.py:\n# def sub(a, b):\n#     return a - b\ndef add(a, b):\n    ",
+            mode="l2r", prefix=SPM_CTX.prefix, suffix="", note=NO_FIM_NOTE, snippets=1, chunk_lines=29)),
     ("starcoder-snippet-as-file", SPM_CTX, STARCODER, 2048, PromptConfig(), "src/calc.py",
      (Snippet("src/util.py", "def sub(a, b):\n    return a - b\n"),),
      Prompt(text="<filename>src/util.py\ndef sub(a, b):\n    return a - b\n<|endoftext|><filename>src/calc.py\n"
