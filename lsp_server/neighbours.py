@@ -51,8 +51,8 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
 
 def text_around_cursor(ctx: CursorContext, lines_before: int = 20, lines_after: int = 5) -> str:
     """The lines near the cursor that snippets are compared with."""
-    before = ctx.prefix.split("\n")[-lines_before - 1 :] if ctx.prefix else []
-    after = ctx.suffix.split("\n")[: lines_after + 1] if ctx.suffix else []
+    before = ctx.prefix.rsplit("\n", lines_before + 1)[-lines_before - 1 :] if ctx.prefix else []
+    after = ctx.suffix.split("\n", lines_after + 1)[: lines_after + 1] if ctx.suffix else []
     return "\n".join(before) + "\n".join(after)
 
 
