@@ -319,10 +319,13 @@ def test_token_counts_use_the_local_tokenizer_else_a_stated_estimate(fake: FakeS
 
 
 @asynccontextmanager
-async def lsp_session(url: str, model: str = TINY, extra: tuple[str, ...] = ()):
-    """`fim-lsp serve --backend openai --url URL` over stdio, initialized, its backend loaded."""
+async def lsp_session(url: str, model: str | None = TINY, extra: tuple[str, ...] = ()):
+    """`fim-lsp serve --backend openai --url URL` over stdio, initialized, its backend loaded.
+
+    `model`: a local checkpoint directory whose tokenizer counts tokens (None: none).
+    """
     command = [sys.executable, "-m", "lsp_server.cli", "serve", "--backend", "openai", "--url", url,
-               "--model", model, *extra]
+               *(("--model", model) if model else ()), *extra]
     client = await ClientServerConfig(server_command=command).start()
     try:
         await client.initialize_session(types.InitializeParams(

@@ -1,0 +1,233 @@
+"""`fim-lsp engine`: one engine process serving several language servers with separate caches.
+
+The end-to-end test runs the real daemon and two real `fim-lsp serve` processes against it at
+once; the oracle is the in-process pipeline on the same checkpoint: every answer must be exactly
+what the engine would give in-process. The rest drives the daemon's HTTP surface in this process:
+its token, its answers to bad requests, and a client hanging up mid-request.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from engine.api import BackendInfo, Cancelled, CompletionRequest, CompletionResult, DocId
+from engine.backends.openai_backend import RemoteConfig, load_backend as load_remote
+from engine.daemon import Engine, main_engine, make_server, tokenizer_json
+from engine.fim_tokens import EOD_TOKEN, fim_tokens_from_vocab
+from engine.select import load_backend
+from lsp_server import pipeline
+from lsp_server.config import CompletionSettings, ModelConfig
+from lsp_server.demo import fetch_status
+from tests.test_openai_backend import lsp_session
+from tests.test_server_e2e import CODE, TINY, Mirror
+
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    """`fim-lsp engine --listen 127.0.0.1:0` with the tiny kit model; yields its URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "lsp_server.cli", "engine", "--listen", "127.0.0.1:0",
+                             "--model", TINY, "--dtype", "float32"], stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    url = None
+    while url is None and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if (m := LISTENING.search(line)) is not None:
+            url = m.group(1)
+    assert url is not None, f"the daemon did not start: {''.join(lines)}"
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep its pipe drained
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The oracle: the same checkpoint, backend and dtype, in this process."""
+    return pipeline.load_model(ModelConfig(model=TINY, dtype="float32"))
+
+
+def get(url: str, path: str) -> Any:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", path)
+    return json.loads(conn.getresponse().read())
+
+
+async def test_two_language_servers_share_one_engine_with_separate_caches(daemon: str, engine):
+    # one server counts tokens with its own copy of the tokenizer, the other with the daemon's
+    async with lsp_session(daemon) as first, lsp_session(daemon, model=None) as second:
+        statuses = [await fetch_status(c) for c in (first, second)]
+        assert [s["backend"] for s in statuses] == ["openai", "openai"]
+        assert "tokens counted with the engine daemon's tokenizer" in statuses[1]["why"]
+        uri = "file:///work/project/reader.py"
+        mirrors = [Mirror(first, engine), Mirror(second, engine)]
+        for mirror in mirrors:
+            mirror.config = pipeline.pipeline_config(CompletionSettings(max_new_tokens=8, neighbours=False))
+            mirror.open(uri, CODE)
+        cursor = CODE.index("    print(len(lines))")
+        for key in "    tot":
+            cursors = [mirror.type(uri, cursor, key) for mirror in mirrors]
+            cursor = cursors[0]
+            answers = await asyncio.gather(*(mirror.inline(uri, cursor) for mirror in mirrors))  # both at once
+            assert list(answers) == [mirror.expect(uri, cursor) for mirror in mirrors]
+        lasts = [(await fetch_status(c))["last"] for c in (first, second)]
+        for last in lasts:
+            if not last["reused"]:  # the engine ran: its own slot held all but the newest tokens
+                assert last["prompt_tokens"] > last["prefill_tokens"] >= 1, last
+
+        stats = get(daemon, "/v1/fim-lsp/stats")
+        assert sorted(stats["clients"].values()) == [[uri], [uri]], "one slot per client for the same document"
+        first.text_document_did_close(pipeline_close(uri))
+        await asyncio.sleep(0.5)
+        assert sorted(get(daemon, "/v1/fim-lsp/stats")["clients"].values()) == [[], [uri]]
+
+
+def pipeline_close(uri: str):
+    from lsprotocol import types
+
+    return types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri))
+
+
+# -- the HTTP surface, in this process -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_engine():
+    return load_backend(model=TINY, backend="torch", dtype="float32")
+
+
+def serve(engine: Engine):
+    server = make_server(engine, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def post(url: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+    response = conn.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def test_the_token_is_required_and_bad_requests_get_clear_errors(local_engine):
+    server, url = serve(Engine(local_engine, tokenizer_json(local_engine), token="s3cret"))
+    auth = {"Authorization": "Bearer s3cret"}
+    ok = json.dumps({"client": "c1", "doc_id": "file:///a.py", "prompt": "<fim_prefix>x = <fim_suffix><fim_middle>",
+                     "max_tokens": 4, "temperature": 0}).encode()
+    try:
+        assert post(url, "/v1/fim-lsp/completions", ok) == (401, {"error": {
+            "message": "this engine needs `Authorization: Bearer TOKEN` (its --token)",
+            "type": "authentication_error", "code": 401}})
+        assert post(url, "/v1/fim-lsp/completions", ok, {"Authorization": "Bearer wrong"})[0] == 401
+        code, answer = post(url, "/v1/fim-lsp/completions", ok, auth)
+        assert code == 200 and answer["prompt_tokens"] > 0 and len(answer["token_ids"]) == answer["generated_tokens"]
+        too_long = {"client": "c1", "doc_id": "d", "prompt": "x = 1\n" * 2000, "max_tokens": 4}
+        cases = {
+            b"{not json": "the body is not JSON",
+            b"[1, 2]": "the body must be a JSON object",
+            json.dumps({"doc_id": "d", "prompt": "x"}).encode(): "`client` must be 1-64 letters, digits, '.', '_' or '-'",
+            json.dumps({"client": "c1/x", "doc_id": "d", "prompt": "x"}).encode():
+                "`client` must be 1-64 letters, digits, '.', '_' or '-'",
+            json.dumps({"client": "c1", "doc_id": "d", "prompt": 7}).encode(): "`prompt` must be one string",
+            json.dumps({"client": "c1", "doc_id": "d", "prompt": "x", "max_tokens": -1}).encode():
+                "`max_tokens` must be an integer in 0..4096, got -1",
+            json.dumps({"client": "c1", "doc_id": "d", "prompt": "x", "temperature": "hot"}).encode():
+                "`temperature` must be a number in 0..10, got 'hot'",
+        }
+        for body, message in cases.items():
+            assert post(url, "/v1/fim-lsp/completions", body, auth) == (400, {"error": {
+                "message": message, "type": "invalid_request_error", "code": 400}}), body
+        code, answer = post(url, "/v1/fim-lsp/completions", json.dumps(too_long).encode(), auth)
+        assert code == 400 and "but the model's window is 512" in answer["error"]["message"]
+        assert post(url, "/v1/nothing", b"{}", auth)[0] == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_openai_endpoint_gives_the_engines_tokens(local_engine):
+    server, url = serve(Engine(local_engine, tokenizer_json(local_engine)))
+    try:
+        prompt = "<fim_prefix>def area(r):\n    return <fim_suffix>\n<fim_middle>"
+        request = CompletionRequest(doc_id=DocId("file:///g.py"), prompt=prompt, max_new_tokens=6)
+        expected = local_engine.complete(request)
+        for stream in (False, True):
+            remote = load_remote(url=url, remote=RemoteConfig(stream=stream), environ={})
+            assert remote.mode == "daemon"
+            remote.mode = "openai"  # speak plain /v1/completions, as any OpenAI client would
+            result = remote.complete(request)
+            assert (result.text, result.prompt_tokens) == (expected.text, expected.prompt_tokens)
+        assert result.reused_tokens == expected.prompt_tokens - 1, "the `user` slot served the repeat"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Waiting:
+    """A backend whose generation runs until it is cancelled (at most 10 s)."""
+
+    def __init__(self) -> None:
+        self.fim = fim_tokens_from_vocab([EOD_TOKEN])
+        self.info = BackendInfo("torch", "waiting", "cpu", "float32", 512)
+        self.cancelled = threading.Event()
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    def complete(self, request, cancel=None) -> CompletionResult:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if cancel is not None and cancel.cancelled:
+                self.cancelled.set()
+                raise Cancelled("cancelled")
+            time.sleep(0.01)
+        raise AssertionError("never cancelled")
+
+    def drop(self, doc_id) -> None:
+        pass
+
+    def cache_stats(self) -> dict[str, int]:
+        return {}
+
+
+def test_a_client_hanging_up_cancels_its_generation():
+    backend = Waiting()
+    server, url = serve(Engine(backend, None))
+    try:
+        body = json.dumps({"client": "c1", "doc_id": "d", "prompt": "x", "max_tokens": 4}).encode()
+        with socket.create_connection(server.server_address[:2]) as sock:
+            sock.sendall(b"POST /v1/fim-lsp/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            time.sleep(0.2)
+        assert backend.cancelled.wait(2), "the engine saw the hang-up within 2 s"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_binding_beyond_loopback_needs_a_token(capsys):
+    args = argparse.Namespace(listen="0.0.0.0:0", token=None, backend="auto", model=TINY, device="auto",
+                              dtype="auto", revision=None, threads=None, url=None)
+    assert main_engine(args) == 2
+    assert "--listen 0.0.0.0 is reachable from other machines; pass --token SECRET" in capsys.readouterr().err
+    args.listen, args.backend = "127.0.0.1:0", "openai"
+    assert main_engine(args) == 2
+    assert "the engine runs the model itself" in capsys.readouterr().err
