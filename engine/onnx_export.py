@@ -375,6 +375,9 @@ def open_session(file: Path, providers: list[str] | None = None, threads: int | 
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only; a failed load raises anyway
+    # Worker threads sleep between calls instead of spinning: the cores are shared with the editor
+    # and the language server, and a keystroke's work arrives in bursts.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
     try:
