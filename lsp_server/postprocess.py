@@ -37,6 +37,7 @@ _PAIRED = ")]}([{" + QUOTES
 _BLOCK_OPENER = re.compile(r"(?:[:{(\[]|=>|\b(?:do|then|else|begin))$")
 _CLOSERS_ONLY = re.compile(r"^[\s)\]}>;,]+$")
 PREFIX_SCAN_CHARS = 4000  # how far back the cursor's open brackets are looked for
+NEXT_LINE_SCAN_CHARS = 8000  # how far ahead the first non-blank line after the cursor is looked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +126,8 @@ def _previous_line(ctx: CursorContext) -> str:
 
 def _next_line(ctx: CursorContext) -> str:
     """The first non-blank line below the cursor's line ("" when none)."""
-    below = ctx.suffix[len(ctx.line_suffix) :]
-    for line in below.splitlines()[:64]:
+    below = ctx.suffix[len(ctx.line_suffix) : len(ctx.line_suffix) + NEXT_LINE_SCAN_CHARS]
+    for line in below.splitlines():
         if line.strip():
             return line
     return ""
@@ -342,8 +343,8 @@ def postprocess(raw: str, ctx: CursorContext, config: PostprocessConfig,
         text = _without_retyped_rest(text, rest_of_line)
     else:
         text = _without_repeated_next_line(text, lp, below, last_complete=True)
-    if not text.strip():
-        return None
+    if not text.strip() or text == ls[:replace_chars]:
+        return None  # nothing, or only the closers already after the cursor
     if ctx.newline != "\n":
         text = text.replace("\n", ctx.newline)
     return Suggestion(text=text, replace_chars=replace_chars)

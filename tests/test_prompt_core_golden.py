@@ -309,6 +309,8 @@ POSTPROCESS = [
     ("two-closers-replaced", "result = max(len(", "))\n", "items), 1)\n", AUTO, Suggestion("items), 1)", 2)),
     ("closer-then-semicolon", "foo(", ");\n", "a);", AUTO, Suggestion("a)", 1)),
     ("inner-closer-replaced", "f(a, g(", "), b)\n", "x)", AUTO, Suggestion("x)", 1)),
+    ("only-the-closer-is-none", "print(", ")\n", ")\nprint(2)", AUTO, None),
+    ("brace-closer-replaced", "const point = {", "}\n", " x: 1, y: 2 }", AUTO, Suggestion(" x: 1, y: 2 }", 1)),
     ("suggestion-without-closer", "print(", ")\n", '"hello"', AUTO, Suggestion('"hello"')),
     ("emoji-string-closers", 'print("😀 ', '")\n', 'happy")', AUTO, Suggestion('happy")', 2)),
     ("mismatched-closer-cut", "x = [", "]\n", "1, 2)\n", AUTO, Suggestion("1, 2")),
