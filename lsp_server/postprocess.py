@@ -292,7 +292,8 @@ def _without_retyped_rest(text: str, rest_of_line: str) -> str:
     body = text.rstrip()
     while any(body.endswith(t) for t in tails):
         tail = next(t for t in tails if body.endswith(t))
-        text = body = body[: len(body) - len(tail)]
+        text = body[: len(body) - len(tail)]
+        body = text.rstrip()
     return text
 
 
