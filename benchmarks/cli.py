@@ -35,7 +35,8 @@ def bench_keystrokes(args) -> int:
     from tqdm import tqdm
 
     from benchmarks.keystroke_replay import (
-        format_table, keystrokes, load_problems, measure_bandwidth, pad_problem, replay, summarize,
+        format_table, keystrokes, load_problems, measure_bandwidth, pad_problem, percentile, prefill_counts, replay,
+        summarize,
     )
     from engine.backends.reference import ReferenceBackend
     from engine.backends.torch_backend import TorchBackend
@@ -88,6 +89,7 @@ def bench_keystrokes(args) -> int:
     with tqdm(total=total, desc="keystrokes", file=sys.stderr) as bar:
         runs = replay(problems, modes, n_ctx, MAX_NEW_TOKENS, args.max_keys, progress=bar.update)
     rows = summarize(runs)
+    typed = prefill_counts(problems, loaded.tokenizer.fim, loaded.tokenizer.encode, n_ctx, MAX_NEW_TOKENS)
 
     bandwidth = measure_bandwidth(threads=torch.get_num_threads()) if placement.device.type == "cpu" else float("nan")
     weight_bytes = loaded.model.args.param_count() * torch.empty((), dtype=placement.dtype).element_size()
@@ -96,7 +98,7 @@ def bench_keystrokes(args) -> int:
     if args.json:
         print(json.dumps({"rows": rows, "bandwidth_gb_s": bandwidth / 1e9, "weight_bytes": weight_bytes,
                           "decode_floor_ms": floor_ms, "n_ctx": n_ctx, "device": str(placement.device),
-                          "dtype": dtype_name, "model": model}, indent=2))
+                          "dtype": dtype_name, "model": model, "full_typing_prefill": typed}, indent=2))
         return 0
     print(f"keystroke replay: {model}\n{len(problems)} problems, {total} keystrokes, {MAX_NEW_TOKENS} greedy tokens each, "
           f"prompt window {n_ctx} tokens, {placement.device} {dtype_name}, {torch.get_num_threads()} threads")
@@ -106,4 +108,6 @@ def bench_keystrokes(args) -> int:
     print(f"memory bandwidth (torch sum, {torch.get_num_threads()} threads): {bandwidth / 1e9:.1f} GB/s; weights "
           f"{weight_bytes / 1e9:.2f} GB -> decode floor {floor_ms:.1f} ms/token; measured cached step "
           f"{step_ms:.1f} ms ({step_ms / floor_ms:.2f}x the floor)")
+    print(f"full typing of these {len(problems)} spans ({len(typed)} keystrokes, cache policy only, no model): "
+          f"prefilled tokens per keystroke median {percentile(typed, 50):.0f}, p95 {percentile(typed, 95):.0f}")
     return 0

@@ -130,6 +130,32 @@ def replay(problems: Sequence[Problem], modes: dict[str, Backend], n_ctx: int, m
     return list(runs.values())
 
 
+def prefill_counts(problems: Sequence[Problem], fim, encode: Callable[[str], list[int]], n_ctx: int,
+                   max_new_tokens: int = 16) -> list[int]:
+    """Prompt tokens the cache would prefill at each keystroke of typing every span in full.
+
+    Token-level only (no model): the same prompts and the same `SlotTable` policy the engine
+    uses, without the generated tokens the engine also appends (which can only add reuse).
+    """
+    import xxhash
+
+    from engine.cache import SlotTable
+
+    count = lambda text: len(encode(text))  # noqa: E731
+    config = PromptConfig(max_new_tokens=max_new_tokens, neighbours=False)
+    table = SlotTable(bytes_per_token=1, budget_bytes=2**40, max_tokens=n_ctx,
+                      hash_fn=xxhash.xxh3_64_intdigest)
+    counts = []
+    for problem in problems:
+        doc = DocId(problem.task_id)
+        for ctx in keystrokes(problem):
+            ids = encode(build_prompt(ctx, fim, count, n_ctx, config).text)
+            plan = table.plan(doc, ids, len(ids))
+            table.append(doc, ids[plan.keep:])
+            counts.append(len(ids) - plan.keep)
+    return counts
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0-100), nearest rank."""
     ordered = sorted(values)

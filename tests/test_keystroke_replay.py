@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from benchmarks.keystroke_replay import (
-    ModeRun, Problem, Sample, format_table, keystrokes, load_problems, pad_problem, percentile, replay, summarize,
+    ModeRun, Problem, Sample, format_table, keystrokes, load_problems, pad_problem, percentile, prefill_counts, replay,
+    summarize,
 )
 from engine.backends.torch_backend import TorchBackend
 from engine.cache import CacheConfig
-from engine.loading import load_model
+from engine.loading import load_model, load_tokenizer
 from tests.conftest import kit
 
 
@@ -71,3 +72,15 @@ def test_cached_greedy_tokens_equal_full_recompute_at_every_keystroke_of_20_prob
     prefilled = [s.prefill_tokens for s in ours.samples]
     assert statistics.median(prefilled) <= 2, "typing at the end of an SPM prompt prefills a token or two"
     assert sum(s.reused_tokens for s in ours.samples) > 0.9 * sum(s.prompt_tokens for s in ours.samples)
+
+
+def test_prefill_counts_follow_the_cache_policy_over_full_typing():
+    tokenizer = load_tokenizer(kit(shape="tiny"))
+    problems = load_problems(3)
+    counts = prefill_counts(problems, tokenizer.fim, tokenizer.encode, n_ctx=512)
+    assert len(counts) == sum(len(p.middle) + 1 for p in problems)
+    start = 0
+    for p in problems:  # each document's first keystroke prefills its whole prompt
+        assert counts[start] > 50
+        start += len(p.middle) + 1
+    assert statistics.median(counts) <= 2 and percentile(counts, 90) <= 8
