@@ -29,6 +29,17 @@ def main_bench(args) -> int:
     return int(getattr(importlib.import_module(module_name), func_name)(args) or 0)
 
 
+def bench_model(args, say) -> str:
+    """The checkpoint a benchmark runs: --model, or the kit model of --shape (written once, cached)."""
+    from engine.checkpoint_kit import CheckpointSpec, ensure_checkpoint
+
+    if args.model:
+        return args.model
+    family = "santacoder" if args.shape == "santacoder" else "starcoder"
+    say(f"checkpoint-kit model, shape {args.shape} ({family}); written once, then cached")
+    return str(ensure_checkpoint(CheckpointSpec(shape=args.shape, family=family)))
+
+
 def bench_keystrokes(args) -> int:
     """Replay keystrokes through ours, ours without reuse, and transformers generate()."""
     import torch
@@ -41,7 +52,6 @@ def bench_keystrokes(args) -> int:
     from engine.backends.reference import ReferenceBackend
     from engine.backends.torch_backend import TorchBackend
     from engine.cache import CacheConfig
-    from engine.checkpoint_kit import CheckpointSpec, ensure_checkpoint
     from engine.loading import CheckpointError, load_model
     from engine.select import choose_placement
 
@@ -49,12 +59,7 @@ def bench_keystrokes(args) -> int:
         torch.set_num_threads(args.threads)
     say = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        if args.model:
-            model = args.model
-        else:
-            family = "santacoder" if args.shape == "santacoder" else "starcoder"
-            say(f"checkpoint-kit model, shape {args.shape} ({family}); written once, then cached")
-            model = str(ensure_checkpoint(CheckpointSpec(shape=args.shape, family=family)))
+        model = bench_model(args, say)
         placement = choose_placement(args.device, args.dtype)
         loaded = load_model(model, placement.device, placement.dtype, revision=args.revision,
                             progress=lambda msg, frac: say(f"{msg} ({frac:.0%})"))
