@@ -1,0 +1,92 @@
+"""Convert a GPTBigCode checkpoint (e.g. a checkpoint-kit model) to GGUF for a llama.cpp server.
+
+llama.cpp's own converter (`convert_hf_to_gguf.py`, vendored in llama-cpp-python's source
+distribution) does the work: gpt_bigcode becomes GGUF arch `starcoder`. One thing it refuses is a
+tokenizer it has not seen (it identifies the pre-tokenizer by hashing how a fixed text encodes),
+which every locally trained tokenizer is; ours pre-tokenise exactly as StarCoder's does (byte-level
+BPE, GPT-2 splitting), so an unrecognised hash is mapped to `starcoder` by wrapping
+`TextModel.get_vocab_base_pre`, leaving the converter itself untouched.
+
+    python scripts/convert_to_gguf.py fetch                  # once: llama-cpp-python's sdist via pip
+    python scripts/convert_to_gguf.py convert CKPT_DIR OUT.gguf [--outtype f32]
+
+`fetch` keeps the sdist in ~/.cache/fim-lsp/llama-cpp-python/ (install the server from that same
+file: `pip install "$(python scripts/convert_to_gguf.py sdist)[server]"`).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+VERSION = "0.3.36"
+CACHE = Path.home() / ".cache" / "fim-lsp" / "llama-cpp-python"
+SDIST = CACHE / f"llama_cpp_python-{VERSION}.tar.gz"
+VENDORED = f"llama_cpp_python-{VERSION}/vendor/llama.cpp"
+CONVERTER_SRC = CACHE / "src" / VENDORED  # holds convert_hf_to_gguf.py, conversion/, gguf-py/
+NEEDED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+
+def fetch() -> Path:
+    """Download the sdist with pip (once) and unpack the converter; returns its directory."""
+    if not SDIST.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        f"llama-cpp-python=={VERSION}", "-d", str(CACHE)], check=True)
+    if not (CONVERTER_SRC / "convert_hf_to_gguf.py").is_file():
+        with tarfile.open(SDIST) as tar:
+            members = [m for m in tar.getmembers()
+                       if any(m.name == f"{VENDORED}/{n}" or m.name.startswith(f"{VENDORED}/{n}") for n in NEEDED)]
+            tar.extractall(CACHE / "src", members=members, filter="data")
+    return CONVERTER_SRC
+
+
+def convert(checkpoint: Path, out: Path, outtype: str = "f32", src: Path = CONVERTER_SRC) -> Path:
+    """Write `out` from the checkpoint directory with llama.cpp's converter in `src`."""
+    if not (src / "convert_hf_to_gguf.py").is_file():
+        raise SystemExit(f"no llama.cpp converter in {src}; run `python {sys.argv[0]} fetch` first")
+    if not (checkpoint / "config.json").is_file():
+        raise SystemExit(f"{checkpoint} is not a checkpoint directory (no config.json)")
+    sys.path.insert(0, str(src))
+    import convert_hf_to_gguf  # noqa: F401  - puts its gguf-py on sys.path, registers the models
+    from conversion.base import TextModel
+
+    recognised = TextModel.get_vocab_base_pre
+
+    def get_vocab_base_pre(self, tokenizer) -> str:
+        try:
+            return recognised(self, tokenizer)
+        except NotImplementedError:  # a locally trained byte-level BPE: StarCoder's pre-tokenizer
+            return "starcoder"
+
+    TextModel.get_vocab_base_pre = get_vocab_base_pre
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sys.argv = ["convert_hf_to_gguf.py", str(checkpoint), "--outfile", str(out), "--outtype", outtype]
+    convert_hf_to_gguf.main()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch", help="download llama-cpp-python's sdist (pip) and unpack its converter")
+    sub.add_parser("sdist", help="print the path of the fetched sdist")
+    p = sub.add_parser("convert", help="convert a checkpoint directory to a GGUF file")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
+    p.add_argument("--src", type=Path, default=CONVERTER_SRC, help="llama.cpp source holding convert_hf_to_gguf.py")
+    args = parser.parse_args()
+    if args.command == "fetch":
+        print(fetch())
+    elif args.command == "sdist":
+        print(SDIST)
+    else:
+        convert(args.checkpoint, args.out, args.outtype, args.src)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
