@@ -167,25 +167,11 @@ class OpenAIBackend:
     def complete(self, request: CompletionRequest, cancel: CancelToken | None = None) -> CompletionResult:
         start = self.clock()
         self.counters["requests"] += 1
-        if self.mode == "unknown":
-            self.probe(cancel)
         stops = stop_list(self.fim, request.stop_strings)
-        if self.mode == "daemon":
-            path, body = DAEMON_COMPLETIONS, {
-                "client": self.client_id, "doc_id": request.doc_id, "prompt": request.prompt,
-                "max_tokens": request.max_new_tokens, "temperature": request.temperature, "top_p": request.top_p,
-                "seed": request.seed, "stop": list(stops), "time_budget_s": request.time_budget_s,
-            }
-        else:
-            path, body = OPENAI_COMPLETIONS, {
-                "prompt": request.prompt, "max_tokens": request.max_new_tokens, "temperature": request.temperature,
-                "top_p": request.top_p, "stop": list(stops), "stream": self.config.stream,
-            }
-            if self.served_model:
-                body["model"] = self.served_model
-            if request.seed is not None:
-                body["seed"] = request.seed
         try:
+            if self.mode == "unknown":
+                self.probe(cancel)
+            path, body = self.request_body(request, stops)
             if self.mode == "daemon":
                 return self.daemon_result(self.post(path, body, cancel), start)
             if self.config.stream:
@@ -208,6 +194,22 @@ class OpenAIBackend:
             prefill_tokens=prompt_tokens - cached, generated_tokens=int(usage.get("completion_tokens") or 0),
             latency_ms=(self.clock() - start) * 1e3, extra={"cache_reported": float("cached_tokens" in details)},
         )
+
+    def request_body(self, request: CompletionRequest, stops: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+        """(path, JSON body): our daemon's endpoint with the document id, else plain /v1/completions."""
+        if self.mode == "daemon":
+            return DAEMON_COMPLETIONS, {
+                "client": self.client_id, "doc_id": request.doc_id, "prompt": request.prompt,
+                "max_tokens": request.max_new_tokens, "temperature": request.temperature, "top_p": request.top_p,
+                "seed": request.seed, "stop": list(stops), "time_budget_s": request.time_budget_s,
+            }
+        body = {"prompt": request.prompt, "max_tokens": request.max_new_tokens, "temperature": request.temperature,
+                "top_p": request.top_p, "stop": list(stops), "stream": self.config.stream}
+        if self.served_model:
+            body["model"] = self.served_model
+        if request.seed is not None:
+            body["seed"] = request.seed
+        return OPENAI_COMPLETIONS, body
 
     def drop(self, doc_id: DocId) -> None:
         if self.mode != "daemon":
