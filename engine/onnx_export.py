@@ -17,8 +17,10 @@ with fp32.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -175,7 +177,11 @@ def export_graph(model, file: Path, opset: int) -> None:
     sample = (torch.zeros(1, 2, dtype=torch.long), torch.tensor([[3, 4]]), torch.tensor([0, 1]), past)
     shapes = ({1: T}, {1: T}, {0: K}, tuple({2: P} for _ in range(n)))
     fixed_in, past_names, fixed_out, present_names = io_names(a.n_layer)
-    with torch.no_grad():
+    # The exporter warns about operators of libraries we do not use (torchvision) and about its
+    # own deprecations; none of it concerns the user.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         program = torch.onnx.export(export_wrapper(model), sample, dynamo=True, dynamic_shapes=shapes,
                                     input_names=fixed_in + past_names, output_names=fixed_out + present_names,
                                     opset_version=opset, verbose=False)
