@@ -1,0 +1,185 @@
+--- Ghost text for Neovim 0.11, which has no vim.lsp.inline_completion.
+---
+--- After each insert-mode edit (debounced) the buffer's fim-lsp client is asked for
+--- `textDocument/inlineCompletion` at the cursor. The first item is drawn as an inline extmark
+--- (further lines as virtual lines) and kept while the cursor stays where it was asked for;
+--- moving, leaving insert mode, or editing clears it. Accepting replaces the item's range with its
+--- text and runs its command (`fim-lsp.accepted`) on the server.
+local M = {}
+
+local ns = vim.api.nvim_create_namespace("fim_lsp_ghost")
+local AUTOMATIC = 2 -- InlineCompletionTriggerKind.Automatic
+
+---@class fim_lsp.Suggestion
+---@field client_id integer
+---@field row integer       0-based cursor row the suggestion was made for
+---@field col integer       byte column of the cursor
+---@field range integer[]   {start_row, start_col, end_row, end_col} in bytes, replaced on accept
+---@field text string       the item's full insert text
+---@field ghost string      the part of `text` not yet typed, as drawn
+---@field command table?    LSP command to run after accepting
+---@field extmark integer
+
+---@type table<integer, fim_lsp.Suggestion>
+local shown = {}
+---@type table<integer, {timer: uv.uv_timer_t, request: integer?, client_id: integer?}>
+local pending = {}
+
+local function cursor(buf)
+  local win = vim.fn.bufwinid(buf)
+  if win == -1 then return nil end
+  local pos = vim.api.nvim_win_get_cursor(win)
+  return pos[1] - 1, pos[2]
+end
+
+--- Hide the buffer's suggestion; true when one was visible.
+function M.clear(buf)
+  local s = shown[buf]
+  if not s then return false end
+  shown[buf] = nil
+  pcall(vim.api.nvim_buf_del_extmark, buf, ns, s.extmark)
+  return true
+end
+
+--- The suggestion currently drawn in a buffer (nil when none): its text and what is drawn.
+function M.current(buf)
+  local s = shown[buf == 0 and vim.api.nvim_get_current_buf() or buf]
+  return s and { text = s.text, ghost = s.ghost, row = s.row, col = s.col } or nil
+end
+
+local function byte_col(buf, position, encoding)
+  return vim.lsp.util._get_line_byte_from_position(buf, position, encoding)
+end
+
+--- Turn the first item of an inlineCompletion answer into a drawn suggestion.
+local function show(buf, client, result, row, col)
+  local items = result and (result.items or result) or {}
+  local item = items[1]
+  if not item then return end
+  local text = type(item.insertText) == "table" and item.insertText.value or item.insertText
+  if type(text) ~= "string" or text == "" then return end
+  local range = { row, col, row, col }
+  if item.range then
+    local s, e = item.range.start, item.range["end"]
+    range = { s.line, byte_col(buf, s, client.offset_encoding), e.line, byte_col(buf, e, client.offset_encoding) }
+  end
+  -- The text usually repeats what was typed since range start; draw only the rest.
+  if range[1] ~= row or range[2] > col then return end
+  local typed = vim.api.nvim_buf_get_text(buf, row, range[2], row, col, {})[1]
+  if text:sub(1, #typed) ~= typed then return end
+  local ghost = text:sub(#typed + 1)
+  if ghost == "" then return end
+  local lines = vim.split(ghost, "\n", { plain = true })
+  local hl = M.hl_group
+  local virt_lines = {}
+  for i = 2, #lines do virt_lines[#virt_lines + 1] = { { lines[i], hl } } end
+  M.clear(buf)
+  shown[buf] = {
+    client_id = client.id, row = row, col = col, range = range, text = text, ghost = ghost,
+    command = item.command,
+    extmark = vim.api.nvim_buf_set_extmark(buf, ns, row, col, {
+      virt_text = { { lines[1], hl } },
+      virt_text_pos = "inline",
+      virt_lines = #virt_lines > 0 and virt_lines or nil,
+      hl_mode = "combine",
+    }),
+  }
+end
+
+--- Ask the server now for a suggestion at the cursor (cancels the previous question).
+function M.request(buf)
+  local client = require("fim_lsp").client(buf)
+  local row, col = cursor(buf)
+  if not client or not client.initialized or not row then return end
+  if not vim.api.nvim_get_mode().mode:match("^i") then return end
+  local p = pending[buf]
+  if p.request then
+    local old = vim.lsp.get_client_by_id(p.client_id)
+    if old then old:cancel_request(p.request) end
+  end
+  local tick = vim.api.nvim_buf_get_changedtick(buf)
+  local params = vim.lsp.util.make_position_params(vim.fn.bufwinid(buf), client.offset_encoding)
+  params.context = { triggerKind = AUTOMATIC }
+  local ok, id = client:request("textDocument/inlineCompletion", params, function(err, result)
+    if p.request == id then p.request = nil end
+    if err or not vim.api.nvim_buf_is_valid(buf) then return end
+    -- Drop answers overtaken by typing or cursor moves.
+    local r, c = cursor(buf)
+    if vim.api.nvim_buf_get_changedtick(buf) ~= tick or r ~= row or c ~= col then return end
+    if not vim.api.nvim_get_mode().mode:match("^i") then return end
+    show(buf, client, result, row, col)
+  end, buf)
+  if ok then p.request, p.client_id = id, client.id end
+end
+
+--- Insert the visible suggestion; false when there was none.
+function M.accept(buf)
+  local s = shown[buf]
+  if not s then return false end
+  M.clear(buf)
+  local lines = vim.split(s.text, "\n", { plain = true })
+  local r = s.range
+  vim.api.nvim_buf_set_text(buf, r[1], r[2], r[3], r[4], lines)
+  local end_row = r[1] + #lines - 1
+  local end_col = (#lines == 1 and r[2] or 0) + #lines[#lines]
+  vim.api.nvim_win_set_cursor(vim.fn.bufwinid(buf), { end_row + 1, end_col })
+  local client = vim.lsp.get_client_by_id(s.client_id)
+  if client and s.command then
+    client:request("workspace/executeCommand",
+      { command = s.command.command, arguments = s.command.arguments }, function() end, buf)
+  end
+  return true
+end
+
+--- Turn ghost text on for a buffer.
+function M.enable(buf, config)
+  if pending[buf] then return end
+  M.hl_group = config.hl_group
+  pending[buf] = { timer = assert(vim.uv.new_timer()) }
+  local group = vim.api.nvim_create_augroup("fim_lsp_ghost_" .. buf, { clear = true })
+  vim.api.nvim_create_autocmd("TextChangedI", {
+    group = group,
+    buffer = buf,
+    callback = function()
+      M.clear(buf)
+      pending[buf].timer:start(config.debounce_ms, 0, vim.schedule_wrap(function() M.request(buf) end))
+    end,
+  })
+  -- Typing can start before the server has answered `initialize`; ask once it has.
+  vim.api.nvim_create_autocmd("LspAttach", {
+    group = group,
+    buffer = buf,
+    callback = function(ev)
+      local client = vim.lsp.get_client_by_id(ev.data.client_id)
+      -- The client counts as attached only after the LspAttach callbacks have run.
+      if client and client.name == "fim-lsp" then vim.schedule(function() M.request(buf) end) end
+    end,
+  })
+  vim.api.nvim_create_autocmd("CursorMovedI", {
+    group = group,
+    buffer = buf,
+    callback = function()
+      local s, row, col = shown[buf], cursor(buf)
+      if s and (row ~= s.row or col ~= s.col) then M.clear(buf) end
+    end,
+  })
+  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
+    group = group,
+    buffer = buf,
+    callback = function()
+      pending[buf].timer:stop()
+      M.clear(buf)
+    end,
+  })
+  vim.api.nvim_create_autocmd("BufWipeout", {
+    group = group,
+    buffer = buf,
+    callback = function()
+      local p = pending[buf]
+      pending[buf], shown[buf] = nil, nil
+      if p then p.timer:close() end
+    end,
+  })
+end
+
+return M

@@ -1,0 +1,66 @@
+"""What the editor tests share: installing the editors, the server command, screenshots, waiting."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+REPO = Path(__file__).resolve().parents[2]
+SETUP = REPO / "editor-clients" / "setup.sh"
+T = TypeVar("T")
+
+
+def setup_editors(*parts: str) -> Path:
+    """Run editor-clients/setup.sh for these parts (quick when already installed); the cache dir."""
+    proc = subprocess.run(["bash", str(SETUP), *parts], capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, f"setup.sh {' '.join(parts)} failed:\n{proc.stderr[-4000:]}"
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def artifacts_dir(name: str) -> Path:
+    """Where a test leaves its screenshots: $FIM_LSP_ARTIFACTS/NAME, else a temp dir kept after the run."""
+    root = Path(os.environ.get("FIM_LSP_ARTIFACTS") or Path(tempfile.gettempdir()) / "fim-lsp-artifacts")
+    out = root / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    return out
+
+
+def serve_command(model: Path) -> list[str]:
+    """`fim-lsp serve` from this test's environment, on a model directory."""
+    exe = Path(sys.executable).parent / "fim-lsp"
+    head = [str(exe)] if exe.exists() else [sys.executable, "-m", "lsp_server.cli"]
+    return [*head, "serve", "--model", str(model)]
+
+
+# Small and single-line: random-weight models produce noise, and a short line keeps it readable.
+SERVER_SETTINGS = {"maxNewTokens": 6, "multiline": "never", "temperature": 0}
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 90, every_s: float = 0.2) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+def printable_run(text: str, limit: int = 16) -> str:
+    """The longest run of plain printable ASCII in `text` (what a screen shows verbatim), cut to `limit`."""
+    best, run = "", ""
+    for ch in text:
+        if " " <= ch <= "~":
+            run += ch
+            best = max(best, run.strip(), key=len)
+        else:
+            run = ""
+    return best[:limit]

@@ -1,0 +1,128 @@
+"""The Neovim plugin in a real Neovim 0.11 against the real `fim-lsp serve`.
+
+Typing in a Python buffer shows the server's suggestion as ghost text (an extmark, and on the
+terminal screen), Tab inserts it, and the buffer then holds it. A missing or crashing server gives
+one message and the editor keeps working.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.editors.harness import (SERVER_SETTINGS, artifacts_dir, printable_run, serve_command,
+                                   setup_editors, wait_for)
+from tests.editors.lsp_probe import server_suggestion
+from tests.editors.nvim_driver import NvimSession
+
+SOURCE = "import os\n\n\ndef scale(values, factor):\n    return [v * factor for v in values]\n\n\ntotal = \n"
+TYPED = "scale([1, 2], "
+
+
+@pytest.fixture(scope="module")
+def nvim() -> Path:
+    assert shutil.which("tmux"), "tmux is needed to give Neovim a terminal (apt-get install tmux)"
+    return setup_editors("neovim") / "bin" / "nvim"
+
+
+def ghost(session: NvimSession):
+    return session.lua("require('fim_lsp.ghost').current(0)")
+
+
+def server_state(session: NvimSession):
+    """The server's `fim-lsp/status` state as seen from inside the editor (None until it answers)."""
+    return session.lua("(function() local c = require('fim_lsp').client(0) "
+                       "if not c or not c.initialized then return nil end "
+                       "local r = c:request_sync('fim-lsp/status', {}, 2000, 0) "
+                       "return r and r.result end)()")
+
+
+def test_typing_shows_ghost_text_and_tab_accepts_it(nvim, tiny_starcoder, tmp_path):
+    out = artifacts_dir("neovim")
+    file = tmp_path / "scale.py"
+    file.write_text(SOURCE)
+    cmd = serve_command(tiny_starcoder)
+    with NvimSession(nvim, tmp_path, file, {"cmd": cmd, "server": SERVER_SETTINGS}) as session:
+        status = wait_for("the model to load", lambda: (s := server_state(session)) and
+                          s.get("state") in ("ready", "failed") and s, timeout_s=120)
+        assert status["state"] == "ready", f"model failed to load: {status}"
+
+        session.keys("G", "A")
+        session.type(TYPED)
+        shown = wait_for("ghost text", lambda: ghost(session), timeout_s=60)
+        screen = session.screen()
+        (out / "ghost.txt").write_text(screen)
+
+        lines_before = session.lua("vim.api.nvim_buf_get_lines(0, 0, -1, true)")
+        text_before = session.lua("table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, true), '\\n')"
+                                  " .. (vim.bo.eol and '\\n' or '')")  # what the server was sent
+        row, col = shown["row"], shown["col"]
+        typed = lines_before[row][:col]
+        assert typed == SOURCE.splitlines()[-1] + TYPED, f"cursor line before accepting: {lines_before[row]!r}"
+        # The ghost is what the server suggests beyond what was typed, drawn on the cursor's line.
+        assert shown["text"].endswith(shown["ghost"]) and shown["ghost"]
+        cursor_line = next(line for line in screen.splitlines() if line.startswith(typed))
+        visible = printable_run(shown["ghost"].splitlines()[0])
+        if visible:
+            assert visible in cursor_line, f"ghost {visible!r} not on screen line {cursor_line!r}"
+
+        session.keys("Tab")
+        wait_for("Tab to insert the suggestion", lambda: ghost(session) is None and
+                 session.lua("vim.api.nvim_get_current_line()") != lines_before[row])
+        (out / "accepted.txt").write_text(session.screen())
+        lines_after = session.lua("vim.api.nvim_buf_get_lines(0, 0, -1, true)")
+        expected = "\n".join(lines_before[:row] + [typed + shown["ghost"] + lines_before[row][col:]]
+                             + lines_before[row + 1:])
+        assert "\n".join(lines_after) == expected
+        assert session.lua("vim.api.nvim_get_mode().mode") == "i", "accepting left insert mode"
+        accepted = wait_for("the server to count the accept",
+                            lambda: (server_state(session) or {}).get("acceptance", {}).get("accepted"))
+        assert accepted == 1
+        last = server_state(session)["last"]
+        assert last["reused"] is False, f"the suggestion continued an earlier one: {last}"
+
+    # It was computed for this buffer alone (not a continuation of an earlier suggestion), so a
+    # fresh server asked about the same buffer and cursor gives the text the editor showed.
+    reference = asyncio.run(server_suggestion(cmd, file.as_uri(), text_before, row, col,
+                                              SERVER_SETTINGS))
+    assert reference and reference[0]["insertText"] == shown["text"]
+
+
+@pytest.mark.parametrize("broken", ["missing", "crashing"])
+def test_broken_server_gives_one_message_and_editing_goes_on(nvim, tmp_path, broken):
+    out = artifacts_dir(f"neovim-{broken}")
+    starts = tmp_path / "starts.txt"
+    if broken == "missing":
+        cmd = [str(tmp_path / "no-such-server"), "serve"]
+    else:  # counts its starts, then dies the way a bad model path or an import error would
+        cmd = [sys.executable, "-c",
+               f"open({str(starts)!r}, 'a').write('x'); import sys; sys.exit('fim-lsp: cannot load model')"]
+    file = tmp_path / "a.py"
+    file.write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 2\n")
+    with NvimSession(nvim, tmp_path, file, {"cmd": cmd}) as session:
+        shown = "' not found" if broken == "missing" else "fim-lsp quit with exit code 1"
+        screen = wait_for("the message on screen", lambda: shown in (s := session.screen().replace("\n", "")) and s, 30)
+        (out / "message.txt").write_text(session.screen())
+        if "Press ENTER" in screen:
+            session.keys("Enter")
+        reason = session.lua("require('fim_lsp').failure()")
+        assert ("not found" if broken == "missing" else "server exited (code 1") in reason
+        session.keys("G", "o")
+        session.type("z = 3")
+        session.keys("Tab", "Escape")
+        session.keys(":", "e", " ", "b", ".", "p", "y", "Enter")  # another Python buffer: no new start
+        wait_for("the second buffer", lambda: session.lua("vim.fn.expand('%:t')") == "b.py")
+        session.keys(":", "e", " ", "a", ".", "p", "y", "Enter")
+        (out / "screen.txt").write_text(session.screen())
+        lines = session.lua("vim.api.nvim_buf_get_lines(0, 0, -1, true)")
+        assert lines[0] == "x = 1" and lines[1].rstrip() == "z = 3" and lines[1] != "z = 3", \
+            f"typing and Tab (indent) should work as without the plugin: {lines}"
+        messages = session.lua("vim.api.nvim_exec2('messages', {output = true}).output")
+        assert sum("fim-lsp" in line for line in messages.splitlines()) == 1, messages
+        assert session.lua("#vim.lsp.get_clients()") == 0
+    if broken == "crashing":
+        assert starts.read_text() == "x", "the plugin started the crashing server more than once"
