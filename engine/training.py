@@ -325,7 +325,6 @@ def train(cfg: TrainConfig, log=print) -> None:
         return [e.ids for e in tokenizer.encode_batch(texts)]
 
     max_chars = cfg.seq_len * 3  # about one sequence of code per window
-    stream = packed_sequences(sample_stream(train_files, rng, cfg.policy, max_chars), encode_batch, cfg.seq_len)
     val_stream = packed_sequences(sample_stream(held_out, random.Random(1), cfg.policy, max_chars, 64),
                                   encode_batch, cfg.seq_len, 32)
     val = torch.tensor([next(val_stream) for _ in range(32)])  # [32, seq_len]
@@ -346,6 +345,9 @@ def train(cfg: TrainConfig, log=print) -> None:
         optim.load_state_dict(state["optim"])
         step, tokens_seen = state["step"], state["tokens"]
         log(f"resumed at step {step}, {tokens_seen} tokens")
+    # a resumed run draws fresh windows rather than replaying the ones already trained on
+    rng.seed(cfg.seed + step)
+    stream = packed_sequences(sample_stream(train_files, rng, cfg.policy, max_chars), encode_batch, cfg.seq_len)
 
     accum = cfg.batch_tokens // (cfg.micro_batch * cfg.seq_len)
     start = time.time()
@@ -407,6 +409,17 @@ def train(cfg: TrainConfig, log=print) -> None:
             last_ckpt = time.time()
     checkpoint(running if running is not None else float("nan"))
     log("done")
+
+
+def loss_table(log_tsv: str, every: int = 1) -> str:
+    """The training log (step, tokens, minutes, lr, losses) as a Markdown table for the model card."""
+    rows = [line.split("\t") for line in log_tsv.strip().splitlines()]
+    header, body = rows[0], rows[1:]
+    assert header[:2] == ["step", "tokens"], f"not a training log: {header}"
+    kept = [r for i, r in enumerate(body) if i % every == 0 or i == len(body) - 1]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in kept]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

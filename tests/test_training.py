@@ -118,3 +118,17 @@ def test_lr_warms_up_then_follows_the_cosine_to_the_floor():
     assert lr_at(100, 0.5, cfg) == pytest.approx(0.55e-3)
     assert lr_at(100, 1.0, cfg) == pytest.approx(1e-4)
     assert lr_at(100, 2.0, cfg) == pytest.approx(1e-4)  # past the deadline it stays at the floor
+
+
+def test_loss_table_renders_the_log_as_markdown():
+    from engine.training import loss_table
+
+    log = "step\ttokens\tminutes\tlr\ttrain_loss\tval_loss\n10\t100\t1.0\t1e-3\t5.0\t5.1\n20\t200\t2.0\t9e-4\t4.0\t4.2\n"
+    assert loss_table(log) == (
+        "| step | tokens | minutes | lr | train_loss | val_loss |\n"
+        "|---|---|---|---|---|---|\n"
+        "| 10 | 100 | 1.0 | 1e-3 | 5.0 | 5.1 |\n"
+        "| 20 | 200 | 2.0 | 9e-4 | 4.0 | 4.2 |\n"
+    )
+    with pytest.raises(AssertionError, match="not a training log"):
+        loss_table("a\tb\n1\t2\n")
