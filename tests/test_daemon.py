@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import pytest
+from lsprotocol import types
 
 from engine.api import BackendInfo, Cancelled, CompletionRequest, CompletionResult, DocId
 from engine.backends.openai_backend import RemoteConfig, load_backend as load_remote
@@ -94,14 +95,14 @@ async def test_two_language_servers_share_one_engine_with_separate_caches(daemon
 
         stats = get(daemon, "/v1/fim-lsp/stats")
         assert sorted(stats["clients"].values()) == [[uri], [uri]], "one slot per client for the same document"
-        first.text_document_did_close(pipeline_close(uri))
-        await asyncio.sleep(0.5)
-        assert sorted(get(daemon, "/v1/fim-lsp/stats")["clients"].values()) == [[], [uri]]
+        first.text_document_did_close(did_close(uri))
+        deadline = time.monotonic() + 20  # the drop travels: server's engine thread -> HTTP -> daemon
+        while sorted(get(daemon, "/v1/fim-lsp/stats")["clients"].values()) != [[], [uri]]:
+            assert time.monotonic() < deadline, get(daemon, "/v1/fim-lsp/stats")
+            await asyncio.sleep(0.1)
 
 
-def pipeline_close(uri: str):
-    from lsprotocol import types
-
+def did_close(uri: str) -> types.DidCloseTextDocumentParams:
     return types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri))
 
 
