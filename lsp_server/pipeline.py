@@ -96,6 +96,7 @@ def complete(
     count_tokens = token_counter(backend)
     snippets: tuple[Snippet, ...] = ()
     if config.prompt.neighbours and others:
+        others = [(other_path, scrub_surrogates(other)) for other_path, other in others]
         snippets = tuple(select_snippets(
             text_around_cursor(ctx), others, config.prompt.neighbour_tokens, count_tokens, previous=previous_snippets,
         ))

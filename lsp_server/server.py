@@ -64,7 +64,15 @@ class FimProtocol(LanguageServerProtocol):
                 detail = "; ".join(cattrs.transform_error(cause)) if isinstance(cause, cattrs.ClassValidationError) else str(cause)
                 error = JsonRpcInvalidParams(f"invalid params for {data['method']}: {detail}")
                 self._send_response(data["id"], error=error.to_response_error())
+                return ANSWERED
             raise
+
+    def handle_message(self, message):
+        if message is not ANSWERED:
+            super().handle_message(message)
+
+
+ANSWERED = object()  # a request already answered with an error while it was parsed
 
 
 @dataclass(slots=True)

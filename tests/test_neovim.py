@@ -8,11 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lsp_server import pipeline
-from lsp_server.config import CompletionSettings
-from tests.test_server_e2e import engine, serve_command  # noqa: F401  (engine is a fixture)
+from lsp_server.config import CompletionSettings, ModelConfig
+from tests.test_server_e2e import TINY, serve_command
 
 LUA = Path(__file__).resolve().parent / "nvim" / "inline_completion.lua"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The oracle: the server's checkpoint and dtype on the default backend, in this process."""
+    return pipeline.load_model(ModelConfig(model=TINY, dtype="float32"))
 
 
 def nvim_binary() -> str:
@@ -22,7 +30,7 @@ def nvim_binary() -> str:
     return found
 
 
-def test_neovim_types_and_receives_an_inline_completion(tmp_path, engine):  # noqa: F811
+def test_neovim_types_and_receives_an_inline_completion(tmp_path, engine):
     version = subprocess.run([nvim_binary(), "--version"], capture_output=True, text=True, timeout=30).stdout
     assert version.startswith("NVIM v0.11"), version.splitlines()[:1]
     source = tmp_path / "shapes.py"
