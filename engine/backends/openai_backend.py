@@ -117,19 +117,17 @@ class _Watch:
 
     def run(self) -> None:
         while not self.done.wait(WATCH_POLL_S):
-            if self.cancel is not None and self.cancel.cancelled:
+            if not self.reason and self.cancel is not None and self.cancel.cancelled:
                 self.reason = "cancelled"
-            elif self.clock() > self.deadline:
+            elif not self.reason and self.clock() > self.deadline:
                 self.reason = "timeout"
-            else:
-                continue
             sock = self.conn.sock
-            if sock is not None:
+            if self.reason and sock is not None:  # still connecting: wait for the socket to exist
                 try:
                     sock.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in recv()
                 except OSError:
                     pass
-            return
+                return
 
     def stop(self) -> None:
         self.done.set()
