@@ -1,0 +1,305 @@
+"""A hypothesis state machine over the real server: random edits never desync it, and completions
+served from its K/V cache equal a cache-less recompute.
+
+One probed `fim-lsp serve` (benchmarks.probe) per position encoding lives for the whole module;
+each hypothesis example opens its own documents and a notebook under fresh URIs and closes them at
+the end. Rules: incremental edits (insert, delete, replace, several changes in one didChange,
+multi-line, CRLF and lone CR, emoji and CJK, a paste of 10,000 lines, a full-text change), cell
+edits and cell insertions/removals through notebook changes, completions in documents and cells,
+and completions cancelled as soon as they are sent. After every step the server's text of every
+open document and cell must equal the client's. Positions on the client side are computed here,
+independently of the server's conversion code.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+
+from benchmarks.probe import LspError, SyncClient, probed_command
+from engine.cache import CacheConfig
+from engine.select import load_backend
+from lsp_server import pipeline
+from lsp_server.config import CompletionSettings
+from lsp_server.documents import uri_to_path
+from lsp_server.notebook import Cell, map_cell_position, notebook_text
+from tests.test_server_e2e import TINY, Mirror
+
+MAX_NEW_TOKENS = 6
+OPTIONS = {"maxNewTokens": MAX_NEW_TOKENS}
+SETTINGS = settings(max_examples=4, stateful_step_count=20, deadline=None, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+REQUEST_CANCELLED = -32800
+
+PIECES = ["a", "x", "def ", "return ", "(", ")", ":", " ", "    ", "\t", "\n", "\r\n", "\r", "😀", "🎉", "你好",
+          "é", "\u2028", "\x0c", "#", "'", "1", "+"]
+texts = st.lists(st.sampled_from(PIECES), max_size=12).map("".join)
+BREAK = re.compile(r"\r\n|\r|\n")
+PASTE = "".join(f"value_{i} = {i} * 2  # 😀\n" if i % 7 else f"def f{i}(x):\r\n" for i in range(10_000))
+
+
+def lsp_position(text: str, offset: int, encoding: str) -> dict:
+    """The LSP position of `offset`: lines end at \\r\\n, \\r or \\n; characters count `encoding` units."""
+    line, start = 0, 0
+    for match in BREAK.finditer(text, 0, offset):
+        line, start = line + 1, match.end()
+    before = text[start:offset]
+    units = len(before.encode("utf-8")) if encoding == "utf-8" else len(before.encode("utf-16-le")) // 2
+    return {"line": line, "character": units}
+
+
+def snap(text: str, offset: int) -> int:
+    """`offset` within the text and never between the \\r and \\n of one line break."""
+    offset = max(0, min(offset, len(text)))
+    if 0 < offset < len(text) and text[offset - 1] == "\r" and text[offset] == "\n":
+        offset -= 1
+    return offset
+
+
+class Session:
+    """One server for an encoding, the cache-less oracle, and the client's expectations."""
+
+    def __init__(self, encoding: str, oracle) -> None:
+        self.encoding = encoding
+        self.client = SyncClient(probed_command("--model", TINY, "--dtype", "float32", "--backend", "torch"))
+        status = self.client.start_session(encoding, OPTIONS)
+        assert status["backend"] == "torch"
+        self.mirror = Mirror(None, oracle, encoding=encoding,
+                             settings=CompletionSettings(max_new_tokens=MAX_NEW_TOKENS))
+        self.examples = itertools.count()
+
+
+class SyncMachine(RuleBasedStateMachine):
+    session: Session  # set on the subclass each test makes
+
+    def __init__(self) -> None:
+        super().__init__()
+        s = self.session
+        self.client, self.encoding, self.mirror = s.client, s.encoding, s.mirror
+        self.base = f"file:///sm/{s.encoding}/{next(s.examples)}/"
+        self.docs = self.mirror.docs  # the standalone documents (the oracle's neighbours)
+        self.docs.clear()
+        self.cells: dict[str, str] = {}  # cell uri -> text, in notebook order
+        self.versions: dict[str, int] = {}
+        self.counter = itertools.count()
+        self.notebook = self.base + "book.ipynb"
+        self.pasted = False
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def text_of(self, uri: str) -> str:
+        return self.docs[uri] if uri in self.docs else self.cells[uri]
+
+    def set_text(self, uri: str, text: str) -> None:
+        if uri in self.docs:
+            self.docs[uri] = text
+        else:
+            self.cells[uri] = text
+
+    def pick(self, uris, index: int) -> str:
+        uris = list(uris)
+        return uris[index % len(uris)]
+
+    def change(self, uri: str, changes: list[tuple[int, int, str]] | str) -> None:
+        """Send edits (start, end, text) as one didChange (a cell's through the notebook); a str is a full text."""
+        self.versions[uri] += 1
+        if isinstance(changes, str):
+            wire = [{"text": changes}]
+            self.set_text(uri, changes)
+        else:
+            wire = []
+            for start, end, new in changes:  # each change applies to the text the previous one left
+                text = self.text_of(uri)
+                start, end = snap(text, start), snap(text, end)
+                start, end = min(start, end), max(start, end)
+                wire.append({"range": {"start": lsp_position(text, start, self.encoding),
+                                       "end": lsp_position(text, end, self.encoding)}, "text": new})
+                self.set_text(uri, text[:start] + new + text[end:])
+        document = {"uri": uri, "version": self.versions[uri]}
+        if uri in self.docs:
+            self.client.notify("textDocument/didChange", {"textDocument": document, "contentChanges": wire})
+        else:
+            self.mirror.shown.pop(self.notebook, None)  # the server forgets the shown suggestion on any notebook change
+            self.client.notify("notebookDocument/didChange", {
+                "notebookDocument": {"uri": self.notebook, "version": self.versions[self.notebook]},
+                "change": {"cells": {"textContent": [{"document": document, "changes": wire}]}}})
+
+    def open_doc(self, text: str) -> None:
+        uri = f"{self.base}doc{next(self.counter)}.py"
+        self.docs[uri], self.versions[uri] = text, 1
+        self.client.notify("textDocument/didOpen", {"textDocument": {
+            "uri": uri, "languageId": "python", "version": 1, "text": text}})
+
+    def cell_item(self, uri: str) -> dict:
+        return {"uri": uri, "languageId": "python", "version": 1, "text": self.cells[uri]}
+
+    def inline(self, uri: str, offset: int, cancel: bool) -> None:
+        """Ask for a completion at `offset`; unless cancelled in time it must equal the oracle's."""
+        text = self.text_of(uri)
+        offset = snap(text, offset)
+        msg_id = self.client.send("textDocument/inlineCompletion", {
+            "textDocument": {"uri": uri}, "position": lsp_position(text, offset, self.encoding),
+            "context": {"triggerKind": 1}})
+        if cancel:
+            self.client.cancel(msg_id)
+        try:
+            answer = self.client.wait(msg_id)
+        except LspError as exc:
+            assert cancel and exc.code == REQUEST_CANCELLED, f"completion failed: {exc}"
+            return
+        expected = self.expect(uri, text, offset)
+        got = [(item["insertText"], item["range"]) for item in answer["items"]]
+        want = [(item.insert_text, {"start": {"line": item.range.start.line, "character": item.range.start.character},
+                                    "end": {"line": item.range.end.line, "character": item.range.end.character}})
+                for item in expected.items]
+        assert got == want, f"cached completion differs from a cache-less recompute at {uri}:{offset}"
+
+    def expect(self, uri: str, text: str, offset: int):
+        """The oracle's answer: the same pipeline over a backend that never reuses K/V."""
+        if uri in self.docs:
+            return self.mirror.expect(uri, offset)
+        order = list(self.cells)
+        cells = [Cell("code", self.cells[u]) for u in order]
+        index = order.index(uri)
+        book, _ = notebook_text(cells, "python")
+        p = lsp_position(text, offset, self.encoding)
+        line, character = map_cell_position(cells, "python", index, p["line"], p["character"], self.encoding)
+        m = self.mirror
+        others = [(uri_to_path(u), t) for u, t in self.docs.items()]
+        outcome = pipeline.complete(
+            m.engine, self.notebook, book, line, character, encoding=self.encoding, config=m.config,
+            path=uri_to_path(self.notebook), others=others, previous_snippets=m.snippets.get(self.notebook, ()),
+            shown=m.shown.get(self.notebook))
+        return m.record(self.notebook, outcome, text, offset)
+
+    # -- rules ---------------------------------------------------------------------------------------
+
+    @initialize(first=texts, second=texts, cell_a=texts, cell_b=texts)
+    def open_everything(self, first, second, cell_a, cell_b):
+        self.open_doc("import os\n\ndef main():\n    " + first)
+        self.open_doc(second)
+        for text in (cell_a, "x = 1\r\n" + cell_b):
+            self.cells[f"{self.base}cell{next(self.counter)}"] = text
+        for uri in self.cells:
+            self.versions[uri] = 1
+        self.versions[self.notebook] = 1
+        self.client.notify("notebookDocument/didOpen", {
+            "notebookDocument": {"uri": self.notebook, "notebookType": "jupyter-notebook", "version": 1,
+                                 "cells": [{"kind": 2, "document": u} for u in self.cells]},
+            "cellTextDocuments": [self.cell_item(u) for u in self.cells]})
+
+    @precondition(lambda self: len(self.docs) < 5)
+    @rule(text=texts)
+    def open_document(self, text):
+        self.open_doc(text)
+
+    @precondition(lambda self: len(self.docs) > 1)
+    @rule(index=st.integers(0, 10))
+    def close_document(self, index):
+        uri = self.pick(self.docs, index)
+        del self.docs[uri]
+        self.mirror.shown.pop(uri, None)
+        self.mirror.snippets.pop(uri, None)
+        self.client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+
+    @rule(index=st.integers(0, 10), edits=st.lists(
+        st.tuples(st.floats(0, 1), st.integers(0, 12), texts), min_size=1, max_size=3))
+    def edit(self, index, edits):
+        """Insert, delete or replace (one to three changes in one notification), in a document or a cell."""
+        uri = self.pick([*self.docs, *self.cells], index)
+        changes = []
+        length = len(self.text_of(uri))
+        for where, delete, new in edits:
+            start = int(where * length)
+            changes.append((start, start + delete, new))
+            length += len(new) - delete
+        self.change(uri, changes)
+
+    @rule(index=st.integers(0, 10), text=texts)
+    def replace_whole_text(self, index, text):
+        self.change(self.pick(self.docs, index), text)
+
+    @precondition(lambda self: not self.pasted)
+    @rule(index=st.integers(0, 10), where=st.floats(0, 1))
+    def paste_ten_thousand_lines(self, index, where):
+        uri = self.pick(self.docs, index)
+        start = int(where * len(self.docs[uri]))
+        self.change(uri, [(start, start, PASTE)])
+        self.pasted = True
+
+    @precondition(lambda self: len(self.cells) < 5)
+    @rule(at=st.integers(0, 10), text=texts)
+    def insert_cell(self, at, text):
+        uri = f"{self.base}cell{next(self.counter)}"
+        order = list(self.cells)
+        at = at % (len(order) + 1)
+        order.insert(at, uri)
+        self.cells = {u: (text if u == uri else self.cells[u]) for u in order}
+        self.versions[uri] = 1
+        self.versions[self.notebook] += 1
+        self.mirror.shown.pop(self.notebook, None)
+        self.client.notify("notebookDocument/didChange", {
+            "notebookDocument": {"uri": self.notebook, "version": self.versions[self.notebook]},
+            "change": {"cells": {"structure": {
+                "array": {"start": at, "deleteCount": 0, "cells": [{"kind": 2, "document": uri}]},
+                "didOpen": [self.cell_item(uri)]}}}})
+
+    @precondition(lambda self: len(self.cells) > 1)
+    @rule(index=st.integers(0, 10))
+    def remove_cell(self, index):
+        order = list(self.cells)
+        at = index % len(order)
+        uri = order[at]
+        del self.cells[uri]
+        self.versions[self.notebook] += 1
+        self.mirror.shown.pop(self.notebook, None)
+        self.client.notify("notebookDocument/didChange", {
+            "notebookDocument": {"uri": self.notebook, "version": self.versions[self.notebook]},
+            "change": {"cells": {"structure": {"array": {"start": at, "deleteCount": 1},
+                                               "didClose": [{"uri": uri}]}}}})
+
+    @rule(index=st.integers(0, 10), where=st.floats(0, 1), cancel=st.booleans())
+    def complete(self, index, where, cancel):
+        uri = self.pick([*self.docs, *self.cells], index)
+        self.inline(uri, int(where * len(self.text_of(uri))), cancel)
+
+    # -- invariants ----------------------------------------------------------------------------------
+
+    @invariant()
+    def server_text_equals_client_text(self):
+        uris = [*self.docs, *self.cells]
+        server = self.client.texts(uris)
+        for uri in uris:
+            assert server[uri] == self.text_of(uri), f"{uri}: the server's text differs from the client's"
+
+    def teardown(self):
+        for uri in list(self.docs):
+            self.client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+        self.client.notify("notebookDocument/didClose", {"notebookDocument": {"uri": self.notebook},
+                                                         "cellTextDocuments": [{"uri": u} for u in self.cells]})
+        self.docs.clear()
+        left = self.client.texts(list(self.cells))
+        assert all(text is None for text in left.values()), "closing the notebook closes its cells"
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    """The same checkpoint with K/V reuse and cross-document seeding switched off."""
+    return load_backend(model=TINY, backend="torch", dtype="float32", cache=CacheConfig(reuse=False, share_blocks=False))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8"])
+def test_random_edits_never_desync_and_cached_completions_equal_a_recompute(encoding, oracle):
+    session = Session(encoding, oracle)
+    try:
+        machine = type(f"SyncMachine_{encoding.replace('-', '')}", (SyncMachine,), {"session": session})
+        run_state_machine_as_test(machine, settings=SETTINGS)
+        status = session.client.status()
+        assert status["state"] == "ready" and status["open_documents"] == 0
+        assert status["latency"]["count"] > 0, "some completions ran"
+    finally:
+        assert session.client.close() == 0, session.client.stderr_text()[-3000:]
