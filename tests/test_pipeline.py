@@ -1,0 +1,114 @@
+"""The pipeline's glue: cursor -> prompt -> backend request -> post-processing, with a recording backend."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult
+from engine.fim_tokens import fim_tokens_from_vocab
+from lsp_server import pipeline
+from lsp_server.config import CompletionSettings
+from lsp_server.context import cursor_context
+from lsp_server.postprocess import PostprocessConfig, ShownSuggestion, Suggestion, postprocess
+from lsp_server.prompt import PromptConfig
+
+STARCODER = fim_tokens_from_vocab(["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>"])
+
+
+@dataclass
+class RecordingBackend:
+    """Answers every request with `raw` and remembers what it was asked."""
+
+    raw: str
+    info: BackendInfo = BackendInfo(backend="recording", model="m", device="cpu", dtype="float32", n_ctx=256)
+    fim: object = STARCODER
+    requests: list[CompletionRequest] = field(default_factory=list)
+    tokens: list[CancelToken | None] = field(default_factory=list)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.encode("utf-8")) // 4 + 1  # about four bytes a token
+
+    def complete(self, request: CompletionRequest, cancel: CancelToken | None = None) -> CompletionResult:
+        self.requests.append(request)
+        self.tokens.append(cancel)
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled(request.doc_id)
+        return CompletionResult(text=self.raw, token_ids=[1, 2], stop_reason="eos", prompt_tokens=10,
+                                reused_tokens=7, prefill_tokens=3, generated_tokens=2, latency_ms=1.5)
+
+
+TEXT = "def area(r):\n    return 3.14 * \n\nprint(area(2))\n"
+
+
+def test_the_backend_gets_the_fim_prompt_and_the_generation_settings():
+    backend = RecordingBackend(raw="r * r")
+    settings = CompletionSettings(max_new_tokens=12, temperature=0.3, time_budget_s=2.0)
+    outcome = pipeline.complete(backend, "doc-1", TEXT, 1, 18, config=pipeline.pipeline_config(settings), path="geo.py")
+    [request] = backend.requests
+    assert request.doc_id == "doc-1"
+    assert request.prompt == ("<filename>geo.py\n<fim_prefix><fim_suffix>\n\nprint(area(2))\n<fim_middle>"
+                              "def area(r):\n    return 3.14 * ")
+    assert (request.max_new_tokens, request.temperature, request.time_budget_s) == (12, 0.3, 2.0)
+    assert outcome.prompt.text == request.prompt and outcome.prompt.mode == "spm"
+    assert outcome.result.prefill_tokens == 3 and outcome.raw == "r * r"
+
+
+@pytest.mark.parametrize("raw", ["r * r<|endoftext|>junk", "r * r)\nmore = 1", "   ", ""])
+def test_the_suggestion_is_the_post_processed_generation(raw):
+    backend = RecordingBackend(raw=raw)
+    config = pipeline.PipelineConfig(postprocess=PostprocessConfig(multiline="never"))
+    outcome = pipeline.complete(backend, "d", TEXT, 1, 18, config=config)
+    assert outcome.suggestion == postprocess(raw, cursor_context(TEXT, 1, 18), config.postprocess,
+                                             stop_tokens=STARCODER.stop_tokens())
+    if raw.startswith("r * r"):
+        assert outcome.suggestion.text == "r * r"
+    else:
+        assert outcome.suggestion is None
+
+
+def test_typing_into_the_shown_suggestion_needs_no_model_call():
+    backend = RecordingBackend(raw="unused")
+    before = cursor_context(TEXT, 1, 18)
+    shown = ShownSuggestion(before.prefix, before.suffix, Suggestion("r * r"))
+    typed = TEXT[: len(before.prefix)] + "r " + TEXT[len(before.prefix):]
+    outcome = pipeline.complete(backend, "d", typed, 1, 20, shown=shown)
+    assert backend.requests == []
+    assert outcome.suggestion == Suggestion("* r") and outcome.result is None and outcome.raw == "* r"
+
+
+def test_cancellation_reaches_the_backend():
+    backend = RecordingBackend(raw="x")
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        pipeline.complete(backend, "d", TEXT, 1, 18, cancel=token)
+    assert backend.tokens == [token]
+
+
+def test_lone_surrogates_are_replaced_without_moving_positions():
+    backend = RecordingBackend(raw="1")
+    text = "a = '\ud83d'\nb = "
+    outcome = pipeline.complete(backend, "d", text, 1, 4)
+    assert outcome.context.prefix == "a = '\ufffd'\nb = "
+    assert "\ud83d" not in backend.requests[0].prompt
+    assert pipeline.scrub_surrogates("ok 😀") == "ok 😀"
+
+
+def test_neighbour_documents_head_the_prompt_only_when_enabled():
+    other = ("lib/geometry.py", "def circle_area(r):\n    return 3.14 * r * r\n")
+    on = RecordingBackend(raw="r")
+    outcome = pipeline.complete(on, "d", TEXT, 1, 18, others=[other], path="geo.py")
+    assert outcome.snippets and outcome.snippets[0].path == "lib/geometry.py"
+    assert "circle_area" in on.requests[0].prompt
+    off = RecordingBackend(raw="r")
+    config = pipeline.PipelineConfig(prompt=PromptConfig(neighbours=False))
+    assert pipeline.complete(off, "d", TEXT, 1, 18, config=config, others=[other]).snippets == ()
+    assert "circle_area" not in off.requests[0].prompt
+
+
+def test_settings_map_onto_the_prompt_core_configuration():
+    config = pipeline.pipeline_config(CompletionSettings(
+        max_new_tokens=20, multiline="always", prefix_suffix_ratio=2.0, neighbours=False, fim_mode="psm"))
+    assert config.prompt == PromptConfig(fim_mode="psm", prefix_suffix_ratio=2.0, max_new_tokens=20, neighbours=False)
+    assert config.postprocess == PostprocessConfig(multiline="always")
