@@ -16,6 +16,7 @@ with fp32.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
@@ -207,26 +208,34 @@ def check_ids(vocab: int, n: int, seed: int = 0) -> list[int]:
     return [rng.randrange(min(20, vocab - 1), vocab) for _ in range(n)]
 
 
-def parity(model, session, n_prompt: int = 48, n_steps: int = 8) -> float:
-    """Max |ORT - torch| over logits of a prefill and cached single-token steps (fp32)."""
-    import numpy as np
+def check_sequence(args, n_prompt: int = 48, n_steps: int = 8) -> tuple[list[int], int]:
+    """(token ids, how many of them are prefilled at once) for the parity check."""
+    n_prompt = min(n_prompt, args.n_positions - n_steps)
+    return check_ids(args.vocab_size, n_prompt + n_steps), n_prompt
+
+
+def torch_logits(model, ids: list[int]) -> "np.ndarray":
+    """Full-recompute fp32 logits of every position: [S, V]."""
     import torch
 
-    from engine.backends.onnx_backend import OrtForward, OrtSlot
     from engine.model import KVBuffer
 
-    a = model.args
-    n_prompt = min(n_prompt, a.n_positions - n_steps)
-    ids = check_ids(a.vocab_size, n_prompt + n_steps)
-    kv = KVBuffer(a, len(ids), torch.float32)
+    kv = KVBuffer(model.args, len(ids), torch.float32)
     with torch.no_grad():
-        expected = model(torch.tensor(ids), torch.arange(len(ids)), kv, 0).numpy()  # [S, V]
-    forward = OrtForward(session, a)
-    slot = OrtSlot(a, capacity=len(ids))
+        return model(torch.tensor(ids), torch.arange(len(ids)), kv, 0).numpy()
+
+
+def ort_logits(session, args, ids: list[int], n_prompt: int) -> "np.ndarray":
+    """Logits of a prefill of ids[:n_prompt], then of one cached step per further id: [S, V]."""
+    import numpy as np
+
+    from engine.backends.onnx_backend import OrtForward, OrtSlot
+
+    forward, slot = OrtForward(session, args), OrtSlot(args, capacity=len(ids))
     got = [forward.run(ids[:n_prompt], 0, slot, all_logits=True)]  # [n_prompt, V]
     for p in range(n_prompt, len(ids)):
-        got.append(forward.run(ids[p:p + 1], p, slot, all_logits=True))  # [1, V]
-    return float(np.abs(np.concatenate(got) - expected).max())
+        got.append(forward.run(ids[p:p + 1], p, slot))  # [1, V]
+    return np.concatenate(got)
 
 
 def greedy_agreement(reference, candidate, args, prompts: list[list[int]], new_tokens: int) -> float:
@@ -313,20 +322,13 @@ def export(model_dir: str | Path, out: str | Path, int8: bool = False, opset: in
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)
     say("checking ONNX Runtime against torch")
-    fp32 = open_session(out / FP32_FILE)
-    diff = parity(model, fp32)
-    if not diff <= PARITY_TOL:
-        raise ExportError(f"the exported graph's logits differ from torch by {diff:.2e} (> {PARITY_TOL}); "
-                          f"this checkpoint does not export faithfully")
-    files = {"none": FP32_FILE}
-    agreement = None
-    if int8:
-        say("quantising weights to int8")
-        quantize(out / FP32_FILE, out / INT8_FILE)
-        files["int8-dynamic"] = INT8_FILE
-        say("measuring int8 agreement with fp32")
-        agreement = greedy_agreement(fp32, open_session(out / INT8_FILE), args,
-                                     sample_prompts(loaded.tokenizer, args.n_positions), new_tokens=16)
+    ids, n_prompt = check_sequence(args)
+    expected = torch_logits(model, ids)  # [S, V]
+    tokenizer = loaded.tokenizer
+    del loaded, model  # the torch weights; ONNX Runtime holds its own copy from here on
+    gc.collect()
+    diff, agreement = check_graphs(out, args, ids, n_prompt, expected, tokenizer, int8, say)
+    files = {"none": FP32_FILE, **({"int8-dynamic": INT8_FILE} if int8 else {})}
     manifest = Manifest(
         format_version=FORMAT_VERSION, source=str(src), source_hash=source_hash, opset=opset, dtype="float32",
         files=files, n_layer=args.n_layer, kv_heads=args.kv_heads, head_dim=args.head_dim,
@@ -337,16 +339,48 @@ def export(model_dir: str | Path, out: str | Path, int8: bool = False, opset: in
     return manifest
 
 
+def check_graphs(out: Path, args, ids: list[int], n_prompt: int, expected, tokenizer, int8: bool,
+                 say: Progress) -> tuple[float, float | None]:
+    """Check the fp32 graph against torch's logits; quantise and measure int8 agreement if asked.
+
+    (max |ORT - torch|, int8 greedy agreement or None). Only one fp32 copy of the weights is in
+    memory at a time besides what the quantiser needs.
+    """
+    import numpy as np
+
+    diff = float(np.abs(ort_logits(open_session(out / FP32_FILE), args, ids, n_prompt) - expected).max())
+    if not diff <= PARITY_TOL:
+        raise ExportError(f"the exported graph's logits differ from torch by {diff:.2e} (> {PARITY_TOL}); "
+                          f"this checkpoint does not export faithfully")
+    if not int8:
+        return diff, None
+    say("quantising weights to int8")
+    gc.collect()
+    quantize(out / FP32_FILE, out / INT8_FILE)
+    say("measuring int8 agreement with fp32")
+    agreement = greedy_agreement(open_session(out / FP32_FILE), open_session(out / INT8_FILE), args,
+                                 sample_prompts(tokenizer, args.n_positions), new_tokens=16)
+    return diff, agreement
+
+
 def quantize(src: Path, dst: Path) -> None:
-    """int8 weights for every MatMul/Gemm with a constant weight; activations quantised per call."""
+    """int8 weights for every MatMul/Gemm with a constant weight; activations quantised per call.
+
+    The graph is rewritten beside `src` without loading the weights (they stay in its external
+    data file), so the quantiser is the only one holding them in memory.
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = onnx.load(str(src))
-    untie_shared_weights(model.graph)
-    large = model.ByteSize() > 1_800_000_000  # protobuf's 2 GiB limit, with room to spare
-    quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                     use_external_data_format=large)
+    graph = onnx.load(str(src), load_external_data=False)
+    untie_shared_weights(graph.graph)
+    untied = src.with_name(f"untied-{src.name}")  # same folder: the external data paths still resolve
+    onnx.save(graph, str(untied))
+    try:
+        quantize_dynamic(str(untied), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                         use_external_data_format=external_size(src) > 1_800_000_000)  # protobuf's 2 GiB limit
+    finally:
+        untied.unlink(missing_ok=True)
 
 
 def untie_shared_weights(graph) -> None:

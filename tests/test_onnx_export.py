@@ -13,23 +13,15 @@ from onnx import TensorProto, helper
 
 from engine.backends.onnx_backend import OrtForward, OrtSlot
 from engine.loading import load_model
-from engine.model import KVBuffer
 from engine.onnx_export import (
     FP32_FILE, INT8_FILE, MANIFEST, ExportError, Manifest, check_export, checkpoint_hash, open_session,
-    untie_shared_weights,
+    torch_logits, untie_shared_weights,
 )
 from lsp_server import cli
 from tests.conftest import kit
 
 TOL = 1e-3  # fp32 logits, ORT against torch (the issue's bound; seen: ~5e-6)
 CPU = torch.device("cpu")
-
-
-def torch_logits(model, ids: list[int]) -> np.ndarray:
-    """Full-recompute logits of every position: [S, V]."""
-    kv = KVBuffer(model.args, len(ids), torch.float32)
-    with torch.no_grad():
-        return model(torch.tensor(ids), torch.arange(len(ids)), kv, 0).numpy()
 
 
 def assert_prefill_and_cached_steps_match(model, session, seed: int = 1):

@@ -134,8 +134,9 @@ class OnnxBackend(TorchBackend):
                              dtype=torch.float32)
         super().__init__(loaded, cache=cache, kv_dtype=torch.float32, model_name=manifest.source, why=why)
         provider = session.get_providers()[0]
-        self.info = replace(self.info, backend="onnx", device=f"cpu ({provider})" if provider.startswith("CPU")
-                            else f"cuda ({provider})", dtype="int8" if quantization == "int8-dynamic" else "float32")
+        self.info = replace(self.info, backend="onnx", device="cpu" if provider.startswith("CPU") else "cuda",
+                            dtype="int8" if quantization == "int8-dynamic" else "float32",
+                            why=f"{why} ({provider})")
         self.manifest = manifest
 
     def new_buffer(self, capacity: int) -> OrtSlot:
@@ -151,12 +152,10 @@ def export_dir_for(path: Path, config: OnnxConfig) -> tuple[Path, bool]:
 
 def choose_graph(manifest: Manifest, config: OnnxConfig, dtype: str) -> str:
     """The quantisation to run: --dtype float32 or quantization=none forces fp32."""
-    if dtype not in ("auto", "float32"):
-        raise OnnxUnavailable(f"the ONNX export runs in float32 or int8, not {dtype}")
     if config.quantization == "none" or dtype == "float32":
         return "none"
     if config.quantization == "int8-dynamic" and "int8-dynamic" not in manifest.files:
-        raise OnnxUnavailable("--quantization int8 asked for but the export has no int8 graph; "
+        raise OnnxUnavailable("int8 was asked for but the export has no int8 graph; "
                               "export again with fim-lsp export-onnx --int8")
     return "int8-dynamic" if "int8-dynamic" in manifest.files else "none"
 
@@ -184,11 +183,15 @@ def load_onnx_backend(model: str, device: str = "auto", dtype: str = "auto", rev
     is a reason to decline.
     """
     config = config or OnnxConfig()
+    if dtype not in ("auto", "float32"):
+        raise OnnxUnavailable(f"the ONNX export runs in float32 or int8, not {dtype}", source_of(model))
     try:
         import onnxruntime  # noqa: F401  (checked here so that its absence is a reason, not a crash)
     except ImportError:
         raise OnnxUnavailable("onnxruntime is not installed (pip install onnxruntime)", source_of(model)) from None
+    say = progress or (lambda _msg, _frac: None)
     try:
+        say("checking the ONNX export", 0.1)
         path = resolve_checkpoint(model, revision)
         out, given_export = export_dir_for(path, config)
         source_hash = None
@@ -203,12 +206,13 @@ def load_onnx_backend(model: str, device: str = "auto", dtype: str = "auto", rev
         except ExportError as stale:
             if given_export or not export_missing:
                 raise
-            say = (lambda step: progress(f"exporting to ONNX: {step}", 0.0)) if progress else None
-            manifest = export(path, out, int8=config.int8_on_export, progress=say)
+            manifest = export(path, out, int8=config.int8_on_export, progress=lambda step: say(f"exporting: {step}", 0.2))
             why = f"exported to ONNX in {out} on first use ({stale})"
         quantization = choose_graph(manifest, config, dtype)
         file = out / (INT8_FILE if quantization == "int8-dynamic" else FP32_FILE)
+        say(f"opening {file.name} in ONNX Runtime", 0.5)
         session = open_session(file, providers_for(device))
+        say("loaded", 1.0)
         agreement = f", {manifest.int8_agreement:.0%} greedy agreement with fp32" if manifest.int8_agreement else ""
         why += f"; {'int8 weights' + agreement if quantization != 'none' else 'fp32'}"
         return OnnxBackend(session, out, manifest, quantization, cache=cache, why=why)
