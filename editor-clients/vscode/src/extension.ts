@@ -1,0 +1,241 @@
+// fim-lsp for VS Code: starts `fim-lsp serve` over stdio and lets vscode-languageclient 11 turn its
+// textDocument/inlineCompletion answers into ghost text. A status bar item shows the model, the
+// backend and the last latency (from the custom `fim-lsp/status` request) and spins while the
+// model loads ($/progress). A server that is missing or crashes is reported once and not
+// restarted behind the user's back; "fim-lsp: Restart Server" starts it again.
+import * as fs from 'fs';
+import * as path from 'path';
+import * as vscode from 'vscode';
+import {
+  CloseAction, ErrorAction, LanguageClient, LanguageClientOptions, ServerOptions, State,
+  WorkDoneProgress, WorkDoneProgressCreateRequest,
+} from 'vscode-languageclient/node';
+
+const SECTION = 'fim-lsp';
+const STATUS_REQUEST = 'fim-lsp/status';
+// Settings the server understands (its wire names); the rest only concern how it is started.
+const SERVER_KEYS = ['model', 'backend', 'device', 'dtype', 'maxNewTokens', 'temperature', 'multiline',
+  'debounceMs', 'neighbours', 'timeBudgetMs', 'cacheBytes'] as const;
+const LAUNCH_KEYS = ['command', 'pythonPath', 'extraArgs'];
+
+interface ServerStatus {
+  state?: string; error?: string | null; model?: string | null; backend?: string | null;
+  device?: string | null; dtype?: string | null; cache_slots?: number | null; cache_bytes?: number | null;
+  latency?: { p50_ms?: number; p95_ms?: number; count?: number } | null;
+  last?: { latency_ms?: number } | null;
+}
+
+let client: LanguageClient | undefined;
+let output: vscode.LogOutputChannel;
+let statusItem: vscode.StatusBarItem;
+let failure: string | undefined;
+let loading: string | undefined;
+let lastStatus: ServerStatus | undefined;
+let refreshTimer: NodeJS.Timeout | undefined;
+
+/** The server's settings as its wire names, leaving out the ones the user left empty. */
+function serverSettings(): Record<string, unknown> {
+  const cfg = vscode.workspace.getConfiguration(SECTION);
+  const out: Record<string, unknown> = {};
+  for (const key of SERVER_KEYS) {
+    const value = cfg.get(key);
+    if (value !== null && value !== undefined && value !== '') out[key] = value;
+  }
+  return out;
+}
+
+/** Executable and arguments, or an error message saying what to set. */
+function launch(): { command: string; args: string[] } | { error: string } {
+  const cfg = vscode.workspace.getConfiguration(SECTION);
+  const extra = cfg.get<string[]>('extraArgs') ?? [];
+  const python = (cfg.get<string>('pythonPath') ?? '').trim();
+  if (python) {
+    return findExecutable(python)
+      ? { command: python, args: ['-m', 'lsp_server.cli', 'serve', ...extra] }
+      : { error: `fim-lsp.pythonPath "${python}" is not an executable file.` };
+  }
+  const command = (cfg.get<string>('command') ?? 'fim-lsp').trim() || 'fim-lsp';
+  const found = findExecutable(command);
+  return found
+    ? { command: found, args: ['serve', ...extra] }
+    : { error: `The fim-lsp server "${command}" was not found. Install it (pip install fim-lsp) or set ` +
+        'fim-lsp.command to its path, or fim-lsp.pythonPath to a Python that has it.' };
+}
+
+function findExecutable(command: string): string | undefined {
+  const isFile = (p: string) => {
+    try { fs.accessSync(p, fs.constants.X_OK); return fs.statSync(p).isFile(); } catch { return false; }
+  };
+  if (command.includes(path.sep)) return isFile(command) ? command : undefined;
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    const candidate = path.join(dir, command);
+    if (dir && isFile(candidate)) return candidate;
+  }
+  return undefined;
+}
+
+function render(): void {
+  if (failure) {
+    statusItem.text = '$(error) fim-lsp';
+    statusItem.tooltip = `${failure}\nClick for status; run "fim-lsp: Restart Server" after fixing it.`;
+  } else if (loading !== undefined) {
+    statusItem.text = `$(sync~spin) fim-lsp${loading ? ': ' + loading : ''}`;
+    statusItem.tooltip = 'Loading the model';
+  } else if (lastStatus?.model) {
+    const model = path.basename(lastStatus.model);
+    const ms = lastStatus.last?.latency_ms;
+    statusItem.text = `$(sparkle) ${model} · ${lastStatus.backend ?? '?'}` +
+      (ms !== undefined ? ` · ${Math.round(ms)} ms` : '');
+    statusItem.tooltip = describe(lastStatus);
+  } else {
+    statusItem.text = '$(sparkle) fim-lsp';
+    statusItem.tooltip = 'fim-lsp: starting';
+  }
+  statusItem.show();
+}
+
+function describe(s: ServerStatus): string {
+  const mb = s.cache_bytes != null ? ` (${(s.cache_bytes / 2 ** 20).toFixed(1)} MiB)` : '';
+  const lat = s.latency ?? {};
+  return [
+    `model: ${s.model ?? '-'} (${s.state ?? '?'})`,
+    `backend: ${s.backend ?? '-'} on ${s.device ?? '-'}, ${s.dtype ?? '-'}`,
+    `cache: ${s.cache_slots ?? 0} slots${mb}`,
+    `latency: p50 ${fmt(lat.p50_ms)} ms, p95 ${fmt(lat.p95_ms)} ms, last ${fmt(s.last?.latency_ms)} ms`,
+    ...(s.error ? [`error: ${s.error}`] : []),
+  ].join('\n');
+}
+
+const fmt = (v: number | undefined) => (v === undefined || v === null ? '-' : v.toFixed(0));
+
+async function refreshStatus(): Promise<ServerStatus | undefined> {
+  if (!client || client.state !== State.Running) return undefined;
+  try {
+    const s = await client.sendRequest<ServerStatus>(STATUS_REQUEST, {});
+    lastStatus = s;
+    if (s.state === 'failed' && s.error) failure = `fim-lsp: model failed to load: ${s.error}`;
+  } catch (err) {
+    output.appendLine(`fim-lsp/status failed: ${err}`);
+  }
+  render();
+  return lastStatus;
+}
+
+function scheduleRefresh(): void {
+  if (refreshTimer) clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => void refreshStatus(), 300);
+}
+
+/** One message for a broken server, with the ways out; never a retry loop. */
+function reportFailure(message: string): void {
+  failure = message;
+  loading = undefined;
+  render();
+  void vscode.window.showErrorMessage(message, 'Show Log', 'Open Settings', 'Restart').then((choice) => {
+    if (choice === 'Show Log') output.show();
+    if (choice === 'Open Settings') void vscode.commands.executeCommand('workbench.action.openSettings', SECTION);
+    if (choice === 'Restart') void vscode.commands.executeCommand('fim-lsp.restart');
+  });
+}
+
+async function start(): Promise<void> {
+  failure = undefined;
+  lastStatus = undefined;
+  const how = launch();
+  if ('error' in how) return reportFailure(how.error);
+  output.appendLine(`starting: ${how.command} ${how.args.join(' ')}`);
+  const serverOptions: ServerOptions = { command: how.command, args: how.args };
+  const clientOptions: LanguageClientOptions = {
+    documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }, { scheme: 'vscode-notebook-cell' }],
+    initializationOptions: serverSettings(),
+    outputChannel: output,
+    initializationFailedHandler: (err) => {
+      reportFailure(`fim-lsp: the server failed to start: ${err instanceof Error ? err.message : err}`);
+      return false;
+    },
+    errorHandler: {
+      error: () => ({ action: ErrorAction.Shutdown, handled: true }),
+      closed: () => {
+        reportFailure('fim-lsp: the server stopped unexpectedly. Its output is in the "fim-lsp" log.');
+        return { action: CloseAction.DoNotRestart, handled: true };
+      },
+    },
+    middleware: {
+      provideInlineCompletionItems: async (document, position, context, token, next) => {
+        const result = await next(document, position, context, token);
+        scheduleRefresh();
+        return result;
+      },
+    },
+  };
+  const c = new LanguageClient(SECTION, 'fim-lsp', serverOptions, clientOptions);
+  client = c;
+  render();
+  try {
+    await c.start();
+  } catch (err) {
+    if (!failure) reportFailure(`fim-lsp: the server failed to start: ${err instanceof Error ? err.message : err}`);
+    client = undefined;
+    return;
+  }
+  // Model-load progress goes to the status bar (replacing the client's default notification).
+  c.onRequest(WorkDoneProgressCreateRequest.type, ({ token }) => {
+    const sub = c.onProgress(WorkDoneProgress.type, token, (value) => {
+      if (value.kind === 'end') {
+        loading = undefined;
+        sub.dispose();
+        void refreshStatus();
+      } else {
+        const pct = value.percentage !== undefined ? ` ${value.percentage}%` : '';
+        const message = value.message ?? (value.kind === 'begin' ? value.title : '');
+        loading = `${message.length > 48 ? '…' + message.slice(-47) : message}${pct}`.trim();
+      }
+      render();
+    });
+  });
+  await refreshStatus();
+}
+
+async function stop(): Promise<void> {
+  const c = client;
+  client = undefined;
+  if (c && c.state !== State.Stopped) {
+    try { await c.stop(2000); } catch (err) { output.appendLine(`stopping: ${err}`); }
+  }
+}
+
+async function showStatus(): Promise<void> {
+  const s = await refreshStatus();
+  const text = s ? describe(s) : failure ?? 'fim-lsp: the server is not running.';
+  output.appendLine(text);
+  void vscode.window.showInformationMessage(text.replace(/\n/g, ' · '), 'Show Log').then((choice) => {
+    if (choice === 'Show Log') output.show();
+  });
+}
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  output = vscode.window.createOutputChannel('fim-lsp', { log: true });
+  statusItem = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
+  statusItem.name = 'fim-lsp';
+  statusItem.command = 'fim-lsp.showStatus';
+  context.subscriptions.push(
+    output, statusItem,
+    vscode.commands.registerCommand('fim-lsp.restart', async () => { await stop(); await start(); }),
+    vscode.commands.registerCommand('fim-lsp.showStatus', showStatus),
+    vscode.commands.registerCommand('fim-lsp.showLog', () => output.show()),
+    vscode.workspace.onDidChangeConfiguration(async (e) => {
+      if (!e.affectsConfiguration(SECTION)) return;
+      if (LAUNCH_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`)) || !client) {
+        await stop();
+        await start();
+      } else if (client.state === State.Running) {
+        await client.sendNotification('workspace/didChangeConfiguration', { settings: { [SECTION]: serverSettings() } });
+      }
+    }),
+  );
+  await start();
+}
+
+export async function deactivate(): Promise<void> {
+  await stop();
+}

@@ -1,0 +1,82 @@
+"""The VS Code extension (.vsix) in code-server, driven through chromium, against `fim-lsp serve`.
+
+Typing in a Python file shows the server's suggestion as ghost text in the DOM, Tab accepts it,
+and the saved file holds it. A missing server gives one clear notification and the editor still
+edits.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.editors.code_server import CodeServer
+from tests.editors.harness import SERVER_SETTINGS, artifacts_dir, printable_run, serve_command, setup_editors
+from tests.editors.lsp_probe import server_suggestion
+
+SOURCE = "import os\n\n\ndef scale(values, factor):\n    return [v * factor for v in values]\n\n\ntotal = "
+TYPED = "scale([1, 2], "
+
+
+@pytest.fixture(scope="module")
+def cache() -> Path:
+    return setup_editors("vscode")
+
+
+def extension_settings(cmd: list[str]) -> dict:
+    """User settings that start `cmd` (an executable and `serve ...`) with the test's server settings."""
+    settings = {"fim-lsp.command": cmd[0], "fim-lsp.extraArgs": cmd[2:]}
+    settings.update({f"fim-lsp.{k}": v for k, v in SERVER_SETTINGS.items()})
+    return settings
+
+
+def visible(text: str) -> str:
+    """What a DOM shows of `text`, compared across the two: non-breaking spaces as spaces, and only
+    the printable ASCII (Monaco draws control characters as symbols)."""
+    return "".join(ch for ch in text.replace("\u00a0", " ") if " " <= ch <= "~")
+
+
+def test_typing_shows_ghost_text_and_tab_accepts_it(cache, tiny_starcoder, tmp_path):
+    out = artifacts_dir("vscode")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    file = workspace / "scale.py"
+    file.write_text(SOURCE)
+    cmd = serve_command(tiny_starcoder)
+    assert cmd[1] == "serve", f"the test starts the fim-lsp executable directly: {cmd}"
+    with CodeServer(cache, tmp_path / "home", workspace, extension_settings(cmd)) as vscode:
+        result = vscode.drive(file=file.name, typed=TYPED, statusPattern=f"{tiny_starcoder.name} · ", out=str(out))
+    assert "error" not in result, f"{result} (screenshots in {out})"
+    assert (out / "ghost.png").stat().st_size > 10_000 and (out / "accepted.png").stat().st_size > 10_000
+    assert "torch" in result["statusBefore"] or "onnx" in result["statusBefore"], result["statusBefore"]
+    assert "ms" in result["statusAfter"], f"no latency in the status bar: {result['statusAfter']!r}"
+
+    saved = file.read_text()
+    assert saved.startswith(SOURCE + TYPED), saved
+    inserted = saved[len(SOURCE + TYPED):]
+    assert inserted, "Tab inserted nothing"
+    # The DOM showed what Tab inserted.
+    assert visible(result["ghost"]).strip() == visible(inserted).strip()
+    # And it is what the server answers for that buffer and cursor.
+    line = (SOURCE + TYPED).count("\n")
+    character = len((SOURCE + TYPED).rsplit("\n", 1)[1])
+    reference = asyncio.run(server_suggestion(cmd, file.as_uri(), SOURCE + TYPED, line, character, SERVER_SETTINGS))
+    assert reference and reference[0]["insertText"] == inserted
+    assert printable_run(inserted) in visible(result["ghost"])
+
+
+def test_missing_server_gives_one_notification_and_editing_goes_on(cache, tmp_path):
+    out = artifacts_dir("vscode-missing")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    file = workspace / "a.py"
+    file.write_text("x = 1\n")
+    settings = {"fim-lsp.command": str(tmp_path / "no-such-server")}
+    with CodeServer(cache, tmp_path / "home", workspace, settings) as vscode:
+        result = vscode.drive(file=file.name, typed="y = 2", statusPattern="fim-lsp", out=str(out),
+                              expectNotification="was not found", timeoutMs=60000)
+    assert "error" not in result, f"{result} (screenshots in {out})"
+    assert result["notifications"] == 1, result
+    assert "no-such-server" in result["notificationText"]
+    assert file.read_text() == "x = 1\ny = 2"
