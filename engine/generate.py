@@ -23,6 +23,10 @@ class RequestError(ValueError):
     """A request the model cannot serve as asked (empty, too long, unknown token ids)."""
 
 
+class NonFiniteLogits(RuntimeError):
+    """The model produced NaN or infinite logits: the slot's K/V (or the weights) are corrupt."""
+
+
 def check_prompt(ids: Sequence[int], n_ctx: int, vocab_size: int) -> None:
     """Raise RequestError unless `ids` can run: non-empty, shorter than the window, known ids."""
     if not ids:
@@ -128,6 +132,9 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
     reason: StopReason = "max_tokens"
     pos = len(prompt)
     while len(tokens) < rules.max_new_tokens:
+        if not bool(torch.isfinite(logits).all()):  # one pass over [V]; argmax of NaN would pick a token silently
+            raise NonFiniteLogits(f"non-finite logits at position {pos}: the document's cached K/V or the weights "
+                                  f"are corrupt")
         if rules.emittable is not None and rules.emittable < logits.shape[-1]:
             logits[rules.emittable:] = float("-inf")
         token = sample(logits, sampling, generator)

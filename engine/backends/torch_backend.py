@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import xxhash
 
-from engine.api import BackendInfo, CancelToken, CompletionRequest, CompletionResult, DocId
+from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId
 from engine.cache import CacheConfig, SlotTable
 from engine.generate import Sampling, StopRules, check_prompt, generate
 from engine.loading import LoadedModel, available_memory
@@ -70,10 +70,17 @@ class TorchBackend:
         sampling = Sampling(request.temperature, request.top_p, request.seed)
         with self.lock:
             kv, plan = self.prepare_slot(request.doc_id, ids, len(ids) + max(max_new - 1, 0))
-            gen = generate(self.model, kv, ids, plan.keep, rules, sampling,
-                           written=lambda part: self.table.append(request.doc_id, part),
-                           decode=self.tokenizer.decode, cancel=cancel, prefill_chunk=self.prefill_chunk,
-                           clock=self.clock)
+            try:
+                gen = generate(self.model, kv, ids, plan.keep, rules, sampling,
+                               written=lambda part: self.table.append(request.doc_id, part),
+                               decode=self.tokenizer.decode, cancel=cancel, prefill_chunk=self.prefill_chunk,
+                               clock=self.clock)
+            except Cancelled:
+                raise  # the slot holds exactly the tokens `written` reported
+            except BaseException:  # a step failed midway (or the slot was corrupt): recompute it next time
+                self.table.evict(request.doc_id)
+                self.buffers.pop(request.doc_id, None)
+                raise
         text = self.tokenizer.decode(gen.tokens)
         if gen.stop_reason == "stop_string":
             text = text[:min(text.index(s) for s in request.stop_strings if s and s in text)]
