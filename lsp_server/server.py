@@ -212,10 +212,12 @@ async def start_loading(ls: FimServer, model: ModelConfig) -> None:
             title="fim-lsp: loading model", message=name, percentage=0, cancellable=False))
     loop = asyncio.get_running_loop()
 
+    shown = [0]  # percent reported so far: LSP progress only moves forward
+
     def report(message: str, fraction: float) -> None:
         if progress and attempt == ls.loads:
-            ls.work_done_progress.report(token, types.WorkDoneProgressReport(
-                message=message, percentage=max(0, min(100, int(fraction * 100)))))
+            shown[0] = max(shown[0], min(100, int(fraction * 100)))
+            ls.work_done_progress.report(token, types.WorkDoneProgressReport(message=message, percentage=shown[0]))
 
     def finish(backend: Backend | None, error: Exception | None) -> None:
         if progress:

@@ -10,7 +10,7 @@ import asyncio
 import sys
 
 import pytest
-import pytest_lsp
+import pytest_asyncio
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
@@ -28,8 +28,18 @@ MAX_NEW_TOKENS = 8
 OPTIONS = {"maxNewTokens": MAX_NEW_TOKENS}
 
 
-def serve_command(model: str = TINY) -> list[str]:
-    return [sys.executable, "-m", "lsp_server.cli", "serve", "--model", model, "--dtype", "float32"]
+def serve_command(model: str = TINY, backend: str = "auto") -> list[str]:
+    return [sys.executable, "-m", "lsp_server.cli", "serve", "--model", model, "--backend", backend,
+            "--dtype", "float32"]
+
+
+@pytest.fixture(scope="module", params=["auto", "onnx"])
+def runtime(request) -> tuple[str, str]:
+    """(model, backend) the server runs: the kit checkpoint as `auto` picks it (torch on the CPU:
+    it has no export), or ONNX Runtime on an export of it (fp32: the same tokens as torch)."""
+    if request.param == "onnx":
+        return str(request.getfixturevalue("tiny_onnx")), "onnx"
+    return TINY, "auto"
 
 
 def capabilities(encoding: str = "utf-16") -> types.ClientCapabilities:
@@ -55,9 +65,10 @@ async def start_session(client: LanguageClient, encoding: str = "utf-16", option
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine(runtime):
     """The oracle: the same checkpoint, backend and dtype, in this process."""
-    return pipeline.load_model(ModelConfig(model=TINY, dtype="float32"))
+    model, backend = runtime
+    return pipeline.load_model(ModelConfig(model=model, backend=backend, dtype="float32"))
 
 
 class Mirror:
@@ -71,6 +82,12 @@ class Mirror:
         self.versions: dict[str, int] = {}
         self.shown: dict[str, ShownSuggestion] = {}
         self.snippets: dict[str, tuple] = {}
+
+    def close_all(self) -> None:
+        """didClose every document this mirror opened (the session outlives the test)."""
+        for uri in self.docs:
+            self.client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
+        self.docs.clear()
 
     def open(self, uri: str, text: str) -> None:
         self.docs[uri], self.versions[uri] = text, 1
@@ -125,10 +142,29 @@ class Mirror:
         return answer
 
 
-@pytest_lsp.fixture(config=ClientServerConfig(server_command=serve_command()))
-async def client(lsp_client: LanguageClient):
-    yield
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def client(runtime):
+    """One utf-16 session per runtime, shared by the tests below (each closes what it opens)."""
+    lsp_client = await ClientServerConfig(server_command=serve_command(*runtime)).start()
+    ready = await start_session(lsp_client)
+    assert ready["state"] == "ready", ready
+    yield lsp_client
     await lsp_client.shutdown_session()
+    await lsp_client.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def utf8_client(runtime):
+    """A session of its own for an editor that negotiates utf-8 (Neovim)."""
+    lsp_client = await ClientServerConfig(server_command=serve_command(*runtime)).start()
+    ready = await start_session(lsp_client, encoding="utf-8")
+    assert ready["state"] == "ready", ready
+    yield lsp_client
+    await lsp_client.shutdown_session()
+    await lsp_client.stop()
 
 
 CODE = (
@@ -144,9 +180,9 @@ CODE = (
 )
 
 
-async def test_session_progress_edits_completion_fallback_and_status(client: LanguageClient, engine):
-    status = await start_session(client)
-    assert status["state"] == "ready"
+async def test_progress_while_loading_then_the_status_names_the_model(client: LanguageClient, engine):
+    status = await fetch_status(client)
+    assert status["state"] == "ready" and status["position_encoding"] == "utf-16"
     assert (status["model"], status["backend"], status["device"], status["dtype"]) == (
         TINY, engine.info.backend, "cpu", "float32")
 
@@ -157,6 +193,9 @@ async def test_session_progress_edits_completion_fallback_and_status(client: Lan
     percentages = [r.percentage for r in reports[:-1] if r.percentage is not None]
     assert percentages == sorted(percentages) and len(percentages) >= 2 and percentages[-1] <= 100
 
+
+async def test_typing_inline_completion_fallback_and_acceptance(client: LanguageClient, engine):
+    before = await fetch_status(client)
     mirror = Mirror(client, engine)
     uri = "file:///work/project/reader.py"
     mirror.open(uri, CODE)
@@ -184,15 +223,18 @@ async def test_session_progress_edits_completion_fallback_and_status(client: Lan
     await client.workspace_execute_command_async(types.ExecuteCommandParams(
         command=item.command.command, arguments=item.command.arguments))
     status = await fetch_status(client)
-    assert status["acceptance"]["accepted"] == 1
-    assert status["acceptance"]["accepted_chars"] == len(expected[0].insert_text)
-    assert status["latency"]["count"] == 2 and 0 < status["latency"]["p50_ms"] <= status["latency"]["p95_ms"]
+    accepted = {k: status["acceptance"][k] - before["acceptance"][k] for k in ("accepted", "accepted_chars")}
+    assert accepted == {"accepted": 1, "accepted_chars": len(expected[0].insert_text)}
+    assert status["latency"]["count"] == before["latency"]["count"] + 2
+    assert 0 < status["latency"]["p50_ms"] <= status["latency"]["p95_ms"]
     assert status["cache_slots"] >= 1 and status["cache_bytes"] > 0
     assert status["last"]["prompt_tokens"] > status["last"]["prefill_tokens"] >= 1  # the cache served the rest
+    mirror.close_all()
 
 
 async def test_cancel_mid_decode_answers_32800_and_the_next_request_is_right(client: LanguageClient, engine):
-    await start_session(client, options={"maxNewTokens": 300, "multiline": "always"})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"maxNewTokens": 300, "multiline": "always"}))
     mirror = Mirror(client, engine)
     uri = "file:///work/project/slow.py"
     mirror.open(uri, CODE)
@@ -213,10 +255,11 @@ async def test_cancel_mid_decode_answers_32800_and_the_next_request_is_right(cli
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"maxNewTokens": 8}))
     mirror.config = pipeline.pipeline_config(CompletionSettings(max_new_tokens=8, multiline="always"))
     assert await mirror.inline(uri, cursor) == mirror.expect(uri, cursor)
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"multiline": "auto"}))
+    mirror.close_all()
 
 
 async def test_two_documents_are_served_concurrently(client: LanguageClient, engine):
-    await start_session(client)
     mirror = Mirror(client, engine)
     a, b = "file:///work/project/a.py", "file:///work/project/b.py"
     mirror.open(a, "def square(x):\n    return x * x\n\nprint(square(3))\n")
@@ -224,10 +267,10 @@ async def test_two_documents_are_served_concurrently(client: LanguageClient, eng
     ca, cb = mirror.docs[a].index("\n\nprint"), len(mirror.docs[b]) - 1
     answers = await asyncio.gather(mirror.inline(a, ca), mirror.inline(b, cb))
     assert list(answers) == [mirror.expect(a, ca), mirror.expect(b, cb)]
+    mirror.close_all()
 
 
 async def test_notebook_cells_see_the_cells_around_them(client: LanguageClient, engine):
-    await start_session(client)
     nb = "file:///work/project/analysis.ipynb"
     cells = [("nb-cell:1", "code", "import math\nradius = 2.0\n"),
              ("nb-cell:2", "markdown", "# Area of the circle"),
@@ -263,11 +306,20 @@ async def test_notebook_cells_see_the_cells_around_them(client: LanguageClient, 
     for item in answer.items:
         item.command = None
     assert answer == expected
+    client.notebook_document_did_close(types.DidCloseNotebookDocumentParams(
+        notebook_document=types.NotebookDocumentIdentifier(nb),
+        cell_text_documents=[types.TextDocumentIdentifier(u) for u, _, _ in cells]))
 
 
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-8"])
-async def test_emoji_and_cjk_before_the_cursor(client: LanguageClient, engine, encoding):
-    await start_session(client, encoding=encoding)
+async def test_emoji_and_cjk_before_the_cursor_in_utf16(client: LanguageClient, engine):
+    await check_emoji_and_cjk(client, engine, "utf-16")
+
+
+async def test_emoji_and_cjk_before_the_cursor_in_utf8(utf8_client: LanguageClient, engine):
+    await check_emoji_and_cjk(utf8_client, engine, "utf-8")
+
+
+async def check_emoji_and_cjk(client: LanguageClient, engine, encoding: str) -> None:
     mirror = Mirror(client, engine, encoding=encoding)
     uri = "file:///work/project/greet.py"
     mirror.open(uri, "def greet(name):\n    return f'😀 你好, {name}' + \n\nprint(greet('世界'))\n")
@@ -278,3 +330,4 @@ async def test_emoji_and_cjk_before_the_cursor(client: LanguageClient, engine, e
     assert position.character == {"utf-16": 33, "utf-8": 41}[encoding]
     assert position_to_offset(mirror.docs[uri], position.line, position.character, encoding) == cursor
     assert await mirror.inline(uri, cursor) == mirror.expect(uri, cursor)
+    mirror.close_all()
