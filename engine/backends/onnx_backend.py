@@ -82,7 +82,8 @@ class OrtSlot:
 
     def store(self, presents: list[np.ndarray]) -> None:
         """Take the graph's present K/V (positions 0..P+T-1) as the slot's arrays."""
-        assert presents[0].shape[2] <= self.capacity, f"{presents[0].shape[2]} positions exceed capacity {self.capacity}"
+        length = presents[0].shape[2]
+        assert length <= self.capacity, f"{length} positions exceed the slot's capacity {self.capacity}"
         self.arrays = presents
 
     def grow(self, capacity: int) -> None:
@@ -206,7 +207,8 @@ def load_onnx_backend(model: str, device: str = "auto", dtype: str = "auto", rev
         except ExportError as stale:
             if given_export or not export_missing:
                 raise
-            manifest = export(path, out, int8=config.int8_on_export, progress=lambda step: say(f"exporting: {step}", 0.2))
+            manifest = export(path, out, int8=config.int8_on_export,
+                              progress=lambda step: say(f"exporting: {step}", 0.2))
             why = f"exported to ONNX in {out} on first use ({stale})"
         quantization = choose_graph(manifest, config, dtype)
         file = out / (INT8_FILE if quantization == "int8-dynamic" else FP32_FILE)
