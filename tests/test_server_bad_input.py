@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import socket
+import subprocess
 
 import pytest
 import pytest_lsp
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
+from pygls.lsp.client import LanguageClient as BaseClient
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from lsp_server import pipeline
@@ -127,3 +130,46 @@ async def test_bad_input_gets_an_error_or_an_empty_result_and_the_server_lives(c
     # and after all that, an ordinary completion is still right
     cursor = mirror.type(uri, len(mirror.docs[uri]), "\ndef triple(x):\n    return ")
     assert await mirror.inline(uri, cursor) == mirror.expect(uri, cursor)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tcp_beyond_loopback_needs_a_token():
+    run = subprocess.run([*serve_command(), "--tcp", f"0.0.0.0:{free_port()}"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2
+    assert "pass --token" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("token, accepted", [("s3cret", True), ("guess", False)])
+async def test_tcp_session_checks_the_token(token, accepted):
+    port = free_port()
+    server = subprocess.Popen([*serve_command(), "--tcp", f"127.0.0.1:{port}", "--token", "s3cret"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = BaseClient("tcp-test", "1")
+    try:
+        for _ in range(600):  # until the server listens
+            try:
+                await client.start_tcp("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        params = types.InitializeParams(capabilities=types.ClientCapabilities(), initialization_options={"token": token})
+        if accepted:
+            result = await asyncio.wait_for(client.initialize_async(params), timeout=60)
+            assert result.server_info.name == "fim-lsp"
+            status = plain(await client.protocol.send_request_async("fim-lsp/status", {}))
+            assert status["state"] == "not started"  # no `initialized` yet, so no model loads
+        else:
+            with pytest.raises(JsonRpcException, match="initializationOptions.token"):
+                await asyncio.wait_for(client.initialize_async(params), timeout=60)
+            with pytest.raises(JsonRpcException, match="did not present the server's token"):
+                await asyncio.wait_for(client.protocol.send_request_async("fim-lsp/status", {}), timeout=60)
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+        await client.stop()
