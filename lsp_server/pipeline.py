@@ -147,9 +147,8 @@ def load_model(config: ModelConfig, progress: Progress | None = None) -> Backend
         remote = RemoteConfig(api_key=config.api_key, family=config.family, served_model=config.remote_model,
                               read_timeout_s=config.remote_timeout_s)
         return load_remote(model=config.model, url=config.url, remote=remote)
-    from engine.select import load_backend
-
     from engine.cache import CacheConfig
+    from engine.select import load_backend
 
     cache = CacheConfig(budget_bytes=config.cache_bytes) if config.cache_bytes is not None else None
     return load_backend(model=config.model, backend=config.backend, device=config.device, dtype=config.dtype,
