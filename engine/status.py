@@ -21,6 +21,14 @@ def describe(model: str | None, backend: str = "auto", device: str = "auto", dty
     if backend in RUNTIMES:
         return {"backend": backend, "module": RUNTIMES[backend], "why": f"--backend {backend} as asked"}
     name = resolve_model_name(model)
+    onnx_note = ""
+    if backend == "onnx" or (backend == "auto" and device in ("auto", "cpu") and not torch.cuda.is_available()):
+        from engine.backends.onnx_backend import OnnxUnavailable, describe_onnx
+
+        try:
+            return describe_onnx(name, revision, dtype, explicit=backend == "onnx")
+        except OnnxUnavailable as exc:
+            onnx_note = f"ONNX Runtime not used: {exc}. "
     path = resolve_checkpoint(name, revision)
     config = read_config(path)
     tokenizer = load_tokenizer(path)
@@ -42,7 +50,7 @@ def describe(model: str | None, backend: str = "auto", device: str = "auto", dty
         "device": str(placement.device),
         "dtype": str(placement.dtype).removeprefix("torch."),
         "kv_dtype": str(placement.kv_dtype).removeprefix("torch."),
-        "why": placement.why,
+        "why": onnx_note + placement.why,
         "threads": torch.get_num_threads(),
         "weight_bytes": weight_bytes,
         "kv_bytes_per_token": args.kv_bytes_per_token(kv_size),
