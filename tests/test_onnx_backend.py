@@ -120,3 +120,13 @@ def test_an_export_of_another_checkpoint_is_refused_then_rebuilt_when_onnx_is_as
 def test_a_dtype_the_graph_lacks_falls_back_with_the_reason(tiny_onnx):
     backend = load_backend(str(tiny_onnx), backend="onnx", dtype="bfloat16")
     assert backend.info.backend == "torch" and "float32 or int8, not bfloat16" in backend.info.why
+
+
+def test_status_names_the_export_or_says_why_not_without_loading(tiny_onnx, no_gpu):
+    from engine.status import describe
+
+    info = describe(str(tiny_onnx))
+    assert (info["backend"], info["dtype"], info["export"]) == ("onnx", "int8", str(tiny_onnx))
+    assert info["model"] == str(kit(shape="tiny", family="starcoder"))
+    plain = describe(str(kit(shape="tiny", family="starcoder")), dtype="float32")
+    assert plain["backend"] == "torch" and plain["why"].startswith("ONNX Runtime not used: no ONNX export")

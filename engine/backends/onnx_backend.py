@@ -175,53 +175,78 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def load_onnx_backend(model: str, device: str = "auto", dtype: str = "auto", revision: str | None = None,
-                      progress: Progress | None = None, cache: CacheConfig | None = None,
-                      config: OnnxConfig | None = None, export_missing: bool = True) -> Backend:
-    """An OnnxBackend for `model` (a checkpoint or an export directory), or OnnxUnavailable.
+def locate_export(model: str, revision: str | None, config: OnnxConfig, dtype: str, export_missing: bool,
+                  say: Progress) -> tuple[Path, Manifest, str, str]:
+    """(export directory, its manifest, the quantisation to run, why) for `model`.
 
-    A missing or stale export is made first when `export_missing` (progress reported), else it
-    is a reason to decline.
+    A missing or stale export is made first when `export_missing`, else it is a reason to decline.
     """
-    config = config or OnnxConfig()
     if dtype not in ("auto", "float32"):
-        raise OnnxUnavailable(f"the ONNX export runs in float32 or int8, not {dtype}", source_of(model))
+        raise OnnxUnavailable(f"the ONNX export runs in float32 or int8, not {dtype}")
     try:
         import onnxruntime  # noqa: F401  (checked here so that its absence is a reason, not a crash)
     except ImportError:
-        raise OnnxUnavailable("onnxruntime is not installed (pip install onnxruntime)", source_of(model)) from None
+        raise OnnxUnavailable("onnxruntime is not installed (pip install onnxruntime)") from None
+    say("checking the ONNX export", 0.1)
+    path = resolve_checkpoint(model, revision)
+    out, given_export = export_dir_for(path, config)
+    source_hash = None
+    if not given_export:
+        if not (out / MANIFEST).is_file() and not export_missing:
+            raise OnnxUnavailable(f"no ONNX export for this checkpoint in {out} "
+                                  f"(make one with: fim-lsp export-onnx --model {path} --out {out})")
+        source_hash = checkpoint_hash(path)
+    try:
+        manifest = check_export(out, source_hash)
+        why = f"ONNX Runtime export in {out}"
+    except ExportError as stale:
+        if given_export or not export_missing:
+            raise
+        manifest = export(path, out, int8=config.int8_on_export,
+                          progress=lambda step: say(f"exporting: {step}", 0.2))
+        why = f"exported to ONNX in {out} on first use ({stale})"
+    quantization = choose_graph(manifest, config, dtype)
+    agreement = f", {manifest.int8_agreement:.0%} greedy agreement with fp32" if manifest.int8_agreement else ""
+    why += f"; {'int8 weights' + agreement if quantization != 'none' else 'fp32'}"
+    return out, manifest, quantization, why
+
+
+def load_onnx_backend(model: str, device: str = "auto", dtype: str = "auto", revision: str | None = None,
+                      progress: Progress | None = None, cache: CacheConfig | None = None,
+                      config: OnnxConfig | None = None, export_missing: bool = True) -> Backend:
+    """An OnnxBackend for `model` (a checkpoint or an export directory), or OnnxUnavailable."""
     say = progress or (lambda _msg, _frac: None)
     try:
-        say("checking the ONNX export", 0.1)
-        path = resolve_checkpoint(model, revision)
-        out, given_export = export_dir_for(path, config)
-        source_hash = None
-        if not given_export:
-            if not (out / MANIFEST).is_file() and not export_missing:
-                raise OnnxUnavailable(f"no ONNX export for this checkpoint in {out} "
-                                      f"(make one with: fim-lsp export-onnx --model {path} --out {out})")
-            source_hash = checkpoint_hash(path)
-        try:
-            manifest = check_export(out, source_hash)
-            why = f"ONNX Runtime export in {out}"
-        except ExportError as stale:
-            if given_export or not export_missing:
-                raise
-            manifest = export(path, out, int8=config.int8_on_export,
-                              progress=lambda step: say(f"exporting: {step}", 0.2))
-            why = f"exported to ONNX in {out} on first use ({stale})"
-        quantization = choose_graph(manifest, config, dtype)
+        out, manifest, quantization, why = locate_export(model, revision, config or OnnxConfig(), dtype,
+                                                         export_missing, say)
         file = out / (INT8_FILE if quantization == "int8-dynamic" else FP32_FILE)
         say(f"opening {file.name} in ONNX Runtime", 0.5)
         session = open_session(file, providers_for(device))
         say("loaded", 1.0)
-        agreement = f", {manifest.int8_agreement:.0%} greedy agreement with fp32" if manifest.int8_agreement else ""
-        why += f"; {'int8 weights' + agreement if quantization != 'none' else 'fp32'}"
         return OnnxBackend(session, out, manifest, quantization, cache=cache, why=why)
-    except (ExportError, CheckpointError, OSError) as exc:
+    except (ExportError, CheckpointError, OSError, OnnxUnavailable) as exc:
         raise OnnxUnavailable(str(exc), source_of(model)) from None
+
+
+def describe_onnx(model: str, revision: str | None = None, dtype: str = "auto", explicit: bool = False,
+                  config: OnnxConfig | None = None) -> dict:
+    """What `load_onnx_backend` would run, for `fim-lsp status`, without opening a session.
+
+    Raises OnnxUnavailable as loading would; `explicit` (--backend onnx) exports on first use.
+    """
+    config = config or OnnxConfig()
+    try:
+        out, manifest, quantization, why = locate_export(model, revision, config, dtype, False,
+                                                         lambda _msg, _frac: None)
     except OnnxUnavailable as exc:
-        raise OnnxUnavailable(str(exc), source_of(model)) from None
+        if not explicit or "no ONNX export" not in str(exc):
+            raise
+        return {"backend": "onnx", "model": model, "why": f"{exc}: --backend onnx makes one on first use"}
+    except (ExportError, CheckpointError, OSError) as exc:
+        raise OnnxUnavailable(str(exc)) from None
+    return {"backend": "onnx", "model": manifest.source, "export": str(out), "device": "cpu",
+            "dtype": "int8" if quantization == "int8-dynamic" else "float32", "n_ctx": manifest.n_positions,
+            "int8_agreement": manifest.int8_agreement, "why": why}
 
 
 def source_of(model: str) -> str | None:
