@@ -156,7 +156,8 @@ def export_wrapper(model):
 
 
 def io_names(n_layer: int) -> tuple[list[str], list[str], list[str], list[str]]:
-    """(past input names, present output names) interleaved key/value per layer, plus the fixed ones."""
+    """(fixed inputs, past K/V inputs, logits output, present K/V outputs); K/V names go
+    key_0, value_0, key_1, ... as the slot's arrays do."""
     past = [f"past_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
     present = [f"present_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
     return ["input_ids", "position_ids", "logit_positions"], past, ["logits"], present
