@@ -29,6 +29,7 @@ from pygls.exceptions import (
     JsonRpcInvalidRequest,
     JsonRpcServerNotInitialized,
 )
+from pygls.io_ import run_async
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
@@ -116,6 +117,36 @@ class FimServer(LanguageServer):
         self.suggestions = 0
         self.last: dict[str, Any] = {}  # the latest completion's token figures
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    def start_tcp(self, host: str, port: int) -> None:
+        """Serve one LSP session over TCP, then exit.
+
+        pygls' own start_tcp hands every new connection the live session (the next answers go to
+        the newcomer, who needs no token), so any connection after the first is closed at once.
+        """
+        self._stop_event = stop_event = threading.Event()
+        taken = False
+
+        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal taken
+            if taken:
+                writer.close()
+                return
+            taken = True
+            self.protocol.set_writer(writer)
+            await run_async(stop_event=stop_event, reader=reader, protocol=self.protocol, logger=log,
+                            error_handler=self.report_server_error)
+            self.shutdown()
+
+        async def serve() -> None:
+            self._server = await asyncio.start_server(session, host, port)
+            async with self._server:
+                await self._server.serve_forever()
+
+        try:
+            asyncio.run(serve())
+        except asyncio.CancelledError:
+            pass
 
     def report_server_error(self, error: Exception, source) -> None:
         """Log out-of-band errors (a notification that failed) rather than pop them up."""
