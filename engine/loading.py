@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -196,6 +197,12 @@ def read_tensors(files: list[Path], dtype: torch.dtype, progress: Progress) -> d
                 progress(f"reading {file.name}", i / len(files) * 0.9)
                 stored = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
                 tensors.update((name, t.to(dtype)) for name, t in stored.items())
+        except pickle.UnpicklingError as exc:  # weights_only met a class or function: loading it could run code
+            reason = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "not plain tensors")
+            raise CheckpointError(
+                f"refused {file}: this pickle needs more than tensors to load, and loading it could run code "
+                f"({reason}); fim-lsp loads only safetensors or pickles of plain tensors: convert the checkpoint "
+                f"to model.safetensors where you trust its source") from None
         except Exception as exc:
             raise CheckpointError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
     return tensors
