@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 TEXTS = "fim-lsp-probe/texts"
 FAULT = "fim-lsp-probe/fault"
@@ -47,10 +48,10 @@ class ServerGone(Exception):
 class SyncClient:
     """A language client over a subprocess's stdio; requests block until answered."""
 
-    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, writer: BinaryIO, reader: BinaryIO, proc: subprocess.Popen | None = None) -> None:
+        self.proc = proc  # the server process, when this client started it
         self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     env=env)
+        self._writer, self._reader_file = writer, reader
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
         self._answers: dict[Any, dict] = {}
@@ -59,16 +60,42 @@ class SyncClient:
         self._reader = threading.Thread(target=self._read_loop, name="probe-reader", daemon=True)
         self._reader.start()
 
+    @classmethod
+    def spawn(cls, command: list[str], env: dict[str, str] | None = None) -> "SyncClient":
+        """Start `command` and speak LSP over its stdio (its stderr kept for `stderr_text`)."""
+        stderr = tempfile.TemporaryFile()
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env)
+        client = cls(proc.stdin, proc.stdout, proc)
+        client.stderr = stderr
+        return client
+
+    @classmethod
+    def connect(cls, host: str, port: int, timeout_s: float = 60) -> "SyncClient":
+        """Speak LSP over a TCP connection to a server already listening (retrying until it is)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                sock = socket.create_connection((host, port), timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        sock.settimeout(None)
+        client = cls(sock.makefile("wb"), sock.makefile("rb"))
+        client.sock = sock
+        return client
+
     # -- wire --------------------------------------------------------------------------------------
 
     def _write(self, message: dict) -> None:
         body = json.dumps(message).encode()
         with self._write_lock:
-            self.proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            self.proc.stdin.flush()
+            self._writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            self._writer.flush()
 
     def _read_loop(self) -> None:
-        out = self.proc.stdout
+        out = self._reader_file
         try:
             while True:
                 length = None
@@ -89,6 +116,8 @@ class SyncClient:
                     else:
                         self._answers[message.get("id")] = message
                     self._cond.notify_all()
+        except (OSError, ValueError):  # the connection was reset or closed under us
+            return
         finally:
             with self._cond:
                 self._cond.notify_all()
@@ -111,7 +140,7 @@ class SyncClient:
             while msg_id not in self._answers:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._reader.is_alive():
-                    state = "exited" if self.proc.poll() is not None else f"no answer in {timeout_s:.0f} s"
+                    state = "hung up" if not self._reader.is_alive() else f"sent no answer in {timeout_s:.0f} s"
                     raise ServerGone(f"request {msg_id}: the server {state}")
                 self._cond.wait(min(left, 1.0))
             answer = self._answers.pop(msg_id)
@@ -134,19 +163,22 @@ class SyncClient:
         self.stderr.seek(0)
         return self.stderr.read().decode(errors="replace")
 
-    def close(self, timeout_s: float = 20) -> int:
-        """shutdown + exit; the exit status (the process is killed if it lingers)."""
-        if self.proc.poll() is None:
+    def close(self, timeout_s: float = 20) -> int | None:
+        """shutdown + exit; the server's exit status when this client started it (killed if it lingers)."""
+        if self._reader.is_alive():
             try:
                 self.request("shutdown", None, timeout_s=timeout_s)
                 self.notify("exit", None)
             except (ServerGone, LspError, OSError):
                 pass
-            try:
-                return self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+        if self.proc is None:
+            self.sock.close()
+            return None
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
 
     # -- session -------------------------------------------------------------------------------------
 

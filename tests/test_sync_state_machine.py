@@ -65,7 +65,7 @@ class Session:
 
     def __init__(self, encoding: str, oracle) -> None:
         self.encoding = encoding
-        self.client = SyncClient(probed_command("--model", TINY, "--dtype", "float32", "--backend", "torch"))
+        self.client = SyncClient.spawn(probed_command("--model", TINY, "--dtype", "float32", "--backend", "torch"))
         status = self.client.start_session(encoding, OPTIONS)
         assert status["backend"] == "torch"
         self.mirror = Mirror(None, oracle, encoding=encoding,

@@ -1,0 +1,280 @@
+"""What the server must never do: listen beyond loopback without a token, read a file the client did
+not open, run code from a checkpoint, or talk to the network beyond the backend it was given.
+
+Network and file access of server processes are watched by `tests/netguard/sitecustomize.py` (an
+audit hook that refuses outbound connections and logs them, and logs opens of one watched path).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from benchmarks.probe import LspError, ServerGone, SyncClient, probed_command
+from engine.loading import CheckpointError, load_model
+from lsp_server.cli import build_parser
+from lsp_server.server import is_loopback, parse_listen
+from tests.conftest import REPO
+from tests.test_server_e2e import TINY
+
+NETGUARD = REPO / "tests" / "netguard"
+INVALID_PARAMS, INVALID_REQUEST = -32602, -32600
+SERVE = [sys.executable, "-m", "lsp_server.cli", "serve", "--model", TINY, "--dtype", "float32", "--backend", "torch"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def guarded_env(log: Path, watch: Path | None = None) -> dict[str, str]:
+    """The environment of a server whose outbound connections are refused and written to `log`."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(NETGUARD), str(REPO)]), FIM_LSP_NETGUARD_LOG=str(log))
+    if watch is not None:
+        env["FIM_LSP_NETGUARD_WATCH"] = str(watch)
+    return env
+
+
+def listening_addresses(pid: int, port: int) -> set[str]:
+    """Local addresses on which process `pid`'s network namespace listens on TCP `port` (from /proc)."""
+    found = set()
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                if width == 8:
+                    found.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
+                else:
+                    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                    found.add(socket.inet_ntop(socket.AF_INET6, words))
+    return found
+
+
+def wait_listening(proc: subprocess.Popen, port: int, timeout_s: float = 60) -> set[str]:
+    deadline = time.monotonic() + timeout_s
+    while not (addresses := listening_addresses(proc.pid, port)):
+        assert proc.poll() is None, f"the server exited: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, f"nothing listens on port {port}"
+        time.sleep(0.1)
+    return addresses
+
+
+# ------------------------------------------------------------------------------------------------
+# serve --tcp and the engine daemon
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "192.0.2.10"])
+def test_serve_tcp_beyond_loopback_without_a_token_refuses_to_start(host):
+    done = subprocess.run([*SERVE, "--tcp", f"{host}:{free_port()}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "is reachable from other machines; pass --token SECRET" in done.stderr, done.stderr
+
+
+def test_listen_addresses_default_to_loopback():
+    assert parse_listen(":2087") == ("127.0.0.1", 2087) and parse_listen("2087") == ("127.0.0.1", 2087)
+    engine_host, _ = parse_listen(build_parser().parse_args(["engine"]).listen)
+    assert is_loopback(engine_host), "the engine daemon listens on loopback by default"
+    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::", "10.0.0.1")] == [
+        True, True, True, False, False, False]
+
+
+def test_serve_tcp_without_a_host_listens_on_loopback_only():
+    port = free_port()
+    proc = subprocess.Popen([*SERVE, "--tcp", f":{port}"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_listening(proc, port) == {"127.0.0.1"}
+        client = SyncClient.connect("127.0.0.1", port)
+        assert client.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}})["capabilities"]
+        assert client.status()["state"] == "not started"
+        client.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def serve_tcp_with_token(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([*SERVE, "--tcp", f"0.0.0.0:{port}", "--token", "s3cret"], stderr=subprocess.PIPE,
+                            text=True)
+    assert wait_listening(proc, port) == {"0.0.0.0"}
+    return proc
+
+
+def initialize_with(client: SyncClient, options: dict) -> dict:
+    return client.request("initialize", {"processId": None, "rootUri": None, "capabilities": {},
+                                         "initializationOptions": options})
+
+
+def test_serve_tcp_beyond_loopback_refuses_a_client_without_the_token():
+    port = free_port()
+    proc = serve_tcp_with_token(port)
+    try:
+        intruder = SyncClient.connect("127.0.0.1", port)
+        for options in ({}, {"token": "guess"}):
+            with pytest.raises(LspError) as refused:
+                initialize_with(intruder, options)
+            assert refused.value.code == INVALID_REQUEST and "initializationOptions.token" in refused.value.message
+        with pytest.raises(LspError, match="did not present the server's token"):
+            intruder.status()
+        intruder.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_a_second_connection_cannot_take_over_a_tcp_session():
+    port = free_port()
+    proc = serve_tcp_with_token(port)
+    try:
+        client = SyncClient.connect("127.0.0.1", port)
+        initialize_with(client, {"token": "s3cret"})
+        client.notify("textDocument/didOpen", {"textDocument": {
+            "uri": "file:///work/secret.py", "languageId": "python", "version": 1, "text": "PASSWORD = 'x'\n"}})
+        intruder = SyncClient.connect("127.0.0.1", port)
+        with pytest.raises(ServerGone):  # closed at once: no session, no answers meant for the client
+            intruder.status()
+        status = client.status()
+        assert status["open_documents"] == 1 and status["state"] == "not started"
+        assert intruder.notifications == []
+        client.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+# ------------------------------------------------------------------------------------------------
+# Unknown documents are never read from disk
+
+
+def test_a_document_never_opened_is_not_read_from_disk(tmp_path):
+    canary = f"CANARY-{uuid.uuid4().hex}"
+    secret = tmp_path / "secret.py"
+    secret.write_text(f"API_KEY = '{canary}'\n")
+    uri = secret.as_uri()
+    log = tmp_path / "guard.log"
+    client = SyncClient.spawn(probed_command("--model", TINY, "--dtype", "float32", "--backend", "torch"),
+                              env=guarded_env(log, watch=secret))
+    try:
+        client.start_session("utf-16", {"maxNewTokens": 6})
+        position = {"textDocument": {"uri": uri}, "position": {"line": 0, "character": 4}}
+        for method, params in [("textDocument/inlineCompletion", {**position, "context": {"triggerKind": 1}}),
+                               ("textDocument/completion", position)]:
+            with pytest.raises(LspError) as refused:
+                client.request(method, params)
+            assert refused.value.code == INVALID_PARAMS and "is not open" in refused.value.message
+        # a change or close for it is ignored; it never becomes a document
+        client.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [
+            {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}}, "text": "#"}]})
+        client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+        assert client.texts([uri]) == {uri: None}
+        # another document's completion draws neighbour snippets from open documents only
+        other = (tmp_path / "main.py").as_uri()
+        client.notify("textDocument/didOpen", {"textDocument": {
+            "uri": other, "languageId": "python", "version": 1, "text": "from secret import API_KEY\nkey = "}})
+        answer = client.request("textDocument/inlineCompletion", {
+            "textDocument": {"uri": other}, "position": {"line": 1, "character": 6}, "context": {"triggerKind": 1}})
+        assert canary not in str(answer)
+        assert client.status()["open_documents"] == 1
+    finally:
+        assert client.close() == 0
+    assert not log.exists() or "open" not in log.read_text(), log.read_text()
+    assert canary not in str(client.notifications) and canary not in client.stderr_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints never run code
+
+
+class RunsCode:
+    """A pickle payload that would create a directory when unpickled without weights_only."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def pickled_checkpoint(directory: Path, extra: dict) -> Path:
+    """The tiny kit checkpoint with its weights as pytorch_model.bin (plus `extra` entries)."""
+    directory.mkdir()
+    for file in Path(TINY).iterdir():
+        if file.suffix == ".json":
+            shutil.copy(file, directory / file.name)
+    torch.save({**load_file(str(Path(TINY) / "model.safetensors")), **extra}, directory / "pytorch_model.bin")
+    return directory
+
+
+def test_a_pickle_of_plain_tensors_loads(tmp_path):
+    loaded = load_model(str(pickled_checkpoint(tmp_path / "plain", {})), torch.device("cpu"), torch.float32)
+    reference = load_model(TINY, torch.device("cpu"), torch.float32)
+    for name, tensor in reference.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_the_code_never_runs(tmp_path):
+    marker = tmp_path / "code-ran"
+    checkpoint = pickled_checkpoint(tmp_path / "evil", {"transformer.extra": RunsCode(marker)})
+    with pytest.raises(CheckpointError) as refused:
+        load_model(str(checkpoint), torch.device("cpu"), torch.float32)
+    message = str(refused.value)
+    assert message.startswith(f"refused {checkpoint / 'pytorch_model.bin'}: this pickle needs more than tensors")
+    assert "posix.mkdir" in message and "convert the checkpoint to model.safetensors" in message
+    assert "weights_only` set to `False`" not in message, "no advice to switch the protection off"
+    assert not marker.exists(), "unpickling ran the payload"
+
+
+# ------------------------------------------------------------------------------------------------
+# No network beyond the configured backend
+
+
+def test_a_session_makes_no_outbound_connection(tmp_path):
+    log = tmp_path / "guard.log"
+    client = SyncClient.spawn(SERVE, env=guarded_env(log))
+    try:
+        client.start_session("utf-16", {"maxNewTokens": 6})
+        uri = (tmp_path / "a.py").as_uri()
+        client.notify("textDocument/didOpen", {"textDocument": {
+            "uri": uri, "languageId": "python", "version": 1, "text": "import os\n\ndef main():\n    path = "}})
+        answer = client.request("textDocument/inlineCompletion", {
+            "textDocument": {"uri": uri}, "position": {"line": 3, "character": 11}, "context": {"triggerKind": 1}})
+        assert isinstance(answer["items"], list)
+        client.notify("workspace/didChangeConfiguration", {"settings": {"maxNewTokens": 4, "temperature": 0.5}})
+        assert client.status()["config"]["max_new_tokens"] == 4
+    finally:
+        assert client.close() == 0, client.stderr_text()[-3000:]
+    assert not log.exists() or log.read_text() == "", f"outbound traffic: {log.read_text()}"
+
+
+def test_the_only_outbound_destination_is_the_configured_backend(tmp_path):
+    log = tmp_path / "guard.log"
+    backend = "203.0.113.7:8000"  # TEST-NET-3: unroutable; the guard refuses it and writes it down
+    client = SyncClient.spawn([*SERVE[:-2], "--backend", "openai", "--url", f"http://{backend}"], env=guarded_env(log))
+    try:
+        client.request("initialize", {"processId": None, "rootUri": None, "capabilities": {},
+                                      "initializationOptions": {"remoteTimeoutMs": 2000}})
+        client.notify("initialized", {})
+        deadline = time.monotonic() + 120
+        while client.status()["state"] in ("not started", "loading"):
+            assert time.monotonic() < deadline, "the backend never finished loading"
+            time.sleep(0.1)
+        uri = (tmp_path / "a.py").as_uri()
+        client.notify("textDocument/didOpen", {"textDocument": {
+            "uri": uri, "languageId": "python", "version": 1, "text": "x = "}})
+        client.request("textDocument/inlineCompletion", {
+            "textDocument": {"uri": uri}, "position": {"line": 0, "character": 4}, "context": {"triggerKind": 1}})
+    finally:
+        client.close()
+    attempts = [line.split(" ", 1)[1] for line in log.read_text().splitlines()]
+    assert attempts and set(attempts) == {f"socket.connect {backend}"}, attempts
