@@ -127,7 +127,7 @@ setup_jupyterlab() {
     rm -rf "$CACHE/jupyterlab"
     "$PY" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "jupyterlab==$JUPYTERLAB_VERSION" \
-      "hatchling==1.27.0" "hatch-jupyter-builder==0.9.1"
+      "hatchling==1.27.0"
     stamp_set jupyterlab "$key"
   fi
   key="fim-lsp-jupyterlab-$(tree_hash jupyterlab)"
@@ -137,7 +137,8 @@ setup_jupyterlab() {
     (cd "$src" && PATH="$venv/bin:$PATH" && npm ci --no-audit --no-fund --loglevel=error >"$logf" 2>&1 \
       && PATH="$venv/bin:$PATH" npm run --silent build >>"$logf" 2>&1 \
       && "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation \
-         --force-reinstall --no-deps . >>"$logf" 2>&1) || { tail -30 "$logf" >&2; return 1; }
+         --force-reinstall --no-deps . >>"$logf" 2>&1 \
+      && "$venv/bin/jupyter" labextension list 2>&1 | grep -q fim-lsp-jupyterlab)  || { tail -30 "$logf" >&2; return 1; }
     stamp_set labextension "$key"
   fi
 }

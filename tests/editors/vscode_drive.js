@@ -2,10 +2,7 @@
 // text from the DOM, press Tab, save. Prints one JSON object; screenshots go to `out`.
 // usage: NODE_PATH=<playwright-core's node_modules> node vscode_drive.js '<json config>'
 //   config: { url, file, typed, statusPattern (a RegExp source), out, timeoutMs, expectNotification }
-const { chromium } = require('playwright-core');
-
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'];
+const { drive } = require('./browser');
 
 async function typeAndAccept(page, cfg, result, item) {
   await page.keyboard.insertText(cfg.typed);
@@ -37,42 +34,26 @@ async function save(page) {
   await page.waitForSelector('.tab.active:not(.dirty)');
 }
 
-async function main() {
-  const cfg = JSON.parse(process.argv[2]);
-  const timeout = cfg.timeoutMs ?? 120000;
-  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS });
-  const result = {};
-  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
-  page.setDefaultTimeout(timeout);
-  try {
-    await page.goto(cfg.url);
-    await page.waitForSelector('.monaco-workbench .part.statusbar');
-    // Open the file through Quick Open.
-    await page.keyboard.press('Control+P');
-    await page.waitForSelector('.quick-input-widget input');
-    await page.keyboard.type(cfg.file);
-    await page.waitForSelector(`.quick-input-list .monaco-list-row[aria-label*="${cfg.file}"]`);
-    await page.keyboard.press('Enter');
-    await page.waitForSelector(`.tab.active[aria-label*="${cfg.file}"]`);
-    await page.waitForSelector('.monaco-editor .view-lines');
-    // The extension's status bar item names the model once the server has loaded it.
-    const item = page.locator('.part.statusbar .statusbar-item', { hasText: new RegExp(cfg.statusPattern) });
-    await item.first().waitFor();
-    result.statusBefore = (await item.first().innerText()).trim();
-    await page.click('.monaco-editor .view-lines');
-    await page.keyboard.press('Control+End');
-    if (cfg.expectNotification) {
-      await expectBrokenServer(page, cfg, result);
-    } else {
-      await typeAndAccept(page, cfg, result, item);
-    }
-  } catch (err) {
-    result.error = String(err);
-    await page.screenshot({ path: `${cfg.out}/failure.png` }).catch(() => {});
-  } finally {
-    await browser.close();
+drive(async (page, cfg, result) => {
+  await page.goto(cfg.url);
+  await page.waitForSelector('.monaco-workbench .part.statusbar');
+  // Open the file through Quick Open.
+  await page.keyboard.press('Control+P');
+  await page.waitForSelector('.quick-input-widget input');
+  await page.keyboard.type(cfg.file);
+  await page.waitForSelector(`.quick-input-list .monaco-list-row[aria-label*="${cfg.file}"]`);
+  await page.keyboard.press('Enter');
+  await page.waitForSelector(`.tab.active[aria-label*="${cfg.file}"]`);
+  await page.waitForSelector('.monaco-editor .view-lines');
+  // The extension's status bar item names the model once the server has loaded it.
+  const item = page.locator('.part.statusbar .statusbar-item', { hasText: new RegExp(cfg.statusPattern) });
+  await item.first().waitFor();
+  result.statusBefore = (await item.first().innerText()).trim();
+  await page.click('.monaco-editor .view-lines');
+  await page.keyboard.press('Control+End');
+  if (cfg.expectNotification) {
+    await expectBrokenServer(page, cfg, result);
+  } else {
+    await typeAndAccept(page, cfg, result, item);
   }
-  process.stdout.write(JSON.stringify(result) + '\n');
-}
-
-main().catch((err) => { process.stdout.write(JSON.stringify({ error: String(err) }) + '\n'); });
+});

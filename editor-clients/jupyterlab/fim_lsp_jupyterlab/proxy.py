@@ -1,0 +1,197 @@
+"""The jupyter-server side: one `fim-lsp serve` per Jupyter server, reached over stdio.
+
+Each notebook is one document on the server (`<notebook path>.py`, built by `notebook.py`); a
+request updates it (full text, only when it changed) and asks for `textDocument/inlineCompletion`.
+A server that cannot start or dies is reported to the browser with the reason and not started
+again until `POST /fim-lsp/restart`: no retry storm.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+from traitlets import Dict, Float, List, Unicode
+from traitlets.config import Configurable
+
+from fim_lsp_jupyterlab.lsp import LspProcess, ServerGone
+from fim_lsp_jupyterlab.notebook import Cell, notebook_document
+
+
+class FimLsp(Configurable):
+    """Settings of the fim-lsp proxy (`c.FimLsp.command = [...]` in jupyter_server_config.py)."""
+
+    command = List(Unicode(), default_value=["fim-lsp", "serve"], config=True,
+                   help="Command that starts the language server over stdio.")
+    settings = Dict(default_value={}, config=True,
+                    help="Server settings sent as initializationOptions (model, backend, device, "
+                         "maxNewTokens, temperature, multiline, ...).")
+    request_timeout = Float(60.0, config=True, help="Seconds to wait for one completion.")
+    log_file = Unicode("", config=True, help="Where the server's stderr goes (default: under the runtime dir).")
+
+
+class Proxy:
+    """The running server (started on first use), its open documents, and the last request made."""
+
+    def __init__(self, config: FimLsp, log_path: Path, root_dir: str):
+        self.config, self.log_path, self.root_dir = config, log_path, root_dir
+        self.server: LspProcess | None = None
+        self.failure: str | None = None
+        self.documents: dict[str, tuple[int, str]] = {}  # uri -> (version, text)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=16)  # the latest requests and answers, for status
+        self._lock = asyncio.Lock()
+
+    async def _ensure_server(self) -> LspProcess:
+        if self.failure:
+            raise ServerGone(self.failure)
+        if self.server is not None and self.server.alive:
+            return self.server
+        if self.server is not None:  # it was running and died
+            self.failure = f"the fim-lsp server exited (code {self.server.proc.returncode}); " \
+                           f"see {self.log_path}: {self.server.stderr_tail(300)}"
+            raise ServerGone(self.failure)
+        command = list(self.config.command)
+        if not command or shutil.which(command[0]) is None:
+            self.failure = f"server command {command[:1]} not found; set c.FimLsp.command in jupyter_server_config"
+            raise ServerGone(self.failure)
+        self.server = await LspProcess.start(command, self.log_path, cwd=self.root_dir)
+        try:
+            await self.server.request("initialize", {
+                "processId": None, "rootUri": Path(self.root_dir).resolve().as_uri(), "capabilities": {},
+                "initializationOptions": dict(self.config.settings),
+                "clientInfo": {"name": "fim-lsp-jupyterlab"},
+            }, self.config.request_timeout)
+            self.server.notify("initialized", {})
+        except (ServerGone, asyncio.TimeoutError, RuntimeError) as exc:
+            self.failure = f"the fim-lsp server failed to start: {exc}; see {self.log_path}"
+            raise ServerGone(self.failure) from None
+        return self.server
+
+    async def complete(self, notebook_path: str, cells: list[Cell], active: int, offset: int) -> list[dict]:
+        text, line, character = notebook_document(cells, active, offset)
+        uri = (Path(self.root_dir) / (notebook_path + ".py")).resolve().as_uri()
+        async with self._lock:  # document updates and the request that follows stay in order
+            server = await self._ensure_server()
+            version, known = self.documents.get(uri, (0, None))
+            if known is None:
+                server.notify("textDocument/didOpen", {"textDocument": {
+                    "uri": uri, "languageId": "python", "version": 1, "text": text}})
+                self.documents[uri] = (1, text)
+            elif known != text:
+                server.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": version + 1},
+                                                         "contentChanges": [{"text": text}]})
+                self.documents[uri] = (version + 1, text)
+            record = {"uri": uri, "text": text, "line": line, "character": character, "items": None}
+            self.recent.append(record)
+            request = server.request("textDocument/inlineCompletion", {
+                "textDocument": {"uri": uri}, "position": {"line": line, "character": character},
+                "context": {"triggerKind": 2}}, self.config.request_timeout)
+        try:
+            result = await request
+        except ServerGone:
+            return await self._died()
+        items = result.get("items", []) if isinstance(result, dict) else (result or [])
+        record["items"] = [{"insertText": i["insertText"] if isinstance(i["insertText"], str) else i["insertText"]["value"],
+                            "range": i.get("range"), "command": i.get("command")} for i in items]
+        return record["items"]
+
+    async def _died(self) -> list[dict]:
+        await self._ensure_server()  # raises ServerGone with the exit code and stderr
+        return []
+
+    async def accepted(self, command: dict) -> None:
+        server = await self._ensure_server()
+        await server.request("workspace/executeCommand", {"command": command["command"],
+                                                           "arguments": command.get("arguments", [])}, 10)
+
+    async def status(self) -> dict:
+        if self.failure:
+            return {"state": "failed", "error": self.failure}
+        if self.server is None:
+            return {"state": "not started"}
+        server = await self._ensure_server()
+        return await server.request("fim-lsp/status", {}, 10)
+
+    async def restart(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+        self.server, self.failure, self.documents = None, None, {}
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+
+class ProxyHandler(APIHandler):
+    @property
+    def proxy(self) -> Proxy:
+        return self.settings["fim_lsp_proxy"]
+
+    def fail(self, status: int, message: str) -> None:
+        self.set_status(status)
+        self.finish(json.dumps({"message": message}))
+
+
+class InlineHandler(ProxyHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        body = self.get_json_body() or {}
+        try:
+            cells = [Cell(kind=c["kind"], source=c["source"]) for c in body["cells"]]
+            path, active, offset = str(body["path"]), int(body["active"]), int(body["offset"])
+            items = await self.proxy.complete(path, cells, active, offset)
+        except (KeyError, TypeError, ValueError) as exc:
+            return self.fail(400, f"bad request: {exc!r}; expected path, cells[{{kind, source}}], active, offset")
+        except ServerGone as exc:
+            return self.fail(503, str(exc))
+        except asyncio.TimeoutError:
+            return self.fail(504, "the fim-lsp server did not answer in time")
+        self.finish(json.dumps({"items": items}))
+
+
+class AcceptedHandler(ProxyHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        try:
+            await self.proxy.accepted(self.get_json_body() or {})
+        except (KeyError, ServerGone, asyncio.TimeoutError, RuntimeError) as exc:
+            return self.fail(503, str(exc))
+        self.finish("{}")
+
+
+class StatusHandler(ProxyHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        try:
+            status = await self.proxy.status()
+        except (ServerGone, asyncio.TimeoutError) as exc:
+            status = {"state": "failed", "error": str(exc)}
+        self.finish(json.dumps({**status, "recent_requests": list(self.proxy.recent)}))
+
+
+class RestartHandler(ProxyHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        await self.proxy.restart()
+        self.finish("{}")
+
+
+def load(serverapp) -> None:
+    config = FimLsp(parent=serverapp)
+    log_path = Path(config.log_file or Path(serverapp.runtime_dir) / "fim-lsp-server.log")
+    proxy = Proxy(config, log_path, serverapp.root_dir)
+    serverapp.web_app.settings["fim_lsp_proxy"] = proxy
+    base = url_path_join(serverapp.web_app.settings["base_url"], "fim-lsp")
+    serverapp.web_app.add_handlers(".*$", [
+        (url_path_join(base, "inline"), InlineHandler),
+        (url_path_join(base, "accepted"), AcceptedHandler),
+        (url_path_join(base, "status"), StatusHandler),
+        (url_path_join(base, "restart"), RestartHandler),
+    ])
+    serverapp.log.info("fim-lsp: proxy ready (server command %s, stderr in %s)", config.command, log_path)

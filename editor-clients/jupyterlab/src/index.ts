@@ -1,0 +1,98 @@
+// fim-lsp in JupyterLab: an inline completion provider (ghost text, Tab accepts) whose
+// suggestions come from `fim-lsp serve` through this package's jupyter-server extension
+// (POST /fim-lsp/inline). A notebook is sent whole, cells in order, so the cells above the
+// cursor are the prompt's context.
+import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { Notification } from '@jupyterlab/apputils';
+import {
+  CompletionHandler, ICompletionProviderManager, IInlineCompletionContext, IInlineCompletionItem,
+  IInlineCompletionList, IInlineCompletionProvider,
+} from '@jupyterlab/completer';
+import { URLExt } from '@jupyterlab/coreutils';
+import { NotebookPanel } from '@jupyterlab/notebook';
+import { ServerConnection } from '@jupyterlab/services';
+
+const ID = 'fim-lsp';
+
+interface Cell { kind: string; source: string }
+
+/** The cells to send and the index of the one being edited; a file editor is a one-cell notebook. */
+function cellsOf(request: CompletionHandler.IRequest, context: IInlineCompletionContext):
+    { path: string; cells: Cell[]; active: number } {
+  const widget = context.widget;
+  if (widget instanceof NotebookPanel) {
+    const notebook = widget.content;
+    const cells = notebook.widgets.map((cell) => ({ kind: cell.model.type, source: cell.model.sharedModel.getSource() }));
+    // The editor's text is the freshest copy of the active cell.
+    cells[notebook.activeCellIndex] = { kind: 'code', source: request.text };
+    return { path: widget.context.path, cells, active: notebook.activeCellIndex };
+  }
+  const path = (widget as unknown as { context?: { path?: string } }).context?.path ?? 'untitled.py';
+  return { path, cells: [{ kind: 'code', source: request.text }], active: 0 };
+}
+
+async function call(endpoint: string, init: RequestInit): Promise<{ ok: boolean; data: any }> {
+  const settings = ServerConnection.makeSettings();
+  const response = await ServerConnection.makeRequest(URLExt.join(settings.baseUrl, 'fim-lsp', endpoint), init, settings);
+  const text = await response.text();
+  return { ok: response.ok, data: text ? JSON.parse(text) : {} };
+}
+
+class FimLspProvider implements IInlineCompletionProvider {
+  readonly identifier = ID;
+  readonly name = 'fim-lsp';
+  private failure: string | null = null;
+
+  async fetch(request: CompletionHandler.IRequest, context: IInlineCompletionContext): Promise<IInlineCompletionList> {
+    if (this.failure) return { items: [] }; // reported once; "fim-lsp: Restart Server" clears it
+    const { path, cells, active } = cellsOf(request, context);
+    let reply;
+    try {
+      reply = await call('inline', { method: 'POST', body: JSON.stringify({ path, cells, active, offset: request.offset }) });
+    } catch (err) {
+      return { items: [] }; // the Jupyter server is unreachable: the page says so already
+    }
+    if (!reply.ok) {
+      if (reply.data.message && !/did not answer/.test(reply.data.message)) {
+        this.failure = reply.data.message;
+        Notification.error(`fim-lsp: ${this.failure}`, { autoClose: false });
+      }
+      return { items: [] };
+    }
+    const items: IInlineCompletionItem[] = reply.data.items
+      .filter((item: { insertText: string }) => item.insertText)
+      .map((item: { insertText: string }) => ({ insertText: item.insertText, isIncomplete: false }));
+    return { items };
+  }
+
+  async restart(): Promise<void> {
+    this.failure = null;
+    await call('restart', { method: 'POST' });
+  }
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: 'fim-lsp-jupyterlab:plugin',
+  description: 'Inline completions from fim-lsp',
+  autoStart: true,
+  requires: [ICompletionProviderManager],
+  activate: (app: JupyterFrontEnd, manager: ICompletionProviderManager) => {
+    const provider = new FimLspProvider();
+    manager.registerInlineProvider(provider);
+    app.commands.addCommand('fim-lsp:restart', {
+      label: 'fim-lsp: Restart Server',
+      execute: () => provider.restart(),
+    });
+    app.commands.addCommand('fim-lsp:status', {
+      label: 'fim-lsp: Show Status',
+      execute: async () => {
+        const { data } = await call('status', { method: 'GET' });
+        const lat = data.latency ?? {};
+        Notification.info(`fim-lsp: ${data.model ?? '-'} · ${data.backend ?? '-'} on ${data.device ?? '-'} · ` +
+          `${data.state ?? '?'} · p50 ${lat.p50_ms ?? '-'} ms${data.error ? ' · ' + data.error : ''}`, { autoClose: 10000 });
+      },
+    });
+  },
+};
+
+export default plugin;

@@ -1,0 +1,28 @@
+// Drives JupyterLab in Debian's chromium: open a notebook, type in its second cell, read the
+// inline suggestion from the DOM, press Tab, save. Prints one JSON object; screenshots go to `out`.
+// usage: NODE_PATH=<playwright-core's node_modules> node jupyter_drive.js '<json config>'
+//   config: { url, typed, out, timeoutMs }
+const { drive } = require('./browser');
+
+drive(async (page, cfg, result) => {
+  await page.goto(cfg.url);
+  const cells = page.locator('.jp-NotebookPanel .jp-Notebook .jp-Cell');
+  await cells.nth(1).waitFor();
+  // No kernel is needed to type; dismiss a kernel dialog if one comes up.
+  await page.waitForTimeout(1000);
+  if (await page.locator('.jp-Dialog').count()) await page.keyboard.press('Escape');
+  const editor = cells.nth(1).locator('.cm-content');
+  await editor.click();
+  await page.keyboard.press('Control+End');
+  await page.keyboard.insertText(cfg.typed);
+  const ghost = cells.nth(1).locator('.jp-GhostText');
+  await ghost.first().waitFor();
+  result.ghost = (await ghost.allTextContents()).join('');
+  await page.screenshot({ path: `${cfg.out}/ghost.png` });
+  await page.keyboard.press('Tab');
+  await ghost.first().waitFor({ state: 'detached' });
+  result.cellText = await editor.innerText();
+  await page.keyboard.press('Control+S');
+  await page.waitForTimeout(1500);
+  await page.screenshot({ path: `${cfg.out}/accepted.png` });
+});
