@@ -367,47 +367,85 @@ def check_graphs(out: Path, args, ids: list[int], n_prompt: int, expected, token
 def quantize(src: Path, dst: Path) -> None:
     """int8 weights for every MatMul/Gemm with a constant weight; activations quantised per call.
 
-    The graph is rewritten beside `src` without loading the weights (they stay in its external
-    data file), so the quantiser is the only one holding them in memory.
+    Each such node becomes onnxruntime's `DynamicQuantizeMatMul` over an int8 copy of its weight
+    ([in, out], symmetric, one scale per output column); everything else is unchanged and keeps
+    reading `src`'s external data file. Weights are read and quantised one at a time, so memory
+    stays at one fp32 weight (onnxruntime's `quantize_dynamic` holds several copies of the model:
+    about 18 GB for a 1.1B-parameter one).
     """
+    import numpy as np
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnx import helper, numpy_helper
 
-    graph = onnx.load(str(src), load_external_data=False)
-    untie_shared_weights(graph.graph)
-    untied = src.with_name(f"untied-{src.name}")  # same folder: the external data paths still resolve
-    onnx.save(graph, str(untied))
-    try:
-        quantize_dynamic(str(untied), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                         use_external_data_format=external_size(src) > 1_800_000_000)  # protobuf's 2 GiB limit
-    finally:
-        untied.unlink(missing_ok=True)
-
-
-def untie_shared_weights(graph) -> None:
-    """Give a MatMul/Gemm its own copy of a weight other nodes also read (the tied LM head).
-
-    The quantiser rewrites a weight in place (transposed, for Gemm's transB), which would corrupt
-    the embedding lookup that shares it.
-    """
-    from collections import Counter
-
-    import onnx
-
-    readers = Counter(name for node in graph.node for name in node.input)
+    model = onnx.load(str(src), load_external_data=False)
+    graph = model.graph
     weights = {t.name: t for t in graph.initializer}
+    readers = {}
     for node in graph.node:
-        if node.op_type in ("MatMul", "Gemm") and node.input[1] in weights and readers[node.input[1]] > 1:
-            copy = onnx.TensorProto()
-            copy.CopyFrom(weights[node.input[1]])
-            copy.name = f"{node.input[1]}.{node.name}"
-            graph.initializer.append(copy)
-            node.input[1] = copy.name
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    data_file = dst.with_name(dst.name + ".data")
+    quantized: dict[str, tuple[str, str]] = {}  # (fp32 weight, transposed) -> int8 and scale names
+    nodes = []
+    with open(data_file, "wb") as out:
+        for node in graph.node:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            plain_gemm = node.op_type == "Gemm" and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 \
+                and not attrs.get("transA", 0)
+            if not ((node.op_type == "MatMul" or plain_gemm) and node.input[1] in weights):
+                nodes.append(node)
+                continue
+            transposed = bool(attrs.get("transB", 0))
+            key = f"{node.input[1]}{'.T' if transposed else ''}"
+            if key not in quantized:
+                w = read_weight(weights[node.input[1]], src.parent)  # [in, out], or [out, in] when transposed
+                w = w.T if transposed else w  # [in, out]
+                scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0  # [out]
+                q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)  # [in, out]
+                qname, sname = f"{key}.int8", f"{key}.scale"
+                graph.initializer.append(external_tensor(q, qname, out, data_file.name))
+                graph.initializer.append(numpy_helper.from_array(scale.astype(np.float32), sname))
+                quantized[key] = (qname, sname)
+            qname, sname = quantized[key]
+            bias = [node.input[2]] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else []
+            nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], qname, sname, "", *bias],
+                                          list(node.output), name=f"{node.name}.int8", domain="com.microsoft"))
+            readers[node.input[1]] -= 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [t for t in graph.initializer if readers.get(t.name, 1) > 0]  # fp32 weights nobody reads go
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if not any(op.domain == "com.microsoft" for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(dst))
 
 
-def external_size(file: Path) -> int:
-    """Bytes of the external-data files written beside an ONNX model."""
-    return sum(f.stat().st_size for f in file.parent.glob(file.name + ".data*"))
+def read_weight(tensor, folder: Path) -> "np.ndarray":
+    """A float32 initializer's values, from the graph or memory-mapped from its external data file."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    if tensor.data_location != 1:  # TensorProto.EXTERNAL
+        return numpy_helper.to_array(tensor)
+    info = {e.key: e.value for e in tensor.external_data}
+    shape = tuple(tensor.dims)
+    return np.array(np.memmap(folder / info["location"], dtype=np.float32, mode="r",
+                              offset=int(info.get("offset", 0)), shape=shape))
+
+
+def external_tensor(array: "np.ndarray", name: str, out, location: str):
+    """A TensorProto whose bytes are appended to the open file `out` (named `location`)."""
+    from onnx import TensorProto
+
+    offset = out.tell()
+    out.write(array.tobytes())
+    tensor = TensorProto(name=name, data_type=TensorProto.INT8, dims=array.shape)
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(array.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
 
 
 def open_session(file: Path, providers: list[str] | None = None, threads: int | None = None):

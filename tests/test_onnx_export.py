@@ -9,13 +9,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from engine.backends.onnx_backend import OrtForward, OrtSlot
 from engine.loading import load_model
 from engine.onnx_export import (
     FP32_FILE, INT8_FILE, MANIFEST, ExportError, Manifest, check_export, checkpoint_hash, open_session,
-    torch_logits, untie_shared_weights,
+    quantize, torch_logits,
 )
 from lsp_server import cli
 from tests.conftest import kit
@@ -121,24 +121,32 @@ def test_int8_graph_quantises_every_projection_and_the_tied_head(tiny_onnx):
     graph = onnx.load(str(tiny_onnx / INT8_FILE))
     ops = [n.op_type for n in graph.graph.node]
     # 2 layers x (c_attn, c_proj, c_fc, mlp c_proj) + the LM head
-    assert ops.count("MatMulInteger") == 9 and "Gemm" not in ops
+    assert ops.count("DynamicQuantizeMatMul") == 9 and "Gemm" not in ops and "MatMulInteger" not in ops
     embedding = next(n for n in graph.graph.node if n.op_type == "Gather" and n.input[0] == "m.wte.weight")
     table = next(t for t in graph.graph.initializer if t.name == embedding.input[0])
-    assert list(table.dims) == [1024, 64], "the embedding lookup keeps its own [V, E] table"
+    assert (list(table.dims), table.data_type) == ([1024, 64], TensorProto.FLOAT), "the lookup keeps its fp32 table"
 
 
-def test_untie_gives_a_shared_weight_its_own_copy_for_the_matmul():
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.arange(12, dtype=np.float32))
+def test_quantize_gives_a_tied_head_int8_columns_and_keeps_the_embedding(tmp_path):
+    w = np.array([[1.0, -2.0, 0.5], [0.25, 4.0, -1.0]], dtype=np.float32)  # [V=2, E=3], embedding and head
     nodes = [helper.make_node("Gather", ["w", "ids"], ["x"], name="embed"),
              helper.make_node("Gemm", ["x", "w"], ["y"], name="head", transB=1)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [weight])
-    untie_shared_weights(graph)
-    assert [list(n.input) for n in graph.node] == [["w", "ids"], ["x", "w.head"]]
-    copy = next(t for t in graph.initializer if t.name == "w.head")
-    assert copy.dims == weight.dims and copy.float_data == weight.float_data
-    untie_shared_weights(graph)
-    assert len(graph.initializer) == 2, "untying twice changes nothing"
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [2, 3], w.flatten())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.save(model, str(tmp_path / "fp32.onnx"))
+    quantize(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    q = onnx.load(str(tmp_path / "int8.onnx"))
+    assert [(n.op_type, list(n.input)) for n in q.graph.node] == [
+        ("Gather", ["w", "ids"]), ("DynamicQuantizeMatMul", ["x", "w.T.int8", "w.T.scale", ""])]
+    scale = numpy_helper.to_array(next(t for t in q.graph.initializer if t.name == "w.T.scale"))
+    assert np.allclose(scale, [2.0 / 127, 4.0 / 127]), "one scale per output column: max |w| / 127"
+    int8 = numpy_helper.to_array(next(t for t in q.graph.initializer if t.name == "w.T.int8"))
+    assert int8.dtype == np.int8 and int8.T.tolist() == [[64, -127, 32], [8, 127, -32]]
+    ids = np.array([0, 1])
+    got = open_session(tmp_path / "int8.onnx").run(None, {"ids": ids})[0]  # [2, 2]
+    assert np.abs(got - w[ids] @ w.T).max() < 0.1
 
 
 def test_export_refuses_a_directory_that_is_no_checkpoint(tmp_path):
