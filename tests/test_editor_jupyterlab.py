@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.editors.code_server import free_port
-from tests.editors.harness import SERVER_SETTINGS, artifacts_dir, serve_command, setup_editors, wait_for
+from tests.editors.harness import (SERVER_SETTINGS, EditorServer, artifacts_dir, serve_command, setup_editors,
+                                   wait_for)
 from tests.editors.lsp_probe import server_suggestion
 
 DRIVER = Path(__file__).parent / "editors" / "jupyter_drive.js"
@@ -37,7 +38,7 @@ def notebook(cells: list[str]) -> dict:
                        "execution_count": None} for i, s in enumerate(cells)]}
 
 
-class JupyterLab:
+class JupyterLab(EditorServer):
     """`jupyter lab` on 127.0.0.1 from the editors' venv, with private config and settings dirs."""
 
     def __init__(self, cache: Path, home: Path, root: Path, fim_lsp: dict):
@@ -83,24 +84,7 @@ class JupyterLab:
     def drive(self, cache: Path, notebook_path: str, typed: str, out: Path) -> dict:
         url = f"{self.base}/lab/tree/{notebook_path}?token={TOKEN}"
         env = {**self.env, "NODE_PATH": str(cache / "playwright" / "node_modules")}
-        proc = subprocess.run(["node", str(DRIVER), json.dumps({"url": url, "typed": typed, "out": str(out)})],
-                              env=env, capture_output=True, text=True, timeout=400)
-        assert proc.stdout.strip(), f"driver printed nothing: {proc.stderr[-3000:]}"
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-    def __enter__(self) -> "JupyterLab":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        return self.run_driver(DRIVER, {"url": url, "typed": typed, "out": str(out)}, env)
 
 
 def test_notebook_cell_shows_inline_suggestion_with_the_cell_above_as_context(cache, tiny_starcoder, tmp_path):

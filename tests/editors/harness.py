@@ -5,10 +5,11 @@ import os
 import shutil
 import subprocess
 import sys
+import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import IO, Callable, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP = REPO / "editor-clients" / "setup.sh"
@@ -64,3 +65,31 @@ def printable_run(text: str, limit: int = 16) -> str:
         else:
             run = ""
     return best[:limit]
+
+
+class EditorServer:
+    """An editor's web server started by a test (`proc`, logging to `log`); stopped on exit."""
+
+    proc: subprocess.Popen
+    log: IO[str]
+
+    def run_driver(self, script: Path, config: dict, env: dict) -> dict:
+        """Run a playwright driver script with `config`; the JSON object it printed."""
+        proc = subprocess.run(["node", str(script), json.dumps(config)], env=env,
+                              capture_output=True, text=True, timeout=400)
+        assert proc.stdout.strip(), f"{script.name} printed nothing: {proc.stderr[-3000:]}"
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
