@@ -103,12 +103,24 @@ def complete(
     prompt = build_prompt(ctx, backend.fim, count_tokens, backend.info.n_ctx, config.prompt, path=path, snippets=snippets)
     request = CompletionRequest(
         doc_id=DocId(doc_id), prompt=prompt.text, max_new_tokens=config.prompt.max_new_tokens,
-        temperature=config.temperature, seed=config.seed, stop_strings=tuple(config.postprocess.stop_strings),
+        temperature=config.temperature, seed=config.seed,
+        stop_strings=(*config.postprocess.stop_strings, *early_stops(ctx, config.postprocess)),
         time_budget_s=config.time_budget_s,
     )
     result = backend.complete(request, cancel)
     suggestion = postprocess(result.text, ctx, config.postprocess, stop_tokens=backend.fim.stop_tokens())
     return Outcome(suggestion=suggestion, context=ctx, prompt=prompt, result=result, snippets=snippets)
+
+
+def early_stops(ctx: CursorContext, config: PostprocessConfig) -> tuple[str, ...]:
+    """Stop strings that end decoding where post-processing would cut anyway.
+
+    With text on both sides of the cursor, a suggestion is one line unless multi-line is forced,
+    so decoding past the first line break is wasted time (most keystrokes land mid-line).
+    """
+    if config.multiline != "always" and ctx.line_prefix.strip() and ctx.line_suffix.strip():
+        return ("\n",)
+    return ()
 
 
 def token_counter(backend: Backend) -> TokenCounter:

@@ -112,3 +112,27 @@ def test_settings_map_onto_the_prompt_core_configuration():
         max_new_tokens=20, multiline="always", prefix_suffix_ratio=2.0, neighbours=False, fim_mode="psm"))
     assert config.prompt == PromptConfig(fim_mode="psm", prefix_suffix_ratio=2.0, max_new_tokens=20, neighbours=False)
     assert config.postprocess == PostprocessConfig(multiline="always")
+
+
+
+
+@pytest.mark.parametrize("text, line, character, multiline, stops", [
+    ("x = f(a, )\n", 0, 9, "auto", ("\n",)),  # text on both sides: one line is all that is kept
+    ("x = f(a, )\n", 0, 9, "never", ("\n",)),
+    ("x = f(a, )\n", 0, 9, "always", ()),
+    ("x = \n", 0, 4, "auto", ()),  # line end: the model may go on to the next line
+    ("    )\n", 0, 4, "auto", ()),  # line start
+    ("\n", 0, 0, "auto", ()),
+])
+def test_early_stops_only_mid_line(text, line, character, multiline, stops):
+    ctx = cursor_context(text, line, character)
+    assert pipeline.early_stops(ctx, PostprocessConfig(multiline=multiline)) == stops
+
+
+@pytest.mark.parametrize("raw", ["b)\nprint(x)", "b, c)\n\n    y = 2\n", "\n    more", "b[0] + 1\nz"])
+@pytest.mark.parametrize("multiline", ["auto", "never"])
+def test_stopping_at_the_line_break_mid_line_changes_no_suggestion(raw, multiline):
+    ctx = cursor_context("x = f(a, )\nprint(x)\n", 0, 9)
+    config = PostprocessConfig(multiline=multiline)
+    assert pipeline.early_stops(ctx, config) == ("\n",)
+    assert postprocess(raw[: raw.index("\n")], ctx, config) == postprocess(raw, ctx, config)
