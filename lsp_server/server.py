@@ -116,7 +116,6 @@ class FimServer(LanguageServer):
         self.snippets: dict[str, tuple] = {}
         self.suggestions = 0
         self.last: dict[str, Any] = {}  # the latest completion's token figures
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     def start_tcp(self, host: str, port: int) -> None:
         """Serve one LSP session over TCP, then exit.
@@ -206,7 +205,6 @@ def initialize(ls: FimServer, params: types.InitializeParams) -> None:
 async def initialized(ls: FimServer, params: types.InitializedParams) -> None:
     if not ls.authorized:
         return
-    ls.loop = asyncio.get_running_loop()
     ls.initialized = True
     await start_loading(ls, ls.config.model)
 
