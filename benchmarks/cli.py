@@ -17,6 +17,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "backends": ("benchmarks.backends", "main"),
     "remote": ("benchmarks.remote", "main"),
     "peer": ("benchmarks.peer", "main"),
+    "soak": ("benchmarks.soak", "main"),
 }
 MAX_NEW_TOKENS = 16
 

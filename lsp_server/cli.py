@@ -64,12 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per position")
 
     p = parsers["bench"]
-    p.add_argument("which", choices=["keystrokes", "backends", "remote", "peer"])
+    p.add_argument("which", choices=["keystrokes", "backends", "remote", "peer", "soak"])
     add_model_options(p)
     p.add_argument("--shape", default="small", help="checkpoint-kit shape when no --model is given")
     p.add_argument("--problems", type=int, default=20, help="HumanEval problems to replay")
     p.add_argument("--max-keys", type=int, default=None, help="cap on keystrokes per problem")
     p.add_argument("--context", type=int, default=None, help="prompt tokens to aim for")
+    p.add_argument("--edits", type=int, default=10_000, help="soak: edits to make")
+    p.add_argument("--docs", type=int, default=50, help="soak: open documents")
+    p.add_argument("--cache-mib", type=int, default=64, help="soak: K/V cache budget (MiB)")
+    p.add_argument("--plot", default="soak.png", help="soak: where to save the latency/RSS plot (PNG)")
+    p.add_argument("--seed", type=int, default=0, help="soak: random seed")
     p.add_argument("--json", action="store_true")
 
     p = parsers["export-onnx"]
