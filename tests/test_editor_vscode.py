@@ -51,6 +51,8 @@ def test_typing_shows_ghost_text_and_tab_accepts_it(cache, tiny_starcoder, tmp_p
     assert (out / "ghost.png").stat().st_size > 10_000 and (out / "accepted.png").stat().st_size > 10_000
     assert "torch" in result["statusBefore"] or "onnx" in result["statusBefore"], result["statusBefore"]
     assert "ms" in result["statusAfter"], f"no latency in the status bar: {result['statusAfter']!r}"
+    # Accepting ran the item's command on the server (fim-lsp.accepted), as Show Status reports.
+    assert "accepted: 1 of" in result["statusReport"], result["statusReport"]
 
     saved = file.read_text()
     assert saved.startswith(SOURCE + TYPED), saved

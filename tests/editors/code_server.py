@@ -8,7 +8,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from tests.editors.harness import wait_for
+from tests.editors.harness import EditorServer, wait_for
 
 DRIVER = Path(__file__).with_name("vscode_drive.js")
 
@@ -40,7 +40,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class CodeServer:
+class CodeServer(EditorServer):
     """A private code-server: its own user data and extensions dirs, the vsix installed."""
 
     def __init__(self, cache: Path, home: Path, workspace: Path, settings: dict):
@@ -78,21 +78,4 @@ class CodeServer:
         """Run vscode_drive.js against this server; its JSON result."""
         url = f"http://127.0.0.1:{self.port}/?folder={self.workspace}"
         env = {**self.env, "NODE_PATH": str(self.cache / "playwright" / "node_modules")}
-        proc = subprocess.run(["node", str(DRIVER), json.dumps({"url": url, **config})], env=env,
-                              capture_output=True, text=True, timeout=400)
-        assert proc.stdout.strip(), f"driver printed nothing: {proc.stderr[-3000:]}"
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-    def __enter__(self) -> "CodeServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        return self.run_driver(DRIVER, {"url": url, **config}, env)

@@ -16,6 +16,14 @@ async function typeAndAccept(page, cfg, result, item) {
   await page.waitForTimeout(500); // the status refresh after a completion
   result.statusAfter = (await item.first().innerText()).trim();
   await page.screenshot({ path: `${cfg.out}/accepted.png` });
+  // The extension's status command, from the command palette.
+  await page.keyboard.press('F1');
+  await page.keyboard.type('fim-lsp: Show Status');
+  await page.waitForSelector('.quick-input-list .monaco-list-row[aria-label*="fim-lsp: Show Status"]');
+  await page.keyboard.press('Enter');
+  const toast = page.locator('.notifications-toasts .notification-toast', { hasText: 'accepted:' });
+  await toast.first().waitFor();
+  result.statusReport = (await toast.first().innerText()).trim();
 }
 
 async function expectBrokenServer(page, cfg, result) {
@@ -37,12 +45,9 @@ async function save(page) {
 drive(async (page, cfg, result) => {
   await page.goto(cfg.url);
   await page.waitForSelector('.monaco-workbench .part.statusbar');
-  // Open the file through Quick Open.
-  await page.keyboard.press('Control+P');
-  await page.waitForSelector('.quick-input-widget input');
-  await page.keyboard.type(cfg.file);
-  await page.waitForSelector(`.quick-input-list .monaco-list-row[aria-label*="${cfg.file}"]`);
-  await page.keyboard.press('Enter');
+  // Open the file from the Explorer.
+  const entry = page.locator(`.explorer-folders-view .monaco-list-row[aria-label*="${cfg.file}"]`);
+  await entry.first().click();
   await page.waitForSelector(`.tab.active[aria-label*="${cfg.file}"]`);
   await page.waitForSelector('.monaco-editor .view-lines');
   // The extension's status bar item names the model once the server has loaded it.

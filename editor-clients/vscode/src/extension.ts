@@ -23,6 +23,7 @@ interface ServerStatus {
   device?: string | null; dtype?: string | null; cache_slots?: number | null; cache_bytes?: number | null;
   latency?: { p50_ms?: number; p95_ms?: number; count?: number } | null;
   last?: { latency_ms?: number } | null;
+  acceptance?: { shown?: number; accepted?: number } | null;
 }
 
 let client: LanguageClient | undefined;
@@ -102,6 +103,7 @@ function describe(s: ServerStatus): string {
     `backend: ${s.backend ?? '-'} on ${s.device ?? '-'}, ${s.dtype ?? '-'}`,
     `cache: ${s.cache_slots ?? 0} slots${mb}`,
     `latency: p50 ${fmt(lat.p50_ms)} ms, p95 ${fmt(lat.p95_ms)} ms, last ${fmt(s.last?.latency_ms)} ms`,
+    `accepted: ${s.acceptance?.accepted ?? 0} of ${s.acceptance?.shown ?? 0} shown`,
     ...(s.error ? [`error: ${s.error}`] : []),
   ].join('\n');
 }
