@@ -3,9 +3,11 @@
 llama.cpp's own converter (`convert_hf_to_gguf.py`, vendored in llama-cpp-python's source
 distribution) does the work: gpt_bigcode becomes GGUF arch `starcoder`. One thing it refuses is a
 tokenizer it has not seen (it identifies the pre-tokenizer by hashing how a fixed text encodes),
-which every locally trained tokenizer is; ours pre-tokenise exactly as StarCoder's does (byte-level
-BPE, GPT-2 splitting), so an unrecognised hash is mapped to `starcoder` by wrapping
-`TextModel.get_vocab_base_pre`, leaving the converter itself untouched.
+which every locally trained tokenizer is. For those, the pre-tokenizer is read from the
+checkpoint's tokenizer.json instead, by wrapping `TextModel.get_vocab_base_pre` (the converter
+itself is untouched): plain byte-level with GPT-2 splitting (the checkpoint kit's, the bundled
+model's) is llama.cpp's `gpt-2`; with single digits split first (StarCoder's) it is `starcoder`.
+Anything else is refused, since a wrong choice would tokenize prompts differently from the model.
 
     python scripts/convert_to_gguf.py fetch                  # once: llama-cpp-python's sdist via pip
     python scripts/convert_to_gguf.py convert CKPT_DIR OUT.gguf [--outtype f32]
@@ -16,6 +18,7 @@ file: `pip install "$(python scripts/convert_to_gguf.py sdist)[server]"`).
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tarfile
@@ -54,18 +57,34 @@ def convert(checkpoint: Path, out: Path, outtype: str = "f32", src: Path = CONVE
     from conversion.base import TextModel
 
     recognised = TextModel.get_vocab_base_pre
+    local = pre_tokenizer_name(json.loads((checkpoint / "tokenizer.json").read_text(encoding="utf-8")))
 
     def get_vocab_base_pre(self, tokenizer) -> str:
         try:
             return recognised(self, tokenizer)
-        except NotImplementedError:  # a locally trained byte-level BPE: StarCoder's pre-tokenizer
-            return "starcoder"
+        except NotImplementedError:  # a locally trained tokenizer: its own pre-tokenizer, read above
+            if local is None:
+                raise SystemExit(f"{checkpoint}/tokenizer.json: a pre-tokenizer llama.cpp does not know") from None
+            return local
 
     TextModel.get_vocab_base_pre = get_vocab_base_pre
     out.parent.mkdir(parents=True, exist_ok=True)
     sys.argv = ["convert_hf_to_gguf.py", str(checkpoint), "--outfile", str(out), "--outtype", outtype]
     convert_hf_to_gguf.main()
     return out
+
+
+def pre_tokenizer_name(tokenizer: dict) -> str | None:
+    """llama.cpp's name for a tokenizer.json's pre-tokenizer, when it is one of the two we make."""
+    pre = tokenizer.get("pre_tokenizer") or {}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    if all(pre.get(k) == v for k, v in byte_level.items()):
+        return "gpt-2"
+    steps = pre.get("pretokenizers") or []
+    if (pre.get("type") == "Sequence" and len(steps) == 2 and steps[0].get("type") == "Digits"
+            and steps[0].get("individual_digits") and all(steps[1].get(k) == v for k, v in byte_level.items())):
+        return "starcoder"
+    return None
 
 
 def main() -> int:
