@@ -122,8 +122,9 @@ class Soak:
     # -- the server ----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        threads = ("--threads", str(self.args.threads)) if self.args.threads else ()
         self.client = SyncClient.spawn(probed_command("--model", self.models[0], "--backend", "torch",
-                                                      "--dtype", "float32"))
+                                                      "--dtype", "float32", *threads))
         self.client.start_session("utf-16", self.options)
         for doc in self.docs:
             self.client.notify("textDocument/didOpen", {"textDocument": {

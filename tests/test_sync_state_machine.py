@@ -277,6 +277,9 @@ class SyncMachine(RuleBasedStateMachine):
             assert server[uri] == self.text_of(uri), f"{uri}: the server's text differs from the client's"
 
     def teardown(self):
+        if self.docs:  # every example checks at least one uncancelled completion
+            uri = next(iter(self.docs))
+            self.inline(uri, len(self.docs[uri]), cancel=False)
         for uri in list(self.docs):
             self.client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
         self.client.notify("notebookDocument/didClose", {"notebookDocument": {"uri": self.notebook},
