@@ -68,17 +68,27 @@ def test_typing_shows_ghost_text_and_tab_accepts_it(cache, tiny_starcoder, tmp_p
     assert printable_run(inserted) in visible(result["ghost"])
 
 
-def test_missing_server_gives_one_notification_and_editing_goes_on(cache, tmp_path):
-    out = artifacts_dir("vscode-missing")
+@pytest.mark.parametrize("broken", ["missing", "crashing"])
+def test_broken_server_gives_one_notification_and_editing_goes_on(cache, tmp_path, broken):
+    out = artifacts_dir(f"vscode-{broken}")
     workspace = tmp_path / "ws"
     workspace.mkdir()
     file = workspace / "a.py"
     file.write_text("x = 1\n")
-    settings = {"fim-lsp.command": str(tmp_path / "no-such-server")}
-    with CodeServer(cache, tmp_path / "home", workspace, settings) as vscode:
+    server = tmp_path / "no-such-server"
+    starts = tmp_path / "starts.txt"
+    if broken == "crashing":  # counts its starts, then dies the way a bad model path would
+        server.write_text(f"#!/bin/sh\necho x >> {starts}\necho 'fim-lsp: cannot load model' >&2\nexit 1\n")
+        server.chmod(0o755)
+    # A crash at start is announced by vscode-languageclient itself; the extension adds nothing to it.
+    expected = "was not found" if broken == "missing" else "couldn't create connection to server"
+    with CodeServer(cache, tmp_path / "home", workspace, {"fim-lsp.command": str(server)}) as vscode:
         result = vscode.drive(file=file.name, typed="y = 2", statusPattern="fim-lsp", out=str(out),
-                              expectNotification="was not found", timeoutMs=60000)
+                              expectNotification=expected, timeoutMs=90000)
     assert "error" not in result, f"{result} (screenshots in {out})"
     assert result["notifications"] == 1, result
-    assert "no-such-server" in result["notificationText"]
+    if broken == "missing":
+        assert "no-such-server" in result["notificationText"]
+    else:
+        assert starts.read_text() == "x\n", "the extension started the crashing server more than once"
     assert file.read_text() == "x = 1\ny = 2"

@@ -14,8 +14,8 @@ import {
 const SECTION = 'fim-lsp';
 const STATUS_REQUEST = 'fim-lsp/status';
 // Settings the server understands (its wire names); the rest only concern how it is started.
-const SERVER_KEYS = ['model', 'backend', 'device', 'dtype', 'maxNewTokens', 'temperature', 'multiline',
-  'debounceMs', 'neighbours', 'timeBudgetMs', 'cacheBytes'] as const;
+const SERVER_KEYS = ['model', 'revision', 'backend', 'device', 'dtype', 'maxNewTokens', 'temperature', 'multiline',
+  'debounceMs', 'neighbours', 'fimMode', 'prefixSuffixRatio', 'timeBudgetMs', 'cacheBytes'] as const;
 const LAUNCH_KEYS = ['command', 'pythonPath', 'extraArgs'];
 
 interface ServerStatus {
@@ -128,11 +128,15 @@ function scheduleRefresh(): void {
   refreshTimer = setTimeout(() => void refreshStatus(), 300);
 }
 
-/** One message for a broken server, with the ways out; never a retry loop. */
-function reportFailure(message: string): void {
+/** One message for a broken server, with the ways out; never a retry loop. `notify` is false
+ * where vscode-languageclient has already shown its own message for the same failure. */
+function reportFailure(message: string, notify = true): void {
+  if (failure) return; // already reported since the last start
   failure = message;
   loading = undefined;
   render();
+  output.error(message);
+  if (!notify) return;
   void vscode.window.showErrorMessage(message, 'Show Log', 'Open Settings', 'Restart').then((choice) => {
     if (choice === 'Show Log') output.show();
     if (choice === 'Open Settings') void vscode.commands.executeCommand('workbench.action.openSettings', SECTION);
@@ -152,7 +156,8 @@ async function start(): Promise<void> {
     initializationOptions: serverSettings(),
     outputChannel: output,
     initializationFailedHandler: (err) => {
-      reportFailure(`fim-lsp: the server failed to start: ${err instanceof Error ? err.message : err}`);
+      // The client has shown "couldn't create connection to server" with a link to the log.
+    reportFailure(`fim-lsp: the server failed to start: ${err instanceof Error ? err.message : err}`, false);
       return false;
     },
     errorHandler: {
@@ -176,7 +181,8 @@ async function start(): Promise<void> {
   try {
     await c.start();
   } catch (err) {
-    if (!failure) reportFailure(`fim-lsp: the server failed to start: ${err instanceof Error ? err.message : err}`);
+    // The client has shown "couldn't create connection to server" with a link to the log.
+    reportFailure(`fim-lsp: the server failed to start: ${err instanceof Error ? err.message : err}`, false);
     client = undefined;
     return;
   }
