@@ -24,8 +24,9 @@ TYPED = "scale([1, 2], "
 
 @pytest.fixture(scope="module")
 def nvim() -> Path:
+    cache = setup_editors("neovim")  # installs tmux too: Neovim gets a real terminal
     assert shutil.which("tmux"), "tmux is needed to give Neovim a terminal (apt-get install tmux)"
-    return setup_editors("neovim") / "bin" / "nvim"
+    return cache / "bin" / "nvim"
 
 
 def ghost(session: NvimSession):
