@@ -34,7 +34,11 @@ class NvimSession:
         subprocess.run([*self.tmux, "new-session", "-d", "-x", str(width), "-y", str(height),
                         "-c", str(workdir), command], check=True)
         self.log_path = workdir / "state" / "nvim" / "lsp.log"
-        wait_for("Neovim to draw the file", lambda: self.socket.exists() and self.screen().strip(), 30)
+        try:
+            wait_for("Neovim to draw the file", lambda: self.socket.exists() and self.screen().strip(), 30)
+        except AssertionError:
+            self.close()
+            raise
 
     def keys(self, *keys: str) -> None:
         """tmux key names (`Escape`, `Tab`, `G`...), each sent as one keystroke."""
