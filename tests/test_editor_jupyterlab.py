@@ -61,7 +61,7 @@ class JupyterLab(EditorServer):
              "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--allow-root"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.env = env
-        wait_for("JupyterLab to listen", lambda: self.get("api/status"), timeout_s=120, every_s=0.5)
+        self.wait_ready("JupyterLab to listen", lambda: self.get("api/status"))
 
     def call(self, path: str, body: dict | None = None):
         assert self.proc.poll() is None, f"jupyter lab exited: {Path(self.log.name).read_text()[-3000:]}"

@@ -8,7 +8,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from tests.editors.harness import EditorServer, wait_for
+from tests.editors.harness import EditorServer
 
 DRIVER = Path(__file__).with_name("vscode_drive.js")
 
@@ -64,7 +64,7 @@ class CodeServer(EditorServer):
              "--auth", "none", "--disable-telemetry", "--disable-update-check", "--disable-workspace-trust",
              "--disable-getting-started-override", str(workspace)],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for("code-server to listen", self._healthy, timeout_s=120, every_s=0.5)
+        self.wait_ready("code-server to listen", self._healthy)
 
     def _healthy(self) -> bool:
         assert self.proc.poll() is None, f"code-server exited: {Path(self.log.name).read_text()[-3000:]}"

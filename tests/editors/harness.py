@@ -73,6 +73,14 @@ class EditorServer:
     proc: subprocess.Popen
     log: IO[str]
 
+    def wait_ready(self, what: str, probe: Callable[[], object], timeout_s: float = 120) -> None:
+        """Wait for the server to come up; stop it (no stray process) when it never does."""
+        try:
+            wait_for(what, probe, timeout_s=timeout_s, every_s=0.5)
+        except AssertionError:
+            self.close()
+            raise
+
     def run_driver(self, script: Path, config: dict, env: dict) -> dict:
         """Run a playwright driver script with `config`; the JSON object it printed."""
         proc = subprocess.run(["node", str(script), json.dumps(config)], env=env,
