@@ -13,7 +13,7 @@ from lsp_server.cli import build_parser
 def test_a_short_soak_has_no_crash_no_desync_and_stays_within_its_memory_budget(tmp_path, capsys):
     plot = tmp_path / "soak.png"
     args = build_parser().parse_args(["bench", "soak", "--shape", "tiny", "--edits", "240", "--docs", "5",
-                                      "--cache-mib", "8", "--plot", str(plot), "--json"])
+                                      "--cache-mib", "16", "--plot", str(plot), "--json"])
     assert soak.main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["crashes"], summary["desyncs"], summary["errors"]) == (0, 0, 0)
@@ -21,7 +21,7 @@ def test_a_short_soak_has_no_crash_no_desync_and_stays_within_its_memory_budget(
     assert summary["models"][0] != summary["models"][1], "the reload swaps in another checkpoint"
     [row] = summary["rows"]
     assert row["edits"] == 240 and row["completions"] > 30 and 0 < row["cancelled"] < row["completions"]
-    assert 0 < row["p50_ms"] <= row["p95_ms"] and 0 < row["kv_mib"] <= 8
+    assert 0 < row["p50_ms"] <= row["p95_ms"] and 0 < row["kv_mib"] <= 16
 
     png = plot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
