@@ -105,11 +105,6 @@ class Proxy:
         await self._ensure_server()  # raises ServerGone with the exit code and stderr
         return []
 
-    async def accepted(self, command: dict) -> None:
-        server = await self._ensure_server()
-        await server.request("workspace/executeCommand", {"command": command["command"],
-                                                           "arguments": command.get("arguments", [])}, 10)
-
     async def status(self) -> dict:
         if self.failure:
             return {"state": "failed", "error": self.failure}
@@ -155,16 +150,6 @@ class InlineHandler(ProxyHandler):
         self.finish(json.dumps({"items": items}))
 
 
-class AcceptedHandler(ProxyHandler):
-    @web.authenticated
-    async def post(self) -> None:
-        try:
-            await self.proxy.accepted(self.get_json_body() or {})
-        except (KeyError, ServerGone, asyncio.TimeoutError, RuntimeError) as exc:
-            return self.fail(503, str(exc))
-        self.finish("{}")
-
-
 class StatusHandler(ProxyHandler):
     @web.authenticated
     async def get(self) -> None:
@@ -190,7 +175,6 @@ def load(serverapp) -> None:
     base = url_path_join(serverapp.web_app.settings["base_url"], "fim-lsp")
     serverapp.web_app.add_handlers(".*$", [
         (url_path_join(base, "inline"), InlineHandler),
-        (url_path_join(base, "accepted"), AcceptedHandler),
         (url_path_join(base, "status"), StatusHandler),
         (url_path_join(base, "restart"), RestartHandler),
     ])
