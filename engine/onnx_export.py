@@ -163,6 +163,32 @@ def io_names(n_layer: int) -> tuple[list[str], list[str], list[str], list[str]]:
     return ["input_ids", "position_ids", "logit_positions"], past, ["logits"], present
 
 
+def writes_as_concat() -> dict:
+    """torch.export's decompositions, with in-place writes into a slice lowered to concatenation.
+
+    The block writes its new K/V with `kv[:, :, start:end] = k`; the default lowering is an ONNX
+    scatter whose index tensors span the whole cached length, which made a step's cost grow with
+    the context. Writing at the end of a concatenation of the cached K/V is a plain Concat.
+    """
+    import torch
+
+    def slice_scatter(input, src, dim=0, start=None, end=None, step=1):
+        size = input.shape[dim]
+        start = 0 if start is None else start
+        end = size if end is None else min(end, size)
+        return torch.cat([input.narrow(dim, 0, start), src, input.narrow(dim, end, size - end)], dim)
+
+    def select_scatter(input, src, dim, index):
+        size = input.shape[dim]
+        return torch.cat([input.narrow(dim, 0, index), src.unsqueeze(dim),
+                          input.narrow(dim, index + 1, size - index - 1)], dim)
+
+    table = torch.export.default_decompositions()
+    table[torch.ops.aten.slice_scatter.default] = slice_scatter
+    table[torch.ops.aten.select_scatter.default] = select_scatter
+    return table
+
+
 def export_graph(model, file: Path, opset: int) -> None:
     """Trace `model` (fp32, CPU) and write the graph to `file` (weights as external data)."""
     import onnx
@@ -184,9 +210,10 @@ def export_graph(model, file: Path, opset: int) -> None:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(export_wrapper(model), sample, dynamo=True, dynamic_shapes=shapes,
-                                    input_names=fixed_in + past_names, output_names=fixed_out + present_names,
-                                    opset_version=opset, verbose=False)
+        traced = torch.export.export(export_wrapper(model), sample, dynamic_shapes=shapes)
+        traced = traced.run_decompositions(writes_as_concat())
+        program = torch.onnx.export(traced, dynamo=True, input_names=fixed_in + past_names,
+                                    output_names=fixed_out + present_names, opset_version=opset, verbose=False)
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     program.save(str(file), external_data=True)
@@ -384,6 +411,7 @@ def quantize(src: Path, dst: Path) -> None:
     for node in graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
+    producers = {out: node for node in graph.node for out in node.output}
     data_file = dst.with_name(dst.name + ".data")
     quantized: dict[str, tuple[str, str]] = {}  # (fp32 weight, transposed) -> int8 and scale names
     nodes = []
@@ -392,13 +420,20 @@ def quantize(src: Path, dst: Path) -> None:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             plain_gemm = node.op_type == "Gemm" and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 \
                 and not attrs.get("transA", 0)
-            if not ((node.op_type == "MatMul" or plain_gemm) and node.input[1] in weights):
+            if node.op_type not in ("MatMul", "Gemm"):
                 nodes.append(node)
                 continue
-            transposed = bool(attrs.get("transB", 0))
-            key = f"{node.input[1]}{'.T' if transposed else ''}"
+            source, transposed = node.input[1], bool(attrs.get("transB", 0))
+            flip = producers.get(source)  # a tied head reads the embedding through a Transpose
+            if source not in weights and flip is not None and flip.op_type == "Transpose" \
+                    and flip.input[0] in weights and len(weights[flip.input[0]].dims) == 2:
+                source, transposed = flip.input[0], not transposed
+            if not ((node.op_type == "MatMul" or plain_gemm) and source in weights):
+                nodes.append(node)
+                continue
+            key = f"{source}{'.T' if transposed else ''}"
             if key not in quantized:
-                w = read_weight(weights[node.input[1]], src.parent)  # [in, out], or [out, in] when transposed
+                w = read_weight(weights[source], src.parent)  # [in, out], or [out, in] when transposed
                 w = w.T if transposed else w  # [in, out]
                 scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0  # [out]
                 q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)  # [in, out]
@@ -411,6 +446,11 @@ def quantize(src: Path, dst: Path) -> None:
             nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], qname, sname, "", *bias],
                                           list(node.output), name=f"{node.name}.int8", domain="com.microsoft"))
             readers[node.input[1]] -= 1
+    outputs = {o.name for o in graph.output}
+    for node in [n for n in nodes if n.op_type == "Transpose" and readers.get(n.output[0], 0) == 0
+                 and n.output[0] not in outputs]:
+        nodes.remove(node)  # it fed only a weight that is now int8
+        readers[node.input[0]] -= 1
     del graph.node[:]
     graph.node.extend(nodes)
     kept = [t for t in graph.initializer if readers.get(t.name, 1) > 0]  # fp32 weights nobody reads go
