@@ -17,10 +17,21 @@ drive(async (page, cfg, result) => {
   await page.keyboard.insertText(cfg.typed);
   const ghost = cells.nth(1).locator('.jp-GhostText');
   await ghost.first().waitFor();
-  result.ghost = (await ghost.allTextContents()).join('');
+  // The completer may replace its first answer with a later one: read the ghost once it is stable.
+  let shown = '';
+  for (let i = 0; i < 40; i++) {
+    const now = (await ghost.allTextContents()).join('');
+    if (now && now === shown) break;
+    shown = now;
+    await page.waitForTimeout(750);
+  }
+  result.ghost = shown;
   await page.screenshot({ path: `${cfg.out}/ghost.png` });
   await page.keyboard.press('Tab');
-  await ghost.first().waitFor({ state: 'detached' });
+  // After Tab a new suggestion may appear; what counts is that the cell now holds the accepted text.
+  for (let i = 0; i < 60 && !(await editor.innerText()).includes(shown.split('\n')[0]); i++) {
+    await page.waitForTimeout(500);
+  }
   result.cellText = await editor.innerText();
   await page.keyboard.press('Control+S');
   await page.waitForTimeout(1500);
