@@ -33,3 +33,14 @@ def tiny_onnx(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "tiny-starcoder"
     export(kit(shape="tiny", family="starcoder"), out, int8=True)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and leave the other core to other tests)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

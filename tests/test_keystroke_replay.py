@@ -14,13 +14,7 @@ from engine.loading import load_model, load_tokenizer
 from tests.conftest import kit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and leave the other core to other tests)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_keystrokes_type_the_span_back_one_character_at_a_time():
