@@ -340,7 +340,7 @@ def train(cfg: TrainConfig, log=print) -> None:
                                {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     step, tokens_seen = 0, 0
     if cfg.state is not None and cfg.state.exists():
-        state = torch.load(cfg.state, weights_only=False)
+        state = torch.load(cfg.state, weights_only=True)  # tensors, numbers and the optimizer's plain dicts only
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         step, tokens_seen = state["step"], state["tokens"]
