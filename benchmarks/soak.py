@@ -11,8 +11,9 @@ the documents edited since the last check is compared with the client's.
 Printed: one row per 1,000 edits (completions, cancels, errors, p50/p95 completion latency,
 server RSS, K/V bytes held), then crashes and desyncs. A PNG plots latency and RSS against the
 memory budget: RSS after a warm-up (the first third of the edits, at most 1,000: documents open,
-the longest prompts prefilled) plus the K/V cache budget (`cacheBytes`); RSS after the warm-up must
-stay under it, through the reload too.
+the longest prompts prefilled) plus the K/V cache budget (`cacheBytes`) plus the caps of the prompt
+builder's memos (token counts, neighbour windows; they fill slowly and may still be filling after
+the warm-up); RSS after the warm-up must stay under it, through the reload too.
 """
 from __future__ import annotations
 
@@ -283,7 +284,7 @@ def plot(rows: list[dict], rss_series: list[tuple[int, float]], budget_mib: floa
     lat_ax.set_title("fim-lsp soak: latency per 1,000 edits, RSS against the memory budget")
     mem_ax.plot([e for e, _ in rss_series], [m for _, m in rss_series], label="server RSS")
     mem_ax.plot(xs, [r["kv_mib"] for r in rows], marker="o", label="K/V cache held")
-    mem_ax.axhline(budget_mib, color="red", linestyle="--", label="budget: RSS after warm-up + K/V budget")
+    mem_ax.axhline(budget_mib, color="red", linestyle="--", label="budget: RSS after warm-up + K/V budget + memo caps")
     mem_ax.axhline(kv_budget_mib, color="gray", linestyle=":", label="K/V cache budget")
     mem_ax.set_ylabel("MiB")
     mem_ax.set_xlabel("edits")
@@ -305,6 +306,8 @@ def soak_warm(args) -> int:
 def main(args) -> int:
     from benchmarks.cli import bench_model
     from engine.checkpoint_kit import CheckpointSpec, ensure_checkpoint
+    from lsp_server.neighbours import WINDOWS_MEMO_BYTES
+    from lsp_server.prompt import COUNT_MEMO_BYTES
 
     say = lambda msg: print(f"soak: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     if args.edits < 1 or args.docs < 1:
@@ -321,12 +324,14 @@ def main(args) -> int:
     began = time.perf_counter()
     rows = soak.run()
     took = time.perf_counter() - began
-    limit_mib = soak.base_rss + args.cache_mib
+    memo_mib = (COUNT_MEMO_BYTES + WINDOWS_MEMO_BYTES) / 2**20
+    limit_mib = soak.base_rss + args.cache_mib + memo_mib
     peak = max(m for n, m in soak.rss_series if n >= min(soak_warm(args), args.edits))
     plot(rows, soak.rss_series, limit_mib, args.cache_mib, args.edits // 2, Path(args.plot))
     summary = {"edits": args.edits, "docs": args.docs, "seconds": took, "crashes": soak.crashes,
                "desyncs": soak.desyncs, "errors": sum(r["errors"] for r in rows), "rss_warm_mib": soak.base_rss,
-               "rss_peak_mib": peak, "budget_mib": limit_mib, "kv_budget_mib": args.cache_mib, "plot": args.plot,
+               "rss_peak_mib": peak, "budget_mib": limit_mib, "kv_budget_mib": args.cache_mib,
+               "memo_caps_mib": memo_mib, "plot": args.plot,
                "models": [model, second], "rows": rows}
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -336,6 +341,6 @@ def main(args) -> int:
         print(format_table(rows))
         print(f"crashes: {soak.crashes}   desyncs: {soak.desyncs}   errors: {summary['errors']}")
         print(f"RSS: {soak.base_rss:.0f} MiB after {soak_warm(args)} edits of warm-up, peak {peak:.0f} MiB after it; "
-              f"budget {limit_mib:.0f} MiB (warm RSS + K/V budget): {'within' if peak <= limit_mib else 'OVER'}")
+              f"budget {limit_mib:.0f} MiB (warm RSS + K/V budget + {memo_mib:.0f} MiB of memo caps): {'within' if peak <= limit_mib else 'OVER'}")
         print(f"plot: {args.plot}")
     return 0 if soak.crashes == 0 and soak.desyncs == 0 and peak <= limit_mib else 1

@@ -11,15 +11,17 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+import sys
 
 from lsp_server.context import CursorContext
+from lsp_server.memo import ByteLRU, text_bytes
 
 WINDOW_LINES = 20  # lines per candidate window
 WINDOW_STEP = 10  # lines between window starts
 MIN_SCORE = 0.05  # below this Jaccard similarity a window is not worth its tokens
 MATERIAL_GAIN = 0.1  # a new best must beat the kept one by this much to replace it
 MAX_SNIPPETS = 3
+WINDOWS_MEMO_BYTES = 8 << 20  # cap on the memoised windows of recent document versions
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Words every program has; they say nothing about which code is similar.
@@ -56,10 +58,24 @@ def text_around_cursor(ctx: CursorContext, lines_before: int = 20, lines_after: 
     return "\n".join(before) + "\n".join(after)
 
 
-@lru_cache(maxsize=64)
-def _windows(text: str) -> tuple[tuple[str, frozenset[str]], ...]:
+Windows = tuple[tuple[str, frozenset[str]], ...]
+
+
+def windows_bytes(text: str, windows: Windows) -> int:
+    """Memory one memo entry holds: the document text, its windows and their word sets."""
+    return text_bytes(text) + sum(text_bytes(chunk) + sys.getsizeof(words) + sum(map(text_bytes, words))
+                                  for chunk, words in windows)
+
+
+_WINDOWS: ByteLRU[str, Windows] = ByteLRU(WINDOWS_MEMO_BYTES, windows_bytes)
+
+
+def _windows(text: str) -> Windows:
     """Candidate windows of a document and their word sets (memoised: documents change rarely
     compared with how often the cursor moves)."""
+    found = _WINDOWS.get(text)
+    if found is not None:
+        return found
     lines = text.splitlines(keepends=True)
     last_start = max(0, len(lines) - WINDOW_LINES)
     starts = list(range(0, last_start + 1, WINDOW_STEP))
@@ -70,7 +86,9 @@ def _windows(text: str) -> tuple[tuple[str, frozenset[str]], ...]:
         chunk = "".join(lines[start : start + WINDOW_LINES])
         if chunk.strip():
             windows.append((chunk, word_set(chunk)))
-    return tuple(windows)
+    found = tuple(windows)
+    _WINDOWS.put(text, found)
+    return found
 
 
 def _fit(snippet_text: str, path: str, budget: int, count_tokens: Callable[[str], int]) -> str:

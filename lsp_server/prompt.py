@@ -18,13 +18,13 @@ and a keystroke costs about one tokenizer call. Pure: no tokenizer import here.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from engine.fim_tokens import FimTokens
 from lsp_server.context import CursorContext
+from lsp_server.memo import ByteLRU, text_bytes
 from lsp_server.languages import language_of, line_comment
 
 if TYPE_CHECKING:
@@ -93,33 +93,38 @@ class Prompt:
     snippets: int = 0  # snippets of other documents included
 
 
+COUNT_MEMO_BYTES = 4 << 20  # token-count memo cap: the texts it keys on, in bytes
+ENTRY_OVERHEAD = 128  # bytes of bookkeeping per memo entry (the ordered-dict node, the count)
+
+
 class TokenCounter:
     """A tokenizer's count function memoised by text (least recently used entries evicted)."""
 
-    __slots__ = ("_count", "_memo", "_max_entries", "calls")
+    __slots__ = ("_count", "_memo", "calls")
 
-    def __init__(self, count_tokens: CountTokens, max_entries: int = 8192) -> None:
+    def __init__(self, count_tokens: CountTokens, max_bytes: int = COUNT_MEMO_BYTES) -> None:
         self._count = count_tokens
-        self._memo: OrderedDict[str, int] = OrderedDict()
-        self._max_entries = max_entries
+        self._memo: ByteLRU[str, int] = ByteLRU(max_bytes, lambda text, _: text_bytes(text) + ENTRY_OVERHEAD)
         self.calls = 0  # calls that reached the tokenizer
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the memo holds (bounded by its cap)."""
+        return self._memo.nbytes
 
     def __call__(self, text: str) -> int:
         found = self._memo.get(text)
         if found is not None:
-            self._memo.move_to_end(text)
             return found
         self.calls += 1
         found = self._count(text)
-        self._memo[text] = found
-        if len(self._memo) > self._max_entries:
-            self._memo.popitem(last=False)
+        self._memo.put(text, found)
         return found
 
 
-def memoize_counts(count_tokens: CountTokens, max_entries: int = 8192) -> TokenCounter:
+def memoize_counts(count_tokens: CountTokens, max_bytes: int = COUNT_MEMO_BYTES) -> TokenCounter:
     """Wrap a tokenizer's count function once per model; already-wrapped counters pass through."""
-    return count_tokens if isinstance(count_tokens, TokenCounter) else TokenCounter(count_tokens, max_entries)
+    return count_tokens if isinstance(count_tokens, TokenCounter) else TokenCounter(count_tokens, max_bytes)
 
 
 def _line_starts_backward(text: str):

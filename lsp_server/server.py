@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import gc
 import ipaddress
 import logging
 import os
@@ -258,6 +260,7 @@ async def start_loading(ls: FimServer, model: ModelConfig) -> None:
             ls.backend, ls.loaded, ls.model_state = backend, model, "ready"
             ls.shown.clear()
             ls.snippets.clear()
+            release_freed_memory()  # the replaced model's weights and caches
             info = backend.info
             ls.log(types.MessageType.Info,
                    f"fim-lsp: {info.model} ready on {info.backend} {info.device} {info.dtype} ({info.why})")
@@ -282,6 +285,18 @@ async def start_loading(ls: FimServer, model: ModelConfig) -> None:
             loop.call_soon_threadsafe(finish, backend, None)
 
     threading.Thread(target=work, name=f"fim-load-{attempt}", daemon=True).start()
+
+
+def release_freed_memory() -> None:
+    """Collect what a replaced model left and hand glibc's free pages back to the system.
+
+    Without the trim, a server that swapped models keeps the old model's freed arenas in its RSS.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): the allocator keeps its own policy
+        pass
 
 
 async def create_progress(ls: FimServer, token: str) -> bool:

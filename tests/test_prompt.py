@@ -8,7 +8,8 @@ from tokenizers import Tokenizer
 
 from engine.fim_tokens import fim_tokens_from_vocab
 from lsp_server.context import CursorContext
-from lsp_server.prompt import (PromptConfig, TokenCounter, build_prompt, chunk_lines_for, memoize_counts,
+from lsp_server.memo import text_bytes
+from lsp_server.prompt import (ENTRY_OVERHEAD, PromptConfig, TokenCounter, build_prompt, chunk_lines_for, memoize_counts,
                                window_prefix, window_suffix)
 from tests.conftest import kit
 
@@ -88,7 +89,7 @@ def test_token_counter_memoises_and_evicts():
         seen.append(text)
         return len(text)
 
-    counter = TokenCounter(count, max_entries=2)
+    counter = TokenCounter(count, max_bytes=2 * (text_bytes("cde") + ENTRY_OVERHEAD))  # room for two short texts
     assert [counter("ab"), counter("ab"), counter("cde"), counter("f"), counter("ab")] == [2, 2, 3, 1, 2]
     assert seen == ["ab", "cde", "f", "ab"] and counter.calls == 4
     assert memoize_counts(counter) is counter

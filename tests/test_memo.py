@@ -1,0 +1,39 @@
+"""The byte-bounded memo behind the token-count and neighbour-window caches."""
+import sys
+
+from lsp_server import neighbours
+from lsp_server.memo import ByteLRU, text_bytes
+
+
+def test_evicts_least_recently_used_past_the_byte_cap():
+    memo: ByteLRU[str, int] = ByteLRU(10, lambda key, value: value)
+    memo.put("a", 4)
+    memo.put("b", 4)
+    assert memo.get("a") == 4  # "a" is now the most recent
+    memo.put("c", 4)  # 12 > 10: "b" goes
+    assert (memo.get("b"), memo.get("a"), memo.get("c"), memo.nbytes, len(memo)) == (None, 4, 4, 8, 2)
+
+
+def test_replacing_a_key_recounts_its_size_and_oversized_entries_are_not_kept():
+    memo: ByteLRU[str, int] = ByteLRU(10, lambda key, value: value)
+    memo.put("a", 3)
+    memo.put("a", 6)
+    assert (memo.nbytes, len(memo)) == (6, 1)
+    memo.put("big", 11)
+    assert (memo.get("big"), memo.get("a"), memo.nbytes) == (None, 6, 6)
+    memo.clear()
+    assert (memo.nbytes, len(memo)) == (0, 0)
+
+
+def test_text_bytes_counts_wide_characters():
+    assert text_bytes("ab") == sys.getsizeof("ab")
+    assert text_bytes("😀" * 10) > text_bytes("a" * 10)
+
+
+def test_neighbour_windows_stay_under_their_cap():
+    docs = [f"def f{i}(x):\n" + "".join(f"    y{j} = x + {i * j}\n" for j in range(400)) for i in range(60)]
+    total = sum(neighbours.windows_bytes(doc, neighbours._windows(doc)) for doc in docs)
+    assert total > neighbours.WINDOWS_MEMO_BYTES  # more than the cap went through the memo
+    assert 0 < neighbours._WINDOWS.nbytes <= neighbours.WINDOWS_MEMO_BYTES
+    assert len(neighbours._WINDOWS) < len(docs)
+    assert neighbours._windows(docs[-1]) is neighbours._windows(docs[-1])  # the latest is memoised
