@@ -1,13 +1,7 @@
 """Convert a GPTBigCode checkpoint (e.g. a checkpoint-kit model) to GGUF for a llama.cpp server.
 
-llama.cpp's own converter (`convert_hf_to_gguf.py`, vendored in llama-cpp-python's source
-distribution) does the work: gpt_bigcode becomes GGUF arch `starcoder`. One thing it refuses is a
-tokenizer it has not seen (it identifies the pre-tokenizer by hashing how a fixed text encodes),
-which every locally trained tokenizer is. For those, the pre-tokenizer is read from the
-checkpoint's tokenizer.json instead, by wrapping `TextModel.get_vocab_base_pre` (the converter
-itself is untouched): plain byte-level with GPT-2 splitting (the checkpoint kit's, the bundled
-model's) is llama.cpp's `gpt-2`; with single digits split first (StarCoder's) it is `starcoder`.
-Anything else is refused, since a wrong choice would tokenize prompts differently from the model.
+The conversion lives in `benchmarks.gguf` (llama.cpp's own converter, with locally trained
+tokenizers mapped to the pre-tokenizer they use); this is its command line.
 
     python scripts/convert_to_gguf.py fetch                  # once: llama-cpp-python's sdist via pip
     python scripts/convert_to_gguf.py convert CKPT_DIR OUT.gguf [--outtype f32]
@@ -17,95 +11,12 @@ file: `pip install "$(python scripts/convert_to_gguf.py sdist)[server]"`).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
-VERSION = "0.3.36"
-CACHE = Path.home() / ".cache" / "fim-lsp" / "llama-cpp-python"
-SDIST = CACHE / f"llama_cpp_python-{VERSION}.tar.gz"
-VENDORED = f"llama_cpp_python-{VERSION}/vendor/llama.cpp"
-CONVERTER_SRC = CACHE / "src" / VENDORED  # holds convert_hf_to_gguf.py, conversion/, gguf-py/
-NEEDED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-
-def fetch() -> Path:
-    """Download the sdist with pip (once) and unpack the converter; returns its directory."""
-    if not SDIST.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        f"llama-cpp-python=={VERSION}", "-d", str(CACHE)], check=True)
-    if not (CONVERTER_SRC / "convert_hf_to_gguf.py").is_file():
-        with tarfile.open(SDIST) as tar:
-            members = [m for m in tar.getmembers()
-                       if any(m.name == f"{VENDORED}/{n}" or m.name.startswith(f"{VENDORED}/{n}") for n in NEEDED)]
-            tar.extractall(CACHE / "src", members=members, filter="data")
-    return CONVERTER_SRC
-
-
-def convert(checkpoint: Path, out: Path, outtype: str = "f32", src: Path = CONVERTER_SRC) -> Path:
-    """Write `out` from the checkpoint directory with llama.cpp's converter in `src`."""
-    if not (src / "convert_hf_to_gguf.py").is_file():
-        raise SystemExit(f"no llama.cpp converter in {src}; run `python {sys.argv[0]} fetch` first")
-    if not (checkpoint / "config.json").is_file():
-        raise SystemExit(f"{checkpoint} is not a checkpoint directory (no config.json)")
-    sys.path.insert(0, str(src))
-    import convert_hf_to_gguf  # noqa: F401  - puts its gguf-py on sys.path, registers the models
-    from conversion.base import TextModel
-
-    recognised = TextModel.get_vocab_base_pre
-    local = pre_tokenizer_name(json.loads((checkpoint / "tokenizer.json").read_text(encoding="utf-8")))
-
-    def get_vocab_base_pre(self, tokenizer) -> str:
-        try:
-            return recognised(self, tokenizer)
-        except NotImplementedError:  # a locally trained tokenizer: its own pre-tokenizer, read above
-            if local is None:
-                raise SystemExit(f"{checkpoint}/tokenizer.json: a pre-tokenizer llama.cpp does not know") from None
-            return local
-
-    TextModel.get_vocab_base_pre = get_vocab_base_pre
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sys.argv = ["convert_hf_to_gguf.py", str(checkpoint), "--outfile", str(out), "--outtype", outtype]
-    convert_hf_to_gguf.main()
-    return out
-
-
-def pre_tokenizer_name(tokenizer: dict) -> str | None:
-    """llama.cpp's name for a tokenizer.json's pre-tokenizer, when it is one of the two we make."""
-    pre = tokenizer.get("pre_tokenizer") or {}
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
-    if all(pre.get(k) == v for k, v in byte_level.items()):
-        return "gpt-2"
-    steps = pre.get("pretokenizers") or []
-    if (pre.get("type") == "Sequence" and len(steps) == 2 and steps[0].get("type") == "Digits"
-            and steps[0].get("individual_digits") and all(steps[1].get(k) == v for k, v in byte_level.items())):
-        return "starcoder"
-    return None
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("fetch", help="download llama-cpp-python's sdist (pip) and unpack its converter")
-    sub.add_parser("sdist", help="print the path of the fetched sdist")
-    p = sub.add_parser("convert", help="convert a checkpoint directory to a GGUF file")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("out", type=Path)
-    p.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
-    p.add_argument("--src", type=Path, default=CONVERTER_SRC, help="llama.cpp source holding convert_hf_to_gguf.py")
-    args = parser.parse_args()
-    if args.command == "fetch":
-        print(fetch())
-    elif args.command == "sdist":
-        print(SDIST)
-    else:
-        convert(args.checkpoint, args.out, args.outtype, args.src)
-    return 0
-
+from benchmarks.gguf import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())
