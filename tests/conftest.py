@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.api import CancelToken
 from engine.checkpoint_kit import CheckpointSpec, ensure_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,3 +45,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class CancelAfter(CancelToken):
+    """Fires on its (n+1)-th check."""
+
+    __slots__ = ("checks", "n")
+
+    def __init__(self, n):
+        super().__init__()
+        self.checks, self.n = 0, n
+
+    @property
+    def cancelled(self):
+        self.checks += 1
+        return self.checks > self.n

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from engine.api import CancelToken, Cancelled
+from engine.api import Cancelled
 from engine.generate import RequestError, Sampling, StopRules, check_prompt, generate, sample
+from tests.conftest import CancelAfter
 
 V = 16
 
@@ -71,21 +72,6 @@ def test_time_budget_stops_at_a_step_boundary():
 def test_unemittable_ids_are_never_sampled():
     gen, _, _ = run([5], rules=StopRules(max_new_tokens=3, emittable=6))  # 6 would be greedy
     assert gen.tokens[0] != 6 and all(t < 6 for t in gen.tokens)
-
-
-class CancelAfter(CancelToken):
-    """Fires on its (n+1)-th check."""
-
-    __slots__ = ("checks", "n")
-
-    def __init__(self, n):
-        super().__init__()
-        self.checks, self.n = 0, n
-
-    @property
-    def cancelled(self):
-        self.checks += 1
-        return self.checks > self.n
 
 
 def test_cancel_mid_decode_raises_and_written_matches_what_ran():

@@ -4,13 +4,13 @@ import threading
 import pytest
 import torch
 
-from engine.api import CancelToken, Cancelled, CompletionRequest, DocId
+from engine.api import Cancelled, CompletionRequest, DocId
 from engine.backends.reference import ReferenceBackend
 from engine.backends.torch_backend import TorchBackend
 from engine.cache import CacheConfig
 from engine.generate import RequestError
 from engine.loading import load_model
-from tests.conftest import kit
+from tests.conftest import CancelAfter, kit
 
 MIB = 2**20
 
@@ -123,19 +123,6 @@ def test_special_tokens_in_the_document_and_unemittable_ids(loaded):
     assert result.token_ids == fresh.complete(request).token_ids
     with pytest.raises(ValueError, match="max_new_tokens"):
         b.complete(CompletionRequest(DOC, weird, max_new_tokens=-1))
-
-
-class CancelAfter(CancelToken):
-    __slots__ = ("checks", "n")
-
-    def __init__(self, n):
-        super().__init__()
-        self.checks, self.n = 0, n
-
-    @property
-    def cancelled(self):
-        self.checks += 1
-        return self.checks > self.n
 
 
 @pytest.mark.parametrize("checks", [0, 3], ids=["before prefill", "mid-decode"])
