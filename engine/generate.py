@@ -5,6 +5,12 @@ document never waits on one huge forward), then decodes one token per step until
 fires. After every forward it reports the tokens whose K/V it wrote through `written`, so the
 cache bookkeeping always matches the buffer, even when a request is cancelled midway. The last
 sampled token is never fed back: its K/V would only be needed by a step we did not take.
+
+Greedy requests may speculate (prompt lookup, `engine.speculative`): a step feeds the last
+sampled token plus a drafted continuation in one forward, and the logits after each position
+say which draft tokens the model would have picked itself. The agreeing run is kept with the
+model's own next token, exactly the tokens step-by-step greedy decoding gives; the positions of
+rejected draft tokens are never reported as written (a later forward overwrites them).
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from torch import Tensor
 
 from engine.api import CancelToken, Cancelled, StopReason
 from engine.model import KVBuffer, Transformer
+from engine.speculative import draft_tokens
 
 
 class RequestError(ValueError):
@@ -68,6 +75,9 @@ class Generation:
     stop_reason: StopReason
     prefill_ms: float
     decode_ms: float
+    steps: int = 0  # decode forwards after the prefill (each also verifies a draft when speculating)
+    drafted: int = 0  # draft tokens fed to those forwards
+    accepted: int = 0  # draft tokens the model agreed with and kept: extra tokens the steps gave
 
 
 def prefill(model: Transformer, kv: KVBuffer, ids: Sequence[int], start: int, chunk: int,
@@ -88,12 +98,12 @@ def prefill(model: Transformer, kv: KVBuffer, ids: Sequence[int], start: int, ch
     return logits
 
 
-def decode_one_token(model: Transformer, kv: KVBuffer, token: int, pos: int) -> Tensor:
-    """Feed one token at `pos`; logits for the next: [V]."""
+def decode_tokens(model: Transformer, kv: KVBuffer, ids: list[int], pos: int) -> Tensor:
+    """Feed `ids` at positions pos..pos+T-1; logits after each of them: [T, V]."""
     device = kv.device
-    input_ids = torch.tensor([token], dtype=torch.long, device=device)  # [1]
-    input_pos = torch.tensor([pos], device=device)  # [1]
-    return model(input_ids, input_pos, kv, pos)[0]  # [V]
+    input_ids = torch.tensor(ids, dtype=torch.long, device=device)  # [T]
+    input_pos = torch.arange(pos, pos + len(ids), device=device)  # [T]
+    return model(input_ids, input_pos, kv, pos)  # [T, V]
 
 
 def sample(logits: Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
@@ -113,14 +123,44 @@ def hit_stop_string(text: str, stop_strings: tuple[str, ...]) -> bool:
     return any(s and s in text for s in stop_strings)
 
 
+
+
+def take_tokens(rows: Tensor, draft: list[int], tokens: list[int], pick: Callable[[Tensor], int],
+                rules: StopRules, decode: Callable[[list[int]], str]) -> tuple[int, StopReason | None]:
+    """Choose a token from each row of `rows` [R, V] in turn, appending to `tokens`.
+
+    Row i holds the logits after draft[i - 1] (row 0: after the last token already chosen), so
+    row i + 1 is valid only while the token chosen from row i equals draft[i]. Returns (draft
+    tokens kept, the stop reason or None); the stop rules apply after each token exactly as in
+    one-token decoding.
+    """
+    assert rows.shape[0] == len(draft) + 1, f"{rows.shape[0]} rows of logits for a draft of {len(draft)}"
+    for i in range(rows.shape[0]):
+        token = pick(rows[i])
+        if token in rules.stop_ids:
+            return i, "eos" if token == rules.eod_id else "stop_token"
+        tokens.append(token)
+        if rules.stop_strings and hit_stop_string(decode(tokens), rules.stop_strings):
+            return i, "stop_string"
+        if len(tokens) == rules.max_new_tokens:
+            return i, "max_tokens"
+        if i == len(draft) or draft[i] != token:
+            return i, None
+    raise AssertionError("unreachable: the last row has no draft token after it")
+
+
 @torch.inference_mode()
 def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int, rules: StopRules,
              sampling: Sampling, written: Callable[[list[int]], None], decode: Callable[[list[int]], str],
              cancel: CancelToken | None = None, prefill_chunk: int = 512,
-             clock: Callable[[], float] = time.perf_counter) -> Generation:
-    """Complete `prompt`, whose first `keep` tokens already have K/V at positions 0..keep-1."""
+             clock: Callable[[], float] = time.perf_counter, speculate: int = 0) -> Generation:
+    """Complete `prompt`, whose first `keep` tokens already have K/V at positions 0..keep-1.
+
+    `speculate`: draft tokens verified per step when decoding greedily (0: one token a step).
+    """
     assert 0 <= keep < len(prompt), f"keep {keep} must leave at least one of {len(prompt)} prompt tokens to run"
     assert len(prompt) + max(rules.max_new_tokens - 1, 0) <= kv.capacity, "the slot is smaller than the request"
+    assert speculate >= 0, f"the draft length must be >= 0, got {speculate}"
     t0 = clock()
     logits = prefill(model, kv, prompt[keep:], keep, prefill_chunk, written, cancel)  # [V]
     t1 = clock()
@@ -128,31 +168,43 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
     if sampling.temperature > 0:
         generator = torch.Generator(device=kv.device)
         generator.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() % 2**63))
+        speculate = 0  # a draft is checked against the argmax; sampled tokens have none to agree with
+
+    def pick(row: Tensor) -> int:  # row: [V]
+        if not bool(torch.isfinite(row).all()):  # one pass over [V]; argmax of NaN would pick a token silently
+            raise NonFiniteLogits(f"non-finite logits at position {len(prompt) + len(tokens)}: the document's "
+                                  f"cached K/V or the weights are corrupt")
+        if rules.emittable is not None and rules.emittable < row.shape[-1]:
+            row[rules.emittable:] = float("-inf")
+        return sample(row, sampling, generator)
+
+    truncate = getattr(kv, "truncate", None)  # a runtime whose buffer keeps whole forwards' K/V (OrtSlot)
     tokens: list[int] = []
     reason: StopReason = "max_tokens"
-    pos = len(prompt)
-    while len(tokens) < rules.max_new_tokens:
-        if not bool(torch.isfinite(logits).all()):  # one pass over [V]; argmax of NaN would pick a token silently
-            raise NonFiniteLogits(f"non-finite logits at position {pos}: the document's cached K/V or the weights "
-                                  f"are corrupt")
-        if rules.emittable is not None and rules.emittable < logits.shape[-1]:
-            logits[rules.emittable:] = float("-inf")
-        token = sample(logits, sampling, generator)
-        if token in rules.stop_ids:
-            reason = "eos" if token == rules.eod_id else "stop_token"
-            break
-        tokens.append(token)
-        if rules.stop_strings and hit_stop_string(decode(tokens), rules.stop_strings):
-            reason = "stop_string"
-            break
-        if len(tokens) == rules.max_new_tokens:
+    steps = drafted = accepted = 0
+    rows, fed, pos = logits[None], [], len(prompt)  # rows [R, V]: logits after each fed token, fed at pos..
+    while rules.max_new_tokens > 0:
+        kept, stop = take_tokens(rows, fed[1:], tokens, pick, rules, decode)
+        if kept:
+            written(fed[1:kept + 1])
+            accepted += kept
+        if truncate is not None and len(fed) > kept + 1:
+            truncate(pos + kept + 1)  # drop the rejected draft positions
+        if stop is not None:
+            reason = stop
             break
         if rules.deadline is not None and clock() > rules.deadline:
             reason = "time_budget"
             break
         if cancel is not None and cancel.cancelled:
             raise Cancelled("cancelled during decoding")
-        logits = decode_one_token(model, kv, token, pos)
-        written([token])
-        pos += 1
-    return Generation(tokens=tokens, stop_reason=reason, prefill_ms=(t1 - t0) * 1e3, decode_ms=(clock() - t1) * 1e3)
+        pos = len(prompt) + len(tokens) - 1  # where the last chosen token goes
+        room = rules.max_new_tokens - len(tokens) - 1  # a longer draft would outrun max_new_tokens (and the slot)
+        draft = draft_tokens([*prompt, *tokens], k=min(speculate, room)) if speculate and room > 0 else []
+        fed = [tokens[-1], *draft]
+        rows = decode_tokens(model, kv, fed, pos)  # [1 + len(draft), V]
+        written(fed[:1])  # the chosen token's K/V are valid whatever the model says of the draft
+        steps += 1
+        drafted += len(draft)
+    return Generation(tokens=tokens, stop_reason=reason, prefill_ms=(t1 - t0) * 1e3, decode_ms=(clock() - t1) * 1e3,
+                      steps=steps, drafted=drafted, accepted=accepted)

@@ -89,6 +89,11 @@ class OrtSlot:
     def grow(self, capacity: int) -> None:
         self.capacity = max(self.capacity, capacity)
 
+    def truncate(self, n: int) -> None:
+        """Keep positions [0, n): a verified draft's rejected tail must not count as held."""
+        assert n <= self.length, f"the slot holds {self.length} positions, cannot keep {n}"
+        self.arrays = [a[:, :, :n] for a in self.arrays]  # [1, KH, n, D] each
+
     def copy_prefix_from(self, other: "OrtSlot", n: int) -> None:
         """Take positions [0, n) from another document's slot (K/V depend only on the prefix)."""
         self.arrays = [a.copy() for a in other.past(n)]
@@ -127,13 +132,14 @@ class OnnxBackend(TorchBackend):
     """`engine.api.Backend` over an ONNX Runtime session; the torch backend's cache and decoding."""
 
     def __init__(self, session, export_dir: Path, manifest: Manifest, quantization: str,
-                 cache: CacheConfig | None = None, why: str = ""):
+                 cache: CacheConfig | None = None, why: str = "", speculate: int = 0):
         config = read_config(export_dir)
         forward = OrtForward(session, config.args)
         loaded = LoadedModel(model=forward, tokenizer=load_tokenizer(export_dir), path=export_dir,
                              layout=config.layout, stored_dtype=torch.float32, device=torch.device("cpu"),
                              dtype=torch.float32)
-        super().__init__(loaded, cache=cache, kv_dtype=torch.float32, model_name=manifest.source, why=why)
+        super().__init__(loaded, cache=cache, kv_dtype=torch.float32, model_name=manifest.source, why=why,
+                         speculate=speculate)
         provider = session.get_providers()[0]
         self.info = replace(self.info, backend="onnx", device="cpu" if provider.startswith("CPU") else "cuda",
                             dtype="int8" if quantization == "int8-dynamic" else "float32",
@@ -213,7 +219,7 @@ def locate_export(model: str, revision: str | None, config: OnnxConfig, dtype: s
 
 def load_onnx_backend(model: str, device: str = "auto", dtype: str = "auto", revision: str | None = None,
                       progress: Progress | None = None, cache: CacheConfig | None = None,
-                      config: OnnxConfig | None = None, export_missing: bool = True) -> Backend:
+                      config: OnnxConfig | None = None, export_missing: bool = True, speculate: int = 0) -> Backend:
     """An OnnxBackend for `model` (a checkpoint or an export directory), or OnnxUnavailable."""
     say = progress or (lambda _msg, _frac: None)
     try:
@@ -223,7 +229,7 @@ def load_onnx_backend(model: str, device: str = "auto", dtype: str = "auto", rev
         say(f"opening {file.name} in ONNX Runtime", 0.5)
         session = open_session(file, providers_for(device))
         say("loaded", 1.0)
-        return OnnxBackend(session, out, manifest, quantization, cache=cache, why=why)
+        return OnnxBackend(session, out, manifest, quantization, cache=cache, why=why, speculate=speculate)
     except (ExportError, CheckpointError, OSError, OnnxUnavailable) as exc:
         raise OnnxUnavailable(str(exc), source_of(model)) from None
 

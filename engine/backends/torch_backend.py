@@ -33,13 +33,17 @@ class TorchBackend:
 
     def __init__(self, loaded: LoadedModel, cache: CacheConfig | None = None, kv_dtype: torch.dtype | None = None,
                  model_name: str | None = None, why: str = "", prefill_chunk: int = 512,
-                 hash_fn: Callable[[bytes], int] = default_hash, clock: Callable[[], float] = time.perf_counter):
+                 hash_fn: Callable[[bytes], int] = default_hash, clock: Callable[[], float] = time.perf_counter,
+                 speculate: int = 0):
+        if speculate < 0:
+            raise ValueError(f"speculate (draft tokens per greedy step) must be >= 0, got {speculate}")
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.fim = loaded.tokenizer.fim
         self.device = loaded.device
         self.kv_dtype = kv_dtype or loaded.dtype
         self.prefill_chunk = prefill_chunk
+        self.speculate = speculate  # prompt-lookup draft tokens per greedy step; 0 = off
         self.clock = clock
         args = self.model.args
         self.info = BackendInfo(backend="torch", model=model_name or str(loaded.path), device=str(loaded.device),
@@ -74,7 +78,7 @@ class TorchBackend:
                 gen = generate(self.model, kv, ids, plan.keep, rules, sampling,
                                written=lambda part: self.table.append(request.doc_id, part),
                                decode=self.tokenizer.decode, cancel=cancel, prefill_chunk=self.prefill_chunk,
-                               clock=self.clock)
+                               clock=self.clock, speculate=self.speculate)
             except Cancelled:
                 raise  # the slot holds exactly the tokens `written` reported
             except BaseException:  # a step failed midway (or the slot was corrupt): recompute it next time
@@ -89,7 +93,9 @@ class TorchBackend:
             reused_tokens=plan.keep, prefill_tokens=len(ids) - plan.keep, generated_tokens=len(gen.tokens),
             latency_ms=(self.clock() - start) * 1e3,
             extra={"prefill_ms": gen.prefill_ms, "decode_ms": gen.decode_ms,
-                   "seeded_tokens": float(plan.keep if plan.seed_from else 0)},
+                   "seeded_tokens": float(plan.keep if plan.seed_from else 0),
+                   "decode_steps": float(gen.steps), "drafted_tokens": float(gen.drafted),
+                   "accepted_tokens": float(gen.accepted)},
         )
 
     def prepare_slot(self, doc_id: DocId, ids: list[int], total: int):
