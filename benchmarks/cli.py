@@ -18,6 +18,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "remote": ("benchmarks.remote", "main"),
     "peer": ("benchmarks.peer", "main"),
     "soak": ("benchmarks.soak", "main"),
+    "speculative": ("benchmarks.speculative", "main"),
 }
 MAX_NEW_TOKENS = 16
 

@@ -333,7 +333,7 @@ def main_engine(args) -> int:
         return 2
     try:
         backend = load_backend(model=args.model, backend=args.backend, device=args.device, dtype=args.dtype,
-                               revision=args.revision, threads=args.threads,
+                               revision=args.revision, threads=args.threads, speculate=args.speculate,
                                progress=lambda msg, frac: say(f"{msg} ({frac:.0%})"))
     except (CheckpointError, ValueError, OSError) as exc:
         say(f"could not load the model: {exc}")

@@ -19,6 +19,7 @@ import torch
 from engine.api import Backend
 from engine.cache import CacheConfig
 from engine.loading import CheckpointError, Progress, load_model
+from engine.speculative import default_speculate
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -91,11 +92,12 @@ def kv_dtype_for(device: torch.device, dtype: torch.dtype) -> torch.dtype:
 def load_backend(model: str | None = None, backend: str = "auto", device: str = "auto", dtype: str = "auto",
                  revision: str | None = None, progress: Progress | None = None, threads: int | None = None,
                  cache: CacheConfig | None = None, url: str | None = None, onnx=None,
-                 remote=None) -> Backend:
+                 remote=None, speculate: int | None = None) -> Backend:
     """Load `model` (a directory or hub id; None: the bundled default model) behind a Backend.
 
     `onnx`: an `engine.backends.onnx_backend.OnnxConfig` (where exports live, export on first use).
     `remote`: an `engine.backends.openai_backend.RemoteConfig` (API key, timeouts) for backend openai.
+    `speculate`: prompt-lookup draft tokens per greedy step (0: off; None: `default_speculate`).
     """
     if threads is not None:
         if threads < 1:
@@ -117,15 +119,18 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
 
         try:
             return load_onnx_backend(name, device, dtype, revision, progress, cache, onnx,
-                                     export_missing=backend == "onnx" or bool(onnx and onnx.auto_export))
+                                     export_missing=backend == "onnx" or bool(onnx and onnx.auto_export),
+                                     speculate=default_speculate("onnx", "cpu") if speculate is None else speculate)
         except OnnxUnavailable as exc:
             fallback, device, name = f"ONNX Runtime not used: {exc}. ", "cpu", exc.checkpoint or name
     placement = choose_placement(device, dtype)
     loaded = load_model(name, placement.device, placement.dtype, revision=revision, progress=progress)
     from engine.backends.torch_backend import TorchBackend
 
+    if speculate is None:
+        speculate = default_speculate("torch", placement.device.type)
     return TorchBackend(loaded, cache=cache, kv_dtype=placement.kv_dtype, model_name=name,
-                        why=fallback + placement.why)
+                        why=fallback + placement.why, speculate=speculate)
 
 
 def resolve_model_name(model: str | None) -> str:

@@ -45,3 +45,11 @@ def draft_tokens(context_ids: Sequence[int], ngram_max: int = 3, ngram_min: int 
                 return ids[i + 1:i + 1 + k]
             j += 1
     return []
+
+
+def default_speculate(runtime: str, device: str) -> int:
+    """Draft tokens per greedy step when the configuration does not say (0: speculation off).
+
+    Chosen from `fim-lsp bench speculative` (docs/speculative.md): on only where it paid.
+    """
+    return 0

@@ -35,6 +35,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--url", default=None, help="OpenAI-compatible server URL for --backend openai")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--speculate", type=int, default=None, metavar="N",
+                   help="prompt-lookup draft tokens verified per greedy step; 0 = off (default: where it pays, "
+                        "see docs/speculative.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per position")
 
     p = parsers["bench"]
-    p.add_argument("which", choices=["keystrokes", "backends", "remote", "peer", "soak"])
+    p.add_argument("which", choices=["keystrokes", "backends", "remote", "peer", "soak", "speculative"])
     add_model_options(p)
     p.add_argument("--shape", default="small", help="checkpoint-kit shape when no --model is given")
     p.add_argument("--problems", type=int, default=20, help="HumanEval problems to replay")

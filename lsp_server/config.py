@@ -36,6 +36,7 @@ class ModelConfig:
     family: str | None = None  # FIM spelling for "openai" without a local tokenizer: starcoder, santacoder
     remote_model: str | None = None  # model name sent to `url`; None = the first one its /v1/models lists
     remote_timeout_s: float = 30.0  # how long one request to `url` may take to answer
+    speculate: int | None = None  # prompt-lookup draft tokens per greedy step; 0 = off, None = where it pays
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ _KEYS: dict[str, tuple[str, str, tuple[type, ...], tuple[Any, ...] | None]] = {
     "family": ("model", "family", (str, type(None)), ("starcoder", "santacoder", None)),
     "remoteModel": ("model", "remote_model", (str, type(None)), None),
     "remoteTimeoutMs": ("model", "remote_timeout_s", (int, float), None),
+    "speculate": ("model", "speculate", (int, type(None)), None),
 }
 _IGNORED = {"token"}  # read elsewhere (the TCP shared secret)
 
@@ -146,6 +148,8 @@ def check(config: ServerConfig) -> None:
         raise ConfigError(f"url must start with http:// or https://, got {m.url!r}")
     if m.remote_timeout_s <= 0:
         raise ConfigError(f"remoteTimeoutMs must be > 0, got {m.remote_timeout_s * 1000}")
+    if m.speculate is not None and not 0 <= m.speculate <= 64:
+        raise ConfigError(f"speculate must be between 0 and 64 draft tokens, got {m.speculate}")
 
 
 def config_from_args(args: Any) -> ServerConfig:
@@ -156,6 +160,7 @@ def config_from_args(args: Any) -> ServerConfig:
         model=getattr(args, "model", None), revision=getattr(args, "revision", None),
         backend="openai" if url and backend == "auto" else backend, device=getattr(args, "device", "auto"),
         dtype=getattr(args, "dtype", "auto"), threads=getattr(args, "threads", None), url=url,
+        speculate=getattr(args, "speculate", None),
     )
     completion = CompletionSettings()
     if getattr(args, "max_new_tokens", None) is not None:

@@ -164,7 +164,8 @@ def load_model(config: ModelConfig, progress: Progress | None = None) -> Backend
 
     cache = CacheConfig(budget_bytes=config.cache_bytes) if config.cache_bytes is not None else None
     return load_backend(model=config.model, backend=config.backend, device=config.device, dtype=config.dtype,
-                        revision=config.revision, progress=progress, threads=config.threads, cache=cache)
+                        revision=config.revision, progress=progress, threads=config.threads, cache=cache,
+                        speculate=config.speculate)
 
 
 def default_model_dir() -> str:
