@@ -237,14 +237,22 @@ def onnx_step_bytes(graph: Path) -> int:
 
 
 def load_row(row: Row):
-    """The backend a row runs."""
-    from benchmarks.backends import Task, export_dir_for, load_mode
+    """The backend a row runs: llama.cpp on the GGUF, or ours as `engine.select.load_backend` serves it."""
+    from benchmarks.backends import export_dir_for
+    from engine.backends.onnx_backend import OnnxConfig
+    from engine.cache import CacheConfig
     from engine.loading import load_tokenizer
+    from engine.select import load_backend
 
     if row.gguf:
         return LlamaCppBackend(Path(row.gguf), load_tokenizer(Path(row.model)), n_ctx=row.context + 64,
                                threads=row.threads, label=row.mode, extra_buffers=row.extra_buffers)
-    return load_mode(Task(row.mode, row.model, str(export_dir_for(Path(row.model))), 0, row.max_keys, row.threads))
+    runtime, precision = row.mode.split()
+    options = {"torch fp32": {"dtype": "float32"}, "torch bf16": {"dtype": "bfloat16"},
+               "onnx int8": {"onnx": OnnxConfig(export_dir=str(export_dir_for(Path(row.model))),
+                                                quantization="int8-dynamic")}}[row.mode]
+    return load_backend(row.model, backend=runtime, device="cpu", threads=row.threads,
+                        cache=CacheConfig(budget_bytes=2**30), **options)
 
 
 def run_row(row: Row) -> dict:
