@@ -76,6 +76,7 @@ class LlamaCppBackend:
         self.tokenizer = tokenizer  # engine.tokenizer.CheckpointTokenizer: the ids our engine would feed
         self.fim = tokenizer.fim
         self.stop_ids = tokenizer.stop_ids()
+        self.emittable = tokenizer.tokenizer.get_vocab_size()  # ids past it are the model's padding rows
         self.info = BackendInfo(backend="llama.cpp", model=str(gguf), device="cpu", dtype=label.split()[-1],
                                 n_ctx=n_ctx, why=f"{label}, {threads} threads, n_batch {n_batch}"
                                 + ("" if extra_buffers else ", without llama.cpp's extra buffer types (AMX, repacking)"))
@@ -118,6 +119,9 @@ class LlamaCppBackend:
                     first = time.perf_counter()
                 if token in self.stop_ids:
                     stop = "eos"
+                    break
+                if token >= self.emittable:  # our engine never samples padding rows; llama.cpp can
+                    stop = "stop_token"
                     break
                 tokens.append(int(token))
                 if cancel is not None and cancel.cancelled:
