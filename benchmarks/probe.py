@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 TEXTS = "fim-lsp-probe/texts"
 FAULT = "fim-lsp-probe/fault"
 SLOT = "fim-lsp-probe/slot"
+LIVE = "fim-lsp-probe/live"
 READY_TIMEOUT_S = 300
 
 
@@ -265,6 +266,21 @@ def install_probes() -> None:
         doc = field(params, "doc")
         tokens = await ls.scheduler.call(lambda: len(backend.slot_tokens(doc)))  # after the queued work
         return {"tokens": tokens}
+
+
+    @server.feature(LIVE)
+    def probe_live(ls: FimServer, params: Any) -> dict:
+        """Instances alive per class name, for the classes named (after a full collection)."""
+        import gc
+
+        names = set(field(params, "classes") or ())
+        gc.collect()
+        counts = dict.fromkeys(names, 0)
+        for obj in gc.get_objects():
+            name = type(obj).__name__
+            if name in names:
+                counts[name] += 1
+        return {"live": counts}
 
 
 def main(argv: list[str]) -> int:

@@ -128,7 +128,10 @@ def token_counter(backend: Backend) -> TokenCounter:
     try:
         counter = _COUNTERS.get(backend)
         if counter is None:
-            counter = _COUNTERS[backend] = memoize_counts(backend.count_tokens)
+            # The counter holds the backend weakly: a value that referenced its own key would keep
+            # every replaced model alive.
+            held = weakref.ref(backend)
+            counter = _COUNTERS[backend] = memoize_counts(lambda text: held().count_tokens(text))
         return counter
     except TypeError:  # a backend that cannot be weakly referenced
         return memoize_counts(backend.count_tokens)

@@ -136,3 +136,19 @@ def test_stopping_at_the_line_break_mid_line_changes_no_suggestion(raw, multilin
     config = PostprocessConfig(multiline=multiline)
     assert pipeline.early_stops(ctx, config) == ("\n",)
     assert postprocess(raw[: raw.index("\n")], ctx, config) == postprocess(raw, ctx, config)
+
+
+def test_a_replaced_backend_is_freed_with_its_token_counter():
+    import gc
+    import weakref
+
+    class Served(RecordingBackend):  # hashable, as every real backend is
+        __hash__ = object.__hash__
+
+    backend = Served("x")
+    counter = pipeline.token_counter(backend)
+    assert counter("abc") == backend.count_tokens("abc") and pipeline.token_counter(backend) is counter
+    held = weakref.ref(backend)
+    del backend, counter
+    gc.collect()
+    assert held() is None, "the memoised token counter keeps a replaced model alive"
