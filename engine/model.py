@@ -179,6 +179,7 @@ class Transformer(nn.Module):
         self.wpe = nn.Embedding(args.n_positions, args.n_embd)
         self.h = nn.ModuleList(Block(args) for _ in range(args.n_layer))
         self.ln_f = nn.LayerNorm(args.n_embd, eps=args.layer_norm_epsilon)
+        self.lm_head: nn.Module | None = None  # None: the head tied to wte; engine.quantize sets an int8 copy
 
     def forward(self, input_ids: Tensor, input_pos: Tensor, kv: KVBuffer, start: int,
                 last_only: bool = False) -> Tensor:
@@ -195,4 +196,7 @@ class Transformer(nn.Module):
             x = block(x, input_pos, kv.data[i], start)
         if last_only:
             x = x[-1:]
-        return F.linear(self.ln_f(x), self.wte.weight)  # [T, V], tied head
+        x = self.ln_f(x)  # [T, E]
+        if self.lm_head is not None:
+            return self.lm_head(x)  # [T, V]
+        return F.linear(x, self.wte.weight)  # [T, V], tied head
