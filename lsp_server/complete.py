@@ -33,9 +33,9 @@ def main_complete(args: argparse.Namespace) -> int:
         backend = pipeline.load_model(config.model)
     except Exception as exc:  # every loader failure becomes one line the user can act on
         return fail(f"cannot load the model: {exc}")
-    if not backend.fim.has_fim:
-        return fail(f"{backend.info.model} has no fill-in-the-middle tokens (<fim_prefix>/<fim-prefix>); "
-                    "fim-lsp needs a FIM-trained GPTBigCode checkpoint such as SantaCoder or StarCoder")
+    if (problem := pipeline.missing_fim(backend, "fim-lsp needs a FIM-trained GPTBigCode checkpoint such as "
+                                                 "SantaCoder or StarCoder")):
+        return fail(problem)
     run_config = pipeline.pipeline_config(config.completion)
     for line, character in positions:
         try:

@@ -239,7 +239,7 @@ def main_eval(args: argparse.Namespace) -> int:
         backend = pipeline.load_model(config.model)
     except Exception as exc:  # every loader failure becomes one line the user can act on
         return fail(f"cannot load the model: {exc}")
-    if (problem := fim_problem(backend)) is not None:
+    if (problem := pipeline.missing_fim(backend, "the infilling benchmark needs a FIM-trained checkpoint")):
         return fail(problem)
 
     def bar(items):
@@ -252,14 +252,6 @@ def main_eval(args: argparse.Namespace) -> int:
         return fail(f"{type(exc).__name__}: {exc}")
     print(json.dumps(report.summary()) if args.json else format_report(report))
     return 0
-
-
-def fim_problem(backend) -> str | None:
-    """Why `backend` cannot fill a middle (no FIM tokens), or None when it can."""
-    if backend.fim.has_fim:
-        return None
-    return (f"{backend.info.model} has no fill-in-the-middle tokens (<fim_prefix>/<fim-prefix>); "
-            "the infilling benchmark needs a FIM-trained checkpoint")
 
 
 def fail(message: str) -> int:

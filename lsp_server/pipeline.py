@@ -147,6 +147,13 @@ def scrub_surrogates(text: str) -> str:
     return _LONE_SURROGATE.sub("\ufffd", text)
 
 
+def missing_fim(backend: Backend, needed_for: str) -> str | None:
+    """Why `backend` cannot fill a middle (its tokenizer has no FIM tokens), or None when it can."""
+    if backend.fim.has_fim:
+        return None
+    return f"{backend.info.model} has no fill-in-the-middle tokens (<fim_prefix>/<fim-prefix>); {needed_for}"
+
+
 def load_model(config: ModelConfig, progress: Progress | None = None) -> Backend:
     """Load the backend `config` names: the engine's choice, or `reference` (transformers generate).
 

@@ -183,9 +183,9 @@ def test_cli_eval_missing_model_is_one_line(tmp_path, capsys):
 
 
 def test_a_backend_without_fim_tokens_is_refused_with_a_reason():
-    from lsp_server.evaluate import fim_problem
+    from lsp_server.pipeline import missing_fim
 
     backend = ScriptedBackend({})
-    assert fim_problem(backend) is None
+    assert missing_fim(backend, "x") is None
     backend.fim = fim_tokens_from_vocab(["<|endoftext|>", "def"])
-    assert "has no fill-in-the-middle tokens" in fim_problem(backend)
+    assert "has no fill-in-the-middle tokens" in missing_fim(backend, "x")
