@@ -207,7 +207,8 @@ def weight_bytes(row: Row, backend) -> int:
     """Bytes of weights one decode step reads; tables it reads one row of (position embeddings) left out.
 
     GGUF: the file (its position table and vocabulary are under 1% of it). ONNX: the int8 graph's
-    initializers but those only gathered from. torch: the parameters but `wpe`.
+    initializers but those only gathered from. torch: parameters and buffers but `wpe` (and `wte`
+    when an untied head replaces it).
     """
     if row.gguf:
         return Path(row.gguf).stat().st_size
@@ -216,7 +217,10 @@ def weight_bytes(row: Row, backend) -> int:
         from engine.onnx_export import INT8_FILE
 
         return onnx_step_bytes(export_dir_for(Path(row.model)) / INT8_FILE)
-    return sum(p.nbytes for name, p in backend.model.named_parameters() if not name.startswith("wpe."))
+    model = backend.model
+    gathered = {"wpe.weight"} | ({"wte.weight"} if getattr(model, "lm_head", None) is not None else set())
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}  # int8 weights are buffers
+    return sum(t.nbytes for name, t in tensors.items() if name not in gathered)
 
 
 def onnx_step_bytes(graph: Path) -> int:
@@ -360,8 +364,8 @@ def main(args) -> int:
               file=sys.stderr)
         return 2
     big = args.shape == "santacoder" and not args.model
-    keys = args.max_keys if args.max_keys is not None else (4 if big else 8)
-    problems = pick_problems(model, min(args.problems, 3) if big and args.max_keys is None else args.problems, context)
+    keys = args.max_keys if args.max_keys is not None else (6 if big else 8)  # ~0.1-0.25 s a token: a short replay
+    problems = pick_problems(model, min(args.problems, 2) if big and args.max_keys is None else args.problems, context)
     threads = args.threads or 2
     gguf = {mode: str(ensure_gguf(model, mode.split()[1], say=say)) for mode in PEERS}
     bandwidth = measure_bandwidth(threads=threads)
