@@ -96,11 +96,12 @@ def stdlib_problems(limit: int, stdlib: Path | None = None, files: Sequence[str]
 def requests(problem: Problem, backend: Backend, max_new_tokens: int, max_keys: int | None,
              n_ctx: int) -> Iterator[CompletionRequest]:
     """The server's request after each keystroke of retyping `problem`'s span."""
-    from lsp_server.pipeline import early_stops
+    from lsp_server.pipeline import early_stops, token_counter
 
     config = PromptConfig(max_new_tokens=max_new_tokens, neighbours=False)
+    count = token_counter(backend)  # memoised per chunk, as the server counts: long files stay cheap to window
     for ctx in keystrokes(problem, max_keys):
-        prompt = build_prompt(ctx, backend.fim, backend.count_tokens, n_ctx, config).text
+        prompt = build_prompt(ctx, backend.fim, count, n_ctx, config).text
         yield CompletionRequest(doc_id=DocId(f"file:///{problem.task_id}"), prompt=prompt,
                                 max_new_tokens=max_new_tokens, stop_strings=early_stops(ctx, PostprocessConfig()))
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 DEFAULT_DRAFT = 4  # tokens proposed per step when the caller does not say
+# The engine matches tails of 2 or 3 tokens: a single recurring token predicts little, and a wrong
+# draft still widens the forward (`fim-lsp bench speculative`, docs/speculative.md).
+ENGINE_NGRAM_MIN = 2
 
 
 def draft_tokens(context_ids: Sequence[int], ngram_max: int = 3, ngram_min: int = 1,
@@ -45,6 +48,17 @@ def draft_tokens(context_ids: Sequence[int], ngram_max: int = 3, ngram_min: int 
                 return ids[i + 1:i + 1 + k]
             j += 1
     return []
+
+
+def next_draft_length(length: int, drafted: int, kept: int, limit: int) -> int:
+    """The draft length for the next step: one more after a wholly kept draft, one less after a miss.
+
+    `length` is the current one, `drafted`/`kept` what the last step proposed and kept, `limit`
+    the configured maximum; it never drops below 1, so a text that starts repeating is caught.
+    """
+    if drafted == 0:
+        return length
+    return min(limit, length + 1) if kept == drafted else max(1, length - 1)
 
 
 def default_speculate(runtime: str, device: str) -> int:

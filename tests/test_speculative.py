@@ -11,7 +11,7 @@ from engine.cache import CacheConfig
 from engine.faults import InjectedFault, failing_forward
 from engine.generate import Sampling, StopRules, generate
 from engine.loading import load_model
-from engine.speculative import draft_tokens
+from engine.speculative import draft_tokens, next_draft_length
 from lsp_server.pipeline import early_stops
 from lsp_server.postprocess import PostprocessConfig
 from lsp_server.prompt import PromptConfig, build_prompt
@@ -19,7 +19,7 @@ from tests.test_generate import FakeKV, NextToken
 
 CPU = torch.device("cpu")
 CACHE = CacheConfig(budget_bytes=64 * 2**20)
-BUDGETS = (1, 2, 5, 24)  # max_new_tokens, cycled over the keystrokes: 1 and 2 leave no room for a draft
+BUDGETS = (1, 64, 2, 5, 64)  # max_new_tokens, cycled over the keystrokes: 1 and 2 leave no room for a draft
 
 
 # -- the drafter ---------------------------------------------------------------------------------
@@ -48,15 +48,24 @@ def test_draft_tokens_rejects_bad_lengths(kwargs, match):
         draft_tokens([1, 2, 1], **kwargs)
 
 
+@pytest.mark.parametrize("length, drafted, kept, draft", [
+    (4, 4, 4, 4), (3, 3, 3, 4), (2, 1, 1, 3),  # a wholly kept draft: one more, up to the limit 4
+    (4, 4, 3, 3), (2, 2, 0, 1), (1, 1, 0, 1),  # a miss: one less, never below 1
+    (3, 0, 0, 3),  # no draft was proposed: unchanged
+])
+def test_next_draft_length(length, drafted, kept, draft):
+    assert next_draft_length(length, drafted, kept, limit=4) == draft
+
+
 # -- the decode loop over a scripted model ---------------------------------------------------------
 
 def scripted(prompt, rules, speculate):
-    """(tokens, stop reason, written ids, forwards after the prefill, accepted) on NextToken."""
+    """(tokens, stop reason, written ids, forwards after the prefill, accepted, drafted) on NextToken."""
     model, written = NextToken(), []
     gen = generate(model, FakeKV(), prompt, 0, rules, Sampling(), written.extend,
                    decode=lambda ids: "".join(chr(97 + i) for i in ids), speculate=speculate)
     assert gen.steps == len(model.calls) - 1
-    return gen.tokens, gen.stop_reason, written, gen.steps, gen.accepted
+    return gen.tokens, gen.stop_reason, written, gen.steps, gen.accepted, gen.drafted
 
 
 @pytest.mark.parametrize("rules", [
@@ -70,14 +79,14 @@ def test_speculation_gives_plain_tokens_reasons_and_written_ids(rules):
     spec = scripted(prompt, rules, speculate=4)
     assert spec[:3] == plain[:3], "tokens, stop reason and the K/V reported as written all equal plain decoding's"
     if rules.max_new_tokens == 9 and not rules.stop_ids and not rules.stop_strings:
-        assert spec[3:] == (2, 6), "9 tokens in 2 forwards after the prefill: every drafted token was kept"
+        assert spec[3:] == (2, 6, 6), "9 tokens in 2 forwards after the prefill: every drafted token was kept"
 
 
 def test_a_wrong_draft_costs_no_token_and_no_step():
-    prompt = [4, 9, 9, 3]  # after 4 the prompt drafts 9, 9, 3 and after 9 it drafts 3, 4, 5: NextToken disagrees
+    prompt = [3, 4, 9, 9, 2, 3]  # after 3, 4 the prompt drafts 9, 9, 2: NextToken says 5
     plain = scripted(prompt, StopRules(max_new_tokens=8), speculate=0)
     spec = scripted(prompt, StopRules(max_new_tokens=8), speculate=3)
-    assert spec[:4] == plain[:4] and spec[4] == 0
+    assert spec[:4] == plain[:4] and spec[4:] == (0, 3)
 
 
 # -- the real engine on the tiny kit models --------------------------------------------------------
