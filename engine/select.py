@@ -1,9 +1,11 @@
 """Choosing a backend, device and dtype for a model, and loading it: `load_backend`.
 
-`auto` means: torch on CUDA when present (bf16 where supported, else fp16); otherwise ONNX
-Runtime when an export of this checkpoint exists (or is made on first use, if configured);
-otherwise torch on the CPU in bf16 when it has native bf16 matrix instructions (AVX-512 BF16 /
-AMX) and fp32 otherwise. ONNX Runtime that cannot serve (not installed, no or a stale or corrupt
+`auto` means: torch on CUDA when present (bf16 where supported, else fp16); otherwise, on a CPU
+with int8 dot-product instructions (AVX-512 VNNI / AVX-VNNI / AMX), torch with int8 weights
+(`--dtype int8`, engine.quantize: the fastest CPU decode measured, docs/cpu-decode.md) unless
+`--model` is an ONNX export directory; otherwise ONNX Runtime when an export of this checkpoint
+exists (or is made on first use, if configured); otherwise torch on the CPU in bf16 when it has
+native bf16 matrix instructions (AVX-512 BF16 / AMX) and fp32 otherwise. ONNX Runtime that cannot serve (not installed, no or a stale or corrupt
 export) falls back to torch on the CPU, and the reason is kept. Every choice
 carries a one-line reason that `fim-lsp status` prints. Runtimes other than torch live in their
 own modules and are imported only when asked for (see RUNTIMES).
@@ -11,7 +13,7 @@ own modules and are imported only when asked for (see RUNTIMES).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +25,9 @@ from engine.speculative import default_speculate
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+INT8 = "int8"  # --dtype int8: int8 weights (engine.quantize), bf16 activations and K/V; CPU only
+INT8_WHY = ("CPU with int8 dot-product instructions: int8 weights (engine.quantize), measured the fastest CPU "
+            "decode (SantaCoder shape, 1k context: 0.12 s/token against 0.28 bf16 and 0.19 ONNX Runtime int8)")
 # backend name -> module with `load_backend(model, device, dtype, revision, progress, **options)`
 # (onnx is chosen in load_backend itself: it falls back to torch rather than failing)
 RUNTIMES: dict[str, str] = {
@@ -38,6 +43,7 @@ class Placement:
     dtype: torch.dtype
     kv_dtype: torch.dtype  # the per-document K/V buffers
     why: str
+    quantize: bool = False  # int8 weights (engine.quantize); `dtype` is then the activations' dtype
 
 
 def cpu_has_bf16() -> bool:
@@ -47,6 +53,15 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def cpu_has_int8() -> bool:
+    """True when the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX int8)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_vnni" in flags or " avx_vnni" in flags or " amx_int8" in flags
 
 
 def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
@@ -62,9 +77,13 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
             raise CheckpointError(f"--device {device} asked for CUDA but this torch sees no GPU; use --device cpu")
         if dev.type not in ("cpu", "cuda"):
             raise CheckpointError(f"--device {device}: only cpu and cuda are supported")
+    if dtype == INT8:
+        if dev.type != "cpu":
+            raise CheckpointError("--dtype int8 is the CPU's int8-weight path; on CUDA use bfloat16 or float16")
+        return Placement(dev, torch.bfloat16, torch.bfloat16, "--dtype int8 as asked", quantize=True)
     if dtype != "auto":
         if dtype not in DTYPES:
-            raise CheckpointError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+            raise CheckpointError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES) + [INT8]}")
         chosen = DTYPES[dtype]
         if dev.type == "cpu" and chosen == torch.float16:
             raise CheckpointError("--dtype float16 is slow and inexact on CPU; use bfloat16 or float32")
@@ -73,6 +92,8 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
         if torch.cuda.is_bf16_supported():
             return Placement(dev, torch.bfloat16, torch.bfloat16, "CUDA with bf16 support")
         return Placement(dev, torch.float16, torch.float16, "CUDA without bf16: fp16")
+    if cpu_has_int8():
+        return Placement(dev, torch.bfloat16, torch.bfloat16, INT8_WHY, quantize=True)
     if cpu_has_bf16():
         return Placement(dev, torch.bfloat16, kv_dtype_for(dev, torch.bfloat16),
                          "CPU with AVX-512 BF16/AMX: bf16 measured 2.1x faster prefill and 1.3x faster decode than fp32")
@@ -114,23 +135,51 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
         raise CheckpointError(f"--backend {backend!r}: choose auto, torch, onnx, {', '.join(RUNTIMES)}")
     name = resolve_model_name(model)
     fallback = ""
-    if backend == "onnx" or (backend == "auto" and device in ("auto", "cpu") and not torch.cuda.is_available()):
+    if tries_onnx(name, backend, device, dtype):
         from engine.backends.onnx_backend import OnnxUnavailable, load_onnx_backend
 
         try:
-            return load_onnx_backend(name, device, dtype, revision, progress, cache, onnx,
-                                     export_missing=backend == "onnx" or bool(onnx and onnx.auto_export),
-                                     speculate=default_speculate("onnx", "cpu") if speculate is None else speculate)
+            chosen = load_onnx_backend(name, device, dtype, revision, progress, cache, onnx,
+                                       export_missing=backend == "onnx" or bool(onnx and onnx.auto_export),
+                                       speculate=speculate or 0)
+            if speculate is None:
+                chosen.speculate = default_speculate("onnx", chosen.info.device)
+            return chosen
         except OnnxUnavailable as exc:
             fallback, device, name = f"ONNX Runtime not used: {exc}. ", "cpu", exc.checkpoint or name
     placement = choose_placement(device, dtype)
     loaded = load_model(name, placement.device, placement.dtype, revision=revision, progress=progress)
     from engine.backends.torch_backend import TorchBackend
 
+    if placement.quantize:
+        from engine.quantize import quantize_int8
+
+        quantize_int8(loaded.model)
     if speculate is None:
         speculate = default_speculate("torch", placement.device.type)
-    return TorchBackend(loaded, cache=cache, kv_dtype=placement.kv_dtype, model_name=name,
-                        why=fallback + placement.why, speculate=speculate)
+    chosen = TorchBackend(loaded, cache=cache, kv_dtype=placement.kv_dtype, model_name=name,
+                          why=fallback + placement.why, speculate=speculate)
+    if placement.quantize:
+        chosen.info = replace(chosen.info, dtype=INT8)
+    return chosen
+
+
+def tries_onnx(name: str, backend: str, device: str, dtype: str) -> bool:
+    """Whether `load_backend` tries ONNX Runtime before torch for these options.
+
+    --backend onnx does; auto does on a CPU-only machine, except where torch's int8 weights are
+    the choice (--dtype int8, or --dtype auto on a CPU with int8 instructions) and `name` is a
+    checkpoint rather than an ONNX export directory (a directory of graphs only ONNX Runtime runs).
+    """
+    if backend == "onnx":
+        return True
+    if backend != "auto" or device not in ("auto", "cpu") or torch.cuda.is_available():
+        return False
+    from engine.onnx_export import MANIFEST
+
+    if (Path(name) / MANIFEST).is_file():
+        return True
+    return not (dtype == INT8 or (dtype == "auto" and cpu_has_int8()))
 
 
 def resolve_model_name(model: str | None) -> str:
