@@ -139,7 +139,7 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
         from engine.backends.onnx_backend import OnnxUnavailable, load_onnx_backend
 
         try:
-            chosen = load_onnx_backend(name, device, dtype, revision, progress, cache, onnx,
+            chosen = load_onnx_backend(name, device, "auto" if dtype == INT8 else dtype, revision, progress, cache, onnx,
                                        export_missing=backend == "onnx" or bool(onnx and onnx.auto_export),
                                        speculate=speculate or 0)
             if speculate is None:

@@ -11,7 +11,7 @@ import sys
 import torch
 
 from engine.loading import CheckpointError, available_memory, check_fits, load_tokenizer, read_config, resolve_checkpoint
-from engine.select import RUNTIMES, choose_placement, resolve_model_name
+from engine.select import INT8, RUNTIMES, choose_placement, resolve_model_name, tries_onnx
 from engine.backends.torch_backend import DEFAULT_BUDGET_SHARE
 
 
@@ -22,11 +22,11 @@ def describe(model: str | None, backend: str = "auto", device: str = "auto", dty
         return {"backend": backend, "module": RUNTIMES[backend], "why": f"--backend {backend} as asked"}
     name = resolve_model_name(model)
     onnx_note = ""
-    if backend == "onnx" or (backend == "auto" and device in ("auto", "cpu") and not torch.cuda.is_available()):
+    if tries_onnx(name, backend, device, dtype):
         from engine.backends.onnx_backend import OnnxUnavailable, describe_onnx
 
         try:
-            return describe_onnx(name, revision, dtype, explicit=backend == "onnx")
+            return describe_onnx(name, revision, "auto" if dtype == INT8 else dtype, explicit=backend == "onnx")
         except OnnxUnavailable as exc:
             onnx_note = f"ONNX Runtime not used: {exc}. "
     path = resolve_checkpoint(name, revision)
@@ -38,6 +38,10 @@ def describe(model: str | None, backend: str = "auto", device: str = "auto", dty
     check_fits(args, placement.dtype, free, "the GPU" if placement.device.type == "cuda" else "this machine")
     kv_size = torch.empty((), dtype=placement.kv_dtype).element_size()
     weight_bytes = args.param_count() * torch.empty((), dtype=placement.dtype).element_size()
+    if placement.quantize:  # int8 matrices and head; the embedding tables stay in bf16 for the lookup
+        from engine.quantize import int8_weight_bytes
+
+        weight_bytes = int8_weight_bytes(args)
     return {
         "backend": "torch",
         "model": name,
@@ -48,7 +52,7 @@ def describe(model: str | None, backend: str = "auto", device: str = "auto", dty
         "n_ctx": args.n_positions,
         "fim_family": tokenizer.fim.family,
         "device": str(placement.device),
-        "dtype": str(placement.dtype).removeprefix("torch."),
+        "dtype": INT8 if placement.quantize else str(placement.dtype).removeprefix("torch."),
         "kv_dtype": str(placement.kv_dtype).removeprefix("torch."),
         "why": onnx_note + placement.why,
         "threads": torch.get_num_threads(),

@@ -1,0 +1,114 @@
+"""Int8 weights for CPU decoding: every Linear of the network and the tied LM head.
+
+A decode step on a CPU reads every weight once to produce one token, so its time is the weight
+bytes over the memory bandwidth; int8 halves bf16's bytes. `quantize_int8` swaps the model's
+`nn.Linear`s (and gives it an untied int8 copy of the LM head; the embedding lookup keeps the
+bf16 table) for `Int8Linear`, from outside the model, in the manner of gpt-fast. Weights are
+quantised symmetrically per output channel (one scale per row, int8 in [-127, 127]).
+
+An `Int8Linear` runs two kernels, both reading only the int8 weight:
+- few rows (a decode step, a short speculative verification): the weight-only GEMV
+  `aten._weight_int8pack_mm` with bf16 activations (SantaCoder shape, one 2048x8192 weight,
+  2 threads: 1.1 ms at 1 row against 3.0 ms for the bf16 GEMV; it grows with the rows, 3.2 ms at 8);
+- many rows (prefill): activations quantised per row too, `torch._int_mm` (int8 x int8 -> int32,
+  AMX/VNNI) then both scales (38 ms at 512 rows, bf16 29 ms; dequantising the weight instead costs
+  ~30 ms a matrix before the GEMM even starts).
+docs/cpu-decode.md has the measurements behind these choices and the greedy agreement with fp32.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from engine.model import ModelArgs, Transformer
+
+Quantization = Literal["none", "int8"]
+QUANTIZATIONS: tuple[Quantization, ...] = ("none", "int8")
+GEMV_MAX_ROWS = 4  # up to this many rows the weight-only GEMV beats the int8 x int8 GEMM (measured)
+ACTIVATION_DTYPE = torch.bfloat16  # what the weight-only kernel multiplies the int8 rows with
+
+
+def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row int8: w [N, K] -> (q int8 [N, K], scale fp32 [N]) with w ~ q * scale[:, None]."""
+    w = w.float()
+    scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127  # [N]
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)  # [N, K]
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """`y = x @ (weight * scales[:, None]).T + bias` over an int8 weight [N, K]; x: [T, K] -> y: [T, N]."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        super().__init__()
+        q, scale = quantize_rows(weight)
+        self.register_buffer("weight", q)  # [N, K] int8
+        self.register_buffer("scales", scale.to(ACTIVATION_DTYPE))  # [N]
+        self.register_buffer("bias", None if bias is None else bias.detach().to(ACTIVATION_DTYPE))
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.to(ACTIVATION_DTYPE)
+        if x.shape[0] <= GEMV_MAX_ROWS:
+            y = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)  # [T, N] bf16
+        else:
+            y = int8_gemm(x, self.weight, self.scales.float()).to(ACTIVATION_DTYPE)  # [T, N]
+        return y if self.bias is None else y + self.bias
+
+
+def int8_gemm(x: Tensor, q: Tensor, w_scale: Tensor) -> Tensor:
+    """x [T, K] float, q int8 [N, K], w_scale [N] -> fp32 [T, N], activations quantised per row."""
+    x_scale = x.float().abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127  # [T, 1]
+    xq = torch.round(x.float() / x_scale).to(torch.int8)  # [T, K]
+    return torch._int_mm(xq, q.t()).float() * x_scale * w_scale  # int32 [T, N] -> fp32
+
+
+class Int8Head(Int8Linear):
+    """The tied LM head as its own int8 copy (the embedding table stays for the lookup)."""
+
+    def __init__(self, embedding: Tensor):
+        super().__init__(embedding, None)
+
+
+def quantize_int8(model: Transformer) -> Transformer:
+    """Swap every nn.Linear for an Int8Linear and give the model an int8 LM head, in place.
+
+    The rest (embeddings, layer norms) is cast to bf16, the activations' dtype. Returns `model`.
+    """
+    assert model.lm_head is None, "this model is already quantised"
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child.weight.detach(), child.bias))
+    model.lm_head = Int8Head(model.wte.weight.detach())  # [V, E]
+    for module in model.modules():
+        if isinstance(module, (nn.Embedding, nn.LayerNorm)):
+            module.to(ACTIVATION_DTYPE)
+    return model
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and buffers (int8 weights, scales, biases, the embedding tables)."""
+    tensors = list(model.parameters()) + [b for b in model.buffers() if b is not None]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+
+def int8_weight_bytes(args: ModelArgs) -> int:
+    """The bytes `weight_bytes` gives after `quantize_int8` for a model of this shape, without building it."""
+    E, I, kv, bf16 = args.n_embd, args.inner, args.kv_heads * args.head_dim, 2
+    outputs = [E + 2 * kv, E, I, E]  # c_attn, attn.c_proj, c_fc, mlp.c_proj: one scale and one bias each
+    matrices = E * (E + 2 * kv) + E * E + E * I + I * E  # int8, one byte each
+    layer = matrices + 2 * bf16 * sum(outputs) + 2 * 2 * E * bf16  # + two layer norms
+    head = args.vocab_size * E + bf16 * args.vocab_size  # int8 rows + their scales
+    tables = (args.vocab_size + args.n_positions) * E * bf16  # wte, wpe
+    return args.n_layer * layer + head + tables + 2 * E * bf16  # + ln_f

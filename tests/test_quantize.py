@@ -1,0 +1,139 @@
+"""Int8 weights (engine.quantize): kernels against fp32, cached == recomputed, agreement, selection, status."""
+import pytest
+import torch
+
+from benchmarks.backends import agreement
+from engine import select
+from engine.api import CompletionRequest, DocId
+from engine.backends.torch_backend import TorchBackend
+from engine.cache import CacheConfig
+from engine.loading import CheckpointError, load_model
+from engine.model import KVBuffer
+from engine.quantize import GEMV_MAX_ROWS, Int8Linear, int8_weight_bytes, quantize_int8, quantize_rows, weight_bytes
+from engine.select import choose_placement, load_backend
+from engine.status import describe
+from tests.conftest import kit
+
+CPU = torch.device("cpu")
+# int8 rounding moves each weight by at most half a step (max|row| / 254); through 2 tiny layers
+# and the head the logits moved by 4.3% of their largest magnitude when measured: 8% is the bound.
+LOGIT_BOUND = 0.08
+
+
+def test_rows_round_trip_within_half_a_step():
+    w = torch.randn(48, 64) * torch.linspace(0.01, 3, 48)[:, None]  # rows of very different scales
+    q, scale = quantize_rows(w)
+    assert q.dtype == torch.int8 and scale.shape == (48,)
+    assert torch.equal(q.abs().amax(dim=1), torch.full((48,), 127, dtype=torch.int8))  # each row uses its range
+    assert bool(((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7).all())
+
+
+@pytest.mark.parametrize("rows", [1, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1, 64])  # both kernels, either side
+def test_int8_linear_is_close_to_fp32(rows, one_thread):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 96).requires_grad_(False)
+    x = torch.randn(rows, 256)
+    expected = linear(x)  # [rows, 96]
+    got = Int8Linear(linear.weight.detach(), linear.bias).forward(x)
+    assert got.shape == expected.shape and got.dtype == torch.bfloat16
+    # bf16 activations (2^-9 relative) plus int8 weights (and int8 activations above GEMV_MAX_ROWS)
+    assert float((got.float() - expected).abs().max()) <= 0.03 * float(expected.abs().max())
+
+
+@pytest.fixture(scope="module")
+def models():
+    path = kit(shape="tiny", family="starcoder")
+    reference = load_model(str(path), CPU, torch.float32)
+    quantized = load_model(str(path), CPU, torch.bfloat16)
+    quantize_int8(quantized.model)
+    return reference, quantized
+
+
+def test_quantized_logits_are_close_to_fp32(models, one_thread):
+    reference, quantized = models
+    ids = torch.tensor([(7 * i + 3) % 1000 for i in range(40)])  # [40]
+    with torch.inference_mode():
+        expected = reference.model(ids, torch.arange(40), KVBuffer(reference.model.args, 64, torch.float32), 0)
+        got = quantized.model(ids, torch.arange(40), KVBuffer(quantized.model.args, 64, torch.bfloat16), 0)
+    assert float((got.float() - expected).abs().max()) <= LOGIT_BOUND * float(expected.abs().max())
+
+
+def test_cached_decoding_equals_recompute_under_int8(models, one_thread):
+    _, quantized = models
+    model, prompt, steps = quantized.model, [(11 * i + 5) % 1000 for i in range(24)], 12
+    kv = KVBuffer(model.args, 64, torch.bfloat16)
+    cached, recomputed = [], []
+    with torch.inference_mode():
+        logits = model(torch.tensor(prompt), torch.arange(len(prompt)), kv, 0, last_only=True)[0]  # [V]
+        for pos in range(len(prompt), len(prompt) + steps):
+            cached.append(int(logits.argmax()))
+            logits = model(torch.tensor(cached[-1:]), torch.tensor([pos]), kv, pos)[0]  # one row: the GEMV
+        seq = list(prompt)
+        for _ in range(steps):
+            full = model(torch.tensor(seq), torch.arange(len(seq)), KVBuffer(model.args, 64, torch.bfloat16), 0)
+            recomputed.append(int(full[-1].argmax()))  # many rows: the int8 x int8 GEMM
+            seq.append(recomputed[-1])
+        last = model(torch.tensor(seq), torch.arange(len(seq)), KVBuffer(model.args, 64, torch.bfloat16), 0)
+    assert cached == recomputed
+    assert float((last[-1].float() - logits.float()).abs().max()) <= LOGIT_BOUND * float(last[-1].abs().max())
+
+
+def test_greedy_agreement_with_fp32_over_a_typing_replay(one_thread):
+    """On the bundled trained model: random weights' near-tied argmaxes say nothing about int8."""
+    from benchmarks.keystroke_replay import load_problems, replay
+
+    reference = load_model(str(select.DEFAULT_MODEL_DIR), CPU, torch.float32)
+    quantized = load_model(str(select.DEFAULT_MODEL_DIR), CPU, torch.bfloat16)
+    quantize_int8(quantized.model)
+    modes = {"fp32": TorchBackend(reference, CacheConfig(budget_bytes=2**26), kv_dtype=torch.float32),
+             "int8": TorchBackend(quantized, CacheConfig(budget_bytes=2**26), kv_dtype=torch.bfloat16)}
+    runs = replay(load_problems(12), modes, 1024, 8, 6)
+    tokens = {run.name: [s.token_ids for s in run.samples] for run in runs}
+    same_keystrokes, token_agreement = agreement(tokens["fp32"], tokens["int8"])
+    assert len(tokens["fp32"]) == len(tokens["int8"]) >= 12 and sum(map(len, tokens["fp32"])) > 0
+    assert token_agreement >= 0.95, f"int8 agreed with fp32 on {token_agreement:.1%} of tokens"
+    assert 0.0 <= same_keystrokes <= 1.0
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_auto_on_a_cpu_with_int8_instructions_loads_int8_weights(monkeypatch, cpu_only, tiny_onnx):
+    monkeypatch.setattr(select, "cpu_has_int8", lambda: True)
+    backend = load_backend(str(kit(shape="tiny", family="starcoder")))
+    assert (backend.info.backend, backend.info.dtype) == ("torch", "int8")
+    assert "int8 weights" in backend.info.why and backend.model.lm_head is not None
+    result = backend.complete(CompletionRequest(DocId("x"), "def add(a, b):\n", max_new_tokens=4))
+    assert result.generated_tokens == len(result.token_ids) > 0
+    assert load_backend(str(tiny_onnx)).info.backend == "onnx"  # an export directory still runs its graph
+
+
+def test_auto_without_int8_instructions_keeps_the_float_choice(monkeypatch, cpu_only):
+    monkeypatch.setattr(select, "cpu_has_int8", lambda: False)
+    monkeypatch.setattr(select, "cpu_has_bf16", lambda: False)
+    placement = choose_placement("auto", "auto")
+    assert (placement.dtype, placement.quantize) == (torch.float32, False)
+    explicit = choose_placement("cpu", "int8")
+    assert explicit.quantize and explicit.why == "--dtype int8 as asked"
+
+
+def test_int8_on_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(CheckpointError, match="--dtype int8 is the CPU's"):
+        choose_placement("cuda", "int8")
+
+
+def test_status_reports_int8_and_its_weight_bytes(monkeypatch, cpu_only, models):
+    monkeypatch.setattr(select, "cpu_has_int8", lambda: True)
+    info = describe(str(kit(shape="tiny", family="starcoder")))
+    assert (info["backend"], info["dtype"], info["kv_dtype"]) == ("torch", "int8", "bfloat16")
+    assert "int8 weights" in info["why"]
+    assert info["weight_bytes"] == int8_weight_bytes(models[1].model.args) == weight_bytes(models[1].model)
+    assert describe(str(kit(shape="tiny", family="starcoder")), dtype="float32")["dtype"] == "float32"
+
+
+def test_quantizing_twice_is_refused(models):
+    with pytest.raises(AssertionError, match="already quantised"):
+        quantize_int8(models[1].model)
