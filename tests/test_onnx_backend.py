@@ -13,6 +13,7 @@ from engine.backends.torch_backend import TorchBackend
 from engine.cache import CacheConfig
 from engine.loading import load_model
 from engine.onnx_export import FP32_FILE, MANIFEST, Manifest, checkpoint_hash
+from engine import select
 from engine.select import load_backend
 from tests.conftest import kit
 
@@ -77,7 +78,8 @@ def test_int8_graph_is_chosen_by_default_and_says_so(tiny_onnx):
     assert result.generated_tokens == len(result.token_ids) > 0
 
 
-def test_auto_picks_onnx_when_an_export_exists_and_torch_when_none(tiny_onnx, no_gpu, tmp_path):
+def test_auto_picks_onnx_when_an_export_exists_and_torch_when_none(tiny_onnx, no_gpu, tmp_path, monkeypatch):
+    monkeypatch.setattr(select, "cpu_has_int8", lambda: False)  # else torch's int8 weights (tests/test_quantize.py)
     model = str(kit(shape="tiny", family="starcoder"))
     chosen = load_backend(model, onnx=OnnxConfig(export_dir=str(tiny_onnx)))
     assert chosen.info.backend == "onnx" and str(tiny_onnx) in chosen.info.why
@@ -104,7 +106,9 @@ def test_missing_onnxruntime_falls_back_to_torch_cpu(tiny_onnx, monkeypatch):
     assert backend.info.backend == "torch" and "onnxruntime is not installed" in backend.info.why
 
 
-def test_an_export_of_another_checkpoint_is_refused_then_rebuilt_when_onnx_is_asked_for(tiny_onnx, no_gpu, tmp_path):
+def test_an_export_of_another_checkpoint_is_refused_then_rebuilt_when_onnx_is_asked_for(tiny_onnx, no_gpu, tmp_path,
+                                                                                         monkeypatch):
+    monkeypatch.setattr(select, "cpu_has_int8", lambda: False)  # else auto does not try ONNX Runtime
     other = kit(shape="tiny", family="starcoder", mha=True)
     stale = tmp_path / "export"
     shutil.copytree(tiny_onnx, stale)

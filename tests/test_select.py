@@ -23,6 +23,7 @@ def test_explicit_cpu_dtypes_are_used_as_asked(dtype, expected):
 
 def test_auto_on_cpu_follows_native_bf16_support(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(select, "cpu_has_int8", lambda: False)  # else int8 weights (tests/test_quantize.py)
     monkeypatch.setattr(select, "cpu_has_bf16", lambda: True)
     assert choose_placement().dtype == torch.bfloat16 and "bf16" in choose_placement().why
     monkeypatch.setattr(select, "cpu_has_bf16", lambda: False)
@@ -33,7 +34,7 @@ def test_auto_on_cpu_follows_native_bf16_support(monkeypatch):
     ("cpu", "float16", "slow and inexact on CPU"),
     ("mps", "auto", "only cpu and cuda"),
     ("nonsense!", "auto", "is not a device"),
-    ("cpu", "int8", "choose one of"),
+    ("cpu", "int4", "choose one of"),
 ])
 def test_bad_placements_are_clear_errors(device, dtype, match):
     with pytest.raises(CheckpointError, match=match):
