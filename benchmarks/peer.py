@@ -38,7 +38,7 @@ REPLAY_TOKENS = 8  # greedy tokens per keystroke
 DECODE_STEPS = 16  # single-token steps timed for decode s/token
 PLUS_ONE_TRIALS = 3  # +1-token requests timed (median): the first after a prefill also sets up the decode graph
 N_BATCH = 512  # llama.cpp's prompt batch (its default)
-OURS = ("torch fp32", "torch bf16", "onnx int8")
+OURS = ("torch fp32", "torch bf16", "onnx int8", "torch int8")
 PEERS = ("llama.cpp f16", "llama.cpp q8_0")
 INSTALL = """llama-cpp-python is not installed; it is a benchmark-only dependency (llama.cpp built from source).
   ./dev test installs it from the wheel it keeps in ~/.cache/fim-lsp/wheels; by hand:
@@ -258,7 +258,8 @@ def load_row(row: Row):
     runtime, precision = row.mode.split()
     options = {"torch fp32": {"dtype": "float32"}, "torch bf16": {"dtype": "bfloat16"},
                "onnx int8": {"onnx": OnnxConfig(export_dir=str(export_dir_for(Path(row.model))),
-                                                quantization="int8-dynamic")}}[row.mode]
+                                                quantization="int8-dynamic")},
+               "torch int8": {"dtype": "int8"}}[row.mode]  # int8 weights, bf16 activations (engine.quantize)
     return load_backend(row.model, backend=runtime, device="cpu", threads=row.threads,
                         cache=CacheConfig(budget_bytes=2**30), **options)
 
