@@ -1,4 +1,4 @@
-"""`fim-lsp bench backends`: torch fp32, torch bf16, ONNX Runtime fp32 and int8 side by side.
+"""`fim-lsp bench backends`: torch fp32, bf16 and int8 weights, ONNX Runtime fp32 and int8 side by side.
 
 For each shape (checkpoint-kit models written once and cached, or `--model`), each runtime runs in
 its own process so that its peak RSS is its own: a 1k-token prefill, one cached single-token step
@@ -25,7 +25,8 @@ from pathlib import Path
 PREFILL_TOKENS = 1024
 DECODE_STEPS = 16  # cached single-token steps timed for tokens/s
 REPLAY_TOKENS = 8  # greedy tokens per keystroke in the replay
-MODES = ("torch fp32", "torch bf16", "onnx fp32", "onnx int8")
+VERIFY_TOKENS = (2, 4, 8)  # tokens fed in one cached step, as a speculative draft's verification does
+MODES = ("torch fp32", "torch bf16", "torch int8", "onnx fp32", "onnx int8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,10 @@ def export_dir_for(model: Path) -> Path:
 
 
 def load_mode(task: Task):
-    """The backend for a mode; ONNX modes export (fp32 + int8) first when needed."""
+    """The backend for a mode; ONNX modes export (fp32 + int8) first when needed.
+
+    torch int8: int8 weights (engine.quantize) over bf16 activations and K/V, what `--dtype int8` runs.
+    """
     import torch
 
     from engine.backends.onnx_backend import OnnxConfig, load_onnx_backend
@@ -61,7 +65,12 @@ def load_mode(task: Task):
     runtime, precision = task.mode.split()
     if runtime == "torch":
         dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-        return TorchBackend(load_model(task.model, torch.device("cpu"), dtype), cache, kv_dtype=dtype)
+        loaded = load_model(task.model, torch.device("cpu"), dtype)
+        if precision == "int8":
+            from engine.quantize import quantize_int8
+
+            quantize_int8(loaded.model)
+        return TorchBackend(loaded, cache, kv_dtype=dtype)
     config = OnnxConfig(export_dir=task.export_dir, quantization="int8-dynamic" if precision == "int8" else "none")
     return load_onnx_backend(task.model, device="cpu", dtype="auto", cache=cache, config=config)
 
@@ -76,10 +85,11 @@ def code_ids(backend, n: int) -> list[int]:
 
 
 def time_forward(backend, n_prompt: int) -> dict[str, float]:
-    """Prefill `n_prompt` tokens in one forward, then one cached step, then DECODE_STEPS more."""
+    """Prefill `n_prompt` tokens in one forward, then one cached step, then DECODE_STEPS more, then
+    one cached step of each size in VERIFY_TOKENS (all logits, at the same position: best of 2)."""
     import torch
 
-    model, kv = backend.model, backend.new_buffer(n_prompt + DECODE_STEPS + 1)
+    model, kv = backend.model, backend.new_buffer(n_prompt + DECODE_STEPS + 1 + max(VERIFY_TOKENS))
     ids = torch.tensor(code_ids(backend, n_prompt))  # [T]
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -91,8 +101,21 @@ def time_forward(backend, n_prompt: int) -> dict[str, float]:
             s = time.perf_counter()
             logits = model(token, torch.tensor([pos]), kv, pos)[0]  # [V]
             steps.append(time.perf_counter() - s)
+        verify = {}
+        pos = n_prompt + DECODE_STEPS + 1
+        for T in VERIFY_TOKENS:
+            draft, at = ids[:T], torch.arange(pos, pos + T)  # [T], [T]
+            verify[T] = min(timed(lambda: model(draft, at, kv, pos)) for _ in range(2)) * 1e3
     decode = steps[1:]
-    return {"prefill_s": t1 - t0, "cached_step_ms": steps[0] * 1e3, "decode_tok_s": len(decode) / sum(decode)}
+    return {"prefill_s": t1 - t0, "cached_step_ms": steps[0] * 1e3, "decode_tok_s": len(decode) / sum(decode),
+            "verify_ms": verify}
+
+
+def timed(call) -> float:
+    """Seconds one call takes."""
+    s = time.perf_counter()
+    call()
+    return time.perf_counter() - s
 
 
 def run_task(task: Task) -> dict:
@@ -109,7 +132,7 @@ def run_task(task: Task) -> dict:
     n_ctx = backend.info.n_ctx
     result: dict = {"mode": task.mode, "load_s": load_s, "why": backend.info.why}
     if task.timings:
-        result.update(time_forward(backend, min(PREFILL_TOKENS, n_ctx - DECODE_STEPS - 1)))
+        result.update(time_forward(backend, min(PREFILL_TOKENS, n_ctx - DECODE_STEPS - 1 - max(VERIFY_TOKENS))))
     runs = replay(load_problems(task.problems), {task.mode: backend}, n_ctx, REPLAY_TOKENS, task.max_keys)
     result["tokens"] = [s.token_ids for s in runs[0].samples]
     result["replay_p50_ms"] = sorted(s.latency_ms for s in runs[0].samples)[len(runs[0].samples) // 2]
@@ -140,12 +163,13 @@ def compare(rows: list[dict]) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("shape", "backend", "prefill 1k s", "cached step ms", "decode tok/s", "peak RSS GiB",
-            "same tokens", "token agr.")
+    head = ("shape", "backend", "prefill 1k s", "cached step ms", "decode tok/s",
+            "step ms at " + "/".join(map(str, VERIFY_TOKENS)) + " tokens", "peak RSS GiB", "same tokens", "token agr.")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['mode']} | {r['prefill_s']:.2f} | {r['cached_step_ms']:.1f} | "
-                     f"{r['decode_tok_s']:.1f} | {r['peak_rss_gib']:.2f} | {r['same_keystrokes']:.1%} | "
+                     f"{r['decode_tok_s']:.1f} | {'/'.join(f'{ms:.0f}' for ms in r['verify_ms'].values())} | "
+                     f"{r['peak_rss_gib']:.2f} | {r['same_keystrokes']:.1%} | "
                      f"{r['token_agreement']:.1%} |")
     return "\n".join(lines)
 
@@ -170,7 +194,7 @@ def trained_agreement(problems: int, max_keys: int | None, threads: int | None, 
         snapshot = Path(tmp) / "default_model"
         shutil.copytree(DEFAULT_MODEL_DIR, snapshot)
         rows = []
-        for mode in ("torch fp32", "onnx fp32", "onnx int8", "torch bf16"):
+        for mode in ("torch fp32", "torch int8", "onnx fp32", "onnx int8", "torch bf16"):
             say(f"trained model: {mode}")
             task = Task(mode, str(snapshot), str(Path(tmp) / "onnx"), problems, max_keys, threads, timings=False)
             rows.append({"shape": "trained default", **in_worker(task)})
@@ -219,9 +243,10 @@ def main(args) -> int:
     print("same tokens / token agr.: keystrokes whose tokens equal torch fp32's / tokens equal position-wise")
     for shape in shapes:
         by = {r["mode"]: r for r in rows if r["shape"] == shape}
-        if "torch fp32" in by and "onnx int8" in by:
-            ratio = by["onnx int8"]["decode_tok_s"] / by["torch fp32"]["decode_tok_s"]
-            print(f"{shape}: onnx int8 decodes {ratio:.2f}x as fast as torch fp32 (this run)")
+        for fast in ("torch int8", "onnx int8"):
+            if "torch fp32" in by and fast in by:
+                ratio = by[fast]["decode_tok_s"] / by["torch fp32"]["decode_tok_s"]
+                print(f"{shape}: {fast} decodes {ratio:.2f}x as fast as torch fp32 (this run)")
     if trained:
         print(f"\nint8 on trained weights (bundled default model), replay of {args.problems} problems "
               f"x {args.max_keys or 12} keys:")
