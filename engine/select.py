@@ -1,14 +1,15 @@
 """Choosing a backend, device and dtype for a model, and loading it: `load_backend`.
 
 `auto` means: torch on CUDA when present (bf16 where supported, else fp16); otherwise, on a CPU
-with int8 dot-product instructions (AVX-512 VNNI / AVX-VNNI / AMX), torch with int8 weights
-(`--dtype int8`, engine.quantize: the fastest CPU decode measured, docs/cpu-decode.md) unless
-`--model` is an ONNX export directory; otherwise ONNX Runtime when an export of this checkpoint
-exists (or is made on first use, if configured); otherwise torch on the CPU in bf16 when it has
-native bf16 matrix instructions (AVX-512 BF16 / AMX) and fp32 otherwise. ONNX Runtime that cannot serve (not installed, no or a stale or corrupt
-export) falls back to torch on the CPU, and the reason is kept. Every choice
-carries a one-line reason that `fim-lsp status` prints. Runtimes other than torch live in their
-own modules and are imported only when asked for (see RUNTIMES).
+with int8 dot-product instructions (AVX-512 VNNI / AVX-VNNI / AMX) and a model of INT8_MIN_PARAMS
+or more, torch with int8 weights (`--dtype int8`, engine.quantize: the fastest CPU decode
+measured, docs/cpu-decode.md) unless `--model` is an ONNX export directory; otherwise ONNX
+Runtime when an export of this checkpoint exists (or is made on first use, if configured);
+otherwise torch on the CPU in bf16 when it has native bf16 matrix instructions (AVX-512 BF16 /
+AMX) and fp32 otherwise. ONNX Runtime that cannot serve (not installed, no or a stale or corrupt
+export) falls back to torch on the CPU, and the reason is kept. Every choice carries a one-line
+reason that `fim-lsp status` prints. Runtimes other than torch live in their own modules and are
+imported only when asked for (see RUNTIMES).
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ import torch
 
 from engine.api import Backend
 from engine.cache import CacheConfig
-from engine.loading import CheckpointError, Progress, load_model
+from engine.loading import CheckpointError, Progress, load_model, read_config
 from engine.speculative import default_speculate
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INT8 = "int8"  # --dtype int8: int8 weights (engine.quantize), bf16 activations and K/V; CPU only
+INT8_MIN_PARAMS = 100_000_000  # below this a step is call overhead, not weight reads: int8 measured slower
 INT8_WHY = ("CPU with int8 dot-product instructions: int8 weights (engine.quantize), measured the fastest CPU "
             "decode (SantaCoder shape, 1k context: 0.12 s/token against 0.28 bf16 and 0.19 ONNX Runtime int8)")
 # backend name -> module with `load_backend(model, device, dtype, revision, progress, **options)`
@@ -64,8 +66,26 @@ def cpu_has_int8() -> bool:
     return " avx512_vnni" in flags or " avx_vnni" in flags or " amx_int8" in flags
 
 
-def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
-    """Resolve `auto` device and dtype; raise CheckpointError for ones this machine lacks."""
+def int8_pays(params: int | None) -> bool:
+    """Whether `--dtype auto` on this CPU means int8 weights for a model of `params` (None: unknown)."""
+    return cpu_has_int8() and (params is None or params >= INT8_MIN_PARAMS)
+
+
+def local_params(name: str) -> int | None:
+    """The parameter count of a local checkpoint directory (None for a hub id or no readable config)."""
+    if not (Path(name) / "config.json").is_file():
+        return None
+    try:
+        return read_config(Path(name)).args.param_count()
+    except CheckpointError:
+        return None
+
+
+def choose_placement(device: str = "auto", dtype: str = "auto", params: int | None = None) -> Placement:
+    """Resolve `auto` device and dtype; raise CheckpointError for ones this machine lacks.
+
+    `params`: the model's parameter count where known (int8 weights pay only on large models).
+    """
     if device == "auto":
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -92,7 +112,7 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
         if torch.cuda.is_bf16_supported():
             return Placement(dev, torch.bfloat16, torch.bfloat16, "CUDA with bf16 support")
         return Placement(dev, torch.float16, torch.float16, "CUDA without bf16: fp16")
-    if cpu_has_int8():
+    if int8_pays(params):
         return Placement(dev, torch.bfloat16, torch.bfloat16, INT8_WHY, quantize=True)
     if cpu_has_bf16():
         return Placement(dev, torch.bfloat16, kv_dtype_for(dev, torch.bfloat16),
@@ -147,7 +167,7 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
             return chosen
         except OnnxUnavailable as exc:
             fallback, device, name = f"ONNX Runtime not used: {exc}. ", "cpu", exc.checkpoint or name
-    placement = choose_placement(device, dtype)
+    placement = choose_placement(device, dtype, local_params(name))
     loaded = load_model(name, placement.device, placement.dtype, revision=revision, progress=progress)
     from engine.backends.torch_backend import TorchBackend
 
@@ -179,7 +199,7 @@ def tries_onnx(name: str, backend: str, device: str, dtype: str) -> bool:
 
     if (Path(name) / MANIFEST).is_file():
         return True
-    return not (dtype == INT8 or (dtype == "auto" and cpu_has_int8()))
+    return not (dtype == INT8 or (dtype == "auto" and int8_pays(local_params(name))))
 
 
 def resolve_model_name(model: str | None) -> str:

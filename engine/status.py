@@ -32,7 +32,7 @@ def describe(model: str | None, backend: str = "auto", device: str = "auto", dty
     path = resolve_checkpoint(name, revision)
     config = read_config(path)
     tokenizer = load_tokenizer(path)
-    placement = choose_placement(device, dtype)
+    placement = choose_placement(device, dtype, config.args.param_count())
     args = config.args
     free = available_memory(placement.device)
     check_fits(args, placement.dtype, free, "the GPU" if placement.device.type == "cuda" else "this machine")
