@@ -111,6 +111,8 @@ def test_auto_on_a_cpu_with_int8_instructions_loads_int8_weights(monkeypatch, cp
     result = backend.complete(CompletionRequest(DocId("x"), "def add(a, b):\n", max_new_tokens=4))
     assert result.generated_tokens == len(result.token_ids) > 0
     assert load_backend(str(tiny_onnx)).info.backend == "onnx"  # an export directory still runs its graph
+    onnx_int8 = load_backend(str(tiny_onnx), backend="onnx", dtype="int8").info
+    assert (onnx_int8.backend, onnx_int8.dtype) == ("onnx", "int8")  # the export's int8 graph
 
 
 def test_auto_without_int8_instructions_keeps_the_float_choice(monkeypatch, cpu_only):
