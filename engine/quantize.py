@@ -27,6 +27,7 @@ from engine.model import ModelArgs, Transformer
 Quantization = Literal["none", "int8"]
 QUANTIZATIONS: tuple[Quantization, ...] = ("none", "int8")
 GEMV_MAX_ROWS = 4  # up to this many rows the weight-only GEMV beats the int8 x int8 GEMM (measured)
+GEMV_K_MULTIPLE = 32  # the GEMV returned garbage, silently, for inner sizes off a multiple of 16 (seen: 40, 100)
 ACTIVATION_DTYPE = torch.bfloat16  # what the weight-only kernel multiplies the int8 rows with
 
 
@@ -47,6 +48,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", q)  # [N, K] int8
         self.register_buffer("scales", scale.to(ACTIVATION_DTYPE))  # [N]
         self.register_buffer("bias", None if bias is None else bias.detach().to(ACTIVATION_DTYPE))
+        self.gemv = q.shape[1] % GEMV_K_MULTIPLE == 0  # else every call takes the int8 x int8 GEMM
 
     @property
     def in_features(self) -> int:
@@ -58,7 +60,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.to(ACTIVATION_DTYPE)
-        if x.shape[0] <= GEMV_MAX_ROWS:
+        if self.gemv and x.shape[0] <= GEMV_MAX_ROWS:
             y = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)  # [T, N] bf16
         else:
             y = int8_gemm(x, self.weight, self.scales.float()).to(ACTIVATION_DTYPE)  # [T, N]

@@ -40,6 +40,15 @@ def test_int8_linear_is_close_to_fp32(rows, one_thread):
     assert float((got.float() - expected).abs().max()) <= 0.03 * float(expected.abs().max())
 
 
+@pytest.mark.parametrize("inner", [100, 40])  # off a multiple of 16: torch's int8 GEMV returned garbage here
+def test_an_inner_size_the_gemv_cannot_take_uses_the_gemm(inner, one_thread):
+    linear = torch.nn.Linear(inner, 64).requires_grad_(False)
+    layer = Int8Linear(linear.weight, linear.bias)
+    x = torch.randn(1, inner)  # one row: the GEMV's case
+    assert not layer.gemv
+    assert float((layer(x).float() - linear(x)).abs().max()) <= 0.03 * float(linear(x).abs().max())
+
+
 @pytest.fixture(scope="module")
 def models():
     path = kit(shape="tiny", family="starcoder")
