@@ -17,15 +17,11 @@ docs/cpu-decode.md has the measurements behind these choices and the greedy agre
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor, nn
 
 from engine.model import ModelArgs, Transformer
 
-Quantization = Literal["none", "int8"]
-QUANTIZATIONS: tuple[Quantization, ...] = ("none", "int8")
 GEMV_MAX_ROWS = 4  # up to this many rows the weight-only GEMV beats the int8 x int8 GEMM (measured)
 GEMV_K_MULTIPLE = 32  # the GEMV returned garbage, silently, for inner sizes off a multiple of 16 (seen: 40, 100)
 ACTIVATION_DTYPE = torch.bfloat16  # what the weight-only kernel multiplies the int8 rows with
@@ -49,14 +45,6 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", scale.to(ACTIVATION_DTYPE))  # [N]
         self.register_buffer("bias", None if bias is None else bias.detach().to(ACTIVATION_DTYPE))
         self.gemv = q.shape[1] % GEMV_K_MULTIPLE == 0  # else every call takes the int8 x int8 GEMM
-
-    @property
-    def in_features(self) -> int:
-        return self.weight.shape[1]
-
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.to(ACTIVATION_DTYPE)
@@ -102,7 +90,6 @@ def weight_bytes(model: nn.Module) -> int:
     """Bytes of parameters and buffers (int8 weights, scales, biases, the embedding tables)."""
     tensors = list(model.parameters()) + [b for b in model.buffers() if b is not None]
     return sum(t.numel() * t.element_size() for t in tensors)
-
 
 
 def int8_weight_bytes(args: ModelArgs) -> int:
