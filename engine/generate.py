@@ -23,7 +23,7 @@ from torch import Tensor
 
 from engine.api import CancelToken, Cancelled, StopReason
 from engine.model import KVBuffer, Transformer
-from engine.speculative import ENGINE_NGRAM_MIN, draft_tokens, next_draft_length
+from engine.speculative import ENGINE_NGRAM_MIN, PromptLookup, next_draft_length
 
 
 class RequestError(ValueError):
@@ -183,6 +183,7 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
     reason: StopReason = "max_tokens"
     steps = drafted = accepted = 0
     length = speculate  # the next draft's length, adapted to how much of the last one was kept
+    lookup: PromptLookup | None = None  # built at the first draft (a 1-token request never needs it)
     rows, fed, pos = logits[None], [], len(prompt)  # rows [R, V]: logits after each fed token, fed at pos..
     while rules.max_new_tokens > 0:
         kept, stop = take_tokens(rows, fed[1:], tokens, pick, rules, decode)
@@ -202,8 +203,13 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
             raise Cancelled("cancelled during decoding")
         pos = len(prompt) + len(tokens) - 1  # where the last chosen token goes
         room = rules.max_new_tokens - len(tokens) - 1  # a longer draft would outrun max_new_tokens (and the slot)
-        draft = draft_tokens([*prompt, *tokens], ngram_min=ENGINE_NGRAM_MIN, k=min(length, room)) \
-            if speculate and room > 0 else []
+        draft = []
+        if speculate and room > 0:
+            if lookup is None:
+                lookup = PromptLookup([*prompt, *tokens], ngram_min=ENGINE_NGRAM_MIN)
+            for token in tokens[len(lookup.ids) - len(prompt):]:
+                lookup.append(token)
+            draft = lookup.draft(min(length, room))
         fed = [tokens[-1], *draft]
         rows = decode_tokens(model, kv, fed, pos)  # [1 + len(draft), V]
         written(fed[:1])  # the chosen token's K/V are valid whatever the model says of the draft

@@ -50,6 +50,48 @@ def draft_tokens(context_ids: Sequence[int], ngram_max: int = 3, ngram_min: int 
     return []
 
 
+class PromptLookup:
+    """`draft_tokens` over a context that grows one token at a time, without rescanning it.
+
+    Keeps, for every n-gram of `ngram_min`..`ngram_max` tokens, where its latest occurrence that
+    has a token after it ends; built in C-speed passes over the prompt (~1 ms for 4k tokens),
+    then one dictionary entry per length per appended token. A request's decode loop asks for a
+    draft every step, and rescanning a 4k-token prompt each time cost ~0.2 ms a step.
+    """
+
+    __slots__ = ("ids", "latest", "ngram_max", "ngram_min")
+
+    def __init__(self, context_ids: Sequence[int], ngram_max: int = 3, ngram_min: int = 1):
+        if not 1 <= ngram_min <= ngram_max:
+            raise ValueError(f"n-gram lengths must satisfy 1 <= ngram_min <= ngram_max, got {ngram_min}..{ngram_max}")
+        self.ids = list(context_ids)
+        self.ngram_max, self.ngram_min = ngram_max, ngram_min
+        # n-gram -> index of its last token, for occurrences ending at 0..len-2 (a later one overwrites)
+        self.latest: dict[tuple[int, ...], int] = {}
+        followed = self.ids[:-1]
+        for n in range(ngram_min, ngram_max + 1):
+            starts = [followed[i:] for i in range(n)]
+            self.latest.update(zip(zip(*starts), range(n - 1, len(followed))))
+
+    def append(self, token: int) -> None:
+        """The context grew by `token`: the n-grams ending at the previous last token now have a follower."""
+        ids = self.ids
+        for n in range(self.ngram_min, min(self.ngram_max, len(ids)) + 1):
+            self.latest[tuple(ids[len(ids) - n:])] = len(ids) - 1
+        ids.append(token)
+
+    def draft(self, k: int) -> list[int]:
+        """What `draft_tokens(context, ngram_max, ngram_min, k)` returns for the context so far."""
+        if k <= 0:
+            return []
+        ids, end = self.ids, len(self.ids)
+        for n in range(min(self.ngram_max, end - 1), self.ngram_min - 1, -1):
+            i = self.latest.get(tuple(ids[end - n:]))
+            if i is not None:
+                return ids[i + 1:i + 1 + k]
+        return []
+
+
 def next_draft_length(length: int, drafted: int, kept: int, limit: int) -> int:
     """The draft length for the next step: one more after a wholly kept draft, one less after a miss.
 

@@ -2,6 +2,8 @@
 plain greedy decoding's tokens, stop reasons and cached slot tokens (torch and ONNX Runtime)."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmarks.keystroke_replay import keystrokes, load_problems
 from engine.api import CompletionRequest, DocId
@@ -11,7 +13,7 @@ from engine.cache import CacheConfig
 from engine.faults import InjectedFault, failing_forward
 from engine.generate import Sampling, StopRules, generate
 from engine.loading import load_model
-from engine.speculative import draft_tokens, next_draft_length
+from engine.speculative import PromptLookup, draft_tokens, next_draft_length
 from lsp_server.pipeline import early_stops
 from lsp_server.postprocess import PostprocessConfig
 from lsp_server.prompt import PromptConfig, build_prompt
@@ -46,6 +48,25 @@ def test_draft_tokens(context, kwargs, draft):
 def test_draft_tokens_rejects_bad_lengths(kwargs, match):
     with pytest.raises(ValueError, match=match):
         draft_tokens([1, 2, 1], **kwargs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=40), st.integers(0, 40), st.integers(1, 3), st.integers(0, 2),
+       st.integers(0, 6))
+def test_prompt_lookup_drafts_what_draft_tokens_drafts(ids, split, ngram_min, extra, k):
+    lookup = PromptLookup(ids[:split], ngram_max=ngram_min + extra, ngram_min=ngram_min)
+    for token in ids[split:]:
+        lookup.append(token)
+    assert lookup.draft(k) == draft_tokens(ids, ngram_max=ngram_min + extra, ngram_min=ngram_min, k=k)
+
+
+def test_prompt_lookup_literal():
+    lookup = PromptLookup([5, 1, 2, 7, 1], ngram_max=3, ngram_min=2)
+    assert lookup.draft(3) == []  # the unigram 1 recurs, but single tokens are not matched
+    lookup.append(2)
+    assert lookup.draft(3) == [7, 1, 2]
+    lookup.append(8)
+    assert (lookup.ids, lookup.draft(3)) == ([5, 1, 2, 7, 1, 2, 8], [])
 
 
 @pytest.mark.parametrize("length, drafted, kept, draft", [
