@@ -68,7 +68,7 @@ def stdlib_problems(limit: int, stdlib: Path | None = None, files: Sequence[str]
         if not path.is_file():
             continue
         text = path.read_text(encoding="utf-8")
-        lines = text.splitlines(keepends=True)
+        lines = text.split("\n")  # ast counts lines at \n only (splitlines would also cut at form feeds)
         found = []
         for node in ast.walk(ast.parse(text)):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -79,8 +79,8 @@ def stdlib_problems(limit: int, stdlib: Path | None = None, files: Sequence[str]
             first, last = body[0].lineno, node.end_lineno
             if not BODY_LINES[0] <= last - first + 1 <= BODY_LINES[1]:
                 continue
-            start = sum(len(line) for line in lines[:first - 1])
-            end = sum(len(line) for line in lines[:last])
+            start = sum(len(line) + 1 for line in lines[:first - 1])
+            end = min(sum(len(line) + 1 for line in lines[:last]), len(text))
             found.append(Problem(f"{name}:{node.name}", text[:start], text[start:end], text[end:]))
         if found:
             # functions mid-file first: code on both sides of the cursor, as in most edits
