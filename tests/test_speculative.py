@@ -220,3 +220,16 @@ def test_the_speculate_setting_reaches_the_backend():
     tiny = str(kit(shape="tiny"))
     assert load_backend(tiny, backend="torch", dtype="float32", speculate=3).speculate == 3
     assert load_backend(tiny, backend="torch", dtype="float32").speculate == default_speculate("torch", "cpu")
+
+
+def test_the_edit_replay_deletes_a_function_body_after_its_docstring(tmp_path):
+    from benchmarks.speculative import stdlib_problems
+
+    source = ('import os\n\n\ndef short():\n    return 1\n\n\n'
+              'def body(a):\n    """Doc.\x0c"""\n    b = a + 1\n    c = b * 2\n    return c\n\n\nX = 1\n')
+    (tmp_path / "m.py").write_text(source)
+    [problem] = stdlib_problems(5, stdlib=tmp_path, files=["m.py", "missing.py"])
+    assert problem.task_id == "m.py:body"
+    assert problem.middle == "    b = a + 1\n    c = b * 2\n    return c\n"
+    assert problem.prefix.endswith('"""Doc.\x0c"""\n') and problem.suffix == "\n\nX = 1\n"
+    assert problem.prefix + problem.middle + problem.suffix == source
