@@ -201,6 +201,7 @@ class Row:
     context: int
     threads: int
     extra_buffers: bool = True  # llama.cpp's extra buffer types (AMX, repacked weights)
+    speculate: int | None = None  # our rows' draft tokens per greedy step (None: the product default)
 
 
 def weight_bytes(row: Row, backend) -> int:
@@ -261,7 +262,7 @@ def load_row(row: Row):
                                                 quantization="int8-dynamic")},
                "torch int8": {"dtype": "int8"}}[row.mode]  # int8 weights, bf16 activations (engine.quantize)
     return load_backend(row.model, backend=runtime, device="cpu", threads=row.threads,
-                        cache=CacheConfig(budget_bytes=2**30), **options)
+                        cache=CacheConfig(budget_bytes=2**30), speculate=row.speculate, **options)
 
 
 def run_row(row: Row) -> dict:
@@ -374,7 +375,8 @@ def main(args) -> int:
     rows = []
     for mode in OURS + PEERS:
         say(f"{mode}: {len(problems)} problems x {keys} keys at ~{context} tokens")
-        row = Row(mode, str(model), gguf.get(mode), tuple(problems), keys, context, threads)
+        row = Row(mode, str(model), gguf.get(mode), tuple(problems), keys, context, threads,
+                  speculate=getattr(args, "speculate", None))
         try:
             rows.append(in_worker(row))
         except BrokenProcessPool:
