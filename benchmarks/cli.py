@@ -69,8 +69,17 @@ def bench_keystrokes(args) -> int:
         print(f"fim-lsp bench: {exc}", file=sys.stderr)
         return 2
     dtype_name = str(placement.dtype).removeprefix("torch.")
+    ours_name = "ours"
+    if placement.quantize:  # int8 weights for our modes; transformers runs the activations' dtype
+        from engine.quantize import quantize_int8
+
+        quantize_int8(loaded.model)
+        ours_name = "ours int8"
+    speculate = args.speculate or 0
+    if speculate:
+        ours_name += f" spec{speculate}"
     modes = {
-        "ours": TorchBackend(loaded, CacheConfig(), kv_dtype=placement.kv_dtype),
+        ours_name: TorchBackend(loaded, CacheConfig(), kv_dtype=placement.kv_dtype, speculate=speculate),
         "ours, no reuse": TorchBackend(loaded, CacheConfig(reuse=False), kv_dtype=placement.kv_dtype),
     }
     if loaded.layout == "gpt_bigcode" and placement.device.type == "cpu":
@@ -88,7 +97,7 @@ def bench_keystrokes(args) -> int:
             return 2
         n_ctx = args.context + MAX_NEW_TOKENS
         pool = load_problems(164)
-        count = modes["ours"].count_tokens
+        count = modes[ours_name].count_tokens
         problems = [pad_problem(p, pool, count, args.context) for p in problems]
     total = sum(len(list(keystrokes(p, args.max_keys))) for p in problems)
     say(f"{len(problems)} problems, {total} keystrokes, prompt window {n_ctx} tokens, "
@@ -99,7 +108,8 @@ def bench_keystrokes(args) -> int:
     typed = prefill_counts(problems, loaded.tokenizer.fim, loaded.tokenizer.encode, n_ctx, MAX_NEW_TOKENS)
 
     bandwidth = measure_bandwidth(threads=torch.get_num_threads()) if placement.device.type == "cpu" else float("nan")
-    weight_bytes = loaded.model.args.param_count() * torch.empty((), dtype=placement.dtype).element_size()
+    weight_bytes = loaded.model.args.param_count() * (1 if placement.quantize else
+                                                      torch.empty((), dtype=placement.dtype).element_size())
     floor_ms = weight_bytes / bandwidth * 1e3  # one decode step reads every weight once
     step_ms = rows[0]["decode_step_ms"]
     if args.json:
