@@ -55,14 +55,14 @@ def bench_keystrokes(args) -> int:
     from engine.backends.torch_backend import TorchBackend
     from engine.cache import CacheConfig
     from engine.loading import CheckpointError, load_model
-    from engine.select import choose_placement
+    from engine.select import choose_placement, local_params
 
     if args.threads:
         torch.set_num_threads(args.threads)
     say = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         model = bench_model(args, say)
-        placement = choose_placement(args.device, args.dtype)
+        placement = choose_placement(args.device, args.dtype, local_params(model))
         loaded = load_model(model, placement.device, placement.dtype, revision=args.revision,
                             progress=lambda msg, frac: say(f"{msg} ({frac:.0%})"))
     except (CheckpointError, ValueError) as exc:

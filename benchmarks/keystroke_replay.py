@@ -187,27 +187,34 @@ def measure_bandwidth(threads: int = 2, mib: int = 1024, repeats: int = 5) -> fl
 def summarize(runs: Sequence[ModeRun]) -> list[dict]:
     """One row of figures per mode; speed-ups against the last mode (the slowest baseline)."""
     rows = []
-    base_p50 = statistics.median(s.latency_ms for s in runs[-1].samples)
-    reference = [s.token_ids for s in runs[0].samples]
     for run in runs:
-        lat = [s.latency_ms for s in run.samples]
         pre = [s.prefill_tokens for s in run.samples]
         generated = sum(len(s.token_ids) for s in run.samples)
+        lat_s = sum(s.latency_ms for s in run.samples) / 1e3
         rows.append({
-            "mode": run.name,
-            "keystrokes": len(run.samples),
-            "p50_ms": statistics.median(lat),
-            "p95_ms": percentile(lat, 95),
+            **latency_row(run.name, run.samples, speed_base=runs[-1].samples, token_base=runs[0].samples),
             "prefill_median": statistics.median(pre),
             "prefill_p95": percentile(pre, 95),
             "hit_rate": sum(s.reused_tokens for s in run.samples) / max(1, sum(s.prompt_tokens for s in run.samples)),
-            "tokens_per_s": generated / max(1e-9, sum(lat) / 1e3),
-            "speedup_p50": base_p50 / statistics.median(lat),
-            "identical": sum(s.token_ids == r for s, r in zip(run.samples, reference)) / max(1, len(reference)),
+            "tokens_per_s": generated / max(1e-9, lat_s),
             "prompt_tokens_median": statistics.median(s.prompt_tokens for s in run.samples),
             "decode_step_ms": decode_step_ms(run.samples),
         })
     return rows
+
+
+def latency_row(name: str, samples: Sequence, speed_base: Sequence, token_base: Sequence) -> dict:
+    """The figures every replay table has: latency percentiles, the p50 speed-up over `speed_base`
+    and the share of keystrokes whose tokens equal `token_base`'s (samples with `latency_ms`, `token_ids`)."""
+    lat = [s.latency_ms for s in samples]
+    return {
+        "mode": name,
+        "keystrokes": len(samples),
+        "p50_ms": statistics.median(lat),
+        "p95_ms": percentile(lat, 95),
+        "speedup_p50": statistics.median(s.latency_ms for s in speed_base) / statistics.median(lat),
+        "identical": sum(s.token_ids == b.token_ids for s, b in zip(samples, token_base)) / max(1, len(token_base)),
+    }
 
 
 def decode_step_ms(samples: Sequence[Sample]) -> float:

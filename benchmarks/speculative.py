@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.keystroke_replay import Problem, keystrokes, load_problems, percentile
+from benchmarks.keystroke_replay import Problem, keystrokes, latency_row, load_problems
 from engine.api import Backend, CompletionRequest, DocId
 from lsp_server.postprocess import PostprocessConfig
 from lsp_server.prompt import PromptConfig, build_prompt
@@ -128,27 +128,21 @@ def replay(problems: Sequence[Problem], modes: dict[str, Backend], max_new_token
 def summarize(runs: Sequence[Run]) -> list[dict]:
     """One row per mode; speed-ups and identity against the first mode (plain decoding)."""
     base = runs[0].samples
-    base_p50 = statistics.median(s.latency_ms for s in base)
     base_mean = statistics.fmean(s.latency_ms for s in base)
     rows = []
     for run in runs:
-        lat = [s.latency_ms for s in run.samples]
         steps = sum(s.steps for s in run.samples)
         generated = sum(len(s.token_ids) for s in run.samples)
+        mean = statistics.fmean(s.latency_ms for s in run.samples)
         rows.append({
-            "mode": run.name,
-            "keystrokes": len(run.samples),
-            "p50_ms": statistics.median(lat),
-            "p95_ms": percentile(lat, 95),
-            "mean_ms": statistics.fmean(lat),
+            **latency_row(run.name, run.samples, speed_base=base, token_base=base),
+            "mean_ms": mean,
             "tokens_per_keystroke": generated / max(1, len(run.samples)),
             "decode_tokens_per_s": generated / max(1e-9, sum(s.decode_ms for s in run.samples) / 1e3),
             "steps_per_keystroke": steps / max(1, len(run.samples)),
             "accepted_per_step": sum(s.accepted for s in run.samples) / max(1, steps),
             "draft_hit_rate": sum(s.accepted for s in run.samples) / max(1, sum(s.drafted for s in run.samples)),
-            "speedup_p50": base_p50 / statistics.median(lat),
-            "speedup_mean": base_mean / statistics.fmean(lat),
-            "identical": sum(s.token_ids == b.token_ids for s, b in zip(run.samples, base)) / max(1, len(base)),
+            "speedup_mean": base_mean / mean,
         })
     return rows
 

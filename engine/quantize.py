@@ -62,13 +62,6 @@ def int8_gemm(x: Tensor, q: Tensor, w_scale: Tensor) -> Tensor:
     return torch._int_mm(xq, q.t()).float() * x_scale * w_scale  # int32 [T, N] -> fp32
 
 
-class Int8Head(Int8Linear):
-    """The tied LM head as its own int8 copy (the embedding table stays for the lookup)."""
-
-    def __init__(self, embedding: Tensor):
-        super().__init__(embedding, None)
-
-
 def quantize_int8(model: Transformer) -> Transformer:
     """Swap every nn.Linear for an Int8Linear and give the model an int8 LM head, in place.
 
@@ -79,7 +72,7 @@ def quantize_int8(model: Transformer) -> Transformer:
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 setattr(parent, name, Int8Linear(child.weight.detach(), child.bias))
-    model.lm_head = Int8Head(model.wte.weight.detach())  # [V, E]
+    model.lm_head = Int8Linear(model.wte.weight.detach(), None)  # the tied head's own int8 copy [V, E]
     for module in model.modules():
         if isinstance(module, (nn.Embedding, nn.LayerNorm)):
             module.to(ACTIVATION_DTYPE)
@@ -93,11 +86,9 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 def int8_weight_bytes(args: ModelArgs) -> int:
-    """The bytes `weight_bytes` gives after `quantize_int8` for a model of this shape, without building it."""
-    E, I, kv, bf16 = args.n_embd, args.inner, args.kv_heads * args.head_dim, 2
-    outputs = [E + 2 * kv, E, I, E]  # c_attn, attn.c_proj, c_fc, mlp.c_proj: one scale and one bias each
-    matrices = E * (E + 2 * kv) + E * E + E * I + I * E  # int8, one byte each
-    layer = matrices + 2 * bf16 * sum(outputs) + 2 * 2 * E * bf16  # + two layer norms
-    head = args.vocab_size * E + bf16 * args.vocab_size  # int8 rows + their scales
-    tables = (args.vocab_size + args.n_positions) * E * bf16  # wte, wpe
-    return args.n_layer * layer + head + tables + 2 * E * bf16  # + ln_f
+    """The bytes `weight_bytes` gives after `quantize_int8` for a model of this shape, without its weights.
+
+    The model is built and quantised on the meta device: shapes and dtypes only, nothing allocated.
+    """
+    with torch.device("meta"):
+        return weight_bytes(quantize_int8(Transformer(args)))

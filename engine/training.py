@@ -345,6 +345,7 @@ def train(cfg: TrainConfig, log=print) -> None:
         optim.load_state_dict(state["optim"])
         step, tokens_seen = state["step"], state["tokens"]
         log(f"resumed at step {step}, {tokens_seen} tokens")
+    resumed_at = step  # a resumed run warms up again: Adam's moments are stale for a new peak rate
     # a resumed run draws fresh windows rather than replaying the ones already trained on
     rng.seed(cfg.seed + step)
     stream = packed_sequences(sample_stream(train_files, rng, cfg.policy, max_chars), encode_batch, cfg.seq_len)
@@ -384,7 +385,7 @@ def train(cfg: TrainConfig, log=print) -> None:
     lr = cfg.lr
     tick = time.time()
     while time.time() < cfg.deadline:
-        lr = lr_at(step, (time.time() - start) / span, cfg)
+        lr = lr_at(step - resumed_at, (time.time() - start) / span, cfg)
         for group in optim.param_groups:
             group["lr"] = lr
         loss_sum = 0.0

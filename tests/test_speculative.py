@@ -233,3 +233,15 @@ def test_the_edit_replay_deletes_a_function_body_after_its_docstring(tmp_path):
     assert problem.middle == "    b = a + 1\n    c = b * 2\n    return c\n"
     assert problem.prefix.endswith('"""Doc.\x0c"""\n') and problem.suffix == "\n\nX = 1\n"
     assert problem.prefix + problem.middle + problem.suffix == source
+
+
+def test_the_speculation_table_figures_on_literal_samples():
+    from benchmarks.speculative import Run, Sample, format_table, summarize
+
+    plain = Run("plain", [Sample(100, 90, [1, 2, 3], 3, 0, 0), Sample(300, 280, [4, 5], 2, 0, 0)])
+    spec = Run("spec4", [Sample(50, 40, [1, 2, 3], 1, 4, 2), Sample(150, 140, [4, 6], 2, 4, 0)])
+    base, ours = summarize([plain, spec])
+    assert (ours["p50_ms"], ours["speedup_p50"], ours["speedup_mean"]) == (100, 2.0, 2.0)
+    assert (ours["steps_per_keystroke"], ours["accepted_per_step"], ours["draft_hit_rate"]) == (1.5, 2 / 3, 0.25)
+    assert ours["identical"] == 0.5 and base["identical"] == 1.0 and ours["decode_tokens_per_s"] == 5 / 0.18
+    assert format_table("title", [base, ours]).splitlines()[4].startswith("spec4")
