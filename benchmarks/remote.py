@@ -111,7 +111,7 @@ def main(args) -> int:
     import torch
 
     from engine.backends.openai_backend import load_backend as load_remote
-    from engine.checkpoint_kit import CheckpointSpec, ensure_checkpoint
+    from benchmarks.cli import bench_model
     from engine.loading import CheckpointError
     from engine.select import load_backend
 
@@ -123,12 +123,7 @@ def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        if args.model:
-            model = args.model
-        else:
-            family = "santacoder" if args.shape == "santacoder" else "starcoder"
-            say(f"checkpoint-kit model, shape {args.shape} ({family}); written once, then cached")
-            model = str(ensure_checkpoint(CheckpointSpec(shape=args.shape, family=family)))
+        model = bench_model(args, say)
         local = load_backend(model=model, backend=args.backend, device=args.device, dtype=args.dtype,
                              revision=args.revision)
     except (CheckpointError, ValueError) as exc:
