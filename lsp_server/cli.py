@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = parsers["eval"]
     add_model_options(p)
-    p.add_argument("--benchmark", choices=["single-line", "multi-line"], default="single-line")
+    p.add_argument("--benchmark", choices=["single-line", "multi-line", "idioms"], default="single-line")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--pass-at-1", action="store_true", help="also run the tests in a sandboxed subprocess")

@@ -1,7 +1,10 @@
 """`fim-lsp eval`: exact match (and optionally pass@1) on the HumanEval infilling problems.
 
 Each problem is a Python function with one line (single-line) or a run of lines (multi-line)
-taken out. The document the model sees is `prompt + suffix` with the cursor where the middle was,
+taken out. `idioms` is fim-lsp's own short set of one-line holes any code model should fill from
+the context alone (a `self.` attribute set in `__init__`, closing brackets, a `return` of the
+accumulated result, `f.read()`, ...), with the cursor after the line's indentation as an editor
+leaves it; it has no tests, so exact match only. The document the model sees is `prompt + suffix` with the cursor where the middle was,
 and the completion goes through the product's own path (`lsp_server.pipeline.complete`: prompt
 core, backend, post-processing), greedy. Scoring follows the SantaCoder paper: a completion is an
 exact match when it equals the canonical middle once both are stripped of surrounding whitespace.
@@ -24,13 +27,15 @@ from typing import Literal
 from lsp_server.postprocess import PostprocessConfig
 from lsp_server.prompt import PromptConfig
 
-Benchmark = Literal["single-line", "multi-line"]
+Benchmark = Literal["single-line", "multi-line", "idioms"]
 
-DATA_DIR = Path(__file__).resolve().parent / "data" / "human-eval-infilling"
+DATA_DIR = Path(__file__).resolve().parent / "data"
 DATA_FILES: dict[str, str] = {
-    "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
-    "multi-line": "HumanEval-MultiLineInfilling.jsonl.gz",
+    "single-line": "human-eval-infilling/HumanEval-SingleLineInfilling.jsonl.gz",
+    "multi-line": "human-eval-infilling/HumanEval-MultiLineInfilling.jsonl.gz",
+    "idioms": "idioms.jsonl",
 }
+ONE_LINE = ("single-line", "idioms")  # benchmarks whose answer is one line
 EXIT_BAD_INPUT = 2
 
 
@@ -103,7 +108,7 @@ def load_problems(benchmark: Benchmark, data_dir: Path = DATA_DIR, limit: int | 
         raise ValueError(f"--limit must be a positive number of problems, got {limit}")
     path = data_dir / DATA_FILES[benchmark]
     problems = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
+    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")) as f:
         for line in f:
             if line.strip():
                 row = json.loads(line)
@@ -130,12 +135,12 @@ def program_for(problem: Problem, middle: str) -> str:
 
 
 def pipeline_config_for(benchmark: Benchmark, max_new_tokens: int):
-    """Greedy, no neighbours or file name; one line for single-line, a block for multi-line."""
+    """Greedy, no neighbours or file name; one line for single-line and idioms, a block for multi-line."""
     from lsp_server.pipeline import PipelineConfig
 
     return PipelineConfig(
         prompt=PromptConfig(max_new_tokens=max_new_tokens, neighbours=False, include_filename=False),
-        postprocess=PostprocessConfig(multiline="never" if benchmark == "single-line" else "always", max_lines=64),
+        postprocess=PostprocessConfig(multiline="never" if benchmark in ONE_LINE else "always", max_lines=64),
         temperature=0.0,
     )
 
@@ -184,7 +189,7 @@ def evaluate(backend, problems: Iterable[Problem], benchmark: Benchmark, *, max_
     """Score `backend` on `problems`; `progress` wraps the iterable (e.g. tqdm) when given."""
     problems = list(problems)
     config = pipeline_config_for(benchmark, max_new_tokens)
-    if benchmark == "single-line":
+    if benchmark in ONE_LINE:
         backend = FirstLineBackend(backend)
     if pass_at_1 and run_program is None:
         from lsp_server.sandbox import run_program
@@ -233,6 +238,8 @@ def main_eval(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except (ValueError, OSError, ConfigError) as exc:
         return fail(str(exc))
+    if args.pass_at_1 and not all(p.test for p in problems):
+        return fail(f"--pass-at-1: the {args.benchmark} problems have no tests; exact match only")
     if args.max_new_tokens <= 0:
         return fail(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     try:

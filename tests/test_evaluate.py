@@ -81,6 +81,24 @@ def test_problems_load_with_all_fields():
         load_problems("single-line", limit=0)
 
 
+def test_the_idioms_are_whole_python_and_an_oracle_scores_all_of_them():
+    import ast
+
+    idioms = load_problems("idioms")
+    assert len(idioms) >= 30 and len({p.task_id for p in idioms}) == len(idioms)
+    for p in idioms:
+        ast.parse(p.prompt + p.canonical_solution + p.suffix)  # raises on a malformed idiom
+        assert "\n" not in p.canonical_solution.strip(), f"{p.task_id}: an idiom is one line"
+    oracle = ScriptedBackend({f"<fim_middle>{p.prompt}": p.canonical_solution + "\n" for p in idioms})
+    report = evaluate(oracle, idioms, "idioms")
+    assert report.exact_matches == len(idioms), [r.task_id for r in report.results if not r.exact]
+
+
+def test_idioms_have_no_tests_to_run(capsys):
+    assert cli.main(["eval", "--benchmark", "idioms", "--pass-at-1"]) == 2
+    assert "no tests" in capsys.readouterr().err
+
+
 def test_evaluate_scores_a_right_and_a_wrong_middle_through_the_pipeline():
     wrong = Problem("Test/1", "add", PROBLEM.prompt.replace("Sum", "Total"), PROBLEM.suffix,
                     PROBLEM.canonical_solution, PROBLEM.test)
