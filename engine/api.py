@@ -58,6 +58,7 @@ class CompletionRequest:
     seed: int | None = None
     stop_strings: tuple[str, ...] = ()
     time_budget_s: float | None = None  # wall-clock cap on decoding; None = no cap
+    heal: bool = False  # back off the prompt's last token and re-spell it (engine.healing); text excludes it
 
 
 @dataclass(slots=True)

@@ -97,8 +97,11 @@ def completion_request(body: dict[str, Any], doc_id: DocId, default_temperature:
     budget = body.get("time_budget_s")
     if budget is not None and (not isinstance(budget, (int, float)) or budget <= 0):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"`time_budget_s` must be a positive number, got {budget!r}")
+    heal = body.get("heal", False)
+    if not isinstance(heal, bool):
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"`heal` must be true or false, got {heal!r}")
     return CompletionRequest(doc_id=doc_id, prompt=prompt, max_new_tokens=max_tokens, temperature=temperature,
-                             top_p=top_p, seed=seed, stop_strings=tuple(stop), time_budget_s=budget)
+                             top_p=top_p, seed=seed, stop_strings=tuple(stop), time_budget_s=budget, heal=heal)
 
 
 def number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:

@@ -11,6 +11,10 @@ sampled token plus a drafted continuation in one forward, and the logits after e
 say which draft tokens the model would have picked itself. The agreeing run is kept with the
 model's own next token, exactly the tokens step-by-step greedy decoding gives; the positions of
 rejected draft tokens are never reported as written (a later forward overwrites them).
+
+A healing request (`engine.healing`) restricts each choice to the tokens compatible with the
+backed-off text until it is spelled again; drafts are checked against the restricted choice, so
+speculation stays exact.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 from torch import Tensor
 
 from engine.api import CancelToken, Cancelled, StopReason
+from engine.healing import Healing
 from engine.model import KVBuffer, Transformer
 from engine.speculative import ENGINE_NGRAM_MIN, PromptLookup, next_draft_length
 
@@ -153,10 +158,12 @@ def take_tokens(rows: Tensor, draft: list[int], tokens: list[int], pick: Callabl
 def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int, rules: StopRules,
              sampling: Sampling, written: Callable[[list[int]], None], decode: Callable[[list[int]], str],
              cancel: CancelToken | None = None, prefill_chunk: int = 512,
-             clock: Callable[[], float] = time.perf_counter, speculate: int = 0) -> Generation:
+             clock: Callable[[], float] = time.perf_counter, speculate: int = 0,
+             healing: Healing | None = None) -> Generation:
     """Complete `prompt`, whose first `keep` tokens already have K/V at positions 0..keep-1.
 
     `speculate`: draft tokens verified per step when decoding greedily (0: one token a step).
+    `healing`: the first tokens must re-spell its text (`decode` should return the text after it).
     """
     assert 0 <= keep < len(prompt), f"keep {keep} must leave at least one of {len(prompt)} prompt tokens to run"
     assert len(prompt) + max(rules.max_new_tokens - 1, 0) <= kv.capacity, "the slot is smaller than the request"
@@ -176,7 +183,13 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
                                   f"cached K/V or the weights are corrupt")
         if rules.emittable is not None and rules.emittable < row.shape[-1]:
             row[rules.emittable:] = float("-inf")
-        return sample(row, sampling, generator)
+        if healing is None or not healing.pending:
+            return sample(row, sampling, generator)
+        allowed = torch.tensor(healing.allowed(), dtype=torch.long, device=row.device)  # [A]
+        masked = torch.full_like(row, float("-inf")).index_copy_(0, allowed, row[allowed])  # [V]
+        token = sample(masked, sampling, generator)
+        healing.chose(healing.texts.text_of(token))
+        return token
 
     truncate = getattr(kv, "truncate", None)  # a runtime whose buffer keeps whole forwards' K/V (OrtSlot)
     tokens: list[int] = []

@@ -68,10 +68,15 @@ def quantize_int8(model: Transformer) -> Transformer:
     The rest (embeddings, layer norms) is cast to bf16, the activations' dtype. Returns `model`.
     """
     assert model.lm_head is None, "this model is already quantised"
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, Int8Linear(child.weight.detach(), child.bias))
+    # names, not modules: each bf16 weight is freed as soon as its int8 copy replaces it, so
+    # quantising peaks at one matrix above the model rather than at the model twice
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    for name in linears:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        child = getattr(parent, attr)
+        setattr(parent, attr, Int8Linear(child.weight.detach(), child.bias))
+        del child
     model.lm_head = Int8Linear(model.wte.weight.detach(), None)  # the tied head's own int8 copy [V, E]
     for module in model.modules():
         if isinstance(module, (nn.Embedding, nn.LayerNorm)):

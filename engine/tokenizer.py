@@ -5,7 +5,7 @@ become their single ids, and nothing is prepended. Decoding drops special tokens
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.fim_tokens import FimTokens, MissingSpecialToken, fim_tokens_from_vocab
@@ -19,6 +19,7 @@ class CheckpointTokenizer:
     fim: FimTokens
     special_ids: frozenset[int]  # ids of every added special token
     eod_id: int
+    _texts: object = field(default=None, repr=False)  # engine.healing.TokenTexts, built at first use
 
     @classmethod
     def from_dir(cls, path: str | Path) -> "CheckpointTokenizer":
@@ -47,6 +48,16 @@ class CheckpointTokenizer:
     def token_id(self, token: str) -> int | None:
         """The id of a token string, or None."""
         return self.tokenizer.token_to_id(token)
+
+    def token_texts(self):
+        """Every token's text (an `engine.healing.TokenTexts`), built once (a batch decode of the vocabulary)."""
+        if self._texts is None:
+            from engine.healing import TokenTexts
+
+            size = self.tokenizer.get_vocab_size()
+            texts = self.tokenizer.decode_batch([[i] for i in range(size)], skip_special_tokens=False)
+            self._texts = TokenTexts(texts, self.special_ids)
+        return self._texts
 
     def stop_ids(self) -> frozenset[int]:
         """Ids whose generation ends a middle (end of text, FIM markers, file headers)."""

@@ -35,6 +35,7 @@ class PipelineConfig:
     temperature: float = 0.0
     time_budget_s: float | None = None
     seed: int | None = None
+    heal: bool = True  # re-spell the token at the cursor (engine.healing); backends without it ignore it
 
 
 def pipeline_config(settings: CompletionSettings) -> PipelineConfig:
@@ -105,7 +106,7 @@ def complete(
         doc_id=DocId(doc_id), prompt=prompt.text, max_new_tokens=config.prompt.max_new_tokens,
         temperature=config.temperature, seed=config.seed,
         stop_strings=(*config.postprocess.stop_strings, *early_stops(ctx, config.postprocess)),
-        time_budget_s=config.time_budget_s,
+        time_budget_s=config.time_budget_s, heal=config.heal,
     )
     result = backend.complete(request, cancel)
     suggestion = postprocess(result.text, ctx, config.postprocess, stop_tokens=backend.fim.stop_tokens())

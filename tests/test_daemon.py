@@ -152,6 +152,8 @@ def test_the_token_is_required_and_bad_requests_get_clear_errors(local_engine):
                 "`max_tokens` must be an integer in 0..4096, got -1",
             json.dumps({"client": "c1", "doc_id": "d", "prompt": "x", "temperature": "hot"}).encode():
                 "`temperature` must be a number in 0..10, got 'hot'",
+            json.dumps({"client": "c1", "doc_id": "d", "prompt": "x", "heal": "yes"}).encode():
+                "`heal` must be true or false, got 'yes'",
         }
         for body, message in cases.items():
             assert post(url, "/v1/fim-lsp/completions", body, auth) == (400, {"error": {

@@ -128,7 +128,7 @@ def pair(request):
     return torch_backends(request.param.removeprefix("torch-"))
 
 
-def typing_requests(backend, problems=3, max_keys=10):
+def typing_requests(backend, problems=3, max_keys=10, heal=False):
     """The server's request after each keystroke of typing HumanEval spans; budgets cycle BUDGETS."""
     config = PromptConfig(max_new_tokens=max(BUDGETS), neighbours=False)
     n = 0
@@ -136,13 +136,14 @@ def typing_requests(backend, problems=3, max_keys=10):
         for ctx in keystrokes(problem, max_keys):
             prompt = build_prompt(ctx, backend.fim, backend.count_tokens, backend.info.n_ctx, config).text
             yield CompletionRequest(DocId(problem.task_id), prompt, max_new_tokens=BUDGETS[n % len(BUDGETS)],
-                                    stop_strings=(*early_stops(ctx, PostprocessConfig()), *([")"] if n % 3 else [])))
+                                    stop_strings=(*early_stops(ctx, PostprocessConfig()), *([")"] if n % 3 else [])),
+                                    heal=heal)
             n += 1
 
 
-def assert_replay_matches(plain, spec):
+def assert_replay_matches(plain, spec, heal=False):
     drafted = accepted = 0
-    for request in typing_requests(plain):
+    for request in typing_requests(plain, heal=heal):
         a, b = plain.complete(request), spec.complete(request)
         assert (b.token_ids, b.stop_reason, b.text) == (a.token_ids, a.stop_reason, a.text), request.prompt
         assert spec.slot_tokens(request.doc_id) == plain.slot_tokens(request.doc_id)
@@ -152,9 +153,10 @@ def assert_replay_matches(plain, spec):
     assert drafted > 0 and accepted > 0, "the replay should both keep and reject draft tokens"
 
 
-def test_speculative_greedy_equals_plain_greedy_over_a_typing_replay(pair, one_thread):
+@pytest.mark.parametrize("heal", [False, True], ids=["plain", "healed"])
+def test_speculative_greedy_equals_plain_greedy_over_a_typing_replay(pair, heal, one_thread):
     plain, spec = pair
-    assert_replay_matches(plain, spec)
+    assert_replay_matches(plain, spec, heal)
     if spec.info.backend == "onnx":
         for doc, slot in spec.buffers.items():
             assert slot.length == len(spec.slot_tokens(doc)), "the ONNX slot's arrays hold exactly the cached tokens"

@@ -200,6 +200,7 @@ class OpenAIBackend:
                 "client": self.client_id, "doc_id": request.doc_id, "prompt": request.prompt,
                 "max_tokens": request.max_new_tokens, "temperature": request.temperature, "top_p": request.top_p,
                 "seed": request.seed, "stop": list(stops), "time_budget_s": request.time_budget_s,
+                "heal": request.heal,
             }
         body = {"prompt": request.prompt, "max_tokens": request.max_new_tokens, "temperature": request.temperature,
                 "top_p": request.top_p, "stop": list(stops), "stream": self.config.stream}

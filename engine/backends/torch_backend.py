@@ -17,6 +17,7 @@ import xxhash
 from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId
 from engine.cache import CacheConfig, SlotTable
 from engine.generate import Sampling, StopRules, check_prompt, generate
+from engine.healing import Healing, healable
 from engine.loading import LoadedModel, available_memory
 from engine.model import KVBuffer
 
@@ -67,7 +68,11 @@ class TorchBackend:
         check_prompt(ids, args.n_positions, args.vocab_size)
         if request.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {request.max_new_tokens}")
-        max_new = min(request.max_new_tokens, args.n_positions - len(ids))
+        healing = self.healing_for(ids) if request.heal and request.max_new_tokens > 0 else None
+        if healing is not None:
+            ids = ids[:-1]  # its text is re-spelled by the first generated tokens
+        decode = self.tokenizer.decode if healing is None else lambda toks: healing.strip(self.tokenizer.decode(toks))
+        max_new = min(request.max_new_tokens, args.n_positions - len(ids))  # re-spelling is part of the budget
         deadline = start + request.time_budget_s if request.time_budget_s is not None else None
         rules = StopRules(max_new_tokens=max_new, stop_ids=self.stop_ids, eod_id=self.tokenizer.eod_id,
                           stop_strings=request.stop_strings, deadline=deadline, emittable=self.emittable)
@@ -77,15 +82,15 @@ class TorchBackend:
             try:
                 gen = generate(self.model, kv, ids, plan.keep, rules, sampling,
                                written=lambda part: self.table.append(request.doc_id, part),
-                               decode=self.tokenizer.decode, cancel=cancel, prefill_chunk=self.prefill_chunk,
-                               clock=self.clock, speculate=self.speculate)
+                               decode=decode, cancel=cancel, prefill_chunk=self.prefill_chunk,
+                               clock=self.clock, speculate=self.speculate, healing=healing)
             except Cancelled:
                 raise  # the slot holds exactly the tokens `written` reported
             except BaseException:  # a step failed midway (or the slot was corrupt): recompute it next time
                 self.table.evict(request.doc_id)
                 self.buffers.pop(request.doc_id, None)
                 raise
-        text = self.tokenizer.decode(gen.tokens)
+        text = decode(gen.tokens)
         if gen.stop_reason == "stop_string":
             text = text[:min(text.index(s) for s in request.stop_strings if s and s in text)]
         return CompletionResult(
@@ -97,6 +102,15 @@ class TorchBackend:
                    "decode_steps": float(gen.steps), "drafted_tokens": float(gen.drafted),
                    "accepted_tokens": float(gen.accepted)},
         )
+
+    def healing_for(self, ids: list[int]) -> Healing | None:
+        """The constraint that re-spells the prompt's last token, or None where there is none to heal
+        (a one-token prompt, a special token such as PSM's `<fim_middle>`, part of a character)."""
+        if len(ids) < 2 or ids[-1] in self.tokenizer.special_ids:
+            return None
+        texts = self.tokenizer.token_texts()
+        text = texts.text_of(ids[-1])
+        return Healing(text, texts) if healable(text, texts) else None
 
     def prepare_slot(self, doc_id: DocId, ids: list[int], total: int):
         """Carry out the table's plan on the buffers: evict, grow, seed. Returns (buffer, plan)."""
