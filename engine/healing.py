@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 REPLACEMENT = "\ufffd"  # what a token holding part of a multi-byte character decodes to alone
+LAST_CHARACTER = "\U0010ffff"  # every text that starts with `rest` sorts below rest + this
 
 
 class TokenTexts:
@@ -31,7 +32,9 @@ class TokenTexts:
         for i, text in enumerate(texts):
             if i not in special_ids and text and REPLACEMENT not in text:
                 self.by_text.setdefault(text, []).append(i)
-        self.sorted_texts = sorted(self.by_text)
+        order = sorted((text, i) for text, ids in self.by_text.items() for i in ids)
+        self.sorted_texts = [text for text, _ in order]  # the tokens starting with a text are a run of these
+        self.sorted_ids = [i for _, i in order]
 
     def text_of(self, token: int) -> str:
         return self.texts[token]
@@ -40,11 +43,8 @@ class TokenTexts:
         """Ids of the tokens that spell a proper beginning of `rest`, or start with all of `rest`."""
         ids = [i for k in range(1, len(rest)) for i in self.by_text.get(rest[:k], ())]
         lo = bisect.bisect_left(self.sorted_texts, rest)
-        for text in self.sorted_texts[lo:]:
-            if not text.startswith(rest):
-                break
-            ids.extend(self.by_text[text])
-        return ids
+        hi = bisect.bisect_left(self.sorted_texts, rest + LAST_CHARACTER, lo)
+        return ids + self.sorted_ids[lo:hi]
 
 
 @dataclass(slots=True)
