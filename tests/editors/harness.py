@@ -33,19 +33,16 @@ def artifacts_dir(name: str) -> Path:
 
 
 def serve_command(model: Path) -> list[str]:
-    """`fim-lsp serve` from this test's environment, on a model directory.
-
-    In float32: there the cached engine's tokens equal a recompute's exactly, so what the editor
-    shows after any order of requests is what a fresh server answers for the final buffer (in
-    bfloat16 a random-weight model's near-tied tokens can flip with the cache's history).
-    """
+    """`fim-lsp serve` from this test's environment, on a model directory."""
     exe = Path(sys.executable).parent / "fim-lsp"
     head = [str(exe)] if exe.exists() else [sys.executable, "-m", "lsp_server.cli"]
-    return [*head, "serve", "--model", str(model), "--dtype", "float32"]
+    return [*head, "serve", "--model", str(model)]
 
 
 # Small and single-line: random-weight models produce noise, and a short line keeps it readable.
-SERVER_SETTINGS = {"maxNewTokens": 6, "multiline": "never", "temperature": 0}
+# float32: there the cached engine's tokens equal a recompute's exactly, so what the editor shows
+# after any order of requests is what a fresh server answers for the final buffer.
+SERVER_SETTINGS = {"maxNewTokens": 6, "multiline": "never", "temperature": 0, "dtype": "float32"}
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 90, every_s: float = 0.2) -> T:

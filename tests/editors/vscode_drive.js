@@ -7,7 +7,16 @@ const { drive } = require('./browser');
 async function typeAndAccept(page, cfg, result, item) {
   await page.keyboard.insertText(cfg.typed);
   const ghost = page.locator('.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text');
-  await ghost.first().waitFor();
+  try {
+    await ghost.first().waitFor({ timeout: 30000 });
+  } catch (err) {
+    // No automatic request came back as ghost text (a suggest widget or a lost trigger can hide
+    // it): ask as a person would, with "Trigger Inline Suggestion" (Alt+\).
+    result.triggeredByHand = true;
+    await page.keyboard.press('Escape');
+    await page.keyboard.press('Alt+Backslash');
+    await ghost.first().waitFor();
+  }
   result.ghost = (await ghost.allTextContents()).join('\n');
   await page.screenshot({ path: `${cfg.out}/ghost.png` });
   await page.keyboard.press('Tab');
