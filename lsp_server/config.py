@@ -50,6 +50,7 @@ class CompletionSettings:
     neighbours: bool = True  # add snippets from other open documents of the same language
     fim_mode: FimMode = "auto"  # FIM template order; auto = the family's trained default
     time_budget_s: float | None = None  # wall-clock cap on decoding
+    token_healing: bool = True  # re-spell the token at the cursor (engine.healing); off: prompt as typed
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ _KEYS: dict[str, tuple[str, str, tuple[type, ...], tuple[Any, ...] | None]] = {
     "neighbours": ("completion", "neighbours", (bool,), None),
     "fimMode": ("completion", "fim_mode", (str,), ("auto", "spm", "psm")),
     "timeBudgetMs": ("completion", "time_budget_s", (int, float, type(None)), None),
+    "tokenHealing": ("completion", "token_healing", (bool,), None),
     "debounceMs": ("server", "debounce_ms", (int,), None),
     "url": ("model", "url", (str, type(None)), None),
     "apiKey": ("model", "api_key", (str, type(None)), None),

@@ -48,6 +48,7 @@ def pipeline_config(settings: CompletionSettings) -> PipelineConfig:
         postprocess=PostprocessConfig(multiline=settings.multiline),
         temperature=settings.temperature,
         time_budget_s=settings.time_budget_s,
+        heal=settings.token_healing,
     )
 
 

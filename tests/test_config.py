@@ -13,12 +13,13 @@ def test_flat_settings_apply_to_their_components():
         "model": "/models/santacoder", "revision": "main", "backend": "torch", "device": "cpu", "dtype": "bfloat16",
         "cacheBytes": 1 << 30, "maxNewTokens": 32, "temperature": 0.2, "multiline": "never",
         "prefixSuffixRatio": 2, "neighbours": False, "fimMode": "psm", "timeBudgetMs": 500, "debounceMs": 30,
+        "tokenHealing": False,
     })
     assert config == ServerConfig(
         model=ModelConfig(model="/models/santacoder", revision="main", backend="torch", device="cpu",
                           dtype="bfloat16", cache_bytes=1 << 30),
         completion=CompletionSettings(max_new_tokens=32, temperature=0.2, multiline="never", prefix_suffix_ratio=2,
-                                      neighbours=False, fim_mode="psm", time_budget_s=0.5),
+                                      neighbours=False, fim_mode="psm", time_budget_s=0.5, token_healing=False),
         debounce_ms=30,
     )
 

@@ -50,6 +50,7 @@ def test_the_backend_gets_the_fim_prompt_and_the_generation_settings():
     assert request.prompt == ("<filename>geo.py\n<fim_prefix><fim_suffix>\n\nprint(area(2))\n<fim_middle>"
                               "def area(r):\n    return 3.14 * ")
     assert (request.max_new_tokens, request.temperature, request.time_budget_s) == (12, 0.3, 2.0)
+    assert request.heal, "the token at the cursor is healed unless the user turned it off"
     assert outcome.prompt.text == request.prompt and outcome.prompt.mode == "spm"
     assert outcome.result.prefill_tokens == 3 and outcome.raw == "r * r"
 
@@ -112,6 +113,7 @@ def test_settings_map_onto_the_prompt_core_configuration():
         max_new_tokens=20, multiline="always", prefix_suffix_ratio=2.0, neighbours=False, fim_mode="psm"))
     assert config.prompt == PromptConfig(fim_mode="psm", prefix_suffix_ratio=2.0, max_new_tokens=20, neighbours=False)
     assert config.postprocess == PostprocessConfig(multiline="always")
+    assert config.heal and not pipeline.pipeline_config(CompletionSettings(token_healing=False)).heal
 
 
 

@@ -15,7 +15,7 @@ const SECTION = 'fim-lsp';
 const STATUS_REQUEST = 'fim-lsp/status';
 // Settings the server understands (its wire names); the rest only concern how it is started.
 const SERVER_KEYS = ['model', 'revision', 'backend', 'device', 'dtype', 'maxNewTokens', 'temperature', 'multiline',
-  'debounceMs', 'neighbours', 'fimMode', 'prefixSuffixRatio', 'timeBudgetMs', 'cacheBytes'] as const;
+  'debounceMs', 'neighbours', 'tokenHealing', 'fimMode', 'prefixSuffixRatio', 'timeBudgetMs', 'cacheBytes'] as const;
 const LAUNCH_KEYS = ['command', 'pythonPath', 'extraArgs'];
 
 interface ServerStatus {
