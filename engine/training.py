@@ -74,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     bf16: bool = True  # autocast matmuls to bf16 (fast on CPUs with AMX/AVX512-BF16)
+    compile: bool = True  # torch.compile the training step's model (1.35x tokens/s on 2 cores, ~1 min to compile)
     policy: FimPolicy = field(default_factory=FimPolicy)
     state: Path | None = None  # optimizer state for resuming (kept outside the repo)
 
@@ -381,6 +382,7 @@ def train(cfg: TrainConfig, log=print) -> None:
         model.train()
 
     model.train()
+    forward = torch.compile(model) if cfg.compile else model  # shares the weights; saving uses `model`
     running = None
     lr = cfg.lr
     tick = time.time()
@@ -392,7 +394,7 @@ def train(cfg: TrainConfig, log=print) -> None:
         for _ in range(accum):
             x = torch.tensor([next(stream) for _ in range(cfg.micro_batch)])  # [micro_batch, seq_len]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = model(x, labels=x).loss
+                loss = forward(x, labels=x).loss
             (loss / accum).backward()
             loss_sum += float(loss.detach()) / accum
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -426,7 +428,7 @@ def loss_table(log_tsv: str, every: int = 1) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command line of scripts/train_default_model.py."""
     import argparse
-    from datetime import datetime, timezone
+    from datetime import datetime, timedelta, timezone
 
     p = argparse.ArgumentParser(description="Train the bundled default FIM model.")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "default_model"))
@@ -443,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=float, default=600.0, help="seconds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--no-compile", action="store_true", help="train eagerly (no torch.compile)")
     p.add_argument("--state", default=None, help="optimizer state file for resuming")
     args = p.parse_args(argv)
 
@@ -450,12 +453,12 @@ def main(argv: list[str] | None = None) -> int:
     hh, mm = (int(x) for x in args.until.split(":"))
     deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
     if deadline <= now:
-        deadline = deadline.replace(day=now.day + 1)
+        deadline += timedelta(days=1)
     cfg = TrainConfig(out=Path(args.out), n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
                       seq_len=args.seq_len, vocab_size=args.vocab_size, batch_tokens=args.batch_tokens,
                       micro_batch=args.micro_batch, lr=args.lr, warmup_steps=args.warmup_steps,
                       deadline=deadline.timestamp(), checkpoint_every_s=args.checkpoint_every,
-                      threads=args.threads, bf16=not args.no_bf16,
+                      threads=args.threads, bf16=not args.no_bf16, compile=not args.no_compile,
                       state=Path(args.state) if args.state else None)
     print(json.dumps({k: str(v) for k, v in asdict(cfg).items()}), flush=True)
     train(cfg, log=lambda msg: print(msg, flush=True))

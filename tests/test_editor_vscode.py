@@ -25,9 +25,11 @@ def cache() -> Path:
 
 
 def extension_settings(cmd: list[str]) -> dict:
-    """User settings that start `cmd` (an executable and `serve ...`) with the test's server settings."""
-    settings = {"fim-lsp.command": cmd[0], "fim-lsp.extraArgs": cmd[2:]}
-    settings.update({f"fim-lsp.{k}": v for k, v in SERVER_SETTINGS.items()})
+    """User settings that start `cmd` (an executable and `serve ...`) with the test's server settings,
+    the dtype given on the command line (`extraArgs`) rather than as a setting: the extension must not
+    override it with the setting's default."""
+    settings = {"fim-lsp.command": cmd[0], "fim-lsp.extraArgs": [*cmd[2:], "--dtype", SERVER_SETTINGS["dtype"]]}
+    settings.update({f"fim-lsp.{k}": v for k, v in SERVER_SETTINGS.items() if k != "dtype"})
     return settings
 
 
@@ -53,6 +55,8 @@ def test_typing_shows_ghost_text_and_tab_accepts_it(cache, tiny_starcoder, tmp_p
     assert "ms" in result["statusAfter"], f"no latency in the status bar: {result['statusAfter']!r}"
     # Accepting ran the item's command on the server (fim-lsp.accepted), as Show Status reports.
     assert "accepted: 1 of" in result["statusReport"], result["statusReport"]
+    # The command line's --dtype held: the extension sent no default for it.
+    assert f", {SERVER_SETTINGS['dtype']}" in result["statusReport"], result["statusReport"]
 
     saved = file.read_text()
     assert saved.startswith(SOURCE + TYPED), saved

@@ -33,13 +33,16 @@ let failure: string | undefined;
 let loading: string | undefined;
 let lastStatus: ServerStatus | undefined;
 let refreshTimer: NodeJS.Timeout | undefined;
+let sentKeys: string[] = []; // settings the running server was given
 
-/** The server's settings as its wire names, leaving out the ones the user left empty. */
+/** The server settings the user set (folder, workspace or user scope) as wire names. Defaults are
+ * left to the server, so they never override what `extraArgs` gives its command line. */
 function serverSettings(): Record<string, unknown> {
   const cfg = vscode.workspace.getConfiguration(SECTION);
   const out: Record<string, unknown> = {};
   for (const key of SERVER_KEYS) {
-    const value = cfg.get(key);
+    const set = cfg.inspect(key);
+    const value = set?.workspaceFolderValue ?? set?.workspaceValue ?? set?.globalValue;
     if (value !== null && value !== undefined && value !== '') out[key] = value;
   }
   return out;
@@ -151,9 +154,11 @@ async function start(): Promise<void> {
   if ('error' in how) return reportFailure(how.error);
   output.appendLine(`starting: ${how.command} ${how.args.join(' ')}`);
   const serverOptions: ServerOptions = { command: how.command, args: how.args };
+  const initial = serverSettings();
+  sentKeys = Object.keys(initial);
   const clientOptions: LanguageClientOptions = {
     documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }, { scheme: 'vscode-notebook-cell' }],
-    initializationOptions: serverSettings(),
+    initializationOptions: initial,
     outputChannel: output,
     initializationFailedHandler: (err) => {
       // The client has shown "couldn't create connection to server" with a link to the log.
@@ -233,11 +238,15 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand('fim-lsp.showLog', () => output.show()),
     vscode.workspace.onDidChangeConfiguration(async (e) => {
       if (!e.affectsConfiguration(SECTION)) return;
-      if (LAUNCH_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`)) || !client) {
+      const settings = serverSettings();
+      // A setting reset to its default needs a fresh server: a running one keeps the last value it got.
+      const reset = sentKeys.some((k) => !(k in settings));
+      if (LAUNCH_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`)) || reset || !client) {
         await stop();
         await start();
       } else if (client.state === State.Running) {
-        await client.sendNotification('workspace/didChangeConfiguration', { settings: { [SECTION]: serverSettings() } });
+        sentKeys = Object.keys(settings);
+        await client.sendNotification('workspace/didChangeConfiguration', { settings: { [SECTION]: settings } });
       }
     }),
   );
