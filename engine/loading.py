@@ -14,7 +14,7 @@ import json
 import os
 import pickle
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -178,21 +178,49 @@ def weight_files(path: Path) -> list[Path]:
     raise CheckpointError(f"{path} has no model.safetensors or pytorch_model.bin")
 
 
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(file: Path, dtype: torch.dtype) -> Iterator[tuple[str, int, torch.Tensor]]:
+    """(name, count of tensors, tensor cast to `dtype`) for each tensor of a safetensors file.
+
+    Read with plain reads rather than a memory map: mapped pages stay in the process's resident
+    memory until the map closes, so casting a fp32 checkpoint through a map peaked at the whole
+    file plus the cast model (SantaCoder loaded as int8: 6.5 GiB); this way only one stored tensor
+    is held beside the model.
+    """
+    with file.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 2 <= size <= 100_000_000:
+            raise ValueError(f"not a safetensors file (header size {size})")
+        header = json.loads(f.read(size))
+        header.pop("__metadata__", None)
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            stored = SAFETENSORS_DTYPES.get(info["dtype"])
+            if stored is None:
+                raise ValueError(f"{name} has dtype {info['dtype']}, which fim-lsp does not read")
+            data = bytearray(end - begin)
+            f.seek(8 + size + begin)
+            if f.readinto(data) != len(data):
+                raise ValueError(f"the file ends inside {name} (truncated?)")
+            t = torch.frombuffer(data, dtype=stored) if data else torch.empty(0, dtype=stored)
+            yield name, len(header), t.reshape(info["shape"]).to(dtype)
+
+
 def read_tensors(files: list[Path], dtype: torch.dtype, progress: Progress) -> dict[str, torch.Tensor]:
     """All tensors of the weight files on the CPU, each cast to `dtype` as it is read (so memory
     peaks at the model in `dtype` plus one stored tensor); pickles only through weights_only."""
-    from safetensors import safe_open
-
     tensors: dict[str, torch.Tensor] = {}
     for i, file in enumerate(files):
         try:
             if file.suffix == ".safetensors":
-                with safe_open(str(file), framework="pt", device="cpu") as f:
-                    names = list(f.keys())
-                    for k, name in enumerate(names):
-                        tensors[name] = f.get_tensor(name).to(dtype)
-                        if k % 16 == 0:
-                            progress(f"reading {file.name}", (i + k / len(names)) / len(files) * 0.9)
+                for k, (name, count, t) in enumerate(read_safetensors(file, dtype)):
+                    tensors[name] = t
+                    if k % 16 == 0:
+                        progress(f"reading {file.name}", (i + k / count) / len(files) * 0.9)
             else:
                 progress(f"reading {file.name}", i / len(files) * 0.9)
                 stored = torch.load(file, map_location="cpu", weights_only=True, mmap=True)

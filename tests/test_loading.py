@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPTBigCodeForCausalLM
 
-from engine.loading import CheckpointError, check_fits, load_model, read_config
+from engine.loading import CheckpointError, check_fits, load_model, read_config, read_safetensors
 from engine.model import KVBuffer, ModelArgs
 from tests.conftest import kit
 
@@ -49,6 +49,31 @@ def test_fp16_checkpoint_is_upcast_on_cpu_and_matches_transformers():
     with torch.no_grad():
         expected = reference(IDS[None]).logits[0]
     assert (logits_of(loaded) - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("stored", ["float32", "float16"])
+def test_our_safetensors_reader_gives_what_safetensors_gives(stored):
+    path = kit(shape="tiny", dtype=stored) / "model.safetensors"
+    expected = load_file(str(path))
+    read = {name: t for name, _count, t in read_safetensors(path, getattr(torch, stored))}
+    assert read.keys() == expected.keys()
+    for name, t in expected.items():
+        assert read[name].dtype == t.dtype and torch.equal(read[name], t), name
+    cast = {name: t for name, _count, t in read_safetensors(path, torch.bfloat16)}
+    assert all(cast[name].dtype == torch.bfloat16 and torch.equal(cast[name], t.to(torch.bfloat16))
+               for name, t in expected.items())
+
+
+def test_truncated_or_foreign_weight_files_are_refused_with_the_file_named(tmp_path):
+    path = copy_kit(tmp_path, shape="tiny")
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) - 1000])
+    with pytest.raises(CheckpointError, match=r"cannot read .*model\.safetensors: .*truncated"):
+        load_model(str(path), CPU, torch.float32)
+    weights.write_bytes(b"PK\x03\x04 a zip archive, not weights")
+    with pytest.raises(CheckpointError, match=r"cannot read .*model\.safetensors: .*not a safetensors file"):
+        load_model(str(path), CPU, torch.float32)
 
 
 def test_bf16_placement_keeps_bf16_weights():
