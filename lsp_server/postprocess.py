@@ -352,8 +352,10 @@ def postprocess(raw: str, ctx: CursorContext, config: PostprocessConfig,
 
 
 def reuse_suggestion(shown: ShownSuggestion, ctx: CursorContext) -> Suggestion | None:
-    """The rest of a shown suggestion after the user typed its first characters; None when they
-    typed something else, deleted, moved, or typed it all.
+    """The rest of a shown suggestion after the user typed its first characters, the suggestion
+    itself when nothing changed (an editor asking again, or a second kind of request for the same
+    keystroke, gets the same answer at no cost); None when they typed something else, deleted,
+    moved, or typed it all.
 
     An editor that auto-closes brackets inserts the closer after the cursor as the user types the
     opener; when the rest of the suggestion supplies that closer it is replaced too."""
@@ -362,6 +364,8 @@ def reuse_suggestion(shown: ShownSuggestion, ctx: CursorContext) -> Suggestion |
     typed = ctx.prefix[len(shown.prefix) :]
     inserted = ctx.suffix[: len(ctx.suffix) - len(shown.suffix)]  # auto-closed characters
     text = shown.suggestion.text
+    if not typed and not inserted:
+        return shown.suggestion
     if not typed or not text.startswith(typed) or len(typed) >= len(text):
         return None
     rest = text[len(typed) :]

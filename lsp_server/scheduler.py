@@ -6,6 +6,11 @@ only makes both slower). Each request gets a CancelToken. A newer request for th
 cancels the older one; `$/cancelRequest` cancels the awaiting task, and we forward that to the
 token so the engine stops at its next decode step. Requests for other documents queue behind the
 running one and are answered in turn.
+
+A request identical to the one in flight (same document text, position and settings) shares its
+answer instead of cancelling it: VS Code asks `textDocument/inlineCompletion` and, while the user
+types a word, `textDocument/completion` for the same keystroke, and the second must not take the
+ghost text away from the first. The shared job is cancelled only when all its requests are.
 """
 from __future__ import annotations
 
@@ -13,10 +18,10 @@ import asyncio
 import math
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from engine.api import CancelToken, Cancelled
 
@@ -29,10 +34,13 @@ class Superseded(Exception):
 
 @dataclass(slots=True)
 class _Ticket:
-    """One request in flight for a document."""
+    """One job in flight for a document, and the requests awaiting it."""
 
     token: CancelToken
     seq: int
+    same: Hashable | None  # what makes a request identical to this one; None: never shared
+    done: asyncio.Future  # the job's result or exception
+    waiting: int = 0  # requests awaiting `done`
 
 
 class Scheduler:
@@ -44,19 +52,28 @@ class Scheduler:
         self._latest: dict[str, _Ticket] = {}
         self._seq = 0
 
-    async def run(self, doc_key: str, job: Callable[[CancelToken], T]) -> T:
+    async def run(self, doc_key: str, job: Callable[[CancelToken], T], same: Hashable | None = None) -> T:
         """Run `job(token)` on the engine thread as the newest request for `doc_key`.
 
-        Raises Superseded when a newer request for the document replaced this one before or
-        while it ran, and asyncio.CancelledError (after cancelling the token) when the awaiting
-        task is cancelled, e.g. by `$/cancelRequest`.
+        When the job in flight for `doc_key` was started with an equal, non-None `same`, await its
+        result instead. Raises Superseded when a newer request for the document replaced this one
+        before or while it ran, and asyncio.CancelledError when the awaiting task is cancelled,
+        e.g. by `$/cancelRequest` (the token is cancelled once no request awaits the job).
         """
-        self._seq += 1
-        ticket = _Ticket(CancelToken(), self._seq)
         older = self._latest.get(doc_key)
+        if same is not None and older is not None and older.same == same and not older.token.cancelled:
+            return await self._await(older)
+        self._seq += 1
+        ticket = _Ticket(CancelToken(), self._seq, same, asyncio.get_running_loop().create_future())
+        ticket.done.add_done_callback(_retrieve)
         if older is not None:
             older.token.cancel()
         self._latest[doc_key] = ticket
+        asyncio.ensure_future(self._execute(doc_key, ticket, job))
+        return await self._await(ticket)
+
+    async def _execute(self, doc_key: str, ticket: _Ticket, job: Callable[[CancelToken], Any]) -> None:
+        """Run the job (after the debounce) and settle `ticket.done` with its outcome."""
         try:
             if self.debounce_s > 0:
                 await asyncio.sleep(self.debounce_s)
@@ -64,15 +81,33 @@ class Scheduler:
                 raise Superseded(doc_key)
             future = self._engine.submit(_unless_cancelled, job, ticket.token)
             try:
-                return await asyncio.wrap_future(future)
+                result = await asyncio.wrap_future(future)
             except Cancelled:
                 raise Superseded(doc_key) from None
-        except asyncio.CancelledError:
-            ticket.token.cancel()  # the engine stops at its next step
+            if not ticket.done.done():
+                ticket.done.set_result(result)
+        except asyncio.CancelledError:  # the server is shutting down
+            ticket.done.cancel()
             raise
+        except Exception as exc:  # handed to the requests awaiting the job
+            if not ticket.done.done():
+                ticket.done.set_exception(exc)
         finally:
             if self._latest.get(doc_key) is ticket:
                 del self._latest[doc_key]
+
+    async def _await(self, ticket: _Ticket) -> Any:
+        """Await the job of `ticket` as one of its requests."""
+        ticket.waiting += 1
+        try:
+            return await asyncio.shield(ticket.done)
+        except asyncio.CancelledError:
+            if ticket.done.cancelled():
+                raise
+            ticket.waiting -= 1
+            if ticket.waiting == 0:
+                ticket.token.cancel()  # no request wants it: the engine stops at its next step
+            raise
 
     def cancel(self, doc_key: str) -> None:
         """Cancel the request in flight for `doc_key`, if any (the document was closed)."""
@@ -89,6 +124,12 @@ class Scheduler:
         for ticket in self._latest.values():
             ticket.token.cancel()
         self._engine.shutdown(wait=False, cancel_futures=True)
+
+
+def _retrieve(done: asyncio.Future) -> None:
+    """Mark a job's exception as seen: with every request gone, nobody else reads it."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _unless_cancelled(job: Callable[[CancelToken], T], token: CancelToken) -> T:

@@ -443,7 +443,9 @@ async def suggest(ls: FimServer, uri: str, position: types.Position) -> Placed |
         )
 
     try:
-        outcome = await ls.scheduler.run(doc_key, job)
+        # the same buffer, cursor and settings (VS Code's inline and completion requests for one
+        # keystroke) share one engine run rather than the second cancelling the first
+        outcome = await ls.scheduler.run(doc_key, job, same=(text, line, character, config))
     except Superseded:
         return None
     except BackendError as exc:

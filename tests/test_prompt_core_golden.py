@@ -377,6 +377,7 @@ def test_postprocess(prefix, suffix, raw, config, expected):
 SHOWN_CALL = ShownSuggestion(prefix="print(", suffix=")\n", suggestion=Suggestion('"hello")', 1))
 SHOWN_BLOCK = ShownSuggestion(prefix="def f():\n    ", suffix="", suggestion=Suggestion("a = 1\n    return a"))
 REUSE = [
+    ("asked-again-unchanged", SHOWN_CALL, "print(", ")\n", SHOWN_CALL.suggestion),
     ("typed-first-chars", SHOWN_CALL, 'print("h', ")\n", Suggestion('ello")', 1)),
     ("auto-closed-quote-replaced-too", SHOWN_CALL, 'print("', '")\n', Suggestion('hello")', 2)),
     ("typed-something-else", SHOWN_CALL, "print(x", ")\n", None),

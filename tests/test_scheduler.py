@@ -50,6 +50,60 @@ async def test_newer_request_for_the_same_document_supersedes_the_older():
     assert log and log[0][0] == "cancelled at" and log[0][1] < 100
 
 
+async def test_an_identical_request_shares_the_job_in_flight_and_a_different_one_supersedes_it():
+    scheduler = Scheduler()
+    started, log, runs = threading.Event(), [], []
+
+    def job(token):
+        runs.append(1)
+        return steps_job(20, started, log)(token)
+
+    inline = asyncio.ensure_future(scheduler.run("a", job, same=("text", 3, 4)))
+    while not started.is_set():
+        await asyncio.sleep(0.005)
+    completion = asyncio.ensure_future(scheduler.run("a", job, same=("text", 3, 4)))
+    assert await asyncio.gather(inline, completion) == [20, 20]
+    assert len(runs) == 1 and not log  # one engine run, nothing cancelled
+
+    started.clear()
+    first = asyncio.ensure_future(scheduler.run("a", steps_job(100, started, log), same=("text", 3, 4)))
+    while not started.is_set():
+        await asyncio.sleep(0.005)
+    assert await scheduler.run("a", steps_job(2), same=("text!", 3, 5)) == 2  # the user typed on
+    with pytest.raises(Superseded):
+        await first
+    assert log and log[0][0] == "cancelled at"
+
+
+async def test_a_shared_job_stops_only_when_every_request_for_it_is_cancelled():
+    scheduler = Scheduler()
+    started, log = threading.Event(), []
+    one = asyncio.ensure_future(scheduler.run("a", steps_job(60, started, log), same="k"))
+    while not started.is_set():
+        await asyncio.sleep(0.005)
+    two = asyncio.ensure_future(scheduler.run("a", steps_job(60), same="k"))
+    await asyncio.sleep(0.02)
+    one.cancel()  # $/cancelRequest for the first request
+    assert await two == 60 and not log  # the job ran on for the second
+    assert one.cancelled()
+
+    started.clear()
+    three = asyncio.ensure_future(scheduler.run("a", steps_job(500, started, log), same="k"))
+    while not started.is_set():
+        await asyncio.sleep(0.005)
+    four = asyncio.ensure_future(scheduler.run("a", steps_job(500), same="k"))
+    await asyncio.sleep(0.02)
+    three.cancel()
+    four.cancel()
+    await asyncio.gather(three, four, return_exceptions=True)
+    for _ in range(200):
+        if log:
+            break
+        await asyncio.sleep(0.01)
+    assert log and log[0][0] == "cancelled at" and log[0][1] < 500  # the engine stopped early
+    assert await scheduler.run("a", steps_job(1), same="k") == 1  # and the scheduler is usable
+
+
 async def test_other_documents_are_not_cancelled():
     scheduler = Scheduler()
     a = asyncio.ensure_future(scheduler.run("a", steps_job(5)))

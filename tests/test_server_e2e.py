@@ -270,6 +270,27 @@ async def test_two_documents_are_served_concurrently(client: LanguageClient, eng
     mirror.close_all()
 
 
+async def test_inline_and_completion_requests_for_one_keystroke_share_the_answer(client: LanguageClient, engine):
+    # VS Code asks for both at each key of a word; the second must not cancel the first (the
+    # ghost text would never show while the user types an identifier)
+    mirror = Mirror(client, engine)
+    uri = "file:///work/project/both.py"
+    mirror.open(uri, CODE)
+    cursor = mirror.docs[uri].index("    print(len(lines))")
+    for key in "    tot":
+        cursor = mirror.type(uri, cursor, key)
+        expected = mirror.expect(uri, cursor)
+        position = mirror.position(uri, cursor)
+        inline, listing = await asyncio.gather(
+            mirror.inline(uri, cursor),
+            client.text_document_completion_async(types.CompletionParams(
+                text_document=types.TextDocumentIdentifier(uri=uri), position=position)))
+        assert inline == expected, key
+        assert [i.text_edit.new_text for i in listing.items] == [i.insert_text for i in expected.items], key
+    assert expected.items, "the kit model produces some text here"
+    mirror.close_all()
+
+
 async def test_notebook_cells_see_the_cells_around_them(client: LanguageClient, engine):
     nb = "file:///work/project/analysis.ipynb"
     cells = [("nb-cell:1", "code", "import math\nradius = 2.0\n"),
