@@ -13,7 +13,7 @@ from typing import Literal, NewType, Protocol
 from engine.fim_tokens import FimTokens
 
 DocId = NewType("DocId", str)
-StopReason = Literal["eos", "stop_token", "stop_string", "max_tokens", "time_budget", "cancelled"]
+StopReason = Literal["eos", "stop_token", "stop_string", "line_end", "max_tokens", "time_budget", "cancelled"]
 
 
 class Cancelled(Exception):
@@ -46,6 +46,14 @@ class CancelToken:
         return self._event.is_set()
 
 
+def through_line_end(text: str) -> int | None:
+    """Length of `text` up to and including its first line break after non-blank text; None when
+    it has none yet. Leading blank lines do not count: a suggestion may start on the next line."""
+    start = len(text) - len(text.lstrip())
+    cut = text.find("\n", start)
+    return None if cut < 0 else cut + 1
+
+
 @dataclass(slots=True)
 class CompletionRequest:
     """One generation for one document slot."""
@@ -59,6 +67,7 @@ class CompletionRequest:
     stop_strings: tuple[str, ...] = ()
     time_budget_s: float | None = None  # wall-clock cap on decoding; None = no cap
     heal: bool = False  # back off the prompt's last token and re-spell it (engine.healing); text excludes it
+    stop_at_line_end: bool = False  # end at the first line break after text (kept in the text): a one-line suggestion
 
 
 @dataclass(slots=True)

@@ -100,8 +100,12 @@ def completion_request(body: dict[str, Any], doc_id: DocId, default_temperature:
     heal = body.get("heal", False)
     if not isinstance(heal, bool):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"`heal` must be true or false, got {heal!r}")
+    stop_at_line_end = body.get("stop_at_line_end", False)
+    if not isinstance(stop_at_line_end, bool):
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"`stop_at_line_end` must be true or false, got {stop_at_line_end!r}")
     return CompletionRequest(doc_id=doc_id, prompt=prompt, max_new_tokens=max_tokens, temperature=temperature,
-                             top_p=top_p, seed=seed, stop_strings=tuple(stop), time_budget_s=budget, heal=heal)
+                             top_p=top_p, seed=seed, stop_strings=tuple(stop), time_budget_s=budget, heal=heal,
+                             stop_at_line_end=stop_at_line_end)
 
 
 def number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:

@@ -145,32 +145,6 @@ def pipeline_config_for(benchmark: Benchmark, max_new_tokens: int):
     )
 
 
-class FirstLineBackend:
-    """A backend whose generations end at their first line break (the break's token included).
-
-    A one-line suggestion is made from the generation's first line alone (and whether a line
-    break followed it), so the suggestion is the same as with the full generation; decoding the
-    lines after it would only cost time.
-    """
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.info = inner.info
-        self.fim = inner.fim
-
-    def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
-
-    def complete(self, request, cancel=None):
-        return self.inner.complete(replace(request, stop_strings=(*request.stop_strings, "\n")), cancel)
-
-    def drop(self, doc_id) -> None:
-        self.inner.drop(doc_id)
-
-    def cache_stats(self) -> dict[str, int]:
-        return self.inner.cache_stats()
-
-
 def complete_problem(backend, problem: Problem, config) -> tuple[str, float]:
     """The suggestion's text for the hole (through the product pipeline) and its latency in ms."""
     from lsp_server.pipeline import complete
@@ -188,9 +162,7 @@ def evaluate(backend, problems: Iterable[Problem], benchmark: Benchmark, *, max_
              pass_at_1: bool = False, run_program: Callable | None = None, progress=None) -> Report:
     """Score `backend` on `problems`; `progress` wraps the iterable (e.g. tqdm) when given."""
     problems = list(problems)
-    config = pipeline_config_for(benchmark, max_new_tokens)
-    if benchmark in ONE_LINE:
-        backend = FirstLineBackend(backend)
+    config = pipeline_config_for(benchmark, max_new_tokens)  # one-line benchmarks stop decoding at the line end
     if pass_at_1 and run_program is None:
         from lsp_server.sandbox import run_program
     report = Report(benchmark=benchmark, model=backend.info.model, backend=backend.info.backend,

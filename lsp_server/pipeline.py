@@ -17,7 +17,8 @@ from engine.api import Backend, CancelToken, CompletionRequest, CompletionResult
 from lsp_server.config import CompletionSettings, ModelConfig
 from lsp_server.context import CursorContext, Encoding, cursor_context
 from lsp_server.neighbours import Snippet, select_snippets, text_around_cursor
-from lsp_server.postprocess import PostprocessConfig, ShownSuggestion, Suggestion, postprocess, reuse_suggestion
+from lsp_server.postprocess import (PostprocessConfig, ShownSuggestion, Suggestion, postprocess, reuse_suggestion,
+                                    takes_block)
 from lsp_server.prompt import Prompt, PromptConfig, TokenCounter, build_prompt, memoize_counts
 
 Progress = Callable[[str, float], None]  # (message, fraction done in [0, 1]) while a model loads
@@ -108,6 +109,8 @@ def complete(
         temperature=config.temperature, seed=config.seed,
         stop_strings=(*config.postprocess.stop_strings, *early_stops(ctx, config.postprocess)),
         time_budget_s=config.time_budget_s, heal=config.heal,
+        # one line: the tokens after its end would be decoded only to be cut
+        stop_at_line_end=not takes_block(ctx, config.postprocess),
     )
     result = backend.complete(request, cancel)
     suggestion = postprocess(result.text, ctx, config.postprocess, stop_tokens=backend.fim.stop_tokens())

@@ -118,6 +118,21 @@ def _classify(ctx: CursorContext) -> Case:
     return "line_end" if before else "open_line"
 
 
+def _opener(ctx: CursorContext, case: Case) -> str | None:
+    """The line that opens the block a suggestion at `ctx` would fill, or None."""
+    if case == "open_line" and opens_block(_previous_line(ctx)):
+        return _previous_line(ctx)
+    if case == "line_end" and opens_block(ctx.line_prefix):
+        return ctx.line_prefix
+    return None
+
+
+def takes_block(ctx: CursorContext, config: PostprocessConfig) -> bool:
+    """Whether a suggestion at `ctx` may span lines; else it is one line, and decoding can end at
+    the first line break after text (`CompletionRequest.stop_at_line_end`)."""
+    return config.multiline == "always" or (config.multiline == "auto" and _opener(ctx, _classify(ctx)) is not None)
+
+
 def _previous_line(ctx: CursorContext) -> str:
     """The last non-blank line above the cursor's line ("" when none)."""
     above = ctx.prefix[: len(ctx.prefix) - len(ctx.line_prefix)].rstrip()
@@ -308,12 +323,8 @@ def postprocess(raw: str, ctx: CursorContext, config: PostprocessConfig,
         return None
     case = _classify(ctx)
     lp, ls = ctx.line_prefix, ctx.line_suffix
-    opener = None
-    if case == "open_line" and opens_block(_previous_line(ctx)):
-        opener = _previous_line(ctx)
-    elif case == "line_end" and opens_block(lp):
-        opener = lp
-    multi = config.multiline == "always" or (config.multiline == "auto" and opener is not None)
+    opener = _opener(ctx, case)
+    multi = takes_block(ctx, config)
     below = _next_line(ctx)
     anchor = (lp + ls) if case == "line_start" else below
     lines = text.split("\n")

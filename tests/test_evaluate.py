@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from engine.api import BackendInfo, CompletionRequest, CompletionResult
+from engine.api import through_line_end, BackendInfo, CompletionRequest, CompletionResult
 from engine.checkpoint_kit import STARCODER_SPECIALS
 from engine.fim_tokens import fim_tokens_from_vocab
 from lsp_server import cli
@@ -34,6 +34,7 @@ class ScriptedBackend:
         self.info = BackendInfo(backend="scripted", model="scripted", device="cpu", dtype="float32", n_ctx=2048)
         self.prompts: list[str] = []
         self.stop_strings: list[tuple[str, ...]] = []
+        self.line_ends: list[bool] = []
         self.dropped: list[str] = []
 
     def count_tokens(self, text: str) -> int:
@@ -42,9 +43,12 @@ class ScriptedBackend:
     def complete(self, request: CompletionRequest, cancel=None) -> CompletionResult:
         self.prompts.append(request.prompt)
         self.stop_strings.append(request.stop_strings)
+        self.line_ends.append(request.stop_at_line_end)
         text = next(raw for key, raw in self.answers.items() if key in request.prompt)
         ends = [text.find(s) + len(s) for s in request.stop_strings if s in text]
         text = text[: min(ends)] if ends else text  # as the engine: the stop string's token is kept
+        line = through_line_end(text) if request.stop_at_line_end else None
+        text = text if line is None else text[:line]
         return CompletionResult(text=text, token_ids=[], stop_reason="eos", prompt_tokens=1, reused_tokens=0,
                                 prefill_tokens=1, generated_tokens=1, latency_ms=1.0)
 
@@ -111,7 +115,7 @@ def test_evaluate_scores_a_right_and_a_wrong_middle_through_the_pipeline():
     # the prompt is SPM: suffix first, then the prefix the model continues
     assert backend.prompts[0] == f"<fim_prefix><fim_suffix>{PROBLEM.suffix}<fim_middle>{PROBLEM.prompt}"
     assert backend.dropped == ["Test/0", "Test/1"]
-    assert backend.stop_strings == [("\n",), ("\n",)]  # single-line decoding ends at the line break
+    assert backend.line_ends == [True, True]  # single-line decoding ends at the line break
     summary = report.summary()
     assert {k: summary[k] for k in ("benchmark", "problems", "exact_match", "pass_at_1")} == {
         "benchmark": "single-line", "problems": 2, "exact_match": 0.5, "pass_at_1": 0.5}
@@ -135,13 +139,24 @@ def test_single_line_keeps_one_line_and_multi_line_keeps_the_block():
     "\n    total = a + b\n",
     "    total = (a +\n b)\n",
 ])
-def test_stopping_at_the_first_line_break_keeps_the_one_line_suggestion(raw):
-    from lsp_server.evaluate import FirstLineBackend, complete_problem, pipeline_config_for
+def test_one_line_benchmarks_stop_decoding_at_the_line_end_and_keep_the_suggestion(raw):
+    from dataclasses import replace
+
+    from lsp_server.evaluate import complete_problem, pipeline_config_for
+
+    class WholeGeneration(ScriptedBackend):
+        """Decodes on past the line end, as a block request would."""
+
+        def complete(self, request, cancel=None):
+            return super().complete(replace(request, stop_at_line_end=False), cancel)
 
     config = pipeline_config_for("single-line", 64)
-    full, _ = complete_problem(ScriptedBackend({"": raw}), PROBLEM, config)
-    first_line, _ = complete_problem(FirstLineBackend(ScriptedBackend({"": raw})), PROBLEM, config)
+    scripted = ScriptedBackend({"": raw})
+    first_line, _ = complete_problem(scripted, PROBLEM, config)
+    assert scripted.line_ends == [True]
+    full, _ = complete_problem(WholeGeneration({"": raw}), PROBLEM, config)
     assert first_line == full
+    assert pipeline_config_for("multi-line", 64).postprocess.multiline == "always"  # blocks decode on
 
 
 def test_program_for_joins_code_tests_and_check():

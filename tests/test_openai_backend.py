@@ -201,6 +201,24 @@ def test_streaming_joins_events_and_hangs_up_at_a_stop_string(fake: FakeServer):
     assert (result.text, result.stop_reason) == ("3.14 * r * r", "stop_string")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_one_line_request_ends_at_the_first_line_break_after_text(fake: FakeServer, stream: bool):
+    chunks = ["\n", "3.14", " * r", " * r\n    return", " area\n", "never read"]
+    if stream:
+        def reply(handler: BaseHTTPRequestHandler, seen: Seen) -> None:
+            body = "".join(f"data: {json.dumps({'choices': [{'text': c, 'finish_reason': None}]})}\n\n" for c in chunks)
+            send(handler, 200, (body + "data: [DONE]\n\n").encode(), "text/event-stream")
+        fake.reply = reply
+    else:
+        fake.reply = answer("".join(chunks))
+    backend = load_backend(url=fake.url, remote=RemoteConfig(stream=stream), environ={})
+    line = CompletionRequest(doc_id=DocId("file:///w/geometry.py"), prompt=PROMPT, max_new_tokens=32,
+                             stop_at_line_end=True)
+    result = backend.complete(line)
+    assert "stop_at_line_end" not in fake.completions()[0].body  # a generic server is not told
+    assert (result.text, result.stop_reason) == ("\n3.14 * r * r\n", "line_end")
+
+
 BAD_ANSWERS = {
     "500": (status(500, {"error": {"message": "CUDA out of memory"}}), 3,
             "the completion server at {url} answered HTTP 500: CUDA out of memory (tried 3 times)"),

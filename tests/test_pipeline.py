@@ -4,13 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult
+from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, through_line_end
 from engine.fim_tokens import fim_tokens_from_vocab
 from lsp_server import pipeline
 from lsp_server.config import CompletionSettings
 from lsp_server.context import cursor_context
-from lsp_server.postprocess import PostprocessConfig, ShownSuggestion, Suggestion, postprocess
+from lsp_server.postprocess import PostprocessConfig, ShownSuggestion, Suggestion, postprocess, takes_block
 from lsp_server.prompt import PromptConfig
 
 STARCODER = fim_tokens_from_vocab(["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>"])
@@ -138,6 +140,43 @@ def test_stopping_at_the_line_break_mid_line_changes_no_suggestion(raw, multilin
     config = PostprocessConfig(multiline=multiline)
     assert pipeline.early_stops(ctx, config) == ("\n",)
     assert postprocess(raw[: raw.index("\n")], ctx, config) == postprocess(raw, ctx, config)
+
+
+LINE_CONTEXTS = [  # (document, line, character): every kind of cursor a one-line suggestion serves
+    ("total = \nprint(total)\n", 0, 8),  # line end
+    ("def f(x):\n    y = x\n\n    return y\n", 2, 4),  # an empty line, not under an opener
+    ("items = [\n    1,\n    \n]\n", 2, 4),  # an indented empty line
+    ("def f(x):\n    return g(x)\n", 1, 4),  # line start, the rest of the line after the cursor
+    ("x = f(a, )\nprint(x)\n", 0, 9),  # mid-line
+    ("", 0, 0),  # an empty document
+]
+
+
+@pytest.mark.parametrize("text, line, character", LINE_CONTEXTS)
+@pytest.mark.parametrize("multiline", ["auto", "never"])
+@settings(max_examples=150, deadline=None)
+@given(raw=st.text(alphabet="ab( ):\n\t#", max_size=40))
+def test_stopping_at_the_first_line_end_after_text_changes_no_one_line_suggestion(text, line, character, multiline, raw):
+    ctx = cursor_context(text, line, character)
+    config = PostprocessConfig(multiline=multiline)
+    assert not takes_block(ctx, config)
+    cut = through_line_end(raw)
+    assert postprocess(raw if cut is None else raw[:cut], ctx, config) == postprocess(raw, ctx, config)
+
+
+@pytest.mark.parametrize("text, line, character, multiline, one_line", [
+    ("total = \n", 0, 8, "auto", True),
+    ("def f(x):\n", 0, 9, "auto", False),  # after an opener: a block
+    ("def f(x):\n    \n", 1, 4, "auto", False),  # on the empty line under it
+    ("def f(x):\n", 0, 9, "never", True),
+    ("total = \n", 0, 8, "always", False),
+])
+def test_the_request_asks_to_stop_at_the_line_end_exactly_for_one_line_suggestions(text, line, character,
+                                                                                    multiline, one_line):
+    backend = RecordingBackend(raw="1\n")
+    config = pipeline.pipeline_config(CompletionSettings(multiline=multiline))
+    pipeline.complete(backend, "doc", text, line, character, config=config)
+    assert backend.requests[-1].stop_at_line_end is one_line
 
 
 def test_a_replaced_backend_is_freed_with_its_token_counter():

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from engine.api import (
     BackendError, BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, StopReason,
+    through_line_end,
 )
 from engine.fim_tokens import EOD_TOKEN, Family, FimTokens, fim_tokens_from_vocab
 
@@ -173,7 +174,7 @@ class OpenAIBackend:
             if self.mode == "daemon":
                 return self.daemon_result(self.post(path, body, cancel), start)
             if self.config.stream:
-                text, finish, usage = self.post_streaming(path, body, stops, cancel)
+                text, finish, usage = self.post_streaming(path, body, stops, cancel, request.stop_at_line_end)
             else:
                 text, finish, usage = parse_completion(self.post(path, body, cancel), self.endpoint.shown)
         except Cancelled:
@@ -183,10 +184,14 @@ class OpenAIBackend:
             self.counters["errors"] += 1
             raise
         text, cut = cut_at_stops(text, stops)
+        line = through_line_end(text) if request.stop_at_line_end and not cut else None
+        if line is not None:
+            text = text[:line]  # a one-line suggestion: what follows the line is never shown
         details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
         prompt_tokens = int(usage.get("prompt_tokens") or self.count_tokens(request.prompt))
         cached = int(details.get("cached_tokens") or 0)  # vLLM reports it; others leave it out (then 0)
-        reason: StopReason = "stop_string" if cut else "max_tokens" if finish == "length" else "eos"
+        reason: StopReason = ("stop_string" if cut else "line_end" if line is not None
+                              else "max_tokens" if finish == "length" else "eos")
         return CompletionResult(
             text=text, token_ids=[], stop_reason=reason, prompt_tokens=prompt_tokens, reused_tokens=cached,
             prefill_tokens=prompt_tokens - cached, generated_tokens=int(usage.get("completion_tokens") or 0),
@@ -200,7 +205,7 @@ class OpenAIBackend:
                 "client": self.client_id, "doc_id": request.doc_id, "prompt": request.prompt,
                 "max_tokens": request.max_new_tokens, "temperature": request.temperature, "top_p": request.top_p,
                 "seed": request.seed, "stop": list(stops), "time_budget_s": request.time_budget_s,
-                "heal": request.heal,
+                "heal": request.heal, "stop_at_line_end": request.stop_at_line_end,
             }
         body = {"prompt": request.prompt, "max_tokens": request.max_new_tokens, "temperature": request.temperature,
                 "top_p": request.top_p, "stop": list(stops), "stream": self.config.stream}
@@ -251,8 +256,9 @@ class OpenAIBackend:
         return self.request("POST", path, body, cancel, retries=retries)
 
     def post_streaming(self, path: str, body: dict[str, Any], stops: tuple[str, ...],
-                       cancel: CancelToken | None) -> tuple[str, str | None, dict[str, Any]]:
-        """Read a server-sent-event answer; stop reading (closing the connection) at a stop string."""
+                       cancel: CancelToken | None, line_end: bool = False) -> tuple[str, str | None, dict[str, Any]]:
+        """Read a server-sent-event answer; stop reading (closing the connection) at a stop string,
+        or with `line_end` at the first line break after text."""
         where = self.endpoint.shown
 
         def read(response: http.client.HTTPResponse, path: str) -> tuple[str, str | None, dict[str, Any]]:
@@ -263,7 +269,8 @@ class OpenAIBackend:
                 text, f, u = parse_completion(event, where, streamed=True)
                 parts.append(text)
                 finish, usage = f or finish, u or usage
-                if any(s in "".join(parts) for s in stops):
+                sofar = "".join(parts)
+                if any(s in sofar for s in stops) or line_end and through_line_end(sofar) is not None:
                     self.close()  # the server stops generating when the client hangs up
                     break
             return "".join(parts), finish, usage

@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId
+from engine.api import (BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId,
+                        through_line_end)
 from engine.tokenizer import CheckpointTokenizer
 
 
@@ -56,10 +57,12 @@ class ReferenceBackend:
                     self.reason = "cancelled"
                 elif request.time_budget_s is not None and time.perf_counter() - start > request.time_budget_s:
                     self.reason = "time_budget"
-                elif request.stop_strings:
+                elif request.stop_strings or request.stop_at_line_end:
                     text = self.backend.tokenizer.decode(input_ids[0, len(ids):].tolist())
                     if any(s in text for s in request.stop_strings):
                         self.reason = "stop_string"
+                    elif request.stop_at_line_end and through_line_end(text) is not None:
+                        self.reason = "line_end"
                 return torch.tensor([self.reason is not None])
 
         stop = _Stop(self)
@@ -84,6 +87,8 @@ class ReferenceBackend:
         if reason == "stop_string":
             cut = min(text.index(s) for s in request.stop_strings if s in text)
             text = text[:cut]
+        elif reason == "line_end":
+            text = text[:through_line_end(text)]
         return CompletionResult(
             text=text, token_ids=new, stop_reason=reason or "max_tokens", prompt_tokens=len(ids),
             reused_tokens=0, prefill_tokens=len(ids), generated_tokens=len(new),
