@@ -13,7 +13,8 @@ from typing import Literal, NewType, Protocol
 from engine.fim_tokens import FimTokens
 
 DocId = NewType("DocId", str)
-StopReason = Literal["eos", "stop_token", "stop_string", "line_end", "max_tokens", "time_budget", "cancelled"]
+StopReason = Literal["eos", "stop_token", "stop_string", "line_end", "block_end", "max_tokens", "time_budget",
+                     "cancelled"]
 
 
 class Cancelled(Exception):
@@ -54,6 +55,28 @@ def through_line_end(text: str) -> int | None:
     return None if cut < 0 else cut + 1
 
 
+def indent_width(line: str) -> int:
+    """Columns of leading whitespace, tabs counted as 4."""
+    stripped = line.lstrip(" \t")
+    return len(line[: len(line) - len(stripped)].expandtabs(4))
+
+
+def through_dedent(text: str, column: int) -> int | None:
+    """Length of `text` through the first complete line after its first line break that holds text
+    indented less than `column`; None when there is none yet. That line ends a block suggestion
+    (it is kept only when it closes the block's brackets), so what follows is never shown."""
+    start = text.find("\n")
+    while start >= 0:
+        end = text.find("\n", start + 1)
+        if end < 0:
+            return None
+        line = text[start + 1:end]
+        if line.strip() and indent_width(line) < column:
+            return end + 1
+        start = end
+    return None
+
+
 @dataclass(slots=True)
 class CompletionRequest:
     """One generation for one document slot."""
@@ -68,6 +91,7 @@ class CompletionRequest:
     time_budget_s: float | None = None  # wall-clock cap on decoding; None = no cap
     heal: bool = False  # back off the prompt's last token and re-spell it (engine.healing); text excludes it
     stop_at_line_end: bool = False  # end at the first line break after text (kept in the text): a one-line suggestion
+    stop_at_dedent: int | None = None  # a block: end after the first later line indented less (`through_dedent`)
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.api import CancelToken, Cancelled, StopReason, through_line_end
+from engine.api import CancelToken, Cancelled, StopReason, through_dedent, through_line_end
 from engine.healing import Healing
 from engine.model import KVBuffer, Transformer
 from engine.speculative import ENGINE_NGRAM_MIN, PromptLookup, next_draft_length
@@ -69,6 +69,7 @@ class StopRules:
     eod_id: int | None = None  # the stop id reported as "eos"
     stop_strings: tuple[str, ...] = ()
     line_end: bool = False  # stop at the first line break that follows text (`through_line_end`)
+    dedent: int | None = None  # stop after the first later line indented less than this (`through_dedent`)
     deadline: float | None = None  # clock() value after which no further step starts
     emittable: int | None = None  # ids >= this (vocabulary padding) are never sampled
 
@@ -146,12 +147,14 @@ def take_tokens(rows: Tensor, draft: list[int], tokens: list[int], pick: Callabl
         if token in rules.stop_ids:
             return i, "eos" if token == rules.eod_id else "stop_token"
         tokens.append(token)
-        if rules.stop_strings or rules.line_end:
+        if rules.stop_strings or rules.line_end or rules.dedent is not None:
             text = decode(tokens)
             if rules.stop_strings and hit_stop_string(text, rules.stop_strings):
                 return i, "stop_string"
             if rules.line_end and through_line_end(text) is not None:
                 return i, "line_end"
+            if rules.dedent is not None and through_dedent(text, rules.dedent) is not None:
+                return i, "block_end"
         if len(tokens) == rules.max_new_tokens:
             return i, "max_tokens"
         if i == len(draft) or draft[i] != token:

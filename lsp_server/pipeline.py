@@ -18,7 +18,7 @@ from lsp_server.config import CompletionSettings, ModelConfig
 from lsp_server.context import CursorContext, Encoding, cursor_context
 from lsp_server.neighbours import Snippet, select_snippets, text_around_cursor
 from lsp_server.postprocess import (PostprocessConfig, ShownSuggestion, Suggestion, postprocess, reuse_suggestion,
-                                    takes_block)
+                                    block_floor, takes_block)
 from lsp_server.prompt import Prompt, PromptConfig, TokenCounter, build_prompt, memoize_counts
 
 Progress = Callable[[str, float], None]  # (message, fraction done in [0, 1]) while a model loads
@@ -111,6 +111,7 @@ def complete(
         time_budget_s=config.time_budget_s, heal=config.heal,
         # one line: the tokens after its end would be decoded only to be cut
         stop_at_line_end=not takes_block(ctx, config.postprocess),
+        stop_at_dedent=block_floor(ctx, config.postprocess),  # a block: the lines after it likewise
     )
     result = backend.complete(request, cancel)
     suggestion = postprocess(result.text, ctx, config.postprocess, stop_tokens=backend.fim.stop_tokens())

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from engine.api import indent_width
 from lsp_server.context import CursorContext
 
 MultiLine = Literal["never", "auto", "always"]
@@ -75,12 +76,6 @@ class ShownSuggestion:
     suggestion: Suggestion
 
 
-def indent_width(line: str) -> int:
-    """Columns of leading whitespace, tabs counted as 4."""
-    stripped = line.lstrip(" \t")
-    return len(line[: len(line) - len(stripped)].expandtabs(4))
-
-
 def opens_block(line: str) -> bool:
     """True when a line ends with a block opener (`:`, `{`, `(`, `[`, `=>`, `do`, `then`...)."""
     return bool(_BLOCK_OPENER.search(line.rstrip()))
@@ -125,6 +120,15 @@ def _opener(ctx: CursorContext, case: Case) -> str | None:
     if case == "line_end" and opens_block(ctx.line_prefix):
         return ctx.line_prefix
     return None
+
+
+def block_floor(ctx: CursorContext, config: PostprocessConfig) -> int | None:
+    """For a block suggestion under an opener: the column a later line must be indented past to
+    stay in the block (`CompletionRequest.stop_at_dedent`); None when not known before generating."""
+    if not takes_block(ctx, config):
+        return None
+    opener = _opener(ctx, _classify(ctx))
+    return None if opener is None else indent_width(opener) + 1
 
 
 def takes_block(ctx: CursorContext, config: PostprocessConfig) -> bool:

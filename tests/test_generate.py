@@ -63,6 +63,21 @@ def test_stop_string_ends_decoding():
     assert (gen.tokens, gen.stop_reason) == ([1, 2, 3], "stop_string")
 
 
+PIECES = {1: "x", 2: "\n", 3: "    y", 4: "\n", 5: "\n", 6: "z", 7: "\n", 8: "w"}  # id -> text, for NextToken's 1, 2, ...
+
+
+@pytest.mark.parametrize("rules, tokens, reason", [
+    (StopRules(max_new_tokens=9, line_end=True), [1, 2], "line_end"),  # "x\n"
+    (StopRules(max_new_tokens=9, dedent=1), [1, 2, 3, 4, 5, 6, 7], "block_end"),  # "    y" stays, "z" leaves
+    (StopRules(max_new_tokens=9, dedent=5), [1, 2, 3, 4], "block_end"),  # "    y" already leaves
+    (StopRules(max_new_tokens=6, dedent=1), [1, 2, 3, 4, 5, 6], "max_tokens"),  # "z" not complete yet
+])
+def test_line_and_block_ends_stop_after_the_line_that_decides_them(rules, tokens, reason):
+    gen = generate(NextToken(), FakeKV(), [0], 0, rules, Sampling(), written=lambda ids: None,
+                   decode=lambda ids: "".join(PIECES.get(i, "?") for i in ids))
+    assert (gen.tokens, gen.stop_reason) == (tokens, reason)
+
+
 def test_time_budget_stops_at_a_step_boundary():
     ticks = iter(range(100))
     gen, _, _ = run([0], rules=StopRules(max_new_tokens=9, deadline=3.5), clock=lambda: next(ticks))

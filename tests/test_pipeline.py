@@ -7,12 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, through_line_end
+from engine.api import (BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, through_dedent,
+                        through_line_end)
 from engine.fim_tokens import fim_tokens_from_vocab
 from lsp_server import pipeline
 from lsp_server.config import CompletionSettings
 from lsp_server.context import cursor_context
-from lsp_server.postprocess import PostprocessConfig, ShownSuggestion, Suggestion, postprocess, takes_block
+from lsp_server.postprocess import (PostprocessConfig, ShownSuggestion, Suggestion, block_floor, postprocess,
+                                    takes_block)
 from lsp_server.prompt import PromptConfig
 
 STARCODER = fim_tokens_from_vocab(["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>"])
@@ -164,19 +166,53 @@ def test_stopping_at_the_first_line_end_after_text_changes_no_one_line_suggestio
     assert postprocess(raw if cut is None else raw[:cut], ctx, config) == postprocess(raw, ctx, config)
 
 
-@pytest.mark.parametrize("text, line, character, multiline, one_line", [
-    ("total = \n", 0, 8, "auto", True),
-    ("def f(x):\n", 0, 9, "auto", False),  # after an opener: a block
-    ("def f(x):\n    \n", 1, 4, "auto", False),  # on the empty line under it
-    ("def f(x):\n", 0, 9, "never", True),
-    ("total = \n", 0, 8, "always", False),
+BLOCK_CONTEXTS = [  # (document, line, character): a block suggestion under an opener
+    ("def f(x):\n\nprint(f(1))\n", 0, 9),  # at the end of the opener's line
+    ("def f(x):\n    \n", 1, 4),  # on the empty line under it
+    ("class A:\n    def f(self):\n        \n    def g(self):\n        pass\n", 2, 8),  # nested
+    ("\tif x:\n\t\t\n", 1, 2),  # tabs
+    ("items = foo(\n\nprint(items)\n", 0, 12),  # a bracket: its closer at the opener's depth is kept
+]
+lines_of_code = st.lists(st.tuples(st.sampled_from(["", " ", "  ", "    ", "\t", "        ", "\t\t", "     "]),
+                                   st.sampled_from(["", "x = 1", ")", "])", "pass", "def g():", "y", "  "])),
+                         max_size=8)
+
+
+@pytest.mark.parametrize("text, line, character", BLOCK_CONTEXTS)
+@settings(max_examples=300, deadline=None)
+@given(lines=lines_of_code, tail=st.booleans())
+def test_stopping_after_the_first_dedented_line_changes_no_block_suggestion(text, line, character, lines, tail):
+    raw = "\n".join(indent + code for indent, code in lines) + ("\n" if tail else "")
+    ctx = cursor_context(text, line, character)
+    config = PostprocessConfig(multiline="auto")
+    floor = block_floor(ctx, config)
+    assert floor is not None
+    cut = through_dedent(raw, floor)
+    assert postprocess(raw if cut is None else raw[:cut], ctx, config) == postprocess(raw, ctx, config)
+
+
+def test_block_floor_is_known_only_under_an_opener():
+    assert block_floor(cursor_context("def f(x):\n", 0, 9), PostprocessConfig()) == 1
+    assert block_floor(cursor_context("    if x:\n", 0, 9), PostprocessConfig()) == 5
+    assert block_floor(cursor_context("total = \n", 0, 8), PostprocessConfig()) is None  # one line
+    assert block_floor(cursor_context("total = \n", 0, 8), PostprocessConfig(multiline="always")) is None
+    assert through_dedent("body\n    a\n\n  b\nc\n", 4) == len("body\n    a\n\n  b\n")
+    assert through_dedent("a\n    b\n", 4) is None and through_dedent("\nx", 1) is None
+
+
+@pytest.mark.parametrize("text, line, character, multiline, one_line, dedent", [
+    ("total = \n", 0, 8, "auto", True, None),
+    ("def f(x):\n", 0, 9, "auto", False, 1),  # after an opener: a block, ended by a line at column 0
+    ("    def f(x):\n        \n", 1, 8, "auto", False, 5),  # on the empty line under it
+    ("def f(x):\n", 0, 9, "never", True, None),
+    ("total = \n", 0, 8, "always", False, None),  # a block with no opener: its scope is not known before
 ])
-def test_the_request_asks_to_stop_at_the_line_end_exactly_for_one_line_suggestions(text, line, character,
-                                                                                    multiline, one_line):
+def test_the_request_says_where_a_line_or_block_suggestion_ends(text, line, character, multiline, one_line, dedent):
     backend = RecordingBackend(raw="1\n")
     config = pipeline.pipeline_config(CompletionSettings(multiline=multiline))
     pipeline.complete(backend, "doc", text, line, character, config=config)
     assert backend.requests[-1].stop_at_line_end is one_line
+    assert backend.requests[-1].stop_at_dedent == dedent
 
 
 def test_a_replaced_backend_is_freed_with_its_token_counter():

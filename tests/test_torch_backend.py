@@ -219,3 +219,4 @@ def test_a_one_line_request_ends_at_the_first_line_break_after_text(speculate, h
         assert line.token_ids == full.token_ids[:len(line.token_ids)]
         assert line.generated_tokens < full.generated_tokens or full.stop_reason != "max_tokens"
     assert ended >= 1, "the trained model ends a line at one of these cursors at least"
+

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from engine.api import (
     BackendError, BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, StopReason,
-    through_line_end,
+    through_dedent, through_line_end,
 )
 from engine.fim_tokens import EOD_TOKEN, Family, FimTokens, fim_tokens_from_vocab
 
@@ -174,7 +174,7 @@ class OpenAIBackend:
             if self.mode == "daemon":
                 return self.daemon_result(self.post(path, body, cancel), start)
             if self.config.stream:
-                text, finish, usage = self.post_streaming(path, body, stops, cancel, request.stop_at_line_end)
+                text, finish, usage = self.post_streaming(path, body, stops, cancel, lambda sofar: end_of_use(request, sofar))
             else:
                 text, finish, usage = parse_completion(self.post(path, body, cancel), self.endpoint.shown)
         except Cancelled:
@@ -184,13 +184,13 @@ class OpenAIBackend:
             self.counters["errors"] += 1
             raise
         text, cut = cut_at_stops(text, stops)
-        line = through_line_end(text) if request.stop_at_line_end and not cut else None
-        if line is not None:
-            text = text[:line]  # a one-line suggestion: what follows the line is never shown
+        used = None if cut else end_of_use(request, text)
+        if used is not None:
+            text = text[:used[0]]  # the suggestion's line or block ends there: what follows is never shown
         details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
         prompt_tokens = int(usage.get("prompt_tokens") or self.count_tokens(request.prompt))
         cached = int(details.get("cached_tokens") or 0)  # vLLM reports it; others leave it out (then 0)
-        reason: StopReason = ("stop_string" if cut else "line_end" if line is not None
+        reason: StopReason = ("stop_string" if cut else used[1] if used is not None
                               else "max_tokens" if finish == "length" else "eos")
         return CompletionResult(
             text=text, token_ids=[], stop_reason=reason, prompt_tokens=prompt_tokens, reused_tokens=cached,
@@ -206,6 +206,7 @@ class OpenAIBackend:
                 "max_tokens": request.max_new_tokens, "temperature": request.temperature, "top_p": request.top_p,
                 "seed": request.seed, "stop": list(stops), "time_budget_s": request.time_budget_s,
                 "heal": request.heal, "stop_at_line_end": request.stop_at_line_end,
+                "stop_at_dedent": request.stop_at_dedent,
             }
         body = {"prompt": request.prompt, "max_tokens": request.max_new_tokens, "temperature": request.temperature,
                 "top_p": request.top_p, "stop": list(stops), "stream": self.config.stream}
@@ -256,9 +257,10 @@ class OpenAIBackend:
         return self.request("POST", path, body, cancel, retries=retries)
 
     def post_streaming(self, path: str, body: dict[str, Any], stops: tuple[str, ...],
-                       cancel: CancelToken | None, line_end: bool = False) -> tuple[str, str | None, dict[str, Any]]:
+                       cancel: CancelToken | None, used: Callable[[str], Any] = lambda _: None,
+                       ) -> tuple[str, str | None, dict[str, Any]]:
         """Read a server-sent-event answer; stop reading (closing the connection) at a stop string,
-        or with `line_end` at the first line break after text."""
+        or once `used(text so far)` says the suggestion is complete."""
         where = self.endpoint.shown
 
         def read(response: http.client.HTTPResponse, path: str) -> tuple[str, str | None, dict[str, Any]]:
@@ -270,7 +272,7 @@ class OpenAIBackend:
                 parts.append(text)
                 finish, usage = f or finish, u or usage
                 sofar = "".join(parts)
-                if any(s in sofar for s in stops) or line_end and through_line_end(sofar) is not None:
+                if any(s in sofar for s in stops) or used(sofar) is not None:
                     self.close()  # the server stops generating when the client hangs up
                     break
             return "".join(parts), finish, usage
@@ -508,6 +510,15 @@ def read_n_ctx(path: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return int(value) if isinstance(value, int) else None
+
+
+def end_of_use(request: CompletionRequest, text: str) -> tuple[int, StopReason] | None:
+    """Where a one-line or block request's text stops mattering, and the reason; None before."""
+    if request.stop_at_line_end and (end := through_line_end(text)) is not None:
+        return end, "line_end"
+    if request.stop_at_dedent is not None and (end := through_dedent(text, request.stop_at_dedent)) is not None:
+        return end, "block_end"
+    return None
 
 
 def stop_list(fim: FimTokens, stop_strings: tuple[str, ...]) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from engine.api import (BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId,
-                        through_line_end)
+                        through_dedent, through_line_end)
 from engine.tokenizer import CheckpointTokenizer
 
 
@@ -57,12 +57,14 @@ class ReferenceBackend:
                     self.reason = "cancelled"
                 elif request.time_budget_s is not None and time.perf_counter() - start > request.time_budget_s:
                     self.reason = "time_budget"
-                elif request.stop_strings or request.stop_at_line_end:
+                elif request.stop_strings or request.stop_at_line_end or request.stop_at_dedent is not None:
                     text = self.backend.tokenizer.decode(input_ids[0, len(ids):].tolist())
                     if any(s in text for s in request.stop_strings):
                         self.reason = "stop_string"
                     elif request.stop_at_line_end and through_line_end(text) is not None:
                         self.reason = "line_end"
+                    elif request.stop_at_dedent is not None and through_dedent(text, request.stop_at_dedent) is not None:
+                        self.reason = "block_end"
                 return torch.tensor([self.reason is not None])
 
         stop = _Stop(self)
@@ -89,6 +91,8 @@ class ReferenceBackend:
             text = text[:cut]
         elif reason == "line_end":
             text = text[:through_line_end(text)]
+        elif reason == "block_end":
+            text = text[:through_dedent(text, request.stop_at_dedent)]
         return CompletionResult(
             text=text, token_ids=new, stop_reason=reason or "max_tokens", prompt_tokens=len(ids),
             reused_tokens=0, prefill_tokens=len(ids), generated_tokens=len(new),

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 import xxhash
 
-from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, through_line_end
+from engine.api import (BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, through_dedent,
+                        through_line_end)
 from engine.cache import CacheConfig, SlotTable
 from engine.generate import Sampling, StopRules, check_prompt, generate
 from engine.healing import Healing, healable
@@ -76,7 +77,8 @@ class TorchBackend:
         max_new = min(request.max_new_tokens, args.n_positions - len(ids))  # re-spelling is part of the budget
         deadline = start + request.time_budget_s if request.time_budget_s is not None else None
         rules = StopRules(max_new_tokens=max_new, stop_ids=self.stop_ids, eod_id=self.tokenizer.eod_id,
-                          stop_strings=request.stop_strings, line_end=request.stop_at_line_end, deadline=deadline,
+                          stop_strings=request.stop_strings, line_end=request.stop_at_line_end,
+                          dedent=request.stop_at_dedent, deadline=deadline,
                           emittable=self.emittable)
         sampling = Sampling(request.temperature, request.top_p, request.seed)
         with self.lock:
@@ -97,6 +99,8 @@ class TorchBackend:
             text = text[:min(text.index(s) for s in request.stop_strings if s and s in text)]
         elif gen.stop_reason == "line_end":
             text = text[:through_line_end(text)]
+        elif gen.stop_reason == "block_end":
+            text = text[:through_dedent(text, request.stop_at_dedent)]
         return CompletionResult(
             text=text, token_ids=gen.tokens, stop_reason=gen.stop_reason, prompt_tokens=len(ids),
             reused_tokens=plan.keep, prefill_tokens=len(ids) - plan.keep, generated_tokens=len(gen.tokens),
