@@ -214,6 +214,44 @@ def packed_sequences(samples: Iterator[str], encode_batch, seq_len: int, batch: 
             del pending[:seq_len]
 
 
+def validation_sequences(held_out: list[Path], encode_batch, seq_len: int, policy: FimPolicy,
+                         count: int = 128) -> list[list[int]]:
+    """The fixed validation set: `count` packed sequences of FIM samples drawn from windows of the
+    held-out files through a 2,048-window shuffle buffer (so they span many files, not the first few)."""
+    stream = packed_sequences(sample_stream(held_out, random.Random(7), policy, seq_len * 3, 2048),
+                              encode_batch, seq_len, 64)
+    return [next(stream) for _ in range(count)]
+
+
+def sequences_loss(model, sequences, bf16: bool = True, batch: int = 16) -> float:
+    """Mean next-token cross-entropy (nats) of `model` over `sequences` [N, seq_len]."""
+    import torch
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        losses = [float(model(sequences[i:i + batch], labels=sequences[i:i + batch]).loss)
+                  for i in range(0, len(sequences), batch)]
+    return sum(losses) / len(losses)
+
+
+def held_out_loss(model_dirs: list[Path], progress=None) -> list[float]:
+    """Validation loss of each checkpoint directory on this machine's held-out files (the trainer's
+    validation set, tokenised with each checkpoint's own tokenizer)."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import GPTBigCodeForCausalLM
+
+    held_out = training_files(source_roots())[::200]
+    losses = []
+    for d in progress(model_dirs) if progress else model_dirs:
+        tokenizer = Tokenizer.from_file(str(Path(d) / "tokenizer.json"))
+        model = GPTBigCodeForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+        seq_len = model.config.n_positions
+        val = torch.tensor(validation_sequences(held_out, lambda texts: [e.ids for e in tokenizer.encode_batch(texts)],
+                                                seq_len, FimPolicy()))
+        losses.append(sequences_loss(model, val))
+    return losses
+
+
 def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
     """Linear warm-up over `warmup_steps`, then cosine decay over the wall-clock progress (0..1)."""
     if step < cfg.warmup_steps:
@@ -326,9 +364,7 @@ def train(cfg: TrainConfig, log=print) -> None:
         return [e.ids for e in tokenizer.encode_batch(texts)]
 
     max_chars = cfg.seq_len * 3  # about one sequence of code per window
-    val_stream = packed_sequences(sample_stream(held_out, random.Random(1), cfg.policy, max_chars, 64),
-                                  encode_batch, cfg.seq_len, 32)
-    val = torch.tensor([next(val_stream) for _ in range(32)])  # [32, seq_len]
+    val = torch.tensor(validation_sequences(held_out, encode_batch, cfg.seq_len, cfg.policy))  # [128, seq_len]
 
     config = GPTBigCodeConfig(**{k: v for k, v in model_config(cfg, eos_id).items()
                                  if k not in ("architectures", "torch_dtype")})
@@ -361,10 +397,9 @@ def train(cfg: TrainConfig, log=print) -> None:
 
     def evaluate() -> float:
         model.eval()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            losses = [float(model(val[i:i + 8], labels=val[i:i + 8]).loss) for i in range(0, len(val), 8)]
+        loss = sequences_loss(model, val, cfg.bf16)
         model.train()
-        return sum(losses) / len(losses)
+        return loss
 
     def checkpoint(train_loss: float) -> None:
         val_loss = evaluate()
@@ -432,7 +467,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description="Train the bundled default FIM model.")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "default_model"))
-    p.add_argument("--until", required=True, help="UTC time HH:MM at which to stop (today or tomorrow)")
+    p.add_argument("--until", help="UTC time HH:MM at which to stop (today or tomorrow)")
+    p.add_argument("--held-out-loss", nargs="+", metavar="DIR",
+                   help="only print the validation loss of these checkpoint directories and exit")
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=256)
     p.add_argument("--n-head", type=int, default=8)
@@ -448,6 +485,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true", help="train eagerly (no torch.compile)")
     p.add_argument("--state", default=None, help="optimizer state file for resuming")
     args = p.parse_args(argv)
+    if args.held_out_loss:
+        from tqdm import tqdm
+
+        for d, loss in zip(args.held_out_loss, held_out_loss([Path(d) for d in args.held_out_loss], progress=tqdm)):
+            print(f"{loss:.4f}\t{d}", flush=True)
+        return 0
+    if not args.until:
+        p.error("--until is required to train")
 
     now = datetime.now(timezone.utc)
     hh, mm = (int(x) for x in args.until.split(":"))

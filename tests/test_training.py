@@ -132,3 +132,28 @@ def test_loss_table_renders_the_log_as_markdown():
     )
     with pytest.raises(AssertionError, match="not a training log"):
         loss_table("a\tb\n1\t2\n")
+
+
+def test_the_validation_set_is_fixed_and_the_bundled_model_beats_an_untrained_one_on_it():
+    import sysconfig
+
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
+
+    from engine.select import DEFAULT_MODEL_DIR
+    from engine.training import FimPolicy, sequences_loss, validation_sequences
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-c]*.py"))[:12]
+    tokenizer = Tokenizer.from_file(str(DEFAULT_MODEL_DIR / "tokenizer.json"))
+    encode = lambda texts: [e.ids for e in tokenizer.encode_batch(texts)]  # noqa: E731
+    first = validation_sequences(files, encode, 512, FimPolicy(), count=8)
+    assert first == validation_sequences(files, encode, 512, FimPolicy(), count=8)
+    assert len(first) == 8 and all(len(s) == 512 for s in first)
+    val = torch.tensor(first)
+    trained = GPTBigCodeForCausalLM.from_pretrained(DEFAULT_MODEL_DIR, dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    untrained = GPTBigCodeForCausalLM(GPTBigCodeConfig(**trained.config.to_dict())).eval()
+    trained_loss, untrained_loss = sequences_loss(trained, val), sequences_loss(untrained, val)
+    assert untrained_loss > 8.5  # about ln(8192): no better than a uniform guess
+    assert trained_loss < 4.5 < untrained_loss
