@@ -76,6 +76,7 @@ class TrainConfig:
     bf16: bool = True  # autocast matmuls to bf16 (fast on CPUs with AMX/AVX512-BF16)
     compile: bool = True  # torch.compile the training step's model (1.35x tokens/s on 2 cores, ~1 min to compile)
     policy: FimPolicy = field(default_factory=FimPolicy)
+    max_package_bytes: int | None = 6_000_000  # each package's share of the corpus (None: all of it)
     state: Path | None = None  # optimizer state for resuming (kept outside the repo)
 
 
@@ -105,6 +106,47 @@ def training_files(roots: list[Path], max_file_bytes: int = 300_000) -> list[Pat
             if 200 <= size <= max_file_bytes:
                 seen.setdefault(real, None)
     return sorted(seen)
+
+
+def package_of(path: Path, roots: list[Path]) -> str:
+    """The top-level package (or stdlib module) a source file belongs to, whichever root holds it."""
+    for root in roots:
+        try:
+            parts = path.relative_to(root).parts
+        except ValueError:
+            continue
+        if len(parts) > 2 and parts[0] in ("site-packages", "dist-packages"):
+            return parts[1]  # a site-packages directory inside the stdlib's tree
+        return parts[0]
+    return str(path.parent)
+
+
+def capped_by_package(files: list[Path], roots: list[Path], max_package_bytes: int) -> list[Path]:
+    """`files` with each package's share capped at `max_package_bytes`, so a few huge packages
+    (transformers, torch, sympy) do not outweigh the standard library and the many small ones.
+    Which files a package keeps is a fixed pseudo-random choice (by a hash of the path)."""
+    import hashlib
+
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(package_of(f, roots), []).append(f)
+    kept: list[Path] = []
+    for group in groups.values():
+        total = 0
+        for f in sorted(group, key=lambda f: hashlib.sha1(str(f).encode()).hexdigest()):
+            size = f.stat().st_size
+            if total + size > max_package_bytes:
+                continue
+            kept.append(f)
+            total += size
+    return sorted(kept)
+
+
+def corpus(max_package_bytes: int | None) -> list[Path]:
+    """The training corpus of this machine: its Python sources, each package capped (None: uncapped)."""
+    roots = source_roots()
+    files = training_files(roots)
+    return files if max_package_bytes is None else capped_by_package(files, roots, max_package_bytes)
 
 
 def windows(text: str, max_chars: int) -> Iterator[str]:
@@ -233,14 +275,14 @@ def sequences_loss(model, sequences, bf16: bool = True, batch: int = 16) -> floa
     return sum(losses) / len(losses)
 
 
-def held_out_loss(model_dirs: list[Path], progress=None) -> list[float]:
+def held_out_loss(model_dirs: list[Path], max_package_bytes: int | None, progress=None) -> list[float]:
     """Validation loss of each checkpoint directory on this machine's held-out files (the trainer's
     validation set, tokenised with each checkpoint's own tokenizer)."""
     import torch
     from tokenizers import Tokenizer
     from transformers import GPTBigCodeForCausalLM
 
-    held_out = training_files(source_roots())[::200]
+    held_out = corpus(max_package_bytes)[::200]
     losses = []
     for d in progress(model_dirs) if progress else model_dirs:
         tokenizer = Tokenizer.from_file(str(Path(d) / "tokenizer.json"))
@@ -354,7 +396,7 @@ def train(cfg: TrainConfig, log=print) -> None:
     _write_json(cfg.out / "config.json", model_config(cfg, eos_id))
     _write_json(cfg.out / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
 
-    files = training_files(source_roots())
+    files = corpus(cfg.max_package_bytes)
     held_out = files[::200]
     train_files = [f for i, f in enumerate(files) if i % 200]
     total_bytes = sum(f.stat().st_size for f in train_files)
@@ -460,6 +502,10 @@ def loss_table(log_tsv: str, every: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
+def max_package_bytes(megabytes: float) -> int | None:
+    return int(megabytes * 1e6) if megabytes > 0 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line of scripts/train_default_model.py."""
     import argparse
@@ -468,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train the bundled default FIM model.")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "default_model"))
     p.add_argument("--until", help="UTC time HH:MM at which to stop (today or tomorrow)")
+    p.add_argument("--max-package-mb", type=float, default=6.0,
+                   help="cap on each package's sources in the corpus (0: no cap)")
     p.add_argument("--held-out-loss", nargs="+", metavar="DIR",
                    help="only print the validation loss of these checkpoint directories and exit")
     p.add_argument("--n-layer", type=int, default=4)
@@ -488,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.held_out_loss:
         from tqdm import tqdm
 
-        for d, loss in zip(args.held_out_loss, held_out_loss([Path(d) for d in args.held_out_loss], progress=tqdm)):
+        dirs = [Path(d) for d in args.held_out_loss]
+        for d, loss in zip(dirs, held_out_loss(dirs, max_package_bytes(args.max_package_mb), progress=tqdm)):
             print(f"{loss:.4f}\t{d}", flush=True)
         return 0
     if not args.until:
@@ -504,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                       micro_batch=args.micro_batch, lr=args.lr, warmup_steps=args.warmup_steps,
                       deadline=deadline.timestamp(), checkpoint_every_s=args.checkpoint_every,
                       threads=args.threads, bf16=not args.no_bf16, compile=not args.no_compile,
+                      max_package_bytes=max_package_bytes(args.max_package_mb),
                       state=Path(args.state) if args.state else None)
     print(json.dumps({k: str(v) for k, v in asdict(cfg).items()}), flush=True)
     train(cfg, log=lambda msg: print(msg, flush=True))

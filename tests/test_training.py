@@ -157,3 +157,24 @@ def test_the_validation_set_is_fixed_and_the_bundled_model_beats_an_untrained_on
     trained_loss, untrained_loss = sequences_loss(trained, val), sequences_loss(untrained, val)
     assert untrained_loss > 8.5  # about ln(8192): no better than a uniform guess
     assert trained_loss < 4.5 < untrained_loss
+
+
+def test_each_package_is_capped_and_the_choice_is_fixed(tmp_path):
+    from engine.training import capped_by_package, package_of
+
+    stdlib, site = tmp_path / "lib", tmp_path / "site"
+    files = []
+    for root, package, count in ((stdlib, "json", 3), (stdlib, "site-packages/huge", 40), (site, "huge", 40),
+                                 (site, "small", 2)):
+        for i in range(count):
+            f = root / package / f"m{i}.py"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text("x = 1\n" * 100)  # 600 bytes
+            files.append(f)
+    roots = [stdlib, site]
+    assert package_of(stdlib / "site-packages/huge/m0.py", roots) == package_of(site / "huge/m1.py", roots) == "huge"
+    assert package_of(stdlib / "json/m0.py", roots) == "json"
+    kept = capped_by_package(sorted(files), roots, max_package_bytes=6000)
+    by_package = {p: [f for f in kept if package_of(f, roots) == p] for p in ("json", "huge", "small")}
+    assert [len(v) for v in by_package.values()] == [3, 10, 2]  # both copies of `huge` share one cap
+    assert kept == sorted(kept) == capped_by_package(sorted(files), roots, max_package_bytes=6000)
