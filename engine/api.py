@@ -94,6 +94,15 @@ class CompletionRequest:
     stop_at_dedent: int | None = None  # a block: end after the first later line indented less (`through_dedent`)
 
 
+def end_of_use(request: CompletionRequest, text: str) -> tuple[int, StopReason] | None:
+    """Where a one-line or block request's text stops mattering, and the reason; None before."""
+    if request.stop_at_line_end and (end := through_line_end(text)) is not None:
+        return end, "line_end"
+    if request.stop_at_dedent is not None and (end := through_dedent(text, request.stop_at_dedent)) is not None:
+        return end, "block_end"
+    return None
+
+
 @dataclass(slots=True)
 class CompletionResult:
     """The raw generation (special tokens removed) and what it cost."""

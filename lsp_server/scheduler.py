@@ -41,6 +41,7 @@ class _Ticket:
     same: Hashable | None  # what makes a request identical to this one; None: never shared
     done: asyncio.Future  # the job's result or exception
     waiting: int = 0  # requests awaiting `done`
+    task: asyncio.Task | None = None  # the job's runner (held here: the loop keeps only weak references)
 
 
 class Scheduler:
@@ -69,7 +70,7 @@ class Scheduler:
         if older is not None:
             older.token.cancel()
         self._latest[doc_key] = ticket
-        asyncio.ensure_future(self._execute(doc_key, ticket, job))
+        ticket.task = asyncio.ensure_future(self._execute(doc_key, ticket, job))
         return await self._await(ticket)
 
     async def _execute(self, doc_key: str, ticket: _Ticket, job: Callable[[CancelToken], Any]) -> None:

@@ -189,14 +189,11 @@ def test_requests_from_several_threads_equal_sequential_ones(loaded):
     assert [results[i] for i in range(6)] == expected
 
 
-@pytest.mark.parametrize("speculate", [0, 4])
-@pytest.mark.parametrize("heal", [False, True])
-def test_a_one_line_request_ends_at_the_first_line_break_after_text(speculate, heal):
+def test_a_one_line_request_ends_at_the_first_line_break_after_text():
     from engine.api import through_line_end
     from engine.select import DEFAULT_MODEL_DIR
 
     trained = load_model(str(DEFAULT_MODEL_DIR), torch.device("cpu"), torch.float32)  # it writes whole lines
-    b = TorchBackend(trained, CacheConfig(budget_bytes=16 * MIB), speculate=speculate)
     cursors = [("class Point:\n    def __init__(self, x, y):\n        self.x = x\n        ", "\n"),
                ("def mean(values):\n    total = sum(values)\n    ", "\n\nprint(mean([1, 2]))\n"),
                ("import os\n\ndef exists(path):\n    return os.path.", "\n"),
@@ -205,18 +202,20 @@ def test_a_one_line_request_ends_at_the_first_line_break_after_text(speculate, h
                ("x = [1, 2, 3]\ny = [4, 5, 6]\nz = ", "\n"),
                (PREFIX, SUFFIX)]
     ended = 0
-    for i, (prefix, suffix) in enumerate(cursors):
-        prompt = fim_prompt(b, prefix, suffix)
-        full = b.complete(CompletionRequest(DocId(f"full{i}"), prompt, max_new_tokens=48, heal=heal))
-        line = b.complete(CompletionRequest(DocId(f"line{i}"), prompt, max_new_tokens=48, heal=heal,
-                                            stop_at_line_end=True))
-        cut = through_line_end(full.text)
-        if cut is None:  # no line ended within the budget: nothing changes
-            assert (line.text, line.token_ids) == (full.text, full.token_ids)
-            continue
-        ended += 1
-        assert line.stop_reason == "line_end" and line.text == full.text[:cut], (full.text, line.text)
-        assert line.token_ids == full.token_ids[:len(line.token_ids)]
-        assert line.generated_tokens < full.generated_tokens or full.stop_reason != "max_tokens"
-    assert ended >= 1, "the trained model ends a line at one of these cursors at least"
-
+    for speculate in (0, 4):
+        b = TorchBackend(trained, CacheConfig(budget_bytes=16 * MIB), speculate=speculate)
+        for heal in (False, True):
+            for i, (prefix, suffix) in enumerate(cursors):
+                prompt = fim_prompt(b, prefix, suffix)
+                full = b.complete(CompletionRequest(DocId(f"full{i}{heal}"), prompt, max_new_tokens=48, heal=heal))
+                line = b.complete(CompletionRequest(DocId(f"line{i}{heal}"), prompt, max_new_tokens=48, heal=heal,
+                                                    stop_at_line_end=True))
+                cut = through_line_end(full.text)
+                if cut is None:  # no line ended within the budget: nothing changes
+                    assert (line.text, line.token_ids) == (full.text, full.token_ids)
+                    continue
+                ended += 1
+                assert line.stop_reason == "line_end" and line.text == full.text[:cut], (full.text, line.text)
+                assert line.token_ids == full.token_ids[:len(line.token_ids)]
+                assert line.generated_tokens < full.generated_tokens or full.stop_reason != "max_tokens"
+    assert ended >= 2, "the trained model ends a line at some of these cursors"

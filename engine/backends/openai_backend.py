@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from engine.api import (
     BackendError, BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, StopReason,
-    through_dedent, through_line_end,
+    end_of_use,
 )
 from engine.fim_tokens import EOD_TOKEN, Family, FimTokens, fim_tokens_from_vocab
 
@@ -510,15 +510,6 @@ def read_n_ctx(path: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return int(value) if isinstance(value, int) else None
-
-
-def end_of_use(request: CompletionRequest, text: str) -> tuple[int, StopReason] | None:
-    """Where a one-line or block request's text stops mattering, and the reason; None before."""
-    if request.stop_at_line_end and (end := through_line_end(text)) is not None:
-        return end, "line_end"
-    if request.stop_at_dedent is not None and (end := through_dedent(text, request.stop_at_dedent)) is not None:
-        return end, "block_end"
-    return None
 
 
 def stop_list(fim: FimTokens, stop_strings: tuple[str, ...]) -> tuple[str, ...]:

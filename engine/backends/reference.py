@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from engine.api import (BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId,
-                        through_dedent, through_line_end)
+                        end_of_use)
 from engine.tokenizer import CheckpointTokenizer
 
 
@@ -61,10 +61,8 @@ class ReferenceBackend:
                     text = self.backend.tokenizer.decode(input_ids[0, len(ids):].tolist())
                     if any(s in text for s in request.stop_strings):
                         self.reason = "stop_string"
-                    elif request.stop_at_line_end and through_line_end(text) is not None:
-                        self.reason = "line_end"
-                    elif request.stop_at_dedent is not None and through_dedent(text, request.stop_at_dedent) is not None:
-                        self.reason = "block_end"
+                    elif (end := end_of_use(request, text)) is not None:
+                        self.reason = end[1]
                 return torch.tensor([self.reason is not None])
 
         stop = _Stop(self)
@@ -89,10 +87,8 @@ class ReferenceBackend:
         if reason == "stop_string":
             cut = min(text.index(s) for s in request.stop_strings if s in text)
             text = text[:cut]
-        elif reason == "line_end":
-            text = text[:through_line_end(text)]
-        elif reason == "block_end":
-            text = text[:through_dedent(text, request.stop_at_dedent)]
+        elif reason in ("line_end", "block_end"):
+            text = text[:end_of_use(request, text)[0]]
         return CompletionResult(
             text=text, token_ids=new, stop_reason=reason or "max_tokens", prompt_tokens=len(ids),
             reused_tokens=0, prefill_tokens=len(ids), generated_tokens=len(new),

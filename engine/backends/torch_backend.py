@@ -14,8 +14,7 @@ from collections.abc import Callable
 import torch
 import xxhash
 
-from engine.api import (BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, through_dedent,
-                        through_line_end)
+from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, end_of_use
 from engine.cache import CacheConfig, SlotTable
 from engine.generate import Sampling, StopRules, check_prompt, generate
 from engine.healing import Healing, healable
@@ -97,10 +96,8 @@ class TorchBackend:
         text = decode(gen.tokens)
         if gen.stop_reason == "stop_string":
             text = text[:min(text.index(s) for s in request.stop_strings if s and s in text)]
-        elif gen.stop_reason == "line_end":
-            text = text[:through_line_end(text)]
-        elif gen.stop_reason == "block_end":
-            text = text[:through_dedent(text, request.stop_at_dedent)]
+        elif gen.stop_reason in ("line_end", "block_end"):
+            text = text[:end_of_use(request, text)[0]]
         return CompletionResult(
             text=text, token_ids=gen.tokens, stop_reason=gen.stop_reason, prompt_tokens=len(ids),
             reused_tokens=plan.keep, prefill_tokens=len(ids) - plan.keep, generated_tokens=len(gen.tokens),
