@@ -94,13 +94,19 @@ class CompletionRequest:
     stop_at_dedent: int | None = None  # a block: end after the first later line indented less (`through_dedent`)
 
 
-def end_of_use(request: CompletionRequest, text: str) -> tuple[int, StopReason] | None:
-    """Where a one-line or block request's text stops mattering, and the reason; None before."""
-    if request.stop_at_line_end and (end := through_line_end(text)) is not None:
+def suggestion_end(text: str, line_end: bool, dedent: int | None) -> tuple[int, StopReason] | None:
+    """Where a one-line (`line_end`) or block (`dedent` column) suggestion's text stops mattering,
+    and the reason; None before that point is generated."""
+    if line_end and (end := through_line_end(text)) is not None:
         return end, "line_end"
-    if request.stop_at_dedent is not None and (end := through_dedent(text, request.stop_at_dedent)) is not None:
+    if dedent is not None and (end := through_dedent(text, dedent)) is not None:
         return end, "block_end"
     return None
+
+
+def end_of_use(request: CompletionRequest, text: str) -> tuple[int, StopReason] | None:
+    """`suggestion_end` for a request's own rules."""
+    return suggestion_end(text, request.stop_at_line_end, request.stop_at_dedent)
 
 
 @dataclass(slots=True)

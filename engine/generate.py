@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.api import CancelToken, Cancelled, StopReason, through_dedent, through_line_end
+from engine.api import CancelToken, Cancelled, StopReason, suggestion_end
 from engine.healing import Healing
 from engine.model import KVBuffer, Transformer
 from engine.speculative import ENGINE_NGRAM_MIN, PromptLookup, next_draft_length
@@ -151,10 +151,8 @@ def take_tokens(rows: Tensor, draft: list[int], tokens: list[int], pick: Callabl
             text = decode(tokens)
             if rules.stop_strings and hit_stop_string(text, rules.stop_strings):
                 return i, "stop_string"
-            if rules.line_end and through_line_end(text) is not None:
-                return i, "line_end"
-            if rules.dedent is not None and through_dedent(text, rules.dedent) is not None:
-                return i, "block_end"
+            if (end := suggestion_end(text, rules.line_end, rules.dedent)) is not None:
+                return i, end[1]
         if len(tokens) == rules.max_new_tokens:
             return i, "max_tokens"
         if i == len(draft) or draft[i] != token:

@@ -256,6 +256,11 @@ def packed_sequences(samples: Iterator[str], encode_batch, seq_len: int, batch: 
             del pending[:seq_len]
 
 
+def batch_encoder(tokenizer):
+    """texts -> token id lists with a `tokenizers.Tokenizer` (batched, special tokens recognised)."""
+    return lambda texts: [e.ids for e in tokenizer.encode_batch(texts)]
+
+
 def validation_sequences(held_out: list[Path], encode_batch, seq_len: int, policy: FimPolicy,
                          count: int = 128) -> list[list[int]]:
     """The fixed validation set: `count` packed sequences of FIM samples drawn from windows of the
@@ -288,8 +293,7 @@ def held_out_loss(model_dirs: list[Path], max_package_bytes: int | None, progres
         tokenizer = Tokenizer.from_file(str(Path(d) / "tokenizer.json"))
         model = GPTBigCodeForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
         seq_len = model.config.n_positions
-        val = torch.tensor(validation_sequences(held_out, lambda texts: [e.ids for e in tokenizer.encode_batch(texts)],
-                                                seq_len, FimPolicy()))
+        val = torch.tensor(validation_sequences(held_out, batch_encoder(tokenizer), seq_len, FimPolicy()))
         losses.append(sequences_loss(model, val))
     return losses
 
@@ -402,8 +406,7 @@ def train(cfg: TrainConfig, log=print) -> None:
     total_bytes = sum(f.stat().st_size for f in train_files)
     log(f"corpus: {len(train_files)} files, {total_bytes / 1e6:.1f} MB; held out: {len(held_out)} files")
 
-    def encode_batch(texts):
-        return [e.ids for e in tokenizer.encode_batch(texts)]
+    encode_batch = batch_encoder(tokenizer)
 
     max_chars = cfg.seq_len * 3  # about one sequence of code per window
     val = torch.tensor(validation_sequences(held_out, encode_batch, cfg.seq_len, cfg.policy))  # [128, seq_len]

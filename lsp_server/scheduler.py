@@ -37,7 +37,6 @@ class _Ticket:
     """One job in flight for a document, and the requests awaiting it."""
 
     token: CancelToken
-    seq: int
     same: Hashable | None  # what makes a request identical to this one; None: never shared
     done: asyncio.Future  # the job's result or exception
     waiting: int = 0  # requests awaiting `done`
@@ -51,7 +50,6 @@ class Scheduler:
         self.debounce_s = debounce_s
         self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fim-engine")
         self._latest: dict[str, _Ticket] = {}
-        self._seq = 0
 
     async def run(self, doc_key: str, job: Callable[[CancelToken], T], same: Hashable | None = None) -> T:
         """Run `job(token)` on the engine thread as the newest request for `doc_key`.
@@ -64,8 +62,7 @@ class Scheduler:
         older = self._latest.get(doc_key)
         if same is not None and older is not None and older.same == same and not older.token.cancelled:
             return await self._await(older)
-        self._seq += 1
-        ticket = _Ticket(CancelToken(), self._seq, same, asyncio.get_running_loop().create_future())
+        ticket = _Ticket(CancelToken(), same, asyncio.get_running_loop().create_future())
         ticket.done.add_done_callback(_retrieve)
         if older is not None:
             older.token.cancel()
