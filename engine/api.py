@@ -6,6 +6,7 @@ the backend owns tokenisation, the per-document KV cache and decoding. Pure: no 
 """
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Literal, NewType, Protocol
@@ -13,8 +14,8 @@ from typing import Literal, NewType, Protocol
 from engine.fim_tokens import FimTokens
 
 DocId = NewType("DocId", str)
-StopReason = Literal["eos", "stop_token", "stop_string", "line_end", "block_end", "max_tokens", "time_budget",
-                     "cancelled"]
+StopReason = Literal["eos", "stop_token", "stop_string", "line_end", "block_end", "loop", "max_tokens",
+                     "time_budget", "cancelled"]
 
 
 class Cancelled(Exception):
@@ -94,14 +95,34 @@ class CompletionRequest:
     stop_at_dedent: int | None = None  # a block: end after the first later line indented less (`through_dedent`)
 
 
+LOOP = re.compile(r"(.{2,16}?)\1{3,}")  # a unit of 2-16 characters and 3 or more copies of it, on one line
+LOOP_MIN_CHARS = 12  # a run shorter than this is left alone (`abab` `abab` is no loop yet)
+
+
+def through_loop(text: str) -> int | None:
+    """Length of `text` through the first copy of a unit that a line repeats 4 or more times in a
+    row (2-16 characters holding a letter, 12 or more in all); None when no line does. That is a
+    model caught in a loop (`os.path.path.path.path`, `, 'a', 'a', 'a', 'a'`): the copies after
+    the first are dropped. Runs of punctuation, digits or spaces (`# ====`, `0, 0, 0, 0`) are code."""
+    for run in LOOP.finditer(text):
+        unit = run.group(1)
+        if len(run.group(0)) >= LOOP_MIN_CHARS and any(c.isalpha() for c in unit):
+            return run.start() + len(unit)
+    return None
+
+
 def suggestion_end(text: str, line_end: bool, dedent: int | None) -> tuple[int, StopReason] | None:
     """Where a one-line (`line_end`) or block (`dedent` column) suggestion's text stops mattering,
-    and the reason; None before that point is generated."""
-    if line_end and (end := through_line_end(text)) is not None:
-        return end, "line_end"
-    if dedent is not None and (end := through_dedent(text, dedent)) is not None:
-        return end, "block_end"
-    return None
+    and the reason: its line's or block's end, or a loop's first copy (`through_loop`), whichever
+    comes first; None before that point is generated, and always for a request with neither rule."""
+    if not line_end and dedent is None:
+        return None  # raw generation: no suggestion rules apply
+    ends = [(end, reason) for end, reason in ((through_line_end(text) if line_end else None, "line_end"),
+                                              (through_dedent(text, dedent) if dedent is not None else None,
+                                               "block_end"),
+                                              (through_loop(text), "loop"))
+            if end is not None]
+    return min(ends) if ends else None
 
 
 def end_of_use(request: CompletionRequest, text: str) -> tuple[int, StopReason] | None:

@@ -78,6 +78,7 @@ class TrainConfig:
     policy: FimPolicy = field(default_factory=FimPolicy)
     max_package_bytes: int | None = 6_000_000  # each package's share of the corpus (None: all of it)
     state: Path | None = None  # optimizer state for resuming (kept outside the repo)
+    init: Path | None = None  # a checkpoint directory whose weights and tokenizer start the run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,8 +394,19 @@ def train(cfg: TrainConfig, log=print) -> None:
     rng = random.Random(cfg.seed)
     cfg.out.mkdir(parents=True, exist_ok=True)
 
-    log(f"tokenizer: starcoder specials, {cfg.vocab_size} tokens, trained on the stdlib")
-    tokenizer = train_tokenizer("starcoder", cfg.vocab_size, corpus_files())
+    if cfg.init is not None:
+        from tokenizers import Tokenizer
+
+        init_config = json.loads((cfg.init / "config.json").read_text())
+        shape = {k: init_config[k] for k in ("n_layer", "n_embd", "n_head", "vocab_size")}
+        shape["seq_len"] = init_config["n_positions"]
+        mismatched = {k: (getattr(cfg, k), v) for k, v in shape.items() if getattr(cfg, k) != v}
+        assert not mismatched, f"--init {cfg.init} has another shape than asked (asked, found): {mismatched}"
+        log(f"tokenizer: {cfg.init / 'tokenizer.json'} (the initial weights' own)")
+        tokenizer = Tokenizer.from_file(str(cfg.init / "tokenizer.json"))
+    else:
+        log(f"tokenizer: starcoder specials, {cfg.vocab_size} tokens, trained on the stdlib")
+        tokenizer = train_tokenizer("starcoder", cfg.vocab_size, corpus_files())
     save_tokenizer(tokenizer, "starcoder", cfg.out, cfg.seq_len)
     eos_id = tokenizer.token_to_id(specials_for("starcoder")[0])
     _write_json(cfg.out / "config.json", model_config(cfg, eos_id))
@@ -413,7 +425,11 @@ def train(cfg: TrainConfig, log=print) -> None:
 
     config = GPTBigCodeConfig(**{k: v for k, v in model_config(cfg, eos_id).items()
                                  if k not in ("architectures", "torch_dtype")})
-    model = GPTBigCodeForCausalLM(config)
+    if cfg.init is not None:
+        model = GPTBigCodeForCausalLM.from_pretrained(cfg.init, dtype=torch.float32)
+        log(f"weights: {cfg.init} (fresh optimizer state, warm-up from step 0)")
+    else:
+        model = GPTBigCodeForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg.n_layer} layers x {cfg.n_embd}, {cfg.n_head} heads MQA, ctx {cfg.seq_len}, {n_params / 1e6:.2f}M params")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -427,6 +443,15 @@ def train(cfg: TrainConfig, log=print) -> None:
         optim.load_state_dict(state["optim"])
         step, tokens_seen = state["step"], state["tokens"]
         log(f"resumed at step {step}, {tokens_seen} tokens")
+    elif cfg.init is not None and (cfg.init / "training_log.tsv").exists():
+        # the run goes on from the initial weights' log: its step and token counts carry on
+        init_log = (cfg.init / "training_log.tsv").read_text()
+        last = init_log.strip().splitlines()[-1].split("\t")
+        if last[0].isdigit():
+            step, tokens_seen = int(last[0]), int(last[1])
+            if not (cfg.out / "training_log.tsv").exists():
+                (cfg.out / "training_log.tsv").write_text(init_log)
+            log(f"continuing {cfg.init}'s log at step {step}, {tokens_seen} tokens")
     resumed_at = step  # a resumed run warms up again: Adam's moments are stale for a new peak rate
     # a resumed run draws fresh windows rather than replaying the ones already trained on
     rng.seed(cfg.seed + step)
@@ -535,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--no-compile", action="store_true", help="train eagerly (no torch.compile)")
     p.add_argument("--state", default=None, help="optimizer state file for resuming")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from this checkpoint's weights and tokenizer (e.g. engine/default_model); "
+                        "a --state file that exists takes precedence")
     args = p.parse_args(argv)
     if args.held_out_loss:
         from tqdm import tqdm
@@ -557,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
                       deadline=deadline.timestamp(), checkpoint_every_s=args.checkpoint_every,
                       threads=args.threads, bf16=not args.no_bf16, compile=not args.no_compile,
                       max_package_bytes=max_package_bytes(args.max_package_mb),
-                      state=Path(args.state) if args.state else None)
+                      state=Path(args.state) if args.state else None,
+                      init=Path(args.init) if args.init else None)
     print(json.dumps({k: str(v) for k, v in asdict(cfg).items()}), flush=True)
     train(cfg, log=lambda msg: print(msg, flush=True))
     return 0

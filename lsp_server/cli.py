@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--pass-at-1", action="store_true", help="also run the tests in a sandboxed subprocess")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--results", metavar="FILE", default=None,
+                   help="also write each problem's suggestion and score to FILE, one JSON object a line")
 
     p = parsers["make-checkpoint"]
     p.add_argument("--shape", choices=["tiny", "small", "santacoder", "starcoderbase-1b"], default="tiny")

@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -229,8 +229,20 @@ def main_eval(args: argparse.Namespace) -> int:
                           pass_at_1=args.pass_at_1, progress=bar)
     except Exception as exc:  # a model or prompt failure: say what, no traceback
         return fail(f"{type(exc).__name__}: {exc}")
+    if args.results:
+        try:
+            write_results(report, Path(args.results))
+        except OSError as exc:
+            return fail(f"cannot write --results: {exc}")
     print(json.dumps(report.summary()) if args.json else format_report(report))
     return 0
+
+
+def write_results(report: Report, path: Path) -> None:
+    """Each problem's result (task, suggestion, exact, latency, pass) as one JSON object a line."""
+    with path.open("w", encoding="utf-8") as f:
+        for result in report.results:
+            f.write(json.dumps(asdict(result)) + "\n")
 
 
 def fail(message: str) -> int:

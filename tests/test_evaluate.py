@@ -208,6 +208,26 @@ def test_cli_eval_json_on_a_kit_checkpoint(tiny_starcoder, capsys):
     assert "eval single-line" in out.err  # the progress bar
 
 
+def test_cli_eval_results_file_has_each_problems_suggestion(tiny_starcoder, tmp_path, capsys):
+    results = tmp_path / "results.jsonl"
+    code = cli.main(["eval", "--model", str(tiny_starcoder), "--benchmark", "idioms", "--limit", "3",
+                     "--max-new-tokens", "6", "--json", "--results", str(results)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == [p.task_id for p in load_problems("idioms", limit=3)]
+    assert all(isinstance(r["middle"], str) and r["exact"] == exact_match(r["middle"], p.canonical_solution)
+               for r, p in zip(rows, load_problems("idioms", limit=3)))
+    assert sum(r["exact"] for r in rows) == json.loads(out.out)["exact_matches"]
+
+
+def test_cli_eval_results_file_that_cannot_be_written_is_one_line(tiny_starcoder, tmp_path, capsys):
+    code = cli.main(["eval", "--model", str(tiny_starcoder), "--benchmark", "idioms", "--limit", "1",
+                     "--max-new-tokens", "4", "--results", str(tmp_path / "no-such-dir" / "r.jsonl")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("fim-lsp eval: cannot write --results")
+
+
 def test_cli_eval_missing_model_is_one_line(tmp_path, capsys):
     code = cli.main(["eval", "--model", str(tmp_path / "nope"), "--limit", "1"])
     err = capsys.readouterr().err.strip()

@@ -190,7 +190,7 @@ def test_requests_from_several_threads_equal_sequential_ones(loaded):
 
 
 def test_a_one_line_request_ends_at_the_first_line_break_after_text():
-    from engine.api import through_line_end
+    from engine.api import suggestion_end
     from engine.select import DEFAULT_MODEL_DIR
 
     trained = load_model(str(DEFAULT_MODEL_DIR), torch.device("cpu"), torch.float32)  # it writes whole lines
@@ -210,12 +210,12 @@ def test_a_one_line_request_ends_at_the_first_line_break_after_text():
                 full = b.complete(CompletionRequest(DocId(f"full{i}{heal}"), prompt, max_new_tokens=48, heal=heal))
                 line = b.complete(CompletionRequest(DocId(f"line{i}{heal}"), prompt, max_new_tokens=48, heal=heal,
                                                     stop_at_line_end=True))
-                cut = through_line_end(full.text)
-                if cut is None:  # no line ended within the budget: nothing changes
+                end = suggestion_end(full.text, True, None)  # the line's end, or a loop's first copy
+                if end is None:  # no line ended within the budget: nothing changes
                     assert (line.text, line.token_ids) == (full.text, full.token_ids)
                     continue
-                ended += 1
-                assert line.stop_reason == "line_end" and line.text == full.text[:cut], (full.text, line.text)
+                ended += end[1] == "line_end"
+                assert (line.stop_reason, line.text) == (end[1], full.text[:end[0]]), (full.text, line.text)
                 assert line.token_ids == full.token_ids[:len(line.token_ids)]
                 assert line.generated_tokens < full.generated_tokens or full.stop_reason != "max_tokens"
     assert ended >= 2, "the trained model ends a line at some of these cursors"

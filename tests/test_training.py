@@ -1,6 +1,7 @@
 """The default model's training data: windows, FIM splits in both orders, packing, schedule."""
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -178,3 +179,52 @@ def test_each_package_is_capped_and_the_choice_is_fixed(tmp_path):
     by_package = {p: [f for f in kept if package_of(f, roots) == p] for p in ("json", "huge", "small")}
     assert [len(v) for v in by_package.values()] == [3, 10, 2]  # both copies of `huge` share one cap
     assert kept == sorted(kept) == capped_by_package(sorted(files), roots, max_package_bytes=6000)
+
+
+def test_a_run_started_from_a_checkpoint_keeps_its_tokenizer_and_continues_its_log(tmp_path, monkeypatch):
+    """--init: the run trains the checkpoint's weights with its own tokenizer, and its step and
+    token counts carry on from the checkpoint's training log."""
+    import shutil
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    from engine import training
+    from engine.checkpoint_kit import corpus_files
+    from tests.conftest import kit
+
+    init = tmp_path / "init"
+    shutil.copytree(kit(shape="tiny", family="starcoder"), init)
+    (init / "training_log.tsv").write_text("step\ttokens\tminutes\tlr\ttrain_loss\tval_loss\n"
+                                           "7\t7168\t1.0\t1.00e-03\t5.0\t5.0\n")
+    config = json.loads((init / "config.json").read_text())
+    monkeypatch.setattr(training, "corpus", lambda cap: corpus_files(400_000))  # a few stdlib files
+    out = tmp_path / "out"
+    cfg = TrainConfig(out=out, n_layer=config["n_layer"], n_embd=config["n_embd"], n_head=config["n_head"],
+                      seq_len=config["n_positions"], vocab_size=config["vocab_size"],
+                      batch_tokens=2 * config["n_positions"], micro_batch=2, warmup_steps=2,
+                      deadline=time.time() + 3, checkpoint_every_s=1e9, threads=1, compile=False,
+                      init=init)
+    training.train(cfg, log=lambda msg: None)
+
+    rows = [line.split("\t") for line in (out / "training_log.tsv").read_text().strip().splitlines()]
+    assert rows[1][:2] == ["7", "7168"]  # the checkpoint's own history is kept
+    step, tokens = int(rows[-1][0]), int(rows[-1][1])
+    assert step > 7 and tokens == 7168 + (step - 7) * cfg.batch_tokens
+    assert (out / "tokenizer.json").read_text() == (init / "tokenizer.json").read_text()
+    before, after = load_file(str(init / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert not torch.equal(before["transformer.h.0.mlp.c_fc.weight"], after["transformer.h.0.mlp.c_fc.weight"])
+
+
+def test_a_checkpoint_of_another_shape_is_refused_before_training(tmp_path):
+    import time
+
+    from engine import training
+    from tests.conftest import kit
+
+    cfg = TrainConfig(out=tmp_path / "out", n_layer=3, deadline=time.time() + 60,
+                      init=kit(shape="tiny", family="starcoder"))
+    with pytest.raises(AssertionError, match="another shape than asked"):
+        training.train(cfg, log=lambda msg: None)

@@ -87,7 +87,7 @@ class ReferenceBackend:
         if reason == "stop_string":
             cut = min(text.index(s) for s in request.stop_strings if s in text)
             text = text[:cut]
-        elif reason in ("line_end", "block_end"):
+        elif reason in ("line_end", "block_end", "loop"):
             text = text[:end_of_use(request, text)[0]]
         return CompletionResult(
             text=text, token_ids=new, stop_reason=reason or "max_tokens", prompt_tokens=len(ids),

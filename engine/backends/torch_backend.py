@@ -96,7 +96,7 @@ class TorchBackend:
         text = decode(gen.tokens)
         if gen.stop_reason == "stop_string":
             text = text[:min(text.index(s) for s in request.stop_strings if s and s in text)]
-        elif gen.stop_reason in ("line_end", "block_end"):
+        elif gen.stop_reason in ("line_end", "block_end", "loop"):
             text = text[:end_of_use(request, text)[0]]
         return CompletionResult(
             text=text, token_ids=gen.tokens, stop_reason=gen.stop_reason, prompt_tokens=len(ids),

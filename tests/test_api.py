@@ -1,0 +1,38 @@
+"""The backend contract's pure rules (engine.api): where a suggestion's text stops mattering."""
+import pytest
+
+from engine.api import suggestion_end, through_loop
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("os.path.path.path.path", "os.path"),
+    ("os.path.path.path.path.path.join", "os.path"),  # the first loop decides, whatever follows it
+    (", 'green', 'green', 'green', 'green'", ", 'green'"),
+    (", g, g, g, g, g, g", ", g"),
+    ("x = 1\nfoo(a, bar, bar, bar, bar)", "x = 1\nfoo(a, bar"),  # on a later line
+    ("hahahahahaha", "ha"),  # a two-character unit needs six copies to make 12 characters
+])
+def test_a_loop_keeps_its_first_copy(text, kept):
+    assert text[:through_loop(text)] == kept
+
+
+@pytest.mark.parametrize("text", [
+    "os.path.path.path",  # three copies: not yet
+    "hahahaha",  # four copies, 8 characters: under LOOP_MIN_CHARS
+    "# ============================",  # punctuation runs are code
+    "grid = [0, 0, 0, 0, 0, 0, 0, 0]",  # so are digit runs
+    "x = '                        '",
+    "abcabcabc\nabc",  # copies on separate lines are lines, not a loop within one
+    "self.x = x\nself.y = y\nself.z = z\nself.w = w\n",
+    "",
+])
+def test_code_that_repeats_a_little_is_no_loop(text):
+    assert through_loop(text) is None
+
+
+def test_the_earliest_end_wins_and_raw_generation_has_none():
+    assert suggestion_end("os.path.path.path.path\n", True, None) == (len("os.path"), "loop")
+    assert suggestion_end("x\nos.path.path.path.path", True, None) == (2, "line_end")
+    assert suggestion_end("    a\nb.c.c.c.c.c.c\n", False, 4) == (len("    a\nb.c"), "loop")
+    assert suggestion_end("    a\nb\n", False, 4) == (len("    a\nb\n"), "block_end")
+    assert suggestion_end("os.path.path.path.path\n", False, None) is None  # no rules: the raw text
