@@ -2,11 +2,8 @@
 import pytest
 import torch
 
-from benchmarks.backends import agreement
 from engine import select
 from engine.api import CompletionRequest, DocId
-from engine.backends.torch_backend import TorchBackend
-from engine.cache import CacheConfig
 from engine.loading import CheckpointError, load_model
 from engine.model import KVBuffer
 from engine.quantize import GEMV_MAX_ROWS, Int8Linear, int8_weight_bytes, quantize_int8, quantize_rows, weight_bytes
@@ -87,21 +84,50 @@ def test_cached_decoding_equals_recompute_under_int8(models, one_thread):
     assert float((last[-1].float() - logits.float()).abs().max()) <= LOGIT_BOUND * float(last[-1].abs().max())
 
 
-def test_greedy_agreement_with_fp32_over_a_typing_replay(one_thread):
-    """On the bundled trained model: random weights' near-tied argmaxes say nothing about int8."""
-    from benchmarks.keystroke_replay import load_problems, replay
+NEAR_TIE_NATS = 0.5  # int8 may flip fp32's argmax only where fp32's top two logits are this close
+MIN_AGREEMENT = 0.96  # of next-token argmaxes, teacher-forced (bundled model measured: bf16 99.1%, int8 98.3%)
+
+
+def test_int8_changes_only_near_ties_of_the_trained_model(one_thread):
+    """Teacher-forced next-token argmax of int8 against fp32 on real code, through both kernels:
+    every position of a prompt at once (the int8 x int8 GEMM of prefill) and cached one-token
+    steps (the weight-only GEMV). On the bundled trained model: random weights' argmaxes are near
+    ties throughout and say nothing. Teacher forcing keeps one flip from re-scoring every later
+    token, which a free-running replay does (there a flip at a keystroke's first token counts 8)."""
+    from lsp_server.evaluate import load_problems
 
     reference = load_model(str(select.DEFAULT_MODEL_DIR), CPU, torch.float32)
     quantized = load_model(str(select.DEFAULT_MODEL_DIR), CPU, torch.bfloat16)
     quantize_int8(quantized.model)
-    modes = {"fp32": TorchBackend(reference, CacheConfig(budget_bytes=2**26), kv_dtype=torch.float32),
-             "int8": TorchBackend(quantized, CacheConfig(budget_bytes=2**26), kv_dtype=torch.bfloat16)}
-    runs = replay(load_problems(12), modes, 1024, 8, 6)
-    tokens = {run.name: [s.token_ids for s in run.samples] for run in runs}
-    same_keystrokes, token_agreement = agreement(tokens["fp32"], tokens["int8"])
-    assert len(tokens["fp32"]) == len(tokens["int8"]) >= 12 and sum(map(len, tokens["fp32"])) > 0
-    assert token_agreement >= 0.95, f"int8 agreed with fp32 on {token_agreement:.1%} of tokens"
-    assert 0.0 <= same_keystrokes <= 1.0
+    steps = 24
+    flips: dict[str, list[float]] = {"prefill": [], "step": []}  # fp32's top-2 margin (nats) where int8 flipped
+    counted = {"prefill": 0, "step": 0}
+    with torch.inference_mode():
+        for problem in load_problems("single-line", limit=400)[::20]:  # 20 functions, 20 different files' worth
+            ids = torch.tensor(reference.tokenizer.encode(problem.prompt + problem.canonical_solution
+                                                          + problem.suffix)[:320])  # [T]
+            n = len(ids)
+            positions = torch.arange(n)
+            expected = reference.model(ids, positions, KVBuffer(reference.model.args, n, torch.float32), 0)  # [T, V]
+            top2 = expected.topk(2, dim=-1).values  # [T, 2]
+            margin = top2[:, 0] - top2[:, 1]  # [T] nats
+            got = quantized.model(ids, positions, KVBuffer(quantized.model.args, n, torch.bfloat16), 0)  # [T, V]
+            flipped = got.float().argmax(-1) != expected.argmax(-1)  # [T]
+            flips["prefill"] += margin[flipped].tolist()
+            counted["prefill"] += n
+            kv = KVBuffer(quantized.model.args, n, torch.bfloat16)
+            quantized.model(ids[:n - steps], positions[:n - steps], kv, 0)
+            for t in range(n - steps, n):  # one row at a time: the GEMV
+                row = quantized.model(ids[t:t + 1], positions[t:t + 1], kv, t)[0]  # [V]
+                if int(row.float().argmax()) != int(expected[t].argmax()):
+                    flips["step"].append(float(margin[t]))
+                counted["step"] += 1
+    for path in ("prefill", "step"):
+        agreement = 1 - len(flips[path]) / counted[path]
+        assert agreement >= MIN_AGREEMENT, f"{path}: int8 agreed with fp32 on {agreement:.1%} of next tokens"
+        assert max(flips[path], default=0.0) <= NEAR_TIE_NATS, \
+            f"{path}: int8 flipped a token that fp32 preferred by {max(flips[path]):.2f} nats"
+    assert counted["prefill"] > 3000 and counted["step"] == 20 * steps
 
 
 @pytest.fixture
