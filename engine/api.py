@@ -93,6 +93,7 @@ class CompletionRequest:
     heal: bool = False  # back off the prompt's last token and re-spell it (engine.healing); text excludes it
     stop_at_line_end: bool = False  # end at the first line break after text (kept in the text): a one-line suggestion
     stop_at_dedent: int | None = None  # a block: end after the first later line indented less (`through_dedent`)
+    stop_at_loop: bool = False  # end at a loop's first copy (`through_loop`): a suggestion, not raw text
 
 
 LOOP = re.compile(r"(.{2,16}?)\1{3,}")  # a unit of 2-16 characters and 3 or more copies of it, on one line
@@ -103,7 +104,10 @@ def through_loop(text: str) -> int | None:
     """Length of `text` through the first copy of a unit that a line repeats 4 or more times in a
     row (2-16 characters holding a letter, 12 or more in all); None when no line does. That is a
     model caught in a loop (`os.path.path.path.path`, `, 'a', 'a', 'a', 'a'`): the copies after
-    the first are dropped. Runs of punctuation, digits or spaces (`# ====`, `0, 0, 0, 0`) are code."""
+    the first are dropped. The cut depends only on the text up to the fourth copy, so decoding that
+    stops there and a server's longer answer are cut alike; the run is counted from its earliest
+    start, so `['r', 'g', 'g', 'g', 'g'` keeps `['r', 'g` (the unit is `', 'g`). Runs of
+    punctuation, digits or spaces (`# ====`, `0, 0, 0, 0`) are code."""
     for run in LOOP.finditer(text):
         unit = run.group(1)
         if len(run.group(0)) >= LOOP_MIN_CHARS and any(c.isalpha() for c in unit):
@@ -111,23 +115,21 @@ def through_loop(text: str) -> int | None:
     return None
 
 
-def suggestion_end(text: str, line_end: bool, dedent: int | None) -> tuple[int, StopReason] | None:
-    """Where a one-line (`line_end`) or block (`dedent` column) suggestion's text stops mattering,
-    and the reason: its line's or block's end, or a loop's first copy (`through_loop`), whichever
-    comes first; None before that point is generated, and always for a request with neither rule."""
-    if not line_end and dedent is None:
-        return None  # raw generation: no suggestion rules apply
+def suggestion_end(text: str, line_end: bool, dedent: int | None, loop: bool) -> tuple[int, StopReason] | None:
+    """Where a suggestion's text stops mattering, and the reason: the end of its line (`line_end`),
+    of its block (`dedent` column) or a loop's first copy (`loop`), whichever comes first; None
+    before that point is generated."""
     ends = [(end, reason) for end, reason in ((through_line_end(text) if line_end else None, "line_end"),
                                               (through_dedent(text, dedent) if dedent is not None else None,
                                                "block_end"),
-                                              (through_loop(text), "loop"))
+                                              (through_loop(text) if loop else None, "loop"))
             if end is not None]
     return min(ends) if ends else None
 
 
 def end_of_use(request: CompletionRequest, text: str) -> tuple[int, StopReason] | None:
     """`suggestion_end` for a request's own rules."""
-    return suggestion_end(text, request.stop_at_line_end, request.stop_at_dedent)
+    return suggestion_end(text, request.stop_at_line_end, request.stop_at_dedent, request.stop_at_loop)
 
 
 @dataclass(slots=True)

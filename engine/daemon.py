@@ -103,12 +103,15 @@ def completion_request(body: dict[str, Any], doc_id: DocId, default_temperature:
     stop_at_line_end = body.get("stop_at_line_end", False)
     if not isinstance(stop_at_line_end, bool):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"`stop_at_line_end` must be true or false, got {stop_at_line_end!r}")
+    stop_at_loop = body.get("stop_at_loop", False)
+    if not isinstance(stop_at_loop, bool):
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"`stop_at_loop` must be true or false, got {stop_at_loop!r}")
     dedent = body.get("stop_at_dedent")
     if dedent is not None and (not isinstance(dedent, int) or isinstance(dedent, bool) or not 0 <= dedent <= 4096):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"`stop_at_dedent` must be null or a column in 0..4096, got {dedent!r}")
     return CompletionRequest(doc_id=doc_id, prompt=prompt, max_new_tokens=max_tokens, temperature=temperature,
                              top_p=top_p, seed=seed, stop_strings=tuple(stop), time_budget_s=budget, heal=heal,
-                             stop_at_line_end=stop_at_line_end, stop_at_dedent=dedent)
+                             stop_at_line_end=stop_at_line_end, stop_at_dedent=dedent, stop_at_loop=stop_at_loop)
 
 
 def number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:

@@ -70,6 +70,7 @@ class StopRules:
     stop_strings: tuple[str, ...] = ()
     line_end: bool = False  # stop at the first line break that follows text (`through_line_end`)
     dedent: int | None = None  # stop after the first later line indented less than this (`through_dedent`)
+    loop: bool = False  # stop at the first copy of a unit a line repeats (`through_loop`)
     deadline: float | None = None  # clock() value after which no further step starts
     emittable: int | None = None  # ids >= this (vocabulary padding) are never sampled
 
@@ -147,11 +148,11 @@ def take_tokens(rows: Tensor, draft: list[int], tokens: list[int], pick: Callabl
         if token in rules.stop_ids:
             return i, "eos" if token == rules.eod_id else "stop_token"
         tokens.append(token)
-        if rules.stop_strings or rules.line_end or rules.dedent is not None:
+        if rules.stop_strings or rules.line_end or rules.dedent is not None or rules.loop:
             text = decode(tokens)
             if rules.stop_strings and hit_stop_string(text, rules.stop_strings):
                 return i, "stop_string"
-            if (end := suggestion_end(text, rules.line_end, rules.dedent)) is not None:
+            if (end := suggestion_end(text, rules.line_end, rules.dedent, rules.loop)) is not None:
                 return i, end[1]
         if len(tokens) == rules.max_new_tokens:
             return i, "max_tokens"

@@ -112,6 +112,7 @@ def complete(
         # one line: the tokens after its end would be decoded only to be cut
         stop_at_line_end=not takes_block(ctx, config.postprocess),
         stop_at_dedent=block_floor(ctx, config.postprocess),  # a block: the lines after it likewise
+        stop_at_loop=True,  # a line repeating itself shows its first copy, not the token budget's worth
     )
     result = backend.complete(request, cancel)
     suggestion = postprocess(result.text, ctx, config.postprocess, stop_tokens=backend.fim.stop_tokens())

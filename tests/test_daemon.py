@@ -158,6 +158,8 @@ def test_the_token_is_required_and_bad_requests_get_clear_errors(local_engine):
                 "`stop_at_line_end` must be true or false, got 1",
             json.dumps({"client": "c1", "doc_id": "d", "prompt": "x", "stop_at_dedent": "4"}).encode():
                 "`stop_at_dedent` must be null or a column in 0..4096, got '4'",
+            json.dumps({"client": "c1", "doc_id": "d", "prompt": "x", "stop_at_loop": "no"}).encode():
+                "`stop_at_loop` must be true or false, got 'no'",
         }
         for body, message in cases.items():
             assert post(url, "/v1/fim-lsp/completions", body, auth) == (400, {"error": {

@@ -82,15 +82,17 @@ def test_line_and_block_ends_stop_after_the_line_that_decides_them(rules, tokens
 LOOPING = {1: "os", 2: ".path", 3: ".path", 4: ".path", 5: ".path", 6: ".path", 7: ".path"}  # a model in a loop
 
 
-@pytest.mark.parametrize("rules", [StopRules(max_new_tokens=9, line_end=True), StopRules(max_new_tokens=9, dedent=1)])
+@pytest.mark.parametrize("rules", [StopRules(max_new_tokens=9, line_end=True, loop=True),
+                                   StopRules(max_new_tokens=9, dedent=1, loop=True), StopRules(max_new_tokens=9, loop=True)])
 @pytest.mark.parametrize("speculate", [0, 3])
 def test_a_suggestion_caught_in_a_loop_stops_at_the_fourth_copy(rules, speculate):
     gen = generate(NextToken(), FakeKV(), [0], 0, rules, Sampling(), written=lambda ids: None,
                    decode=lambda ids: "".join(LOOPING.get(i, "?") for i in ids), speculate=speculate)
     assert (gen.tokens, gen.stop_reason) == ([1, 2, 3, 4, 5], "loop")  # not the budget's 9
-    raw = generate(NextToken(), FakeKV(), [0], 0, StopRules(max_new_tokens=9), Sampling(), written=lambda ids: None,
+    raw = generate(NextToken(), FakeKV(), [0], 0, StopRules(max_new_tokens=9, line_end=True), Sampling(),
+                   written=lambda ids: None,
                    decode=lambda ids: "".join(LOOPING.get(i, "?") for i in ids), speculate=speculate)
-    assert len(raw.tokens) == 9 and raw.stop_reason == "max_tokens"  # raw generation knows no loops
+    assert len(raw.tokens) == 9 and raw.stop_reason == "max_tokens"  # without `loop` the rule is off
 
 
 def test_time_budget_stops_at_a_step_boundary():

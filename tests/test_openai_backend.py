@@ -219,6 +219,23 @@ def test_a_one_line_request_ends_at_the_first_line_break_after_text(fake: FakeSe
     assert (result.text, result.stop_reason) == ("\n3.14 * r * r\n", "line_end")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_suggestion_caught_in_a_loop_is_cut_at_its_first_copy(fake: FakeServer, stream: bool):
+    chunks = ["colors = ['red'", ", 'green'", ", 'green'", ", 'green'", ", 'green'", ", 'green'", " never read"]
+    if stream:
+        def reply(handler: BaseHTTPRequestHandler, seen: Seen) -> None:
+            body = "".join(f"data: {json.dumps({'choices': [{'text': c, 'finish_reason': None}]})}\n\n" for c in chunks)
+            send(handler, 200, (body + "data: [DONE]\n\n").encode(), "text/event-stream")
+        fake.reply = reply
+    else:
+        fake.reply = answer("".join(chunks))
+    backend = load_backend(url=fake.url, remote=RemoteConfig(stream=stream), environ={})
+    looping = CompletionRequest(doc_id=DocId("file:///w/colors.py"), prompt=PROMPT, max_new_tokens=32,
+                                stop_at_loop=True)
+    result = backend.complete(looping)
+    assert (result.text, result.stop_reason) == ("colors = ['red', 'green", "loop")  # the unit is "', 'green"
+
+
 BAD_ANSWERS = {
     "500": (status(500, {"error": {"message": "CUDA out of memory"}}), 3,
             "the completion server at {url} answered HTTP 500: CUDA out of memory (tried 3 times)"),

@@ -213,6 +213,7 @@ def test_the_request_says_where_a_line_or_block_suggestion_ends(text, line, char
     pipeline.complete(backend, "doc", text, line, character, config=config)
     assert backend.requests[-1].stop_at_line_end is one_line
     assert backend.requests[-1].stop_at_dedent == dedent
+    assert backend.requests[-1].stop_at_loop is True  # every suggestion ends at a loop's first copy
 
 
 def test_a_replaced_backend_is_freed_with_its_token_counter():

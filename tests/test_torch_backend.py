@@ -209,8 +209,8 @@ def test_a_one_line_request_ends_at_the_first_line_break_after_text():
                 prompt = fim_prompt(b, prefix, suffix)
                 full = b.complete(CompletionRequest(DocId(f"full{i}{heal}"), prompt, max_new_tokens=48, heal=heal))
                 line = b.complete(CompletionRequest(DocId(f"line{i}{heal}"), prompt, max_new_tokens=48, heal=heal,
-                                                    stop_at_line_end=True))
-                end = suggestion_end(full.text, True, None)  # the line's end, or a loop's first copy
+                                                    stop_at_line_end=True, stop_at_loop=True))
+                end = suggestion_end(full.text, True, None, True)  # the line's end, or a loop's first copy
                 if end is None:  # no line ended within the budget: nothing changes
                     assert (line.text, line.token_ids) == (full.text, full.token_ids)
                     continue

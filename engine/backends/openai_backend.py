@@ -206,7 +206,7 @@ class OpenAIBackend:
                 "max_tokens": request.max_new_tokens, "temperature": request.temperature, "top_p": request.top_p,
                 "seed": request.seed, "stop": list(stops), "time_budget_s": request.time_budget_s,
                 "heal": request.heal, "stop_at_line_end": request.stop_at_line_end,
-                "stop_at_dedent": request.stop_at_dedent,
+                "stop_at_dedent": request.stop_at_dedent, "stop_at_loop": request.stop_at_loop,
             }
         body = {"prompt": request.prompt, "max_tokens": request.max_new_tokens, "temperature": request.temperature,
                 "top_p": request.top_p, "stop": list(stops), "stream": self.config.stream}

@@ -57,7 +57,8 @@ class ReferenceBackend:
                     self.reason = "cancelled"
                 elif request.time_budget_s is not None and time.perf_counter() - start > request.time_budget_s:
                     self.reason = "time_budget"
-                elif request.stop_strings or request.stop_at_line_end or request.stop_at_dedent is not None:
+                elif (request.stop_strings or request.stop_at_line_end or request.stop_at_dedent is not None
+                      or request.stop_at_loop):
                     text = self.backend.tokenizer.decode(input_ids[0, len(ids):].tolist())
                     if any(s in text for s in request.stop_strings):
                         self.reason = "stop_string"

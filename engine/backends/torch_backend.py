@@ -77,7 +77,7 @@ class TorchBackend:
         deadline = start + request.time_budget_s if request.time_budget_s is not None else None
         rules = StopRules(max_new_tokens=max_new, stop_ids=self.stop_ids, eod_id=self.tokenizer.eod_id,
                           stop_strings=request.stop_strings, line_end=request.stop_at_line_end,
-                          dedent=request.stop_at_dedent, deadline=deadline,
+                          dedent=request.stop_at_dedent, loop=request.stop_at_loop, deadline=deadline,
                           emittable=self.emittable)
         sampling = Sampling(request.temperature, request.top_p, request.seed)
         with self.lock:
