@@ -201,16 +201,21 @@ def test_streaming_joins_events_and_hangs_up_at_a_stop_string(fake: FakeServer):
     assert (result.text, result.stop_reason) == ("3.14 * r * r", "stop_string")
 
 
+def chunked(chunks: list[str], stream: bool):
+    """A reply of `chunks`: streamed one event each, or joined into one answer."""
+    if not stream:
+        return answer("".join(chunks))
+
+    def reply(handler: BaseHTTPRequestHandler, seen: Seen) -> None:
+        body = "".join(f"data: {json.dumps({'choices': [{'text': c, 'finish_reason': None}]})}\n\n" for c in chunks)
+        send(handler, 200, (body + "data: [DONE]\n\n").encode(), "text/event-stream")
+    return reply
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_one_line_request_ends_at_the_first_line_break_after_text(fake: FakeServer, stream: bool):
     chunks = ["\n", "3.14", " * r", " * r\n    return", " area\n", "never read"]
-    if stream:
-        def reply(handler: BaseHTTPRequestHandler, seen: Seen) -> None:
-            body = "".join(f"data: {json.dumps({'choices': [{'text': c, 'finish_reason': None}]})}\n\n" for c in chunks)
-            send(handler, 200, (body + "data: [DONE]\n\n").encode(), "text/event-stream")
-        fake.reply = reply
-    else:
-        fake.reply = answer("".join(chunks))
+    fake.reply = chunked(chunks, stream)
     backend = load_backend(url=fake.url, remote=RemoteConfig(stream=stream), environ={})
     line = CompletionRequest(doc_id=DocId("file:///w/geometry.py"), prompt=PROMPT, max_new_tokens=32,
                              stop_at_line_end=True)
@@ -222,13 +227,7 @@ def test_a_one_line_request_ends_at_the_first_line_break_after_text(fake: FakeSe
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_suggestion_caught_in_a_loop_is_cut_at_its_first_copy(fake: FakeServer, stream: bool):
     chunks = ["colors = ['red'", ", 'green'", ", 'green'", ", 'green'", ", 'green'", ", 'green'", " never read"]
-    if stream:
-        def reply(handler: BaseHTTPRequestHandler, seen: Seen) -> None:
-            body = "".join(f"data: {json.dumps({'choices': [{'text': c, 'finish_reason': None}]})}\n\n" for c in chunks)
-            send(handler, 200, (body + "data: [DONE]\n\n").encode(), "text/event-stream")
-        fake.reply = reply
-    else:
-        fake.reply = answer("".join(chunks))
+    fake.reply = chunked(chunks, stream)
     backend = load_backend(url=fake.url, remote=RemoteConfig(stream=stream), environ={})
     looping = CompletionRequest(doc_id=DocId("file:///w/colors.py"), prompt=PROMPT, max_new_tokens=32,
                                 stop_at_loop=True)
