@@ -109,7 +109,11 @@ def test_notebook_cell_shows_inline_suggestion_with_the_cell_above_as_context(ca
     cell_text = result["cellText"].replace("\u00a0", " ")
     assert cell_text.startswith(TYPED) and len(cell_text) > len(TYPED), cell_text
     inserted = cell_text[len(TYPED):]
-    assert result["ghost"].replace("\u00a0", " ") == inserted, "Tab inserted something else than was shown"
+    ghost = result["ghost"].replace("\u00a0", " ")
+    # Tab accepts the completer's current suggestion. A later answer for the same keystroke (one
+    # decoded further: an earlier request can end at its time budget) may replace the ghost between
+    # the driver's last read and Tab; it then extends what was shown. Anything else is a bug.
+    assert ghost and inserted.startswith(ghost), f"Tab inserted {inserted!r}, the ghost showed {ghost!r}"
     # The request whose answer was shown held the whole notebook: the cell above, then the typed cell.
     shown = [r for r in recent if r["items"] and r["items"][0]["insertText"] == inserted]
     assert shown, f"no request answered {inserted!r}: {recent}"
