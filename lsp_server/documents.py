@@ -9,7 +9,9 @@ cursor, so an edit and a completion always agree on where a position is.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
@@ -96,13 +98,14 @@ class DocumentStore:
             for cell_uri, _ in notebook.cells:
                 self.close(cell_uri)
 
-    def others(self, uri: str) -> list[tuple[str, str]]:
-        """(path, text) of the other open documents in the same language, for neighbour snippets."""
+    def others(self, uri: str, roots: Sequence[str] = ()) -> list[tuple[str, str]]:
+        """(path, text) of the other open documents in the same language, for neighbour snippets;
+        paths as `uri_to_path` names them under the workspace folders `roots`."""
         doc = self.documents.get(uri)
         if doc is None:
             return []
         return [
-            (uri_to_path(other.uri), other.text) for other in self.documents.values()
+            (uri_to_path(other.uri, roots), other.text) for other in self.documents.values()
             if other.uri != uri and other.notebook_uri is None and other.language_id == doc.language_id
         ]
 
@@ -119,9 +122,22 @@ def apply_edit(text: str, edit: Edit, encoding: Encoding) -> str:
     return text[:start] + edit.text + text[end:]
 
 
-def uri_to_path(uri: str) -> str:
-    """A readable path for prompts and snippet headers: the file path of a file URI, else the URI."""
+def uri_to_path(uri: str, roots: Sequence[str] = ()) -> str:
+    """The path a prompt and a snippet header name a document by: a file URI's path relative to the
+    innermost workspace folder (`roots`, as URIs) holding it, else its file name; any other URI as
+    it is. Repository-relative names are what StarCoder's `<filename>` saw in training, and the
+    prompt then depends on the project, never on where it was checked out (nor tells a remote
+    backend the user's home directory)."""
     parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return unquote(parsed.path)
-    return uri
+    if parsed.scheme != "file":
+        return uri
+    path = PurePosixPath(unquote(parsed.path))
+    best: PurePosixPath | None = None
+    for root in roots:
+        r = urlparse(root)
+        if r.scheme != "file":
+            continue
+        base = PurePosixPath(unquote(r.path))
+        if path != base and path.is_relative_to(base) and (best is None or len(base.parts) > len(best.parts)):
+            best = base
+    return str(path.relative_to(best)) if best is not None else path.name

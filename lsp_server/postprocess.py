@@ -4,7 +4,9 @@ The model writes until a stop token or its budget; what it wrote often runs past
 it re-types the code after the cursor, closes brackets the editor already closed, leaves the block
 it was asked to fill, repeats a line forever, or ends in spaces. The rules, in order:
 
-1. cut at stop tokens and stop strings;
+1. cut at stop tokens and stop strings, and before a control character other than tab and line
+   breaks (editors draw them as symbols, or refuse to show the text; code beside a cursor does not
+   hold them);
 2. one line or a block: mid-line is one line; at the end of a line that opens a block, or on an
    empty line under one, it is the block (`multiline` = never/auto/always);
 3. a block ends where the indentation leaves its scope, where it meets the first line after the
@@ -37,6 +39,7 @@ QUOTES = "\"'`"
 _PAIRED = ")]}([{" + QUOTES
 _BLOCK_OPENER = re.compile(r"(?:[:{(\[]|=>|\b(?:do|then|else|begin))$")
 _CLOSERS_ONLY = re.compile(r"^[\s)\]}>;,]+$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # after \r and \r\n became \n
 PREFIX_SCAN_CHARS = 4000  # how far back the cursor's open brackets are looked for
 NEXT_LINE_SCAN_CHARS = 8000  # how far ahead the first non-blank line after the cursor is looked for
 
@@ -90,6 +93,12 @@ def cut_at_stops(raw: str, stops: Sequence[str]) -> str:
             if found >= 0:
                 end = found
     return raw[:end]
+
+
+def before_control(text: str) -> str:
+    """`text` up to its first control character other than tab and newline."""
+    found = _CONTROL.search(text)
+    return text if found is None else text[:found.start()]
 
 
 def _has_word(text: str) -> bool:
@@ -323,6 +332,7 @@ def postprocess(raw: str, ctx: CursorContext, config: PostprocessConfig,
     `stop_tokens` are the model's special tokens (FimTokens.stop_tokens()); the config's stop
     strings are cut too. The returned text uses the document's line breaks."""
     text = cut_at_stops(raw.replace("\r\n", "\n").replace("\r", "\n"), (*stop_tokens, *config.stop_strings))
+    text = before_control(text)
     if not text.strip():
         return None
     case = _classify(ctx)

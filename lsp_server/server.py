@@ -173,6 +173,16 @@ class FimServer(LanguageServer):
         value = self.protocol.workspace.position_encoding
         return str(getattr(value, "value", value) or "utf-16")  # type: ignore[return-value]
 
+    @property
+    def roots(self) -> list[str]:
+        """The workspace folders' URIs (the root URI when the client named no folders): prompt paths
+        are relative to them."""
+        workspace = self.protocol._workspace
+        if workspace is None:
+            return []
+        folders = [f.uri for f in workspace.folders.values()]
+        return folders or ([workspace.root_uri] if workspace.root_uri else [])
+
     def check_request(self) -> None:
         """Raise the LSP error for a request the session cannot take yet."""
         if self.protocol._workspace is None:
@@ -429,12 +439,12 @@ async def suggest(ls: FimServer, uri: str, position: types.Position) -> Placed |
         cursor = position_to_offset(doc_text, position.line, position.character, encoding)
     except ValueError as exc:
         raise JsonRpcInvalidParams(f"bad position {position.line}:{position.character}: {exc}") from None
-    doc_key, text, line, character, path = uri, doc_text, position.line, position.character, uri_to_path(uri)
+    doc_key, text, line, character, path = uri, doc_text, position.line, position.character, uri_to_path(uri, ls.roots)
     if doc.notebook_uri is not None:
         doc_key, text, (line, character) = doc.notebook_uri, *notebook_view(ls, doc.notebook_uri, uri, position, encoding)
-        path = uri_to_path(doc.notebook_uri)
+        path = uri_to_path(doc.notebook_uri, ls.roots)
     config = pipeline.pipeline_config(ls.config.completion)
-    others = ls.store.others(uri) if config.prompt.neighbours else []
+    others = ls.store.others(uri, ls.roots) if config.prompt.neighbours else []
 
     def job(token):
         return pipeline.complete(

@@ -48,7 +48,8 @@ def test_others_are_open_documents_of_the_same_language():
     store.open("file:///a.py", "a", 1, "python")
     store.open("file:///b.py", "b", 1, "python")
     store.open("file:///c.js", "c", 1, "javascript")
-    assert store.others("file:///a.py") == [("/b.py", "b")]
+    assert store.others("file:///a.py") == [("b.py", "b")]
+    assert store.others("file:///a.py", ["file:///"]) == [("b.py", "b")]
 
 
 def test_notebook_cells_splice_and_close():
@@ -63,6 +64,11 @@ def test_notebook_cells_splice_and_close():
     assert store.documents == {} and store.notebooks == {}
 
 
-def test_uri_to_path():
-    assert uri_to_path("file:///home/me/my%20file.py") == "/home/me/my file.py"
-    assert uri_to_path("untitled:Untitled-1") == "untitled:Untitled-1"
+def test_uri_to_path_is_relative_to_the_innermost_workspace_folder_else_the_file_name():
+    uri = "file:///home/me/proj/src/my%20file.py"
+    assert uri_to_path(uri) == "my file.py"
+    assert uri_to_path(uri, ["file:///home/me/proj"]) == "src/my file.py"
+    assert uri_to_path(uri, ["file:///home/me/proj/", "file:///home/me/proj/src", "file:///home/me/other"]) == "my file.py"
+    assert uri_to_path(uri, ["file:///home/me/pro", "untitled:x"]) == "my file.py"  # a name prefix is no folder
+    assert uri_to_path(uri, ["file:///home/me"]) == "proj/src/my file.py"
+    assert uri_to_path("untitled:Untitled-1", ["file:///home/me"]) == "untitled:Untitled-1"

@@ -353,10 +353,12 @@ def test_token_counts_use_the_local_tokenizer_else_a_stated_estimate(fake: FakeS
 
 
 @asynccontextmanager
-async def lsp_session(url: str, model: str | None = TINY, extra: tuple[str, ...] = ()):
+async def lsp_session(url: str, model: str | None = TINY, extra: tuple[str, ...] = (),
+                      folders: tuple[str, ...] = ()):
     """`fim-lsp serve --backend openai --url URL` over stdio, initialized, its backend loaded.
 
-    `model`: a local checkpoint directory whose tokenizer counts tokens (None: none).
+    `model`: a local checkpoint directory whose tokenizer counts tokens (None: none); `folders`:
+    the workspace folders' URIs.
     """
     command = [sys.executable, "-m", "lsp_server.cli", "serve", "--backend", "openai", "--url", url,
                *(("--model", model) if model else ()), *extra]
@@ -367,6 +369,7 @@ async def lsp_session(url: str, model: str | None = TINY, extra: tuple[str, ...]
                 general=types.GeneralClientCapabilities(position_encodings=[types.PositionEncodingKind.Utf16]),
                 text_document=types.TextDocumentClientCapabilities(
                     inline_completion=types.InlineCompletionClientCapabilities())),
+            workspace_folders=[types.WorkspaceFolder(uri=f, name=f.rsplit("/", 1)[-1]) for f in folders] or None,
             initialization_options={"maxNewTokens": 8, "neighbours": False}))
         status = await wait_until_loaded(client, timeout_s=60)
         assert status["state"] == "ready" and status["backend"] == "openai", status
@@ -402,6 +405,24 @@ async def test_the_language_server_shows_a_remote_failure_once_and_recovers(fake
     # the same prompt core in this process, on the same tokenizer, sends the very same request
     local = load_backend(model=TINY, url=fake.url, environ={})
     settings = pipeline.pipeline_config(CompletionSettings(max_new_tokens=8, neighbours=False))
-    outcome = pipeline.complete(local, uri, "def area(r):\n    return \n", 1, 11, config=settings, path="/w/geometry.py")
+    outcome = pipeline.complete(local, uri, "def area(r):\n    return \n", 1, 11, config=settings,
+                                path="geometry.py")  # a file outside any workspace folder goes by its name
     assert outcome.suggestion.text == "3.14159 * r * r"
     assert fake.completions()[-1].body == sent and sent["max_tokens"] == 8
+
+
+async def test_the_prompt_names_a_file_by_its_path_in_the_innermost_workspace_folder(fake: FakeServer):
+    async with lsp_session(fake.url, folders=("file:///home/me/w", "file:///home/me/w/lib")) as client:
+        for uri in ("file:///home/me/w/pkg/geometry.py", "file:///home/me/w/lib/shapes.py", "file:///tmp/scratch.py"):
+            client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+                uri=uri, language_id="python", version=1, text="x = ")))
+            fake.reply = answer("1")
+            assert await inline(client, uri, 0, 4) == ["1"]
+        client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(
+            types.WorkspaceFoldersChangeEvent(added=[types.WorkspaceFolder("file:///home/me/w/pkg", "pkg")], removed=[])))
+        client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+            uri="file:///home/me/w/pkg/area.py", language_id="python", version=1, text="y = ")))
+        fake.reply = answer("2")
+        assert await inline(client, "file:///home/me/w/pkg/area.py", 0, 4) == ["2"]
+    heads = [c.body["prompt"].split("\n", 1)[0] for c in fake.completions()]
+    assert heads == ["<filename>pkg/geometry.py", "<filename>shapes.py", "<filename>scratch.py", "<filename>area.py"]

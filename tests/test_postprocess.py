@@ -28,6 +28,16 @@ def test_cut_at_the_earliest_stop():
     assert cut_at_stops("abc", ("", "z")) == "abc"
 
 
+def test_a_control_character_ends_the_suggestion_tabs_and_line_breaks_do_not():
+    ctx = CursorContext("total = scale([1, 2], ", "\n")
+    assert postprocess("factor)\x0back", ctx, PostprocessConfig()) == Suggestion("factor)")
+    for control in ("\x00", "\x1b", "\x0c", "\x7f"):
+        assert postprocess(f"a{control}b", ctx, PostprocessConfig()) == Suggestion("a")
+    assert postprocess("\x0bjunk", ctx, PostprocessConfig()) is None
+    block = CursorContext("def f():\n", "")
+    assert postprocess("\tx = 1\r\n\treturn x", block, PostprocessConfig()) == Suggestion("\tx = 1\n\treturn x")
+
+
 def test_santacoder_stop_tokens_end_the_middle():
     ctx = CursorContext("x = ", "\n")
     assert postprocess("size<fim-middle>junk", ctx, PostprocessConfig(), SANTACODER.stop_tokens()) == Suggestion("size")

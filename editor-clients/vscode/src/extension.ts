@@ -175,6 +175,9 @@ async function start(): Promise<void> {
     middleware: {
       provideInlineCompletionItems: async (document, position, context, token, next) => {
         const result = await next(document, position, context, token);
+        // "Developer: Set Log Level... > Trace" shows why no ghost text appeared (no items, or cancelled)
+        output.trace(`inline ${position.line}:${position.character} (trigger ${context.triggerKind}${
+          token.isCancellationRequested ? ', cancelled' : ''}): ${JSON.stringify(result)}`);
         scheduleRefresh();
         return result;
       },
