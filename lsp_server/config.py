@@ -28,7 +28,7 @@ class ModelConfig:
     revision: str | None = None  # hub revision
     backend: str = "auto"  # auto, torch, onnx, openai
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    dtype: str = "auto"  # auto, float32, bfloat16, float16
+    dtype: str = "auto"  # auto, float32, bfloat16, float16, int8 (int8 weights on the CPU)
     cache_bytes: int | None = None  # KV cache byte budget; None = sized from free memory
     threads: int | None = None  # CPU threads for the engine; None = all cores
     url: str | None = None  # OpenAI-compatible server for backend "openai", e.g. http://127.0.0.1:8000
@@ -37,6 +37,11 @@ class ModelConfig:
     remote_model: str | None = None  # model name sent to `url`; None = the first one its /v1/models lists
     remote_timeout_s: float = 30.0  # how long one request to `url` may take to answer
     speculate: int | None = None  # prompt-lookup draft tokens per greedy step; 0 = off, None = where it pays
+
+    @property
+    def runtime(self) -> str:
+        """The backend that runs the model: `backend`, where auto with a `url` means the remote one."""
+        return "openai" if self.backend == "auto" and self.url else self.backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +73,7 @@ _KEYS: dict[str, tuple[str, str, tuple[type, ...], tuple[Any, ...] | None]] = {
     "revision": ("model", "revision", (str, type(None)), None),
     "backend": ("model", "backend", (str,), ("auto", "torch", "onnx", "openai", "reference")),
     "device": ("model", "device", (str,), None),
-    "dtype": ("model", "dtype", (str,), ("auto", "float32", "bfloat16", "float16")),
+    "dtype": ("model", "dtype", (str,), ("auto", "float32", "bfloat16", "float16", "int8")),
     "cacheBytes": ("model", "cache_bytes", (int, type(None)), None),
     "maxNewTokens": ("completion", "max_new_tokens", (int,), None),
     "temperature": ("completion", "temperature", (int, float), None),
@@ -160,7 +165,7 @@ def config_from_args(args: Any) -> ServerConfig:
     backend = getattr(args, "backend", "auto")
     model = ModelConfig(
         model=getattr(args, "model", None), revision=getattr(args, "revision", None),
-        backend="openai" if url and backend == "auto" else backend, device=getattr(args, "device", "auto"),
+        backend=backend, device=getattr(args, "device", "auto"),
         dtype=getattr(args, "dtype", "auto"), threads=getattr(args, "threads", None), url=url,
         speculate=getattr(args, "speculate", None),
     )

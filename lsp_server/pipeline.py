@@ -166,11 +166,11 @@ def load_model(config: ModelConfig, progress: Progress | None = None) -> Backend
 
     Raises the loader's own exception (a message saying what to do) when the model cannot load.
     """
-    if config.backend == "reference":
+    if config.runtime == "reference":
         from engine.backends.reference import ReferenceBackend
 
         return ReferenceBackend.load(config.model or default_model_dir())
-    if config.backend == "openai":  # a thin client: neither torch nor the local engine is imported
+    if config.runtime == "openai":  # a thin client: neither torch nor the local engine is imported
         from engine.backends.openai_backend import RemoteConfig, load_backend as load_remote
 
         remote = RemoteConfig(api_key=config.api_key, family=config.family, served_model=config.remote_model,

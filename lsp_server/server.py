@@ -423,8 +423,11 @@ class Placed:
     command: types.Command
 
 
-async def suggest(ls: FimServer, uri: str, position: types.Position) -> Placed | None:
-    """Run the pipeline for a request at `position` in `uri`; None when there is nothing to show."""
+async def suggest(ls: FimServer, uri: str, position: types.Position, resample: bool = False) -> Placed | None:
+    """Run the pipeline for a request at `position` in `uri`; None when there is nothing to show.
+
+    `resample`: ask the model again even where the suggestion shown still fits (a user who invokes
+    a suggestion by hand while sampling wants another sample, not the same one)."""
     ls.check_request()
     doc = ls.store.get(uri)
     if doc is None:
@@ -449,7 +452,8 @@ async def suggest(ls: FimServer, uri: str, position: types.Position) -> Placed |
     def job(token):
         return pipeline.complete(
             backend, doc_key, text, line, character, encoding=encoding, config=config, path=path, others=others,
-            previous_snippets=ls.snippets.get(doc_key, ()), shown=ls.shown.get(doc_key), cancel=token,
+            previous_snippets=ls.snippets.get(doc_key, ()), shown=None if resample else ls.shown.get(doc_key),
+            cancel=token,
         )
 
     try:
@@ -526,7 +530,10 @@ def notebook_view(ls: FimServer, notebook_uri: str, cell_uri: str, position: typ
 async def text_document_inline_completion(
     ls: FimServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList:
-    placed = await suggest(ls, params.text_document.uri, params.position)
+    # greedy decoding would answer an explicit invocation with the suggestion shown: reuse it then
+    resample = (params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+                and ls.config.completion.temperature > 0)
+    placed = await suggest(ls, params.text_document.uri, params.position, resample)
     if placed is None:
         return types.InlineCompletionList(items=[])
     return types.InlineCompletionList(items=[

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
+from pathlib import Path
 
 import pytest
 
-from lsp_server.config import CompletionSettings, ConfigError, ModelConfig, ServerConfig, apply_settings, config_from_args
+from lsp_server.config import (_KEYS, CompletionSettings, ConfigError, ModelConfig, ServerConfig, apply_settings,
+                               config_from_args)
+
+VSCODE = Path(__file__).resolve().parent.parent / "editor-clients" / "vscode"
 
 
 def test_flat_settings_apply_to_their_components():
@@ -58,3 +64,31 @@ def test_command_line_flags():
     config = config_from_args(args)
     assert config.model == ModelConfig(model="m", device="cpu", dtype="float32", threads=2)
     assert config.completion == CompletionSettings(max_new_tokens=16, fim_mode="spm")
+
+
+def test_a_url_with_backend_auto_runs_remotely_from_the_wire_and_the_command_line():
+    wire = apply_settings(ServerConfig(), {"url": "http://127.0.0.1:8000"})
+    assert wire.model.backend == "auto" and wire.model.runtime == "openai"
+    assert apply_settings(wire, {"backend": "torch"}).model.runtime == "torch"
+    assert ModelConfig().runtime == "auto"
+    args = argparse.Namespace(backend="auto", url="http://127.0.0.1:8000")
+    assert config_from_args(args).model.runtime == "openai"
+
+
+def test_int8_weights_can_be_asked_for_from_an_editor():
+    assert apply_settings(ServerConfig(), {"dtype": "int8"}).model.dtype == "int8"
+
+
+def test_the_vscode_extension_offers_every_server_setting_with_the_servers_values_and_defaults():
+    """What the extension sends (SERVER_KEYS) and declares (package.json) is what the server takes:
+    each setting's enum is the server's allowed values and its default leaves the server's default."""
+    props = json.loads((VSCODE / "package.json").read_text())["contributes"]["configuration"]["properties"]
+    source = (VSCODE / "src" / "extension.ts").read_text()
+    sent = re.findall(r"'(\w+)'", re.search(r"const SERVER_KEYS = \[(.*?)\]", source, re.S).group(1))
+    assert sorted(sent) == sorted(set(_KEYS) - {"apiKey"}), "apiKey comes from the environment, never settings.json"
+    for key in sent:
+        prop = props[f"fim-lsp.{key}"]
+        allowed = _KEYS[key][3]
+        if allowed is not None:
+            assert prop["enum"] == list(allowed), key
+        assert apply_settings(ServerConfig(), {key: prop["default"]}) == ServerConfig(), (key, prop["default"])

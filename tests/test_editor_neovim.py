@@ -1,7 +1,8 @@
 """The Neovim plugin in a real Neovim 0.11 against the real `fim-lsp serve`.
 
 Typing in a Python buffer shows the server's suggestion as ghost text (an extmark, and on the
-terminal screen), Tab inserts it, and the buffer then holds it. A missing or crashing server gives
+terminal screen), Tab inserts it, and the buffer then holds it; `:FimLspToggle` turns asking off and
+on again. A missing or crashing server gives
 one message and the editor keeps working.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,17 @@ def test_typing_shows_ghost_text_and_tab_accepts_it(nvim, tiny_starcoder, tmp_pa
         assert accepted == 1
         last = server_state(session)["last"]
         assert last["reused"] is False, f"the suggestion continued an earlier one: {last}"
+
+        # :FimLspToggle turns suggestions off in the buffer: typing on asks the server nothing
+        assert session.lua("(function() vim.cmd('FimLspToggle') return require('fim_lsp').enabled(0) end)()") is False
+        time.sleep(1)  # the request that accepting's edit asked for is answered (or cancelled) by now
+        asked = server_state(session)["latency"]["count"]
+        session.type(" + 1")
+        time.sleep(3)  # 50x the debounce; the kit model answers in well under a second
+        assert ghost(session) is None and server_state(session)["latency"]["count"] == asked
+        assert session.lua("(function() vim.cmd('FimLspToggle') return require('fim_lsp').enabled(0) end)()") is True
+        session.type(" ")
+        wait_for("a request once toggled on", lambda: server_state(session)["latency"]["count"] > asked, timeout_s=60)
 
     # It was computed for this buffer alone (not a continuation of an earlier suggestion), so a
     # fresh server asked about the same buffer and cursor gives the text the editor showed.

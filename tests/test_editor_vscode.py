@@ -1,12 +1,14 @@
 """The VS Code extension (.vsix) in code-server, driven through chromium, against `fim-lsp serve`.
 
 Typing in a Python file shows the server's suggestion as ghost text in the DOM, Tab accepts it,
-and the saved file holds it. A missing server gives one clear notification and the editor still
+and the saved file holds it. A language turned off (`fim-lsp.enable`) asks the server nothing until
+the toggle command turns it on. A missing server gives one clear notification and the editor still
 edits.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -39,12 +41,18 @@ def visible(text: str) -> str:
     return "".join(ch for ch in text.replace("\u00a0", " ") if " " <= ch <= "~")
 
 
-def test_typing_shows_ghost_text_and_tab_accepts_it(cache, tiny_starcoder, tmp_path):
-    out = artifacts_dir("vscode")
+def scale_workspace(tmp_path: Path) -> tuple[Path, Path]:
+    """A workspace folder holding scale.py (SOURCE); the folder and the file."""
     workspace = tmp_path / "ws"
     workspace.mkdir()
     file = workspace / "scale.py"
     file.write_text(SOURCE)
+    return workspace, file
+
+
+def test_typing_shows_ghost_text_and_tab_accepts_it(cache, tiny_starcoder, tmp_path):
+    out = artifacts_dir("vscode")
+    workspace, file = scale_workspace(tmp_path)
     cmd = serve_command(tiny_starcoder)
     assert cmd[1] == "serve", f"the test starts the fim-lsp executable directly: {cmd}"
     with CodeServer(cache, tmp_path / "home", workspace, extension_settings(cmd)) as vscode:
@@ -70,6 +78,28 @@ def test_typing_shows_ghost_text_and_tab_accepts_it(cache, tiny_starcoder, tmp_p
     reference = asyncio.run(server_suggestion(cmd, file.as_uri(), SOURCE + TYPED, line, character, SERVER_SETTINGS))
     assert reference and reference[0]["insertText"] == inserted
     assert printable_run(inserted) in visible(result["ghost"])
+
+
+def test_a_language_turned_off_asks_nothing_until_the_toggle_turns_it_on(cache, tiny_starcoder, tmp_path):
+    out = artifacts_dir("vscode-toggle")
+    workspace, file = scale_workspace(tmp_path)
+    cmd = serve_command(tiny_starcoder)
+    settings = {**extension_settings(cmd), "fim-lsp.enable": {"*": True, "python": False}}
+    with CodeServer(cache, tmp_path / "home", workspace, settings) as vscode:
+        result = vscode.drive(file=file.name, typed=TYPED, statusPattern=f"{tiny_starcoder.name} · off", toggle=True,
+                              statusOnPattern=f"{tiny_starcoder.name} · (torch|onnx)", out=str(out))
+        user_settings = json.loads((vscode.data / "User" / "settings.json").read_text())
+    assert "error" not in result, f"{result} (screenshots in {out})"
+    assert result["ghostWhileOff"] == 0, result
+    # Off means the server was never asked: it has shown nothing.
+    assert "accepted: 0 of 0 shown" in result["reportWhileOff"], result["reportWhileOff"]
+    assert tiny_starcoder.name in result["statusOn"], result
+    # The toggle kept the other languages' entries and turned python on where the user keeps settings.
+    assert user_settings["fim-lsp.enable"] == {"*": True, "python": True}, user_settings
+    saved = file.read_text()
+    inserted = saved[len(SOURCE + TYPED):]
+    assert saved.startswith(SOURCE + TYPED) and inserted, saved
+    assert visible(result["ghost"]).strip() == visible(inserted).strip()
 
 
 @pytest.mark.parametrize("broken", ["missing", "crashing"])

@@ -172,11 +172,13 @@ def test_a_killed_remote_engine_fails_requests_cleanly_and_they_work_once_it_is_
         editor.open(DOC_A, TEXT_A)
         editor.open(DOC_B, TEXT_B)
         cursor_a = editor.type_at_end_of(DOC_A, "math.pi * ", "r")
-        editor.check(DOC_A, cursor_a)
+        answer = editor.check(DOC_A, cursor_a)
+        # a key that does not continue the suggestion shown (that one is served without the engine)
+        key = "b" if answer and answer[0][0].startswith("a") else "a"
 
         os.kill(daemon.pid, signal.SIGKILL)
         daemon.wait(10)
-        cursor_a = editor.type_at_end_of(DOC_A, "math.pi * r", "a")
+        cursor_a = editor.type_at_end_of(DOC_A, "math.pi * r", key)
         assert editor.inline(DOC_A, cursor_a) == [], "a request to a dead engine answers empty"
         cursor_b = editor.type_at_end_of(DOC_B, "        self.", "i")
         assert editor.inline(DOC_B, cursor_b) == []
@@ -186,7 +188,7 @@ def test_a_killed_remote_engine_fails_requests_cleanly_and_they_work_once_it_is_
         assert status["state"] == "ready" and status["backend_error"] and client.proc.poll() is None
 
         daemon, _ = start_daemon(port)  # the engine comes back on the same address, with empty slots
-        cursor_a = editor.type_at_end_of(DOC_A, "math.pi * ra", "d")
+        cursor_a = editor.type_at_end_of(DOC_A, f"math.pi * r{key}", "d")
         editor.check(DOC_A, cursor_a)
         editor.check(DOC_B, cursor_b)
         assert client.status()["backend_error"] is None

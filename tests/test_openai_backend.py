@@ -167,6 +167,13 @@ def test_sends_the_fim_prompt_with_stops_and_key_and_cuts_at_a_stop(fake: FakeSe
     assert "starcoder FIM tokens (the default family)" in backend.info.why
 
 
+def test_a_url_setting_with_backend_auto_loads_the_remote_backend(fake: FakeServer):
+    """An editor that sets only `url` (backend left at auto) gets the server, as `--url` does."""
+    backend = pipeline.load_model(ModelConfig(url=fake.url, remote_model="served-7b"))
+    assert backend.info.backend == "openai" and backend.info.model == f"served-7b at {fake.url}"
+    assert fake.requests[-1].path == "/v1/fim-lsp/info"  # the name was given: no /v1/models asked
+
+
 def test_santacoder_family_from_configuration_and_length_finish(fake: FakeServer):
     fake.reply = answer("r ** 2", finish="length")
     backend = load_backend(url=fake.url + "/v1/", remote=RemoteConfig(family="santacoder"), environ={})

@@ -291,6 +291,40 @@ async def test_inline_and_completion_requests_for_one_keystroke_share_the_answer
     mirror.close_all()
 
 
+async def test_invoking_by_hand_while_sampling_asks_the_model_again_typing_on_reuses(client: LanguageClient, engine):
+    """An unchanged buffer and cursor get the suggestion already shown (VS Code re-asks as the
+    cursor blinks back), except when the user invokes a suggestion by hand at temperature > 0:
+    that asks for another sample. At temperature 0 the model would answer the same, so it reuses."""
+    mirror = Mirror(client, engine)
+    uri = "file:///work/project/sample.py"
+    mirror.open(uri, CODE)
+    position = mirror.position(uri, mirror.docs[uri].index("    print(len(lines))"))
+
+    async def ask(kind: types.InlineCompletionTriggerKind) -> tuple[bool, bool]:
+        """(answered with a suggestion, served from the one shown)"""
+        answer = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=position,
+            context=types.InlineCompletionContext(trigger_kind=kind)))
+        return bool(answer.items), (await fetch_status(client))["last"]["reused"]
+
+    automatic, invoked = types.InlineCompletionTriggerKind.Automatic, types.InlineCompletionTriggerKind.Invoked
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"temperature": 0.8}))
+    try:
+        for _ in range(20):  # a sample may be empty (nothing shown, nothing to reuse): ask until one shows
+            if (await ask(automatic))[0]:
+                break
+        else:
+            raise AssertionError("20 samples of the kit model were all empty")
+        assert await ask(automatic) == (True, True)
+        assert (await ask(invoked))[1] is False
+    finally:
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"temperature": 0}))
+    first = await ask(automatic)
+    assert first[0], "the kit model's greedy answer here is not empty"
+    assert await ask(invoked) == (True, True)
+    mirror.close_all()
+
+
 async def test_notebook_cells_see_the_cells_around_them(client: LanguageClient, engine):
     nb = "file:///work/project/analysis.ipynb"
     cells = [("nb-cell:1", "code", "import math\nradius = 2.0\n"),

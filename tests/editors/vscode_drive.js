@@ -1,20 +1,66 @@
 // Drives code-server in Debian's chromium as a person would: open a file, type, read the ghost
 // text from the DOM, press Tab, save. Prints one JSON object; screenshots go to `out`.
 // usage: NODE_PATH=<playwright-core's node_modules> node vscode_drive.js '<json config>'
-//   config: { url, file, typed, statusPattern (a RegExp source), out, timeoutMs, expectNotification }
+//   config: { url, file, typed, statusPattern (a RegExp source), out, timeoutMs, expectNotification,
+//             toggle (the file's language starts turned off: ask, see nothing, toggle it on, accept;
+//             statusPattern then matches the "off" item and statusOnPattern the one naming the model) }
 const { drive } = require('./browser');
+
+const GHOST = '.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text';
+
+/** Run a command from the command palette by its title. */
+async function runCommand(page, title) {
+  await page.keyboard.press('F1');
+  await page.keyboard.type(title);
+  await page.waitForSelector(`.quick-input-list .monaco-list-row[aria-label*="${title}"]`);
+  await page.keyboard.press('Enter');
+}
+
+/** The extension's status report (fim-lsp: Show Status), as its notification reads. */
+async function statusReport(page) {
+  await runCommand(page, 'fim-lsp: Show Status');
+  const toast = page.locator('.notifications-toasts .notification-toast', { hasText: 'accepted:' });
+  await toast.first().waitFor();
+  const text = (await toast.first().innerText()).trim();
+  await page.keyboard.press('Escape');
+  return text;
+}
+
+/** With the language off, typing and an explicit trigger show nothing and ask the server
+ * nothing; the toggle command turns it on and the next trigger shows the server's suggestion. */
+async function toggleOn(page, cfg, result, item) {
+  result.statusOff = (await item.first().innerText()).trim();
+  await page.keyboard.insertText(cfg.typed); // asks automatically where the language is on
+  await runCommand(page, 'Trigger Inline Suggestion'); // and by hand
+  await page.waitForTimeout(5000); // ample for the tiny model's answer (a few hundred ms)
+  result.ghostWhileOff = await page.locator(GHOST).count();
+  await page.screenshot({ path: `${cfg.out}/off.png` });
+  result.reportWhileOff = await statusReport(page);
+  await page.click('.monaco-editor .view-lines');
+  await page.keyboard.press('Control+End');
+  await runCommand(page, 'fim-lsp: Toggle Inline Suggestions');
+  const on = page.locator('.part.statusbar .statusbar-item', { hasText: new RegExp(cfg.statusOnPattern) });
+  await on.first().waitFor();
+  result.statusOn = (await on.first().innerText()).trim();
+  await runCommand(page, 'Trigger Inline Suggestion');
+  await page.locator(GHOST).first().waitFor();
+  result.ghost = (await page.locator(GHOST).allTextContents()).join('\n');
+  await page.keyboard.press('Tab');
+  await page.locator(GHOST).first().waitFor({ state: 'detached' });
+  await save(page);
+}
 
 async function typeAndAccept(page, cfg, result, item) {
   await page.keyboard.insertText(cfg.typed);
-  const ghost = page.locator('.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text');
+  const ghost = page.locator(GHOST);
   try {
     await ghost.first().waitFor({ timeout: 30000 });
   } catch (err) {
     // No automatic request came back as ghost text (a suggest widget or a lost trigger can hide
-    // it): ask as a person would, with "Trigger Inline Suggestion" (Alt+\).
+    // it): ask as a person would, with "Trigger Inline Suggestion".
     result.triggeredByHand = true;
     await page.keyboard.press('Escape');
-    await page.keyboard.press('Alt+Backslash');
+    await runCommand(page, 'Trigger Inline Suggestion');
     await ghost.first().waitFor();
   }
   result.ghost = (await ghost.allTextContents()).join('\n');
@@ -26,13 +72,7 @@ async function typeAndAccept(page, cfg, result, item) {
   result.statusAfter = (await item.first().innerText()).trim();
   await page.screenshot({ path: `${cfg.out}/accepted.png` });
   // The extension's status command, from the command palette.
-  await page.keyboard.press('F1');
-  await page.keyboard.type('fim-lsp: Show Status');
-  await page.waitForSelector('.quick-input-list .monaco-list-row[aria-label*="fim-lsp: Show Status"]');
-  await page.keyboard.press('Enter');
-  const toast = page.locator('.notifications-toasts .notification-toast', { hasText: 'accepted:' });
-  await toast.first().waitFor();
-  result.statusReport = (await toast.first().innerText()).trim();
+  result.statusReport = await statusReport(page);
 }
 
 async function expectBrokenServer(page, cfg, result) {
@@ -59,7 +99,8 @@ drive(async (page, cfg, result) => {
   await entry.first().click();
   await page.waitForSelector(`.tab.active[aria-label*="${cfg.file}"]`);
   await page.waitForSelector('.monaco-editor .view-lines');
-  // The extension's status bar item names the model once the server has loaded it.
+  // The extension's status bar item names the model once the server has loaded it (or says the
+  // file's language is off).
   const item = page.locator('.part.statusbar .statusbar-item', { hasText: new RegExp(cfg.statusPattern) });
   await item.first().waitFor();
   result.statusBefore = (await item.first().innerText()).trim();
@@ -67,6 +108,8 @@ drive(async (page, cfg, result) => {
   await page.keyboard.press('Control+End');
   if (cfg.expectNotification) {
     await expectBrokenServer(page, cfg, result);
+  } else if (cfg.toggle) {
+    await toggleOn(page, cfg, result, item);
   } else {
     await typeAndAccept(page, cfg, result, item);
   }

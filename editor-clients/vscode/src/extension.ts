@@ -15,8 +15,10 @@ const SECTION = 'fim-lsp';
 const STATUS_REQUEST = 'fim-lsp/status';
 // Settings the server understands (its wire names); the rest only concern how it is started.
 const SERVER_KEYS = ['model', 'revision', 'backend', 'device', 'dtype', 'maxNewTokens', 'temperature', 'multiline',
-  'debounceMs', 'neighbours', 'tokenHealing', 'fimMode', 'prefixSuffixRatio', 'timeBudgetMs', 'cacheBytes'] as const;
+  'debounceMs', 'neighbours', 'tokenHealing', 'fimMode', 'prefixSuffixRatio', 'timeBudgetMs', 'cacheBytes',
+  'speculate', 'url', 'remoteModel', 'family', 'remoteTimeoutMs'] as const;
 const LAUNCH_KEYS = ['command', 'pythonPath', 'extraArgs'];
+const ENABLE_KEY = 'enable'; // language id -> boolean; '*' for the rest (read here, never sent)
 
 interface ServerStatus {
   state?: string; error?: string | null; model?: string | null; backend?: string | null;
@@ -46,6 +48,31 @@ function serverSettings(): Record<string, unknown> {
     if (value !== null && value !== undefined && value !== '') out[key] = value;
   }
   return out;
+}
+
+/** Whether inline suggestions are on for a language: its own entry in fim-lsp.enable, else '*'. */
+function enabledFor(languageId: string): boolean {
+  const enable = vscode.workspace.getConfiguration(SECTION).get<Record<string, boolean>>(ENABLE_KEY) ?? {};
+  return enable[languageId] ?? enable['*'] ?? true;
+}
+
+/** Flip fim-lsp.enable for the active editor's language, in the scope whose value is in force
+ * (the workspace's where it sets one, else the user's). */
+async function toggle(): Promise<void> {
+  const languageId = vscode.window.activeTextEditor?.document.languageId;
+  if (!languageId) {
+    void vscode.window.showInformationMessage('fim-lsp: open a file to turn its language on or off.');
+    return;
+  }
+  const cfg = vscode.workspace.getConfiguration(SECTION);
+  const set = cfg.inspect<Record<string, boolean>>(ENABLE_KEY);
+  const inWorkspace = set?.workspaceValue !== undefined;
+  const current = (inWorkspace ? set?.workspaceValue : set?.globalValue) ?? set?.defaultValue ?? {};
+  const on = !enabledFor(languageId);
+  await cfg.update(ENABLE_KEY, { ...current, [languageId]: on },
+    inWorkspace ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global);
+  output.info(`inline suggestions ${on ? 'on' : 'off'} for ${languageId}`);
+  render();
 }
 
 /** Executable and arguments, or an error message saying what to set. */
@@ -87,10 +114,17 @@ function render(): void {
     statusItem.tooltip = 'Loading the model';
   } else if (lastStatus?.model) {
     const model = path.basename(lastStatus.model);
-    const ms = lastStatus.last?.latency_ms;
-    statusItem.text = `$(sparkle) ${model} · ${lastStatus.backend ?? '?'}` +
-      (ms !== undefined ? ` · ${Math.round(ms)} ms` : '');
-    statusItem.tooltip = describe(lastStatus);
+    const language = vscode.window.activeTextEditor?.document.languageId;
+    if (language !== undefined && !enabledFor(language)) {
+      statusItem.text = `$(circle-slash) ${model} · off`;
+      statusItem.tooltip = `Inline suggestions are off for ${language} ("fim-lsp: Toggle Inline Suggestions" ` +
+        `turns them on)\n${describe(lastStatus)}`;
+    } else {
+      const ms = lastStatus.last?.latency_ms;
+      statusItem.text = `$(sparkle) ${model} · ${lastStatus.backend ?? '?'}` +
+        (ms !== undefined ? ` · ${Math.round(ms)} ms` : '');
+      statusItem.tooltip = describe(lastStatus);
+    }
   } else {
     statusItem.text = '$(sparkle) fim-lsp';
     statusItem.tooltip = 'fim-lsp: starting';
@@ -174,6 +208,7 @@ async function start(): Promise<void> {
     },
     middleware: {
       provideInlineCompletionItems: async (document, position, context, token, next) => {
+        if (!enabledFor(document.languageId)) return null; // off for this language: the server is not asked
         const result = await next(document, position, context, token);
         // "Developer: Set Log Level... > Trace" shows why no ghost text appeared (no items, or cancelled)
         output.trace(`inline ${position.line}:${position.character} (trigger ${context.triggerKind}${
@@ -181,6 +216,8 @@ async function start(): Promise<void> {
         scheduleRefresh();
         return result;
       },
+      provideCompletionItem: (document, position, context, token, next) =>
+        enabledFor(document.languageId) ? next(document, position, context, token) : null,
     },
   };
   const c = new LanguageClient(SECTION, 'fim-lsp', serverOptions, clientOptions);
@@ -239,8 +276,13 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand('fim-lsp.restart', async () => { await stop(); await start(); }),
     vscode.commands.registerCommand('fim-lsp.showStatus', showStatus),
     vscode.commands.registerCommand('fim-lsp.showLog', () => output.show()),
+    vscode.commands.registerCommand('fim-lsp.toggle', toggle),
+    vscode.window.onDidChangeActiveTextEditor(() => render()),
     vscode.workspace.onDidChangeConfiguration(async (e) => {
       if (!e.affectsConfiguration(SECTION)) return;
+      const changed = (keys: readonly string[]) => keys.some((k) => e.affectsConfiguration(`${SECTION}.${k}`));
+      if (changed([ENABLE_KEY])) render();
+      if (!changed(SERVER_KEYS) && !changed(LAUNCH_KEYS)) return; // only what the client reads changed
       const settings = serverSettings();
       // A setting reset to its default needs a fresh server: a running one keeps the last value it got.
       const reset = sentKeys.some((k) => !(k in settings));

@@ -171,15 +171,27 @@ function M.enable(buf, config)
       M.clear(buf)
     end,
   })
-  vim.api.nvim_create_autocmd("BufWipeout", {
-    group = group,
-    buffer = buf,
-    callback = function()
-      local p = pending[buf]
-      pending[buf], shown[buf] = nil, nil
-      if p then p.timer:close() end
-    end,
-  })
+  vim.api.nvim_create_autocmd("BufWipeout", { group = group, buffer = buf, callback = function() M.disable(buf) end })
+end
+
+--- Turn ghost text off for a buffer: no more requests (the one in flight is cancelled), none drawn.
+function M.disable(buf)
+  local p = pending[buf]
+  if not p then return end
+  pending[buf] = nil
+  p.timer:stop()
+  p.timer:close()
+  if p.request then
+    local client = vim.lsp.get_client_by_id(p.client_id)
+    if client then client:cancel_request(p.request) end
+  end
+  M.clear(buf)
+  pcall(vim.api.nvim_del_augroup_by_name, "fim_lsp_ghost_" .. buf)
+end
+
+--- Whether ghost text is on for a buffer.
+function M.enabled(buf)
+  return pending[buf] ~= nil
 end
 
 return M

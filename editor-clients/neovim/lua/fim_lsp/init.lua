@@ -122,6 +122,28 @@ function M.restart()
   end, 200)
 end
 
+--- Whether suggestions are on in a buffer.
+function M.enabled(buf)
+  buf = (buf == nil or buf == 0) and vim.api.nvim_get_current_buf() or buf
+  if M.uses_native() then return vim.lsp.inline_completion.is_enabled({ bufnr = buf }) end
+  return require("fim_lsp.ghost").enabled(buf)
+end
+
+--- Turn suggestions off or on in a buffer (`:FimLspToggle`); whether they are on now.
+function M.toggle(buf)
+  buf = (buf == nil or buf == 0) and vim.api.nvim_get_current_buf() or buf
+  local on = not M.enabled(buf)
+  if M.uses_native() then
+    vim.lsp.inline_completion.enable(on, { bufnr = buf })
+  elseif on then
+    require("fim_lsp.ghost").enable(buf, M.config)
+  else
+    require("fim_lsp.ghost").disable(buf)
+  end
+  notify(("suggestions %s in this buffer"):format(on and "on" or "off"))
+  return on
+end
+
 --- Whether setup's filetypes cover this buffer.
 function M.wants(buf)
   local fts = M.config.filetypes
@@ -169,6 +191,8 @@ function M.setup(opts)
     callback = function(ev) M.attach(ev.buf) end,
   })
   vim.api.nvim_create_user_command("FimLspRestart", M.restart, { desc = "Restart the fim-lsp server" })
+  vim.api.nvim_create_user_command("FimLspToggle", function() M.toggle(0) end,
+    { desc = "Turn fim-lsp suggestions off or on in this buffer" })
   vim.api.nvim_create_user_command("FimLspStatus", function() M.status() end,
     { desc = "Show the fim-lsp server's model, backend and latency" })
   vim.api.nvim_create_user_command("FimLspLog", function() vim.cmd.tabedit(vim.lsp.get_log_path()) end,
