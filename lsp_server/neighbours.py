@@ -9,9 +9,9 @@ one is materially better. Pure: the token counter is passed in.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-import sys
 
 from lsp_server.context import CursorContext
 from lsp_server.memo import ByteLRU, text_bytes
@@ -22,6 +22,8 @@ MIN_SCORE = 0.05  # below this Jaccard similarity a window is not worth its toke
 MATERIAL_GAIN = 0.1  # a new best must beat the kept one by this much to replace it
 MAX_SNIPPETS = 3
 WINDOWS_MEMO_BYTES = 8 << 20  # cap on the memoised windows of recent document versions
+MAX_DOCUMENT_CHARS = 1_000_000  # larger documents are not scanned for snippets (a generated file
+# or a data dump: its windows would not fit the memo and a rescan at every keystroke costs ~0.2 s a MB)
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Words every program has; they say nothing about which code is similar.
@@ -58,37 +60,54 @@ def text_around_cursor(ctx: CursorContext, lines_before: int = 20, lines_after: 
     return "\n".join(before) + "\n".join(after)
 
 
-Windows = tuple[tuple[str, frozenset[str]], ...]
+# A window: (start, end) character offsets in its document and its distinct words (one string
+# object per word of the document, so a memo entry holds each word once).
+Window = tuple[int, int, tuple[str, ...]]
+Windows = tuple[Window, ...]
 
 
 def windows_bytes(text: str, windows: Windows) -> int:
-    """Memory one memo entry holds: the document text, its windows and their word sets."""
-    return text_bytes(text) + sum(text_bytes(chunk) + sys.getsizeof(words) + sum(map(text_bytes, words))
-                                  for chunk, words in windows)
+    """Memory one memo entry holds: the document text, its windows and their words."""
+    words = {id(w): w for _, _, ws in windows for w in ws}
+    return (text_bytes(text) + sys.getsizeof(windows) + sum(map(text_bytes, words.values()))
+            + sum(sys.getsizeof(w) + sys.getsizeof(w[0]) + sys.getsizeof(w[1]) + sys.getsizeof(w[2])
+                  for w in windows))
 
 
 _WINDOWS: ByteLRU[str, Windows] = ByteLRU(WINDOWS_MEMO_BYTES, windows_bytes)
 
 
 def _windows(text: str) -> Windows:
-    """Candidate windows of a document and their word sets (memoised: documents change rarely
-    compared with how often the cursor moves)."""
+    """Candidate windows of a document (memoised: documents change rarely compared with how often
+    the cursor moves)."""
     found = _WINDOWS.get(text)
     if found is not None:
         return found
     lines = text.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
     last_start = max(0, len(lines) - WINDOW_LINES)
     starts = list(range(0, last_start + 1, WINDOW_STEP))
     if starts[-1] != last_start:
         starts.append(last_start)
+    shared: dict[str, str] = {}
     windows = []
     for start in starts:
-        chunk = "".join(lines[start : start + WINDOW_LINES])
+        begin, end = offsets[start], offsets[min(start + WINDOW_LINES, len(lines))]
+        chunk = text[begin:end]
         if chunk.strip():
-            windows.append((chunk, word_set(chunk)))
+            windows.append((begin, end, tuple(shared.setdefault(w, w) for w in word_set(chunk))))
     found = tuple(windows)
     _WINDOWS.put(text, found)
     return found
+
+
+def window_score(words: tuple[str, ...], around: frozenset[str]) -> float:
+    """`jaccard(set(words), around)` for a window's distinct `words`."""
+    common = sum(1 for w in words if w in around)
+    union = len(words) + len(around) - common
+    return common / union if union else 0.0
 
 
 def _fit(snippet_text: str, path: str, budget: int, count_tokens: Callable[[str], int]) -> str:
@@ -107,6 +126,7 @@ def select_snippets(around_cursor: str, others: Sequence[tuple[str, str]], budge
                     count_tokens: Callable[[str], int], previous: Sequence[Snippet] = ()) -> list[Snippet]:
     """The best windows of `others` ((path, text) of open documents of the same language) for the
     code `around_cursor`, at most one per document, within `budget_tokens` tokens in all.
+    Documents over MAX_DOCUMENT_CHARS are left out.
 
     Returns `previous` unchanged while every previous snippet still reads the same in its
     document, still scores at least MIN_SCORE, and the new best does not beat it by MATERIAL_GAIN.
@@ -116,11 +136,13 @@ def select_snippets(around_cursor: str, others: Sequence[tuple[str, str]], budge
     words = word_set(around_cursor)
     candidates: list[tuple[float, str, str]] = []  # (score, path, window text)
     for path, text in others:
-        scored = [(jaccard(words, ws), chunk) for chunk, ws in _windows(text)] if text.strip() else []
+        if len(text) > MAX_DOCUMENT_CHARS or not text.strip():
+            continue
+        scored = [(window_score(ws, words), begin, end) for begin, end, ws in _windows(text)]
         if scored:
-            best, chunk = max(scored, key=lambda sc: sc[0])  # first window wins ties
+            best, begin, end = max(scored, key=lambda sc: sc[0])  # first window wins ties
             if best >= MIN_SCORE:
-                candidates.append((best, path, chunk))
+                candidates.append((best, path, text[begin:end]))
     candidates.sort(key=lambda c: (-c[0], c[1]))
     if previous and _still_good(previous, others, words, budget_tokens, count_tokens):
         new_best = candidates[0][0] if candidates else 0.0

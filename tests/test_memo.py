@@ -31,9 +31,20 @@ def test_text_bytes_counts_wide_characters():
 
 
 def test_neighbour_windows_stay_under_their_cap():
-    docs = [f"def f{i}(x):\n" + "".join(f"    y{j} = x + {i * j}\n" for j in range(400)) for i in range(60)]
+    docs = [f"def f{i}(x):\n" + "".join(f"    y{j} = x + {i * j}\n" for j in range(400)) for i in range(200)]
     total = sum(neighbours.windows_bytes(doc, neighbours._windows(doc)) for doc in docs)
     assert total > neighbours.WINDOWS_MEMO_BYTES  # more than the cap went through the memo
     assert 0 < neighbours._WINDOWS.nbytes <= neighbours.WINDOWS_MEMO_BYTES
     assert len(neighbours._WINDOWS) < len(docs)
     assert neighbours._windows(docs[-1]) is neighbours._windows(docs[-1])  # the latest is memoised
+
+
+def test_the_windows_of_the_largest_document_scanned_are_memoised():
+    """A document at the size cap fits the memo with room to spare: a keystroke elsewhere does not
+    rescan it (at ~0.2 s a MB)."""
+    body = "".join(f"def handler_{i}(request, response):\n    return dispatch(request, route_{i % 97})\n\n"
+                   for i in range(20_000))
+    doc = body[:neighbours.MAX_DOCUMENT_CHARS]
+    windows = neighbours._windows(doc)
+    assert neighbours.windows_bytes(doc, windows) < neighbours.WINDOWS_MEMO_BYTES / 2
+    assert neighbours._windows(doc) is windows

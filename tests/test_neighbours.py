@@ -4,14 +4,28 @@ from __future__ import annotations
 import pytest
 
 from lsp_server.context import CursorContext
-from lsp_server.neighbours import (MAX_SNIPPETS, Snippet, WINDOW_LINES, jaccard, select_snippets,
-                                   text_around_cursor, word_set)
+from lsp_server.neighbours import (MAX_DOCUMENT_CHARS, MAX_SNIPPETS, Snippet, WINDOW_LINES, jaccard, select_snippets,
+                                   text_around_cursor, window_score, word_set)
 
 
 def test_word_sets_drop_keywords_and_case():
     assert word_set("def Load_Config(self, path):\n    return open(path)") == {"load_config", "path", "open"}
     assert jaccard(frozenset("ab"), frozenset("bc")) == 1 / 3
     assert jaccard(frozenset(), frozenset()) == 0.0
+
+
+def test_a_windows_score_is_the_jaccard_similarity_of_its_words():
+    around = frozenset({"path", "open", "mode"})
+    for words in [("path", "read"), ("path", "open", "mode"), (), ("other",)]:
+        assert window_score(words, around) == jaccard(frozenset(words), around)
+    assert window_score((), frozenset()) == 0.0
+
+
+def test_a_document_over_the_size_cap_gives_no_snippet():
+    window = "def resize_image(image, width):\n    return image.scale(width)\n"
+    fits = window * (MAX_DOCUMENT_CHARS // len(window))
+    assert select_snippets("resize_image(image, width)", [("fits.py", fits)], 1000, len)
+    assert select_snippets("resize_image(image, width)", [("big.py", fits + window)], 1000, len) == []
 
 
 def test_text_around_cursor_takes_lines_either_side():
