@@ -84,8 +84,9 @@ def test_cached_decoding_equals_recompute_under_int8(models, one_thread):
     assert float((last[-1].float() - logits.float()).abs().max()) <= LOGIT_BOUND * float(last[-1].abs().max())
 
 
-NEAR_TIE_NATS = 0.5  # int8 may flip fp32's argmax only where fp32's top two logits are this close
-MIN_AGREEMENT = 0.96  # of next-token argmaxes, teacher-forced (bundled model measured: bf16 99.1%, int8 98.3%)
+NEAR_TIE_NATS = 0.25  # 95% of int8's flips of fp32's argmax are where fp32's top two logits are this close
+CLEAR_CHOICE_NATS = 1.0  # and none where fp32 preferred a token by more: that is a kernel error, not rounding
+MIN_AGREEMENT = 0.96  # of next-token argmaxes, teacher-forced (bundled model measured: bf16 98.9%, int8 97.5%)
 
 
 def test_int8_changes_only_near_ties_of_the_trained_model(one_thread):
@@ -125,8 +126,11 @@ def test_int8_changes_only_near_ties_of_the_trained_model(one_thread):
     for path in ("prefill", "step"):
         agreement = 1 - len(flips[path]) / counted[path]
         assert agreement >= MIN_AGREEMENT, f"{path}: int8 agreed with fp32 on {agreement:.1%} of next tokens"
-        assert max(flips[path], default=0.0) <= NEAR_TIE_NATS, \
-            f"{path}: int8 flipped a token that fp32 preferred by {max(flips[path]):.2f} nats"
+        margins = sorted(flips[path])
+        assert not margins or margins[int(0.95 * (len(margins) - 1))] <= NEAR_TIE_NATS, \
+            f"{path}: int8's flips are not near ties: fp32's margins {margins[-10:]}"
+        assert max(margins, default=0.0) <= CLEAR_CHOICE_NATS, \
+            f"{path}: int8 flipped a token that fp32 preferred by {max(margins):.2f} nats"
     assert counted["prefill"] > 3000 and counted["step"] == 20 * steps
 
 
