@@ -28,11 +28,17 @@ drive(async (page, cfg, result) => {
   result.ghost = shown;
   await page.screenshot({ path: `${cfg.out}/ghost.png` });
   await page.keyboard.press('Tab');
-  // After Tab a new suggestion may appear; what counts is that the cell now holds the accepted text.
-  for (let i = 0; i < 60 && !(await editor.innerText()).includes(shown.split('\n')[0]); i++) {
+  // After Tab the next suggestion may already show as ghost text inside the editor's DOM: read the
+  // cell's own text, each line without its ghost widgets.
+  const cellText = () => editor.evaluate((el) => Array.from(el.querySelectorAll('.cm-line'), (line) => {
+    const copy = line.cloneNode(true);
+    copy.querySelectorAll('.jp-GhostText').forEach((g) => g.remove());
+    return copy.textContent;
+  }).join('\n'));
+  for (let i = 0; i < 60 && !(await cellText()).includes(shown.split('\n')[0]); i++) {
     await page.waitForTimeout(500);
   }
-  result.cellText = await editor.innerText();
+  result.cellText = await cellText();
   await page.keyboard.press('Control+S');
   await page.waitForTimeout(1500);
   await page.screenshot({ path: `${cfg.out}/accepted.png` });
