@@ -6,7 +6,7 @@ it was asked to fill, repeats a line forever, or ends in spaces. The rules, in o
 
 1. cut at stop tokens and stop strings, and before a control character other than tab and line
    breaks (editors draw them as symbols, or refuse to show the text; code beside a cursor does not
-   hold them);
+   hold them) or a U+FFFD (bytes decoded that are not a whole character);
 2. one line or a block: mid-line is one line; at the end of a line that opens a block, or on an
    empty line under one, it is the block (`multiline` = never/auto/always);
 3. a block ends where the indentation leaves its scope, where it meets the first line after the
@@ -39,7 +39,9 @@ QUOTES = "\"'`"
 _PAIRED = ")]}([{" + QUOTES
 _BLOCK_OPENER = re.compile(r"(?:[:{(\[]|=>|\b(?:do|then|else|begin))$")
 _CLOSERS_ONLY = re.compile(r"^[\s)\]}>;,]+$")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # after \r and \r\n became \n
+# After \r and \r\n became \n. U+FFFD is what decoding gives for bytes that are not a whole UTF-8
+# character: a budget that ended inside one, or invalid bytes; inserted, it would corrupt the buffer.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")
 PREFIX_SCAN_CHARS = 4000  # how far back the cursor's open brackets are looked for
 NEXT_LINE_SCAN_CHARS = 8000  # how far ahead the first non-blank line after the cursor is looked for
 
@@ -96,7 +98,7 @@ def cut_at_stops(raw: str, stops: Sequence[str]) -> str:
 
 
 def before_control(text: str) -> str:
-    """`text` up to its first control character other than tab and newline."""
+    """`text` up to its first control character other than tab and newline, or U+FFFD."""
     found = _CONTROL.search(text)
     return text if found is None else text[:found.start()]
 

@@ -34,6 +34,8 @@ def test_a_control_character_ends_the_suggestion_tabs_and_line_breaks_do_not():
     for control in ("\x00", "\x1b", "\x0c", "\x7f"):
         assert postprocess(f"a{control}b", ctx, PostprocessConfig()) == Suggestion("a")
     assert postprocess("\x0bjunk", ctx, PostprocessConfig()) is None
+    # A budget that ended inside a multi-byte character decodes to U+FFFD: never inserted.
+    assert postprocess("factor)  # \u00e9t\ufffd", ctx, PostprocessConfig()) == Suggestion("factor)  # \u00e9t")
     block = CursorContext("def f():\n", "")
     assert postprocess("\tx = 1\r\n\treturn x", block, PostprocessConfig()) == Suggestion("\tx = 1\n\treturn x")
 
