@@ -8,6 +8,7 @@ one message and the editor keeps working.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
 import time
@@ -103,6 +104,42 @@ def test_typing_shows_ghost_text_and_tab_accepts_it(nvim, tiny_starcoder, tmp_pa
     reference = asyncio.run(server_suggestion(cmd, file.as_uri(), text_before, row, col,
                                               SERVER_SETTINGS))
     assert reference and reference[0]["insertText"] == shown["text"]
+
+
+def test_accepting_a_word_then_typing_keeps_the_rest_drawn_then_tab_takes_it(nvim, tiny_starcoder, tmp_path):
+    file = tmp_path / "scale.py"
+    file.write_text(SOURCE)
+    # A long debounce: what is drawn between an edit and the next answer is the client's own doing.
+    setup = {"cmd": serve_command(tiny_starcoder), "server": SERVER_SETTINGS, "debounce_ms": 4000}
+    with NvimSession(nvim, tmp_path, file, setup) as session:
+        wait_for("the model to load", lambda: (s := server_state(session)) and s.get("state") == "ready", 120)
+        session.keys("G", "A")
+        session.type(TYPED)
+        first = wait_for("ghost text", lambda: ghost(session), timeout_s=60)
+        row, col, text = first["row"], first["col"], first["ghost"]
+        start = session.lua("vim.api.nvim_get_current_line()")[:col]
+        word = session.lua(f"require('fim_lsp.ghost').next_part({json.dumps(text)}, 'word')")
+        assert 0 < len(word) < len(text) - 1, f"the suggestion {text!r} should hold more than one word"
+        asked = server_state(session)["latency"]["count"]
+
+        session.keys("M-Right")  # the next word goes in; its rest is drawn at once
+        now = wait_for("the word inserted", lambda: (g := ghost(session)) and g["col"] == col + len(word.encode()) and g)
+        assert session.lua("vim.api.nvim_get_current_line()") == start + word
+        assert now["ghost"] == text[len(word):] and now["row"] == row
+
+        typed = text[len(word)]  # typing the suggestion's next character keeps the rest drawn too
+        session.type(typed)
+        now = wait_for("the typed character followed",
+                       lambda: (g := ghost(session)) and g["col"] == col + len((word + typed).encode()) and g)
+        assert now["ghost"] == text[len(word) + 1:]
+        assert server_state(session)["latency"]["count"] == asked, "the rest was drawn by asking the server"
+
+        # Tab takes the rest: the line holds the whole suggestion, and one accept is counted.
+        session.keys("Tab")
+        wait_for("the rest accepted", lambda: ghost(session) is None and
+                 session.lua("vim.api.nvim_get_current_line()") == start + text)
+        assert wait_for("the accept counted", lambda: server_state(session)["acceptance"]["accepted"]) == 1
+        assert session.lua("vim.api.nvim_get_mode().mode") == "i"
 
 
 @pytest.mark.parametrize("broken", ["missing", "crashing"])

@@ -61,3 +61,32 @@ def test_neovim_types_and_receives_an_inline_completion(tmp_path, engine):
         end = 8 + outcome.suggestion.replace_chars  # the rest of the line is ASCII: one byte per character
         assert items[0]["range"] == {"start": {"line": 4, "character": 8}, "end": {"line": 4, "character": end}}
         assert items[0]["command"]["command"] == "fim-lsp.accepted"
+
+
+PLUGIN = Path(__file__).resolve().parents[1] / "editor-clients" / "neovim"
+PARTS = [  # (ghost, kind, what accepting that kind inserts)
+    ("self.age = age", "word", "self"),
+    (".age = age", "word", "."),
+    (" = age", "word", " ="),
+    ("age)\n    return x", "word", "age"),
+    (")\n    return x", "word", ")"),
+    ("\n    return x", "word", "\n    return"),
+    ("h\u00e9llo w\u00f6rld", "word", "h\u00e9llo"),
+    ("  \t", "word", "  \t"),
+    ("foo(x)\n    bar()", "line", "foo(x)"),
+    ("\n    bar()\nbaz", "line", "\n    bar()"),
+    ("foo", "line", "foo"),
+]
+
+
+def test_partial_accept_takes_the_next_word_or_line(tmp_path):
+    script = tmp_path / "parts.lua"
+    script.write_text(f"vim.opt.rtp:prepend({json.dumps(str(PLUGIN))})\n"
+                      "local ghost = require('fim_lsp.ghost')\n"
+                      f"local cases = vim.json.decode({json.dumps(json.dumps(PARTS))})\n"
+                      "local out = {}\n"
+                      "for i, c in ipairs(cases) do out[i] = ghost.next_part(c[1], c[2]) end\n"
+                      "io.stdout:write(vim.json.encode(out))\n")
+    run = subprocess.run([nvim_binary(), "--clean", "-l", str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [part for _, _, part in PARTS]

@@ -2,9 +2,11 @@
 ---
 --- After each insert-mode edit (debounced) the buffer's fim-lsp client is asked for
 --- `textDocument/inlineCompletion` at the cursor. The first item is drawn as an inline extmark
---- (further lines as virtual lines) and kept while the cursor stays where it was asked for;
---- moving, leaving insert mode, or editing clears it. Accepting replaces the item's range with its
---- text and runs its command (`fim-lsp.accepted`) on the server.
+--- (further lines as virtual lines) and kept while the cursor stays where it was asked for.
+--- Typing the suggestion's next characters keeps its rest drawn at once (the server's answer for the
+--- new position then replaces it); moving, leaving insert mode, or any other edit clears it.
+--- Accepting replaces the item's range with its text and runs its command (`fim-lsp.accepted`) on
+--- the server; accepting a word or a line inserts that much and keeps the rest drawn.
 local M = {}
 
 local ns = vim.api.nvim_create_namespace("fim_lsp_ghost")
@@ -18,6 +20,8 @@ local AUTOMATIC = 2 -- InlineCompletionTriggerKind.Automatic
 ---@field text string       the item's full insert text
 ---@field ghost string      the part of `text` not yet typed, as drawn
 ---@field command table?    LSP command to run after accepting
+---@field tick integer      the buffer's changedtick when drawn
+---@field after string      the cursor line's text after the cursor when drawn
 ---@field extmark integer
 
 ---@type table<integer, fim_lsp.Suggestion>
@@ -51,39 +55,70 @@ local function byte_col(buf, position, encoding)
   return vim.lsp.util._get_line_byte_from_position(buf, position, encoding)
 end
 
---- Turn the first item of an inlineCompletion answer into a drawn suggestion.
+--- Draw `s` (a fim_lsp.Suggestion without extmark, tick and after) at its row and column.
+local function draw(buf, s)
+  M.clear(buf)
+  local lines = vim.split(s.ghost, "\n", { plain = true })
+  local hl = M.hl_group
+  local virt_lines = {}
+  for i = 2, #lines do virt_lines[#virt_lines + 1] = { { lines[i], hl } } end
+  s.tick = vim.api.nvim_buf_get_changedtick(buf)
+  s.after = vim.api.nvim_buf_get_lines(buf, s.row, s.row + 1, true)[1]:sub(s.col + 1)
+  s.extmark = vim.api.nvim_buf_set_extmark(buf, ns, s.row, s.col, {
+    virt_text = { { lines[1], hl } },
+    virt_text_pos = "inline",
+    virt_lines = #virt_lines > 0 and virt_lines or nil,
+    hl_mode = "combine",
+  })
+  shown[buf] = s
+end
+
+--- `s`'s rest after its first `n` bytes were inserted, anchored at (row, col): the bytes its range
+--- replaces after the cursor (closers the suggestion supplies) stay the same.
+local function rest_of(s, n, row, col)
+  local tail = s.range[3] == s.row and math.max(0, s.range[4] - s.col) or 0
+  local rest = s.ghost:sub(n + 1)
+  return {
+    client_id = s.client_id, row = row, col = col, range = { row, col, row, col + tail },
+    text = rest, ghost = rest, command = s.command,
+  }
+end
+
+--- Turn the first item of an inlineCompletion answer into a drawn suggestion (or clear what is
+--- drawn when the answer has none for this position).
 local function show(buf, client, result, row, col)
   local items = result and (result.items or result) or {}
   local item = items[1]
-  if not item then return end
-  local text = type(item.insertText) == "table" and item.insertText.value or item.insertText
-  if type(text) ~= "string" or text == "" then return end
+  local text = item and (type(item.insertText) == "table" and item.insertText.value or item.insertText)
+  if type(text) ~= "string" or text == "" then return M.clear(buf) end
   local range = { row, col, row, col }
   if item.range then
     local s, e = item.range.start, item.range["end"]
     range = { s.line, byte_col(buf, s, client.offset_encoding), e.line, byte_col(buf, e, client.offset_encoding) }
   end
   -- The text usually repeats what was typed since range start; draw only the rest.
-  if range[1] ~= row or range[2] > col then return end
+  if range[1] ~= row or range[2] > col then return M.clear(buf) end
   local typed = vim.api.nvim_buf_get_text(buf, row, range[2], row, col, {})[1]
-  if text:sub(1, #typed) ~= typed then return end
-  local ghost = text:sub(#typed + 1)
-  if ghost == "" then return end
-  local lines = vim.split(ghost, "\n", { plain = true })
-  local hl = M.hl_group
-  local virt_lines = {}
-  for i = 2, #lines do virt_lines[#virt_lines + 1] = { { lines[i], hl } } end
-  M.clear(buf)
-  shown[buf] = {
-    client_id = client.id, row = row, col = col, range = range, text = text, ghost = ghost,
+  if text:sub(1, #typed) ~= typed or #text == #typed then return M.clear(buf) end
+  draw(buf, {
+    client_id = client.id, row = row, col = col, range = range, text = text, ghost = text:sub(#typed + 1),
     command = item.command,
-    extmark = vim.api.nvim_buf_set_extmark(buf, ns, row, col, {
-      virt_text = { { lines[1], hl } },
-      virt_text_pos = "inline",
-      virt_lines = #virt_lines > 0 and virt_lines or nil,
-      hl_mode = "combine",
-    }),
-  }
+  })
+end
+
+--- After an edit: when it typed the drawn suggestion's next characters on its line (and left the
+--- rest of the line as it was), draw what is left at the cursor at once; true when it did.
+function M.follow(buf)
+  local s = shown[buf]
+  local row, col = cursor(buf)
+  if not s or row ~= s.row then return false end
+  if vim.api.nvim_buf_get_changedtick(buf) == s.tick then return col == s.col end
+  local n = col - s.col
+  if n <= 0 or n >= #s.ghost then return false end
+  local line = vim.api.nvim_buf_get_lines(buf, row, row + 1, true)[1]
+  if line:sub(s.col + 1, col) ~= s.ghost:sub(1, n) or line:sub(col + 1) ~= s.after then return false end
+  draw(buf, rest_of(s, n, row, col))
+  return true
 end
 
 --- Ask the server now for a suggestion at the cursor (cancels the previous question).
@@ -112,10 +147,37 @@ function M.request(buf)
   if ok then p.request, p.client_id = id, client.id end
 end
 
---- Insert the visible suggestion; false when there was none.
-function M.accept(buf)
+-- A word: an optional line break and blanks, then a run of word characters (bytes of multi-byte
+-- characters count as word characters) or a run of other visible characters.
+local WORD = "^\n?[ \t]*[%w_\128-\255]+"
+local PUNCTUATION = "^\n?[ \t]*[^%w_%s\128-\255]+"
+
+--- The part of `ghost` that accepting a "word" or a "line" inserts: a line is the text up to the
+--- next line break, or at a line break, the break and the line after it.
+function M.next_part(ghost, kind)
+  if kind == "line" then
+    local stop = ghost:find("\n", ghost:sub(1, 1) == "\n" and 2 or 1, true)
+    return stop and ghost:sub(1, stop - 1) or ghost
+  end
+  return ghost:match(WORD) or ghost:match(PUNCTUATION) or ghost
+end
+
+--- Insert the visible suggestion, or with `kind` ("word" or "line") its next word or line and keep
+--- the rest drawn; false when none was visible.
+function M.accept(buf, kind)
   local s = shown[buf]
   if not s then return false end
+  local part = kind and M.next_part(s.ghost, kind) or s.ghost
+  if #part < #s.ghost then
+    local lines = vim.split(part, "\n", { plain = true })
+    M.clear(buf)
+    vim.api.nvim_buf_set_text(buf, s.row, s.col, s.row, s.col, lines)
+    local row = s.row + #lines - 1
+    local col = (#lines == 1 and s.col or 0) + #lines[#lines]
+    vim.api.nvim_win_set_cursor(vim.fn.bufwinid(buf), { row + 1, col })
+    draw(buf, rest_of(s, #part, row, col))
+    return true
+  end
   M.clear(buf)
   local lines = vim.split(s.text, "\n", { plain = true })
   local r = s.range
@@ -141,9 +203,15 @@ function M.enable(buf, config)
     group = group,
     buffer = buf,
     callback = function()
-      M.clear(buf)
+      if not M.follow(buf) then M.clear(buf) end
       pending[buf].timer:start(config.debounce_ms, 0, vim.schedule_wrap(function() M.request(buf) end))
     end,
+  })
+  -- An edit while a completion menu is open.
+  vim.api.nvim_create_autocmd("TextChangedP", {
+    group = group,
+    buffer = buf,
+    callback = function() if not M.follow(buf) then M.clear(buf) end end,
   })
   -- Typing can start before the server has answered `initialize`; ask once it has.
   vim.api.nvim_create_autocmd("LspAttach", {
@@ -159,8 +227,11 @@ function M.enable(buf, config)
     group = group,
     buffer = buf,
     callback = function()
+      -- An edit moves the cursor too: TextChangedI (which comes next) decides about those.
       local s, row, col = shown[buf], cursor(buf)
-      if s and (row ~= s.row or col ~= s.col) then M.clear(buf) end
+      if s and (row ~= s.row or col ~= s.col) and vim.api.nvim_buf_get_changedtick(buf) == s.tick then
+        M.clear(buf)
+      end
     end,
   })
   vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {

@@ -19,6 +19,10 @@ M.defaults = {
   server = {},
   --- Insert-mode key that accepts a visible suggestion (falls through to the key otherwise).
   accept_key = "<Tab>",
+  --- Insert-mode keys that accept the suggestion's next word / next line and keep the rest drawn
+  --- (0.11 ghost text, or `native = false`), or false.
+  accept_word_key = "<M-Right>",
+  accept_line_key = "<M-C-Right>",
   --- Insert-mode key that hides a visible suggestion, or false.
   dismiss_key = "<C-]>",
   --- Milliseconds to wait after the last keystroke before asking (0.11 ghost text only).
@@ -70,6 +74,15 @@ local function map_keys(buf)
         feed(cfg.accept_key)
       end
     end, { buffer = buf, desc = "fim-lsp: accept the suggestion" })
+  end
+  if not M.uses_native() then
+    for kind, key in pairs({ word = cfg.accept_word_key, line = cfg.accept_line_key }) do
+      if key then
+        vim.keymap.set("i", key, function()
+          if not require("fim_lsp.ghost").accept(buf, kind) then feed(key) end
+        end, { buffer = buf, desc = ("fim-lsp: accept the suggestion's next %s"):format(kind) })
+      end
+    end
   end
   if cfg.dismiss_key and not M.uses_native() then
     vim.keymap.set("i", cfg.dismiss_key, function()
