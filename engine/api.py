@@ -6,6 +6,7 @@ the backend owns tokenisation, the per-document KV cache and decoding. Pure: no 
 """
 from __future__ import annotations
 
+import math
 import re
 import threading
 from dataclasses import dataclass, field
@@ -145,6 +146,23 @@ class CompletionResult:
     generated_tokens: int
     latency_ms: float  # wall clock, tokenisation to last token
     extra: dict[str, float] = field(default_factory=dict)  # backend-specific figures
+    # Each token's log-probability under the model and where its text ends in `text` (see
+    # engine.generate.text_ends); None from backends that do not report them.
+    token_logprobs: list[float] | None = None
+    token_ends: list[int] | None = None
+
+    def min_token_probability(self, length: int) -> float | None:
+        """The lowest probability among the tokens that wrote `text[:length]`; None when unknown."""
+        if self.token_logprobs is None or self.token_ends is None:
+            return None
+        lowest, start = None, 0
+        for logprob, end in zip(self.token_logprobs, self.token_ends):
+            if start >= length:
+                break
+            if end > start:  # a token inside healing's re-spelled prefix wrote none of the text
+                lowest = logprob if lowest is None else min(lowest, logprob)
+            start = end
+        return None if lowest is None else math.exp(lowest)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -86,6 +86,7 @@ class Generation:
     steps: int = 0  # decode forwards after the prefill (each also verifies a draft when speculating)
     drafted: int = 0  # draft tokens fed to those forwards
     accepted: int = 0  # draft tokens the model agreed with and kept: extra tokens the steps gave
+    logprobs: list[float] = field(default_factory=list)  # each token's log-probability under the model
 
 
 def prefill(model: Transformer, kv: KVBuffer, ids: Sequence[int], start: int, chunk: int,
@@ -184,6 +185,8 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
         generator.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() % 2**63))
         speculate = 0  # a draft is checked against the argmax; sampled tokens have none to agree with
 
+    picked: list[float] = []  # log-probability of each token `pick` chose (the last may be a stop token)
+
     def pick(row: Tensor) -> int:  # row: [V]
         if not bool(torch.isfinite(row).all()):  # one pass over [V]; argmax of NaN would pick a token silently
             raise NonFiniteLogits(f"non-finite logits at position {len(prompt) + len(tokens)}: the document's "
@@ -191,11 +194,14 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
         if rules.emittable is not None and rules.emittable < row.shape[-1]:
             row[rules.emittable:] = float("-inf")
         if healing is None or not healing.pending:
-            return sample(row, sampling, generator)
-        allowed = torch.tensor(healing.allowed(), dtype=torch.long, device=row.device)  # [A]
-        masked = torch.full_like(row, float("-inf")).index_copy_(0, allowed, row[allowed])  # [V]
-        token = sample(masked, sampling, generator)
-        healing.chose(healing.texts.text_of(token))
+            token = sample(row, sampling, generator)
+        else:
+            allowed = torch.tensor(healing.allowed(), dtype=torch.long, device=row.device)  # [A]
+            masked = torch.full_like(row, float("-inf")).index_copy_(0, allowed, row[allowed])  # [V]
+            token = sample(masked, sampling, generator)
+            healing.chose(healing.texts.text_of(token))
+        # under the model's own distribution (no temperature, no healing mask): how sure it was
+        picked.append(float(row[token].float() - torch.logsumexp(row.float(), dim=-1)))
         return token
 
     truncate = getattr(kv, "truncate", None)  # a runtime whose buffer keeps whole forwards' K/V (OrtSlot)
@@ -236,4 +242,14 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
         steps += 1
         drafted += len(draft)
     return Generation(tokens=tokens, stop_reason=reason, prefill_ms=(t1 - t0) * 1e3, decode_ms=(clock() - t1) * 1e3,
-                      steps=steps, drafted=drafted, accepted=accepted)
+                      steps=steps, drafted=drafted, accepted=accepted, logprobs=picked[:len(tokens)])
+
+
+def text_ends(tokens: Sequence[int], decode: Callable[[list[int]], str], length: int) -> list[int]:
+    """Where each token's text ends in the decoded text (capped at `length`, never decreasing): token
+    i covers [ends[i - 1], ends[i]) of it (a token inside healing's re-spelled prefix covers nothing)."""
+    ends, end = [], 0
+    for i in range(len(tokens)):
+        end = max(end, min(len(decode(list(tokens[:i + 1]))), length))
+        ends.append(end)
+    return ends

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--pass-at-1", action="store_true", help="also run the tests in a sandboxed subprocess")
+    p.add_argument("--min-token-probability", type=float, default=0.0, metavar="P",
+                   help="hide suggestions with a token the model gave less than P (the server's minTokenProbability)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--results", metavar="FILE", default=None,
                    help="also write each problem's suggestion and score to FILE, one JSON object a line")

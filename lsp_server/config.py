@@ -56,6 +56,8 @@ class CompletionSettings:
     fim_mode: FimMode = "auto"  # FIM template order; auto = the family's trained default
     time_budget_s: float | None = None  # wall-clock cap on decoding
     token_healing: bool = True  # re-spell the token at the cursor (engine.healing); off: prompt as typed
+    # hide a suggestion when the model gave one of its tokens less than this probability (0: show all)
+    min_token_probability: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ _KEYS: dict[str, tuple[str, str, tuple[type, ...], tuple[Any, ...] | None]] = {
     "fimMode": ("completion", "fim_mode", (str,), ("auto", "spm", "psm")),
     "timeBudgetMs": ("completion", "time_budget_s", (int, float, type(None)), None),
     "tokenHealing": ("completion", "token_healing", (bool,), None),
+    "minTokenProbability": ("completion", "min_token_probability", (int, float), None),
     "debounceMs": ("server", "debounce_ms", (int,), None),
     "url": ("model", "url", (str, type(None)), None),
     "apiKey": ("model", "api_key", (str, type(None)), None),
@@ -142,6 +145,8 @@ def check(config: ServerConfig) -> None:
         raise ConfigError(f"temperature must be >= 0, got {c.temperature}")
     if c.prefix_suffix_ratio <= 0:
         raise ConfigError(f"prefixSuffixRatio must be > 0, got {c.prefix_suffix_ratio}")
+    if not 0 <= c.min_token_probability < 1:
+        raise ConfigError(f"minTokenProbability must be >= 0 and < 1, got {c.min_token_probability}")
     if c.time_budget_s is not None and c.time_budget_s <= 0:
         raise ConfigError(f"timeBudgetMs must be > 0, got {c.time_budget_s * 1000}")
     if config.debounce_ms < 0:

@@ -61,6 +61,7 @@ class ProblemResult:
     latency_ms: float
     passed: bool | None = None  # None when pass@1 was not asked for
     detail: str = ""  # the sandbox's last stderr line when the program failed
+    confidence: float | None = None  # the lowest token probability of the suggestion (pipeline.Outcome)
 
 
 @dataclass(slots=True)
@@ -75,6 +76,12 @@ class Report:
     seconds: float
     passed: int | None = None
     results: list[ProblemResult] = field(default_factory=list)
+    min_token_probability: float = 0.0  # suggestions less sure than this were hidden
+
+    @property
+    def shown(self) -> int:
+        """Problems that got a suggestion."""
+        return sum(1 for r in self.results if r.middle)
 
     @property
     def exact_match(self) -> float:
@@ -93,7 +100,10 @@ class Report:
             "exact_match": round(self.exact_match, 4), "exact_matches": self.exact_matches,
             "model": self.model, "backend": self.backend, "seconds": round(self.seconds, 1),
             "ms_per_problem": round(1000 * self.seconds / self.problems, 1) if self.problems else 0.0,
+            "shown": self.shown,
         }
+        if self.min_token_probability:
+            out["min_token_probability"] = self.min_token_probability
         if self.passed is not None:
             out["pass_at_1"] = round(self.pass_at_1 or 0.0, 4)
             out["passed"] = self.passed
@@ -134,19 +144,20 @@ def program_for(problem: Problem, middle: str) -> str:
     return f"{problem.prompt}{middle}{problem.suffix}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
 
 
-def pipeline_config_for(benchmark: Benchmark, max_new_tokens: int):
+def pipeline_config_for(benchmark: Benchmark, max_new_tokens: int, min_token_probability: float = 0.0):
     """Greedy, no neighbours or file name; one line for single-line and idioms, a block for multi-line."""
     from lsp_server.pipeline import PipelineConfig
 
     return PipelineConfig(
         prompt=PromptConfig(max_new_tokens=max_new_tokens, neighbours=False, include_filename=False),
         postprocess=PostprocessConfig(multiline="never" if benchmark in ONE_LINE else "always", max_lines=64),
-        temperature=0.0,
+        temperature=0.0, min_token_probability=min_token_probability,
     )
 
 
-def complete_problem(backend, problem: Problem, config) -> tuple[str, float]:
-    """The suggestion's text for the hole (through the product pipeline) and its latency in ms."""
+def complete_problem(backend, problem: Problem, config) -> tuple[str, float, float | None]:
+    """The suggestion's text for the hole (through the product pipeline), its latency in ms and the
+    lowest probability the model gave one of its tokens."""
     from lsp_server.pipeline import complete
 
     line, character = cursor_of(problem.prompt)
@@ -155,22 +166,25 @@ def complete_problem(backend, problem: Problem, config) -> tuple[str, float]:
                        encoding="utf-32", config=config)
     latency_ms = (time.perf_counter() - start) * 1000
     backend.drop(problem.task_id)  # each problem is its own document; free its cache slot
-    return (outcome.suggestion.text if outcome.suggestion is not None else ""), latency_ms
+    return (outcome.suggestion.text if outcome.suggestion is not None else ""), latency_ms, outcome.confidence
 
 
 def evaluate(backend, problems: Iterable[Problem], benchmark: Benchmark, *, max_new_tokens: int = 128,
-             pass_at_1: bool = False, run_program: Callable | None = None, progress=None) -> Report:
+             pass_at_1: bool = False, run_program: Callable | None = None, progress=None,
+             min_token_probability: float = 0.0) -> Report:
     """Score `backend` on `problems`; `progress` wraps the iterable (e.g. tqdm) when given."""
     problems = list(problems)
-    config = pipeline_config_for(benchmark, max_new_tokens)  # one-line benchmarks stop decoding at the line end
+    # one-line benchmarks stop decoding at the line end
+    config = pipeline_config_for(benchmark, max_new_tokens, min_token_probability)
     if pass_at_1 and run_program is None:
         from lsp_server.sandbox import run_program
     report = Report(benchmark=benchmark, model=backend.info.model, backend=backend.info.backend,
-                    problems=len(problems), exact_matches=0, seconds=0.0, passed=0 if pass_at_1 else None)
+                    problems=len(problems), exact_matches=0, seconds=0.0, passed=0 if pass_at_1 else None,
+                    min_token_probability=min_token_probability)
     start = time.perf_counter()
     iterator = progress(problems) if progress is not None else problems
     for problem in iterator:
-        middle, latency_ms = complete_problem(backend, problem, config)
+        middle, latency_ms, confidence = complete_problem(backend, problem, config)
         exact = exact_match(middle, problem.canonical_solution)
         passed, detail = None, ""
         if pass_at_1:
@@ -178,7 +192,7 @@ def evaluate(backend, problems: Iterable[Problem], benchmark: Benchmark, *, max_
             passed, detail = outcome.passed, outcome.detail
             report.passed += int(passed)
         report.exact_matches += int(exact)
-        report.results.append(ProblemResult(problem.task_id, middle, exact, latency_ms, passed, detail))
+        report.results.append(ProblemResult(problem.task_id, middle, exact, latency_ms, passed, detail, confidence))
         if hasattr(iterator, "set_postfix"):
             iterator.set_postfix(em=f"{report.exact_matches}/{len(report.results)}")
     report.seconds = time.perf_counter() - start
@@ -189,7 +203,9 @@ def format_report(report: Report) -> str:
     """A short table for people."""
     rows = [("benchmark", report.benchmark), ("model", report.model), ("backend", report.backend),
             ("problems", str(report.problems)),
-            ("exact match", f"{report.exact_match:.1%} ({report.exact_matches}/{report.problems})")]
+            ("exact match", f"{report.exact_match:.1%} ({report.exact_matches}/{report.problems})"),
+            ("shown", f"{report.shown}/{report.problems}" + (f" (min token probability {report.min_token_probability})"
+                                                              if report.min_token_probability else ""))]
     if report.passed is not None:
         rows.append(("pass@1", f"{report.pass_at_1:.1%} ({report.passed}/{report.problems})"))
     per = 1000 * report.seconds / report.problems if report.problems else 0.0
@@ -214,6 +230,8 @@ def main_eval(args: argparse.Namespace) -> int:
         return fail(f"--pass-at-1: the {args.benchmark} problems have no tests; exact match only")
     if args.max_new_tokens <= 0:
         return fail(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if not 0 <= args.min_token_probability < 1:
+        return fail(f"--min-token-probability must be >= 0 and < 1, got {args.min_token_probability}")
     try:
         backend = pipeline.load_model(config.model)
     except Exception as exc:  # every loader failure becomes one line the user can act on
@@ -226,7 +244,7 @@ def main_eval(args: argparse.Namespace) -> int:
 
     try:
         report = evaluate(backend, problems, args.benchmark, max_new_tokens=args.max_new_tokens,
-                          pass_at_1=args.pass_at_1, progress=bar)
+                          pass_at_1=args.pass_at_1, progress=bar, min_token_probability=args.min_token_probability)
     except Exception as exc:  # a model or prompt failure: say what, no traceback
         return fail(f"{type(exc).__name__}: {exc}")
     if args.results:

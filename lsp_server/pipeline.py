@@ -37,6 +37,7 @@ class PipelineConfig:
     time_budget_s: float | None = None
     seed: int | None = None
     heal: bool = True  # re-spell the token at the cursor (engine.healing); backends without it ignore it
+    min_token_probability: float = 0.0  # hide suggestions with a token the model was less sure of
 
 
 def pipeline_config(settings: CompletionSettings) -> PipelineConfig:
@@ -50,6 +51,7 @@ def pipeline_config(settings: CompletionSettings) -> PipelineConfig:
         temperature=settings.temperature,
         time_budget_s=settings.time_budget_s,
         heal=settings.token_healing,
+        min_token_probability=settings.min_token_probability,
     )
 
 
@@ -62,6 +64,9 @@ class Outcome:
     prompt: Prompt | None  # None when served from the suggestion already shown
     result: CompletionResult | None  # the backend's raw generation and token figures; None when reused
     snippets: tuple[Snippet, ...] = ()  # neighbour snippets in the prompt (pass back as `previous`)
+    # the lowest probability the model gave a token of the suggestion (of the generation when none
+    # is shown); None when reused or the backend does not report it
+    confidence: float | None = None
 
     @property
     def raw(self) -> str:
@@ -116,7 +121,12 @@ def complete(
     )
     result = backend.complete(request, cancel)
     suggestion = postprocess(result.text, ctx, config.postprocess, stop_tokens=backend.fim.stop_tokens())
-    return Outcome(suggestion=suggestion, context=ctx, prompt=prompt, result=result, snippets=snippets)
+    # post-processing keeps (nearly always) a beginning of the raw text: its tokens are the first ones
+    confidence = result.min_token_probability(len(suggestion.text) if suggestion is not None else len(result.text))
+    if suggestion is not None and confidence is not None and confidence < config.min_token_probability:
+        suggestion = None
+    return Outcome(suggestion=suggestion, context=ctx, prompt=prompt, result=result, snippets=snippets,
+                   confidence=confidence)
 
 
 def early_stops(ctx: CursorContext, config: PostprocessConfig) -> tuple[str, ...]:

@@ -507,7 +507,8 @@ def last_figures(outcome: pipeline.Outcome, latency_ms: float) -> dict[str, Any]
                 "generated_tokens": 0, "latency_ms": latency_ms}
     return {"reused": False, "prompt_tokens": r.prompt_tokens, "prefill_tokens": r.prefill_tokens,
             "reused_tokens": r.reused_tokens, "generated_tokens": r.generated_tokens,
-            "stop_reason": r.stop_reason, "engine_ms": r.latency_ms, "latency_ms": latency_ms}
+            "stop_reason": r.stop_reason, "engine_ms": r.latency_ms, "latency_ms": latency_ms,
+            "min_token_probability": outcome.confidence}
 
 
 def notebook_view(ls: FimServer, notebook_uri: str, cell_uri: str, position: types.Position,

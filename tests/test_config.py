@@ -19,13 +19,14 @@ def test_flat_settings_apply_to_their_components():
         "model": "/models/santacoder", "revision": "main", "backend": "torch", "device": "cpu", "dtype": "bfloat16",
         "cacheBytes": 1 << 30, "maxNewTokens": 32, "temperature": 0.2, "multiline": "never",
         "prefixSuffixRatio": 2, "neighbours": False, "fimMode": "psm", "timeBudgetMs": 500, "debounceMs": 30,
-        "tokenHealing": False,
+        "tokenHealing": False, "minTokenProbability": 0.2,
     })
     assert config == ServerConfig(
         model=ModelConfig(model="/models/santacoder", revision="main", backend="torch", device="cpu",
                           dtype="bfloat16", cache_bytes=1 << 30),
         completion=CompletionSettings(max_new_tokens=32, temperature=0.2, multiline="never", prefix_suffix_ratio=2,
-                                      neighbours=False, fim_mode="psm", time_budget_s=0.5, token_healing=False),
+                                      neighbours=False, fim_mode="psm", time_budget_s=0.5, token_healing=False,
+                                      min_token_probability=0.2),
         debounce_ms=30,
     )
 
@@ -50,6 +51,8 @@ def test_none_and_empty_leave_the_configuration_unchanged():
     ({"neighbors": True}, "unknown setting 'neighbors'"),
     ({"temperature": -1}, "temperature must be >= 0"),
     ({"debounceMs": -5}, "debounceMs must be >= 0"),
+    ({"minTokenProbability": 1}, "minTokenProbability must be >= 0 and < 1"),
+    ({"minTokenProbability": -0.1}, "minTokenProbability must be >= 0 and < 1"),
     ([1, 2], "settings must be a JSON object, got list"),
 ])
 def test_bad_settings_raise_a_clear_error(raw, message):

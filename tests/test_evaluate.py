@@ -152,9 +152,9 @@ def test_one_line_benchmarks_stop_decoding_at_the_line_end_and_keep_the_suggesti
 
     config = pipeline_config_for("single-line", 64)
     scripted = ScriptedBackend({"": raw})
-    first_line, _ = complete_problem(scripted, PROBLEM, config)
+    first_line, _, _ = complete_problem(scripted, PROBLEM, config)
     assert scripted.line_ends == [True]
-    full, _ = complete_problem(WholeGeneration({"": raw}), PROBLEM, config)
+    full, _, _ = complete_problem(WholeGeneration({"": raw}), PROBLEM, config)
     assert first_line == full
     assert pipeline_config_for("multi-line", 64).postprocess.multiline == "always"  # blocks decode on
 
@@ -219,6 +219,24 @@ def test_cli_eval_results_file_has_each_problems_suggestion(tiny_starcoder, tmp_
     assert all(isinstance(r["middle"], str) and r["exact"] == exact_match(r["middle"], p.canonical_solution)
                for r, p in zip(rows, load_problems("idioms", limit=3)))
     assert sum(r["exact"] for r in rows) == json.loads(out.out)["exact_matches"]
+
+
+def test_cli_eval_hides_suggestions_the_model_was_unsure_of(tiny_starcoder, tmp_path, capsys):
+    args = ["eval", "--model", str(tiny_starcoder), "--benchmark", "idioms", "--limit", "12",
+            "--max-new-tokens", "6", "--json", "--results"]
+    assert cli.main([*args, str(tmp_path / "all.jsonl")]) == 0
+    everything = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    scored = sorted({r["confidence"] for r in rows if r["middle"]})
+    assert everything["shown"] == sum(1 for r in rows if r["middle"]) and len(scored) >= 2
+    threshold = (scored[len(scored) // 2 - 1] + scored[len(scored) // 2]) / 2  # between two suggestions' figures
+    assert cli.main([*args, str(tmp_path / "some.jsonl"), "--min-token-probability", str(threshold)]) == 0
+    some = json.loads(capsys.readouterr().out)
+    kept = [json.loads(line) for line in (tmp_path / "some.jsonl").read_text().splitlines()]
+    assert [r["middle"] for r in kept] == [r["middle"] if r["confidence"] > threshold else "" for r in rows]
+    assert some["shown"] < everything["shown"] and some["min_token_probability"] == threshold
+    assert cli.main([*args, str(tmp_path / "x.jsonl"), "--min-token-probability", "1"]) == 2
+    assert "--min-token-probability must be >= 0 and < 1" in capsys.readouterr().err
 
 
 def test_cli_eval_results_file_that_cannot_be_written_is_one_line(tiny_starcoder, tmp_path, capsys):

@@ -1,7 +1,8 @@
 """The pipeline's glue: cursor -> prompt -> backend request -> post-processing, with a recording backend."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import given, settings
@@ -230,3 +231,36 @@ def test_a_replaced_backend_is_freed_with_its_token_counter():
     del backend, counter
     gc.collect()
     assert held() is None, "the memoised token counter keeps a replaced model alive"
+
+
+@dataclass
+class ScoredBackend(RecordingBackend):
+    """RecordingBackend whose tokens carry log-probabilities and text ends."""
+
+    logprobs: list[float] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+
+    def complete(self, request: CompletionRequest, cancel: CancelToken | None = None) -> CompletionResult:
+        result = super().complete(request, cancel)
+        return replace(result, token_ids=list(range(len(self.logprobs))), generated_tokens=len(self.logprobs),
+                       token_logprobs=self.logprobs, token_ends=self.ends)
+
+
+# A healed-prefix token (writes none of the text), "r", " *", " r" (shown), then ")", "\n", "more = 1" (cut).
+SCORED = dict(raw="r * r)\nmore = 1", logprobs=[-9.0, -0.1, -0.2, -0.3, -5.0, -6.0, -7.0], ends=[0, 1, 3, 5, 6, 7, 15])
+
+
+@pytest.mark.parametrize("threshold, shown", [(0.0, True), (0.5, True), (0.74, True), (0.75, False), (0.99, False)])
+def test_a_suggestion_with_a_token_the_model_doubted_is_hidden(threshold, shown):
+    config = pipeline.PipelineConfig(postprocess=PostprocessConfig(multiline="never"), min_token_probability=threshold)
+    outcome = pipeline.complete(ScoredBackend(**SCORED), "d", TEXT, 1, 18, config=config)
+    # only the tokens of the text shown count: not the re-spelled prefix, not what post-processing cut
+    assert outcome.confidence == pytest.approx(math.exp(-0.3))
+    assert (outcome.suggestion == Suggestion("r * r")) if shown else outcome.suggestion is None
+
+
+def test_without_token_probabilities_nothing_is_hidden():
+    config = pipeline.PipelineConfig(postprocess=PostprocessConfig(multiline="never"), min_token_probability=0.9)
+    outcome = pipeline.complete(RecordingBackend(raw="r * r"), "d", TEXT, 1, 18, config=config)
+    assert outcome.suggestion == Suggestion("r * r") and outcome.confidence is None
+    assert pipeline.pipeline_config(CompletionSettings(min_token_probability=0.3)).min_token_probability == 0.3

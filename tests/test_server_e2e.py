@@ -229,6 +229,7 @@ async def test_typing_inline_completion_fallback_and_acceptance(client: Language
     assert 0 < status["latency"]["p50_ms"] <= status["latency"]["p95_ms"]
     assert status["cache_slots"] >= 1 and status["cache_bytes"] > 0
     assert status["last"]["prompt_tokens"] > status["last"]["prefill_tokens"] >= 1  # the cache served the rest
+    assert 0 < status["last"]["min_token_probability"] <= 1  # what minTokenProbability is compared with
     mirror.close_all()
 
 

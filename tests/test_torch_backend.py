@@ -219,3 +219,37 @@ def test_a_one_line_request_ends_at_the_first_line_break_after_text():
                 assert line.token_ids == full.token_ids[:len(line.token_ids)]
                 assert line.generated_tokens < full.generated_tokens or full.stop_reason != "max_tokens"
     assert ended >= 2, "the trained model ends a line at some of these cursors"
+
+
+@pytest.mark.parametrize("heal", [False, True])
+def test_token_log_probabilities_are_the_models_and_drafts_change_none(loaded, heal, monkeypatch):
+    """Each token's log-probability is transformers' over the prompt and the tokens before it (the
+    healed prompt drops its last token); speculative steps report the same figures as one-token steps."""
+    from transformers import GPTBigCodeForCausalLM
+
+    hf = GPTBigCodeForCausalLM.from_pretrained(loaded.path, dtype=torch.float32).eval()
+    b = backend(loaded)
+    prefix = PREFIX + "return sel"  # ends inside a word: healing backs off "sel"
+    request = CompletionRequest(DOC, fim_prompt(b, prefix, SUFFIX), max_new_tokens=12, heal=heal)
+    result = b.complete(request)
+    ids = b.tokenizer.encode(request.prompt)
+    ids = ids[:-1] if heal else ids
+    with torch.no_grad():
+        logits = hf(torch.tensor([ids + result.token_ids])).logits[0, len(ids) - 1:-1, :b.emittable]
+    expected = torch.log_softmax(logits.float(), -1)[torch.arange(len(result.token_ids)), torch.tensor(result.token_ids)]
+    assert len(result.token_ids) > 3 and result.token_logprobs == pytest.approx(expected.tolist(), abs=1e-4)
+    assert result.token_ends == sorted(result.token_ends) and result.token_ends[-1] == len(result.text)
+    if heal:
+        healed = b.tokenizer.decode(result.token_ids)
+        assert healed.startswith("sel") and result.text == healed[3:]
+        assert result.token_ends[0] == max(0, len(b.tokenizer.decode(result.token_ids[:1])) - 3)
+
+    def draft(lookup, k):  # the true continuation, its last token wrong: kept and rejected draft rows
+        true = result.token_ids[len(lookup.ids) - len(ids):][:k]
+        return true[:-1] + [(true[-1] + 1) % b.emittable] if len(true) > 1 else true
+
+    monkeypatch.setattr("engine.generate.PromptLookup.draft", draft)
+    drafted = TorchBackend(loaded, CacheConfig(budget_bytes=16 * MIB), speculate=4).complete(request)
+    assert drafted.extra["accepted_tokens"] > 0 and drafted.extra["drafted_tokens"] > drafted.extra["accepted_tokens"]
+    assert drafted.token_ids == result.token_ids
+    assert drafted.token_logprobs == pytest.approx(result.token_logprobs, abs=1e-4)

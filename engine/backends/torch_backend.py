@@ -16,7 +16,7 @@ import xxhash
 
 from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, end_of_use
 from engine.cache import CacheConfig, SlotTable
-from engine.generate import Sampling, StopRules, check_prompt, generate
+from engine.generate import Sampling, StopRules, check_prompt, generate, text_ends
 from engine.healing import Healing, healable
 from engine.loading import LoadedModel, available_memory
 from engine.model import KVBuffer
@@ -106,6 +106,7 @@ class TorchBackend:
                    "seeded_tokens": float(plan.keep if plan.seed_from else 0),
                    "decode_steps": float(gen.steps), "drafted_tokens": float(gen.drafted),
                    "accepted_tokens": float(gen.accepted)},
+            token_logprobs=gen.logprobs, token_ends=text_ends(gen.tokens, decode, len(text)),
         )
 
     def healing_for(self, ids: list[int]) -> Healing | None:
