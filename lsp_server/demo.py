@@ -119,7 +119,7 @@ async def drive(client: LanguageClient, path: Path, text: str, keys: int) -> int
     client.text_document_did_open(types.DidOpenTextDocumentParams(
         types.TextDocumentItem(uri=uri, language_id="python", version=1, text=doc)))
     print(f"typing {len(typed)} keys into {path.name} at line {offset_to_position(doc, start)[0] + 1}\n")
-    print(f"{'key':>5} {'ms':>7} {'prefilled':>12}  suggestion")
+    print(f"{'key':>5} {'ms':>7} {'prefilled':>12} {'p min':>5}  suggestion")  # p min: its least sure token
     latencies, prefilled, shown = [], [], 0
     cursor = start
     for version, key in enumerate(typed, start=2):
@@ -143,7 +143,8 @@ async def drive(client: LanguageClient, path: Path, text: str, keys: int) -> int
         latencies.append(latency_ms)
         prefilled.append(last.get("prefill_tokens", 0))
         tokens = f"{last.get('prefill_tokens', 0)}/{last.get('prompt_tokens', 0)}" if not last.get("reused") else "reused"
-        print(f"{key!r:>5} {latency_ms:7.1f} {tokens:>12}  {one_line(suggestion)}")
+        sure = last.get("min_token_probability")
+        print(f"{key!r:>5} {latency_ms:7.1f} {tokens:>12} {'' if sure is None else f'{sure:.2f}':>5}  {one_line(suggestion)}")
     print(f"\n{len(typed)} keystrokes: latency p50 {statistics.median(latencies):.1f} ms, "
           f"p95 {sorted(latencies)[max(0, round(0.95 * len(latencies)) - 1)]:.1f} ms; "
           f"prefilled tokens median {statistics.median(prefilled):.0f}, max {max(prefilled)}; "
