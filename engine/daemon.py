@@ -141,7 +141,8 @@ def fim_answer(result) -> dict[str, Any]:
     return {"text": result.text, "token_ids": result.token_ids, "stop_reason": result.stop_reason,
             "prompt_tokens": result.prompt_tokens, "reused_tokens": result.reused_tokens,
             "prefill_tokens": result.prefill_tokens, "generated_tokens": result.generated_tokens,
-            "latency_ms": result.latency_ms, "extra": result.extra}
+            "latency_ms": result.latency_ms, "extra": result.extra,
+            "token_logprobs": result.token_logprobs, "token_ends": result.token_ends}
 
 
 class Handler(BaseHTTPRequestHandler):

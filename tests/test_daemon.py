@@ -92,6 +92,7 @@ async def test_two_language_servers_share_one_engine_with_separate_caches(daemon
         for last in lasts:
             if not last["reused"]:  # the engine ran: its own slot held all but the newest tokens
                 assert last["prompt_tokens"] > last["prefill_tokens"] >= 1, last
+                assert 0 < last["min_token_probability"] <= 1, "the engine's token probabilities came through"
 
         stats = get(daemon, "/v1/fim-lsp/stats")
         assert sorted(stats["clients"].values()) == [[uri], [uri]], "one slot per client for the same document"

@@ -370,10 +370,17 @@ class OpenAIBackend:
                 generated_tokens=int(answer["generated_tokens"]), latency_ms=(self.clock() - start) * 1e3,
                 extra={"engine_ms": float(answer["latency_ms"]),
                        **{k: float(v) for k, v in (answer.get("extra") or {}).items()}},
+                token_logprobs=optional_list(answer.get("token_logprobs"), float),
+                token_ends=optional_list(answer.get("token_ends"), int),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BackendError(f"the engine daemon at {self.endpoint.shown} sent an answer without "
                                f"{exc}: {excerpt(json.dumps(answer).encode())!r}") from None
+
+
+def optional_list(values: Any, kind: type) -> list | None:
+    """`values` as a list of `kind`, or None when absent (a daemon from before the field)."""
+    return None if values is None else [kind(v) for v in values]
 
 
 class _NotFound(BackendError):
