@@ -423,11 +423,14 @@ class Placed:
     command: types.Command
 
 
-async def suggest(ls: FimServer, uri: str, position: types.Position, resample: bool = False) -> Placed | None:
+async def suggest(ls: FimServer, uri: str, position: types.Position, resample: bool = False,
+                  invoked: bool = False) -> Placed | None:
     """Run the pipeline for a request at `position` in `uri`; None when there is nothing to show.
 
     `resample`: ask the model again even where the suggestion shown still fits (a user who invokes
-    a suggestion by hand while sampling wants another sample, not the same one)."""
+    a suggestion by hand while sampling wants another sample, not the same one). `invoked`: the
+    user asked by hand, so a suggestion is shown however unsure the model was (minTokenProbability
+    applies to automatic requests)."""
     ls.check_request()
     doc = ls.store.get(uri)
     if doc is None:
@@ -447,6 +450,8 @@ async def suggest(ls: FimServer, uri: str, position: types.Position, resample: b
         doc_key, text, (line, character) = doc.notebook_uri, *notebook_view(ls, doc.notebook_uri, uri, position, encoding)
         path = uri_to_path(doc.notebook_uri, ls.roots)
     config = pipeline.pipeline_config(ls.config.completion)
+    if invoked:
+        config = replace(config, min_token_probability=0.0)
     others = ls.store.others(uri, ls.roots) if config.prompt.neighbours else []
 
     def job(token):
@@ -531,10 +536,10 @@ def notebook_view(ls: FimServer, notebook_uri: str, cell_uri: str, position: typ
 async def text_document_inline_completion(
     ls: FimServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList:
+    invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
     # greedy decoding would answer an explicit invocation with the suggestion shown: reuse it then
-    resample = (params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
-                and ls.config.completion.temperature > 0)
-    placed = await suggest(ls, params.text_document.uri, params.position, resample)
+    resample = invoked and ls.config.completion.temperature > 0
+    placed = await suggest(ls, params.text_document.uri, params.position, resample, invoked)
     if placed is None:
         return types.InlineCompletionList(items=[])
     return types.InlineCompletionList(items=[

@@ -326,6 +326,34 @@ async def test_invoking_by_hand_while_sampling_asks_the_model_again_typing_on_re
     mirror.close_all()
 
 
+async def test_an_unsure_suggestion_is_hidden_unless_the_user_asks_for_it(client: LanguageClient, engine):
+    """minTokenProbability hides an automatic suggestion whose least sure token is below it; invoking
+    by hand shows it anyway, the same text as with no threshold."""
+    mirror = Mirror(client, engine)
+    uri = "file:///work/project/unsure.py"
+    mirror.open(uri, CODE)
+    position = mirror.position(uri, mirror.docs[uri].index("    print(len(lines))"))
+    expected = mirror.expect(uri, mirror.docs[uri].index("    print(len(lines))")).items
+    assert expected, "the kit model's greedy answer here is not empty"
+
+    async def ask(kind: types.InlineCompletionTriggerKind) -> list[types.InlineCompletionItem]:
+        answer = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=position,
+            context=types.InlineCompletionContext(trigger_kind=kind)))
+        return answer.items
+
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"minTokenProbability": 0.99}))
+    try:
+        assert not await ask(types.InlineCompletionTriggerKind.Automatic)
+        sure = (await fetch_status(client))["last"]["min_token_probability"]
+        assert sure < 0.99, "the kit model is that unsure of some token here"
+        shown = await ask(types.InlineCompletionTriggerKind.Invoked)
+        assert [(i.insert_text, i.range) for i in shown] == [(i.insert_text, i.range) for i in expected]
+    finally:
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"minTokenProbability": 0}))
+    mirror.close_all()
+
+
 async def test_notebook_cells_see_the_cells_around_them(client: LanguageClient, engine):
     nb = "file:///work/project/analysis.ipynb"
     cells = [("nb-cell:1", "code", "import math\nradius = 2.0\n"),
