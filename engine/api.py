@@ -95,6 +95,8 @@ class CompletionRequest:
     stop_at_line_end: bool = False  # end at the first line break after text (kept in the text): a one-line suggestion
     stop_at_dedent: int | None = None  # a block: end after the first later line indented less (`through_dedent`)
     stop_at_loop: bool = False  # end at a loop's first copy (`through_loop`): a suggestion, not raw text
+    # ask a remote server for each token's log-probability too (in-process backends always report them)
+    token_probabilities: bool = False
 
 
 LOOP = re.compile(r"(.{2,16}?)\1{3,}")  # a unit of 2-16 characters and 3 or more copies of it, on one line

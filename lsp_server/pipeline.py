@@ -118,6 +118,7 @@ def complete(
         stop_at_line_end=not takes_block(ctx, config.postprocess),
         stop_at_dedent=block_floor(ctx, config.postprocess),  # a block: the lines after it likewise
         stop_at_loop=True,  # a line repeating itself shows its first copy, not the token budget's worth
+        token_probabilities=config.min_token_probability > 0,
     )
     result = backend.complete(request, cancel)
     suggestion = postprocess(result.text, ctx, config.postprocess, stop_tokens=backend.fim.stop_tokens())

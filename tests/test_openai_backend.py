@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -206,6 +207,42 @@ def test_streaming_joins_events_and_hangs_up_at_a_stop_string(fake: FakeServer):
     result = backend.complete(request())
     assert fake.completions()[0].body["stream"] is True
     assert (result.text, result.stop_reason) == ("3.14 * r * r", "stop_string")
+
+
+def scored_reply(pairs: list[tuple[str, float]], stream: bool, with_scores: bool = True) -> Reply:
+    """Tokens with log-probabilities in OpenAI's legacy `logprobs` form, one event each or one answer."""
+    def logprobs(part):
+        return {"tokens": [t for t, _ in part], "token_logprobs": [v for _, v in part],
+                "text_offset": [99] * len(part)} if with_scores else None
+
+    def reply(handler: BaseHTTPRequestHandler, seen: Seen) -> None:
+        if not stream:
+            send(handler, 200, {"choices": [{"text": "".join(t for t, _ in pairs), "finish_reason": "stop",
+                                             "logprobs": logprobs(pairs)}]})
+            return
+        body = "".join(f"data: {json.dumps({'choices': [{'text': t, 'logprobs': logprobs([(t, v)])}]})}\n\n"
+                       for t, v in pairs)
+        last = {"choices": [{"text": "", "finish_reason": "stop", "logprobs": None}]}  # as llama.cpp ends
+        send(handler, 200, (body + f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n").encode(), "text/event-stream")
+    return reply
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_token_probabilities_are_asked_for_only_when_wanted_and_read_when_given(fake: FakeServer, stream: bool):
+    pairs = [("", -3.0), ("3.", -0.1), ("14", -0.2), (" * r", -0.7), ("\n", -0.4), ("more", -6.0)]
+    backend = load_backend(url=fake.url, remote=RemoteConfig(stream=stream), environ={})
+    wanted = replace(request(stop=()), token_probabilities=True, stop_at_line_end=True)
+    fake.reply = scored_reply(pairs, stream)
+    result = backend.complete(wanted)
+    assert fake.completions()[-1].body["logprobs"] == 1
+    assert result.text == "3.14 * r\n" and result.token_logprobs == [v for _, v in pairs[:len(result.token_logprobs)]]
+    assert result.token_ends[:5] == [0, 2, 4, 8, 9]  # running lengths of the token texts, within the text
+    assert result.min_token_probability(len("3.14 * r")) == pytest.approx(math.exp(-0.7))
+    fake.reply = scored_reply(pairs, stream, with_scores=False)  # a server that ignores the field
+    ignored = backend.complete(wanted)
+    assert ignored.text == "3.14 * r\n" and ignored.token_logprobs is None and ignored.min_token_probability(3) is None
+    backend.complete(request())
+    assert "logprobs" not in fake.completions()[-1].body  # not asked for: never sent
 
 
 def chunked(chunks: list[str], stream: bool):

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,23 @@ def test_streamed_answers_equal_whole_ones(llama: LlamaServer):
     assert raw_completion(llama.url, pipeline.complete(
         load_backend(model=TINY, url=llama.url, environ={}), URI, TEXT, 1, 11, config=settings).prompt.text
     ).startswith(whole.text), "the backend's text is the server's own, cut at a stop string at most"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_llama_cpp_reports_the_models_token_probabilities_when_asked(llama: LlamaServer, stream: bool):
+    """With minTokenProbability set the request asks for `logprobs`; llama.cpp's figures for the same
+    greedy tokens equal the in-process engine's (the same fp32 weights)."""
+    if llama.proc is None or llama.proc.poll() is not None:
+        llama.start()
+    from lsp_server.config import ModelConfig
+
+    config = replace(pipeline.pipeline_config(CompletionSettings(max_new_tokens=8, neighbours=False,
+                                                                 min_token_probability=0.01)), heal=False)
+    remote = load_backend(model=TINY, url=llama.url, remote=RemoteConfig(stream=stream), environ={})
+    local = pipeline.load_model(ModelConfig(model=TINY, dtype="float32"))
+    theirs = pipeline.complete(remote, URI, TEXT, 1, 11, config=config).result
+    ours = pipeline.complete(local, URI, TEXT, 1, 11, config=config).result
+    # (the texts differ only where a token holds part of a character: llama.cpp leaves it out)
+    assert theirs.token_logprobs is not None and len(theirs.token_logprobs) == len(ours.token_logprobs) > 3
+    assert theirs.token_logprobs == pytest.approx(ours.token_logprobs, abs=1e-2)  # llama.cpp sums in its own order
+    assert theirs.token_ends[-1] == len(theirs.text) and theirs.token_ends == sorted(theirs.token_ends)

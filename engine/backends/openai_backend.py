@@ -174,9 +174,10 @@ class OpenAIBackend:
             if self.mode == "daemon":
                 return self.daemon_result(self.post(path, body, cancel), start)
             if self.config.stream:
-                text, finish, usage = self.post_streaming(path, body, stops, cancel, lambda sofar: end_of_use(request, sofar))
+                text, finish, usage, scored = self.post_streaming(path, body, stops, cancel,
+                                                                  lambda sofar: end_of_use(request, sofar))
             else:
-                text, finish, usage = parse_completion(self.post(path, body, cancel), self.endpoint.shown)
+                text, finish, usage, scored = parse_completion(self.post(path, body, cancel), self.endpoint.shown)
         except Cancelled:
             self.counters["cancelled"] += 1
             raise
@@ -192,10 +193,17 @@ class OpenAIBackend:
         cached = int(details.get("cached_tokens") or 0)  # vLLM reports it; others leave it out (then 0)
         reason: StopReason = ("stop_string" if cut else used[1] if used is not None
                               else "max_tokens" if finish == "length" else "eos")
+        ends = None
+        if scored is not None:  # each token's end: the running length of the tokens' texts, within `text`
+            ends, end = [], 0
+            for token_text, _ in scored:
+                end = min(end + len(token_text), len(text))
+                ends.append(end)
         return CompletionResult(
             text=text, token_ids=[], stop_reason=reason, prompt_tokens=prompt_tokens, reused_tokens=cached,
             prefill_tokens=prompt_tokens - cached, generated_tokens=int(usage.get("completion_tokens") or 0),
             latency_ms=(self.clock() - start) * 1e3, extra={"cache_reported": float("cached_tokens" in details)},
+            token_logprobs=None if scored is None else [logprob for _, logprob in scored], token_ends=ends,
         )
 
     def request_body(self, request: CompletionRequest, stops: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
@@ -214,6 +222,8 @@ class OpenAIBackend:
             body["model"] = self.served_model
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.token_probabilities:
+            body["logprobs"] = 1  # OpenAI's legacy completions field: vLLM and llama.cpp's servers fill it
         return OPENAI_COMPLETIONS, body
 
     def drop(self, doc_id: DocId) -> None:
@@ -258,24 +268,26 @@ class OpenAIBackend:
 
     def post_streaming(self, path: str, body: dict[str, Any], stops: tuple[str, ...],
                        cancel: CancelToken | None, used: Callable[[str], Any] = lambda _: None,
-                       ) -> tuple[str, str | None, dict[str, Any]]:
+                       ) -> tuple[str, str | None, dict[str, Any], list[tuple[str, float]] | None]:
         """Read a server-sent-event answer; stop reading (closing the connection) at a stop string,
         or once `used(text so far)` says the suggestion is complete."""
         where = self.endpoint.shown
 
-        def read(response: http.client.HTTPResponse, path: str) -> tuple[str, str | None, dict[str, Any]]:
+        def read(response: http.client.HTTPResponse, path: str):
             if response.status != 200:
                 self.decode(response, path)  # raises the status's error
-            parts, finish, usage = [], None, {}
+            parts, finish, usage, scored = [], None, {}, []
             for event in server_sent_events(response, where):
-                text, f, u = parse_completion(event, where, streamed=True)
+                text, f, u, pairs = parse_completion(event, where, streamed=True)
                 parts.append(text)
                 finish, usage = f or finish, u or usage
+                if scored is not None and (pairs is not None or text):  # kept only when every token has one
+                    scored = None if pairs is None else scored + pairs
                 sofar = "".join(parts)
                 if any(s in sofar for s in stops) or used(sofar) is not None:
                     self.close()  # the server stops generating when the client hangs up
                     break
-            return "".join(parts), finish, usage
+            return "".join(parts), finish, usage, scored
 
         return self.request("POST", path, body, cancel, read=read)
 
@@ -530,8 +542,10 @@ def cut_at_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:min(hits)], True) if hits else (text, False)
 
 
-def parse_completion(answer: Any, where: str, streamed: bool = False) -> tuple[str, str | None, dict[str, Any]]:
-    """(text, finish_reason, usage) of a /v1/completions answer; BackendError when it has no text."""
+def parse_completion(answer: Any, where: str, streamed: bool = False,
+                     ) -> tuple[str, str | None, dict[str, Any], list[tuple[str, float]] | None]:
+    """(text, finish_reason, usage, (token text, log-probability) pairs or None when the answer has
+    none) of a /v1/completions answer; BackendError when it has no text."""
     try:
         choice = answer["choices"][0] if answer.get("choices") or not streamed else {"text": ""}
         text = choice["text"]
@@ -541,7 +555,20 @@ def parse_completion(answer: Any, where: str, streamed: bool = False) -> tuple[s
         raise BackendError(f"the completion server at {where} sent JSON without choices[0].text: "
                            f"{excerpt(json.dumps(answer).encode())!r}") from None
     usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
-    return text, choice.get("finish_reason"), usage
+    return text, choice.get("finish_reason"), usage, token_scores(choice.get("logprobs"))
+
+
+def token_scores(logprobs: Any) -> list[tuple[str, float]] | None:
+    """(token text, log-probability) pairs of a legacy completions `logprobs` object; None when
+    absent or malformed (a server that ignored the request for them)."""
+    if not isinstance(logprobs, dict):
+        return None
+    tokens, values = logprobs.get("tokens"), logprobs.get("token_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
+        return None
+    if not all(isinstance(t, str) for t in tokens) or not all(isinstance(v, (int, float)) for v in values):
+        return None
+    return [(t, float(v)) for t, v in zip(tokens, values)]
 
 
 def server_sent_events(response: http.client.HTTPResponse, where: str) -> Iterator[Any]:
