@@ -84,7 +84,8 @@ def print_outcome(args: argparse.Namespace, line: int, character: int, outcome: 
             "prompt_tokens": result.prompt_tokens, "prefill_tokens": result.prefill_tokens,
             "reused_tokens": result.reused_tokens, "generated_tokens": result.generated_tokens,
             "stop_reason": result.stop_reason, "latency_ms": round(result.latency_ms, 2),
-            "min_token_probability": outcome.confidence, "model": info.model, "backend": info.backend, "device": info.device, "dtype": info.dtype,
+            "min_token_probability": outcome.confidence,
+            "model": info.model, "backend": info.backend, "device": info.device, "dtype": info.dtype,
         }, ensure_ascii=False))
         return
     shown = text if text else "(no suggestion)"
