@@ -97,6 +97,9 @@ class CompletionRequest:
     stop_at_loop: bool = False  # end at a loop's first copy (`through_loop`): a suggestion, not raw text
     # ask a remote server for each token's log-probability too (in-process backends always report them)
     token_probabilities: bool = False
+    # greedy: start from the first token ranked this far below the best (an alternative suggestion);
+    # backends that cannot ignore it
+    first_token_rank: int = 0
 
 
 LOOP = re.compile(r"(.{2,16}?)\1{3,}")  # a unit of 2-16 characters and 3 or more copies of it, on one line

@@ -58,6 +58,9 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    # greedy only: the first token is the one ranked this far below the best (0: the best), the
+    # rest greedy; what an alternative suggestion starts from
+    first_rank: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +196,17 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
                                   f"cached K/V or the weights are corrupt")
         if rules.emittable is not None and rules.emittable < row.shape[-1]:
             row[rules.emittable:] = float("-inf")
-        if healing is None or not healing.pending:
-            token = sample(row, sampling, generator)
-        else:
+        choice = row
+        if healing is not None and healing.pending:
             allowed = torch.tensor(healing.allowed(), dtype=torch.long, device=row.device)  # [A]
-            masked = torch.full_like(row, float("-inf")).index_copy_(0, allowed, row[allowed])  # [V]
-            token = sample(masked, sampling, generator)
+            choice = torch.full_like(row, float("-inf")).index_copy_(0, allowed, row[allowed])  # [V]
+        if sampling.first_rank and not picked and sampling.temperature <= 0:
+            best = torch.topk(choice, min(sampling.first_rank + 1, choice.shape[-1]))  # ranked, best first
+            finite = int(torch.isfinite(best.values).sum())  # fewer than asked when healing allows fewer
+            token = int(best.indices[min(sampling.first_rank, finite - 1)])
+        else:
+            token = sample(choice, sampling, generator)
+        if choice is not row:
             healing.chose(healing.texts.text_of(token))
         # under the model's own distribution (no temperature, no healing mask): how sure it was
         picked.append(float(row[token].float() - torch.logsumexp(row.float(), dim=-1)))

@@ -90,12 +90,14 @@ def complete(
     previous_snippets: tuple[Snippet, ...] = (),
     shown: ShownSuggestion | None = None,
     cancel: CancelToken | None = None,
+    first_token_rank: int = 0,
 ) -> Outcome:
     """Complete `text` at (`line`, `character`) with `backend`.
 
     `others` are (path, text) of other open documents for neighbour snippets; `shown` is the
     suggestion the editor shows now: when the user typed into it, its rest is served with no
-    model call. Raises engine.api.Cancelled when `cancel` fires during generation.
+    model call. `first_token_rank` > 0 asks for an alternative: greedy from the first token ranked
+    that far below the best. Raises engine.api.Cancelled when `cancel` fires during generation.
     """
     text = scrub_surrogates(text)
     ctx = cursor_context(text, line, character, encoding)
@@ -118,7 +120,7 @@ def complete(
         stop_at_line_end=not takes_block(ctx, config.postprocess),
         stop_at_dedent=block_floor(ctx, config.postprocess),  # a block: the lines after it likewise
         stop_at_loop=True,  # a line repeating itself shows its first copy, not the token budget's worth
-        token_probabilities=config.min_token_probability > 0,
+        token_probabilities=config.min_token_probability > 0, first_token_rank=first_token_rank,
     )
     result = backend.complete(request, cancel)
     suggestion = postprocess(result.text, ctx, config.postprocess, stop_tokens=backend.fim.stop_tokens())

@@ -48,6 +48,7 @@ log = logging.getLogger("fim-lsp")
 
 STATUS = "fim-lsp/status"
 ACCEPTED = "fim-lsp.accepted"
+ALTERNATIVES = 3  # suggestions offered for a request made by hand: the best and two that start otherwise
 SUGGESTION_DETAIL = "fim-lsp · AI suggestion"
 NOTEBOOK_SYNC = types.NotebookDocumentSyncOptions(
     notebook_selector=[types.NotebookDocumentFilterWithNotebook(notebook="*")]
@@ -424,20 +425,22 @@ class Placed:
 
 
 async def suggest(ls: FimServer, uri: str, position: types.Position, resample: bool = False,
-                  invoked: bool = False) -> Placed | None:
-    """Run the pipeline for a request at `position` in `uri`; None when there is nothing to show.
+                  invoked: bool = False, alternatives: int = 1) -> list[Placed]:
+    """Run the pipeline for a request at `position` in `uri`: the suggestions to show, best first
+    (none when there is nothing to show).
 
     `resample`: ask the model again even where the suggestion shown still fits (a user who invokes
     a suggestion by hand while sampling wants another sample, not the same one). `invoked`: the
     user asked by hand, so a suggestion is shown however unsure the model was (minTokenProbability
-    applies to automatic requests)."""
+    applies to automatic requests). `alternatives` > 1 adds suggestions that start from the next
+    most likely first tokens (greedy decoding only), each text once."""
     ls.check_request()
     doc = ls.store.get(uri)
     if doc is None:
         raise JsonRpcInvalidParams(f"the document {uri} is not open (send textDocument/didOpen first)")
     backend = ls.backend
     if backend is None:
-        return None  # still loading (or failed): an empty answer, never a wait
+        return []  # still loading (or failed): an empty answer, never a wait
     start = time.perf_counter()
     encoding = ls.encoding
     doc_text = pipeline.scrub_surrogates(doc.text)
@@ -452,24 +455,30 @@ async def suggest(ls: FimServer, uri: str, position: types.Position, resample: b
     config = pipeline.pipeline_config(ls.config.completion)
     if invoked:
         config = replace(config, min_token_probability=0.0)
+    if config.temperature > 0:
+        alternatives = 1  # a first-token rank means nothing to sampling
     others = ls.store.others(uri, ls.roots) if config.prompt.neighbours else []
 
-    def job(token):
-        return pipeline.complete(
+    def job(token) -> list[pipeline.Outcome]:
+        first = pipeline.complete(
             backend, doc_key, text, line, character, encoding=encoding, config=config, path=path, others=others,
             previous_snippets=ls.snippets.get(doc_key, ()), shown=None if resample else ls.shown.get(doc_key),
             cancel=token,
         )
+        return [first, *(pipeline.complete(
+            backend, doc_key, text, line, character, encoding=encoding, config=config, path=path, others=others,
+            previous_snippets=first.snippets, cancel=token, first_token_rank=rank,
+        ) for rank in range(1, alternatives))]
 
     try:
         # the same buffer, cursor and settings (VS Code's inline and completion requests for one
         # keystroke) share one engine run rather than the second cancelling the first
-        outcome = await ls.scheduler.run(doc_key, job, same=(text, line, character, config))
+        outcomes = await ls.scheduler.run(doc_key, job, same=(text, line, character, config, alternatives))
     except Superseded:
-        return None
+        return []
     except BackendError as exc:
         report_backend_error(ls, str(exc))
-        return None
+        return []
     except Exception as exc:
         ls.log(types.MessageType.Error, f"fim-lsp: completion failed: {exc}\n{traceback.format_exc()}")
         raise JsonRpcInternalError(f"completion failed: {type(exc).__name__}: {exc}") from None
@@ -478,21 +487,26 @@ async def suggest(ls: FimServer, uri: str, position: types.Position, resample: b
         ls.backend_error = ""
         ls.log(types.MessageType.Info, "fim-lsp: completions work again")
     ls.latency.add(latency_ms)
-    ls.last = last_figures(outcome, latency_ms)
-    ls.snippets[doc_key] = outcome.snippets
-    suggestion = outcome.suggestion
-    if suggestion is None:
+    ls.last = last_figures(outcomes[0], latency_ms)
+    ls.snippets[doc_key] = outcomes[0].snippets
+    shown = [o for i, o in enumerate(outcomes) if o.suggestion is not None
+             and all(o.suggestion.text != p.suggestion.text for p in outcomes[:i] if p.suggestion is not None)]
+    if not shown:
         ls.shown.pop(doc_key, None)
-        return None
-    ls.shown[doc_key] = ShownSuggestion(outcome.context.prefix, outcome.context.suffix, suggestion)
+        return []
+    ls.shown[doc_key] = ShownSuggestion(shown[0].context.prefix, shown[0].context.suffix, shown[0].suggestion)
     ls.acceptance.shown += 1
-    ls.suggestions += 1
-    end = min(cursor + suggestion.replace_chars, len(doc_text))
     start_pos = offset_to_position(doc_text, cursor, encoding)
-    end_pos = offset_to_position(doc_text, end, encoding)
-    command = types.Command(title="fim-lsp: suggestion accepted", command=ACCEPTED,
-                            arguments=[{"uri": uri, "id": ls.suggestions, "chars": len(suggestion.text)}])
-    return Placed(suggestion.text, types.Range(types.Position(*start_pos), types.Position(*end_pos)), command)
+    placed = []
+    for outcome in shown:
+        suggestion = outcome.suggestion
+        ls.suggestions += 1
+        end_pos = offset_to_position(doc_text, min(cursor + suggestion.replace_chars, len(doc_text)), encoding)
+        command = types.Command(title="fim-lsp: suggestion accepted", command=ACCEPTED,
+                                arguments=[{"uri": uri, "id": ls.suggestions, "chars": len(suggestion.text)}])
+        placed.append(Placed(suggestion.text, types.Range(types.Position(*start_pos), types.Position(*end_pos)),
+                             command))
+    return placed
 
 
 def report_backend_error(ls: FimServer, message: str) -> None:
@@ -537,21 +551,22 @@ async def text_document_inline_completion(
     ls: FimServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList:
     invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
-    # greedy decoding would answer an explicit invocation with the suggestion shown: reuse it then
+    # greedy decoding would answer an explicit invocation with the suggestion shown: reuse it then,
+    # and offer alternatives beside it (VS Code cycles them; it asks by hand to get more)
     resample = invoked and ls.config.completion.temperature > 0
-    placed = await suggest(ls, params.text_document.uri, params.position, resample, invoked)
-    if placed is None:
-        return types.InlineCompletionList(items=[])
+    placed = await suggest(ls, params.text_document.uri, params.position, resample, invoked,
+                           alternatives=ALTERNATIVES if invoked else 1)
     return types.InlineCompletionList(items=[
-        types.InlineCompletionItem(insert_text=placed.text, range=placed.range, command=placed.command)
+        types.InlineCompletionItem(insert_text=p.text, range=p.range, command=p.command) for p in placed
     ])
 
 
 @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[]))
 async def text_document_completion(ls: FimServer, params: types.CompletionParams) -> types.CompletionList:
-    placed = await suggest(ls, params.text_document.uri, params.position)
-    if placed is None:
+    found = await suggest(ls, params.text_document.uri, params.position)
+    if not found:
         return types.CompletionList(is_incomplete=True, items=[])
+    placed = found[0]
     first_line = placed.text.strip().splitlines()[0] if placed.text.strip() else placed.text
     item = types.CompletionItem(
         label=first_line[:60], detail=SUGGESTION_DETAIL, kind=types.CompletionItemKind.Text,

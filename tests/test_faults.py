@@ -62,7 +62,7 @@ class Editor:
     def inline(self, uri: str, offset: int) -> list:
         answer = self.client.request("textDocument/inlineCompletion", {
             "textDocument": {"uri": uri}, "position": lsp_position(self.mirror.docs[uri], offset, "utf-16"),
-            "context": {"triggerKind": 1}})
+            "context": {"triggerKind": 2}})  # automatic, as typing asks (by hand, alternatives would follow)
         return [(item["insertText"], item["range"]) for item in answer["items"]]
 
     def expect(self, uri: str, offset: int) -> list:

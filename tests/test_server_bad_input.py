@@ -50,7 +50,7 @@ async def send_raw(client: LanguageClient, msg_id: str, method: str, params) -> 
 
 def inline_params(uri: str, line: int, character: int) -> dict:
     return {"textDocument": {"uri": uri}, "position": {"line": line, "character": character},
-            "context": {"triggerKind": 1}}
+            "context": {"triggerKind": 2}}  # automatic, as typing asks
 
 
 def is_error(answer: object, code: int, text: str) -> bool:

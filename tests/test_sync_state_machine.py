@@ -143,7 +143,7 @@ class SyncMachine(RuleBasedStateMachine):
         offset = snap(text, offset)
         msg_id = self.client.send("textDocument/inlineCompletion", {
             "textDocument": {"uri": uri}, "position": lsp_position(text, offset, self.encoding),
-            "context": {"triggerKind": 1}})
+            "context": {"triggerKind": 2}})  # automatic, as typing asks (by hand, alternatives would follow)
         if cancel:
             self.client.cancel(msg_id)
         try:

@@ -253,3 +253,31 @@ def test_token_log_probabilities_are_the_models_and_drafts_change_none(loaded, h
     assert drafted.extra["accepted_tokens"] > 0 and drafted.extra["drafted_tokens"] > drafted.extra["accepted_tokens"]
     assert drafted.token_ids == result.token_ids
     assert drafted.token_logprobs == pytest.approx(result.token_logprobs, abs=1e-4)
+
+
+def test_an_alternative_starts_from_the_next_likeliest_first_token_and_goes_on_greedily(loaded):
+    from transformers import GPTBigCodeForCausalLM
+
+    hf = GPTBigCodeForCausalLM.from_pretrained(loaded.path, dtype=torch.float32).eval()
+    b = backend(loaded)
+    request = CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=6)
+    ids = b.tokenizer.encode(request.prompt)
+    with torch.no_grad():
+        ranked = torch.argsort(hf(torch.tensor([ids])).logits[0, -1, :b.emittable], descending=True).tolist()
+    runs = [b.complete(CompletionRequest(DOC, request.prompt, max_new_tokens=6, first_token_rank=k)) for k in range(3)]
+    assert [r.token_ids[0] for r in runs] == ranked[:3]
+    checked = 0
+    for run in runs:  # after the first token, greedy: what a fresh backend continues from it
+        forced = CompletionRequest(DocId("forced"), request.prompt + b.tokenizer.decode(run.token_ids[:1]),
+                                   max_new_tokens=5)
+        if b.tokenizer.encode(forced.prompt) == ids + run.token_ids[:1]:  # the text re-tokenises the same
+            assert backend(loaded).complete(forced).token_ids == run.token_ids[1:]
+            checked += 1
+    assert checked >= 2
+    # healed: the alternatives are other re-spellings of the backed-off "sel", ranked among those only
+    healed = [b.complete(CompletionRequest(DOC, fim_prompt(b, PREFIX + "return sel", SUFFIX), max_new_tokens=4,
+                                           heal=True, first_token_rank=k)) for k in range(2)]
+    firsts = [b.tokenizer.decode(r.token_ids[:1]) for r in healed]
+    assert firsts[0] != firsts[1] and all("sel".startswith(f) or f.startswith("sel") for f in firsts), firsts
+    with pytest.raises(ValueError, match="first_token_rank"):
+        b.complete(CompletionRequest(DOC, request.prompt, first_token_rank=-1))

@@ -69,6 +69,8 @@ class TorchBackend:
         check_prompt(ids, args.n_positions, args.vocab_size)
         if request.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {request.max_new_tokens}")
+        if request.first_token_rank < 0:
+            raise ValueError(f"first_token_rank must be >= 0, got {request.first_token_rank}")
         healing = self.healing_for(ids) if request.heal and request.max_new_tokens > 0 else None
         if healing is not None:
             ids = ids[:-1]  # its text is re-spelled by the first generated tokens
@@ -79,7 +81,7 @@ class TorchBackend:
                           stop_strings=request.stop_strings, line_end=request.stop_at_line_end,
                           dedent=request.stop_at_dedent, loop=request.stop_at_loop, deadline=deadline,
                           emittable=self.emittable)
-        sampling = Sampling(request.temperature, request.top_p, request.seed)
+        sampling = Sampling(request.temperature, request.top_p, request.seed, request.first_token_rank)
         with self.lock:
             kv, plan = self.prepare_slot(request.doc_id, ids, len(ids) + max(max_new - 1, 0))
             try:

@@ -41,7 +41,7 @@ local ok, err = pcall(function()
   end
   vim.api.nvim_win_set_cursor(0, { row + 1, col })
   local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
-  params.context = { triggerKind = 1 }
+  params.context = { triggerKind = 2 } -- automatic, as after typing (by hand, alternatives follow)
   local responses = vim.lsp.buf_request_sync(buf, "textDocument/inlineCompletion", params, 60000)
   local answer = responses and responses[client_id]
   assert(answer, "no answer to textDocument/inlineCompletion")
