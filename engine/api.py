@@ -98,7 +98,7 @@ class CompletionRequest:
     # ask a remote server for each token's log-probability too (in-process backends always report them)
     token_probabilities: bool = False
     # greedy: start from the first token ranked this far below the best (an alternative suggestion);
-    # backends that cannot ignore it
+    # honoured where the backend's `ranks_first_token` is true, ignored elsewhere
     first_token_rank: int = 0
 
 

@@ -109,9 +109,13 @@ def completion_request(body: dict[str, Any], doc_id: DocId, default_temperature:
     dedent = body.get("stop_at_dedent")
     if dedent is not None and (not isinstance(dedent, int) or isinstance(dedent, bool) or not 0 <= dedent <= 4096):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"`stop_at_dedent` must be null or a column in 0..4096, got {dedent!r}")
+    rank = body.get("first_token_rank", 0)
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank <= 64:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"`first_token_rank` must be an integer in 0..64, got {rank!r}")
     return CompletionRequest(doc_id=doc_id, prompt=prompt, max_new_tokens=max_tokens, temperature=temperature,
                              top_p=top_p, seed=seed, stop_strings=tuple(stop), time_budget_s=budget, heal=heal,
-                             stop_at_line_end=stop_at_line_end, stop_at_dedent=dedent, stop_at_loop=stop_at_loop)
+                             stop_at_line_end=stop_at_line_end, stop_at_dedent=dedent, stop_at_loop=stop_at_loop,
+                             first_token_rank=rank)
 
 
 def number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:

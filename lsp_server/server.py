@@ -455,8 +455,8 @@ async def suggest(ls: FimServer, uri: str, position: types.Position, resample: b
     config = pipeline.pipeline_config(ls.config.completion)
     if invoked:
         config = replace(config, min_token_probability=0.0)
-    if config.temperature > 0:
-        alternatives = 1  # a first-token rank means nothing to sampling
+    if config.temperature > 0 or not getattr(backend, "ranks_first_token", False):
+        alternatives = 1  # a first-token rank means nothing to sampling, or to a plain OpenAI server
     others = ls.store.others(uri, ls.roots) if config.prompt.neighbours else []
 
     def job(token) -> list[pipeline.Outcome]:

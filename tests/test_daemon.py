@@ -141,6 +141,10 @@ def test_the_token_is_required_and_bad_requests_get_clear_errors(local_engine):
         assert post(url, "/v1/fim-lsp/completions", ok, {"Authorization": "Bearer wrong"})[0] == 401
         code, answer = post(url, "/v1/fim-lsp/completions", ok, auth)
         assert code == 200 and answer["prompt_tokens"] > 0 and len(answer["token_ids"]) == answer["generated_tokens"]
+        second = post(url, "/v1/fim-lsp/completions", json.dumps({**json.loads(ok), "first_token_rank": 1}).encode(), auth)
+        local = local_engine.complete(CompletionRequest(DocId("local"), json.loads(ok)["prompt"], max_new_tokens=4,
+                                                        first_token_rank=1))
+        assert second[1]["token_ids"] == local.token_ids != answer["token_ids"]  # an alternative, as in process
         too_long = {"client": "c1", "doc_id": "d", "prompt": "x = 1\n" * 2000, "max_tokens": 4}
         cases = {
             b"{not json": "the body is not JSON",
@@ -161,6 +165,8 @@ def test_the_token_is_required_and_bad_requests_get_clear_errors(local_engine):
                 "`stop_at_dedent` must be null or a column in 0..4096, got '4'",
             json.dumps({"client": "c1", "doc_id": "d", "prompt": "x", "stop_at_loop": "no"}).encode():
                 "`stop_at_loop` must be true or false, got 'no'",
+            json.dumps({"client": "c1", "doc_id": "d", "prompt": "x", "first_token_rank": -1}).encode():
+                "`first_token_rank` must be an integer in 0..64, got -1",
         }
         for body, message in cases.items():
             assert post(url, "/v1/fim-lsp/completions", body, auth) == (400, {"error": {

@@ -455,6 +455,21 @@ async def test_the_language_server_shows_a_remote_failure_once_and_recovers(fake
     assert fake.completions()[-1].body == sent and sent["max_tokens"] == 8
 
 
+async def test_asking_by_hand_sends_one_request_to_a_server_that_cannot_rank_first_tokens(fake: FakeServer):
+    fake.reply = answer("3.14159 * r * r")
+    async with lsp_session(fake.url) as client:
+        uri = "file:///w/geometry.py"
+        client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+            uri=uri, language_id="python", version=1, text="def area(r):\n    return \n")))
+        assert await inline(client, uri, 1, 11) == ["3.14159 * r * r"]  # the backend now knows the server
+        before = len(fake.completions())
+        result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(1, 11),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+        assert [i.insert_text for i in result.items] == ["3.14159 * r * r"]
+        assert len(fake.completions()) - before <= 1, "no alternatives asked of a plain OpenAI server"
+
+
 async def test_the_prompt_names_a_file_by_its_path_in_the_innermost_workspace_folder(fake: FakeServer):
     async with lsp_session(fake.url, folders=("file:///home/me/w", "file:///home/me/w/lib")) as client:
         for uri in ("file:///home/me/w/pkg/geometry.py", "file:///home/me/w/lib/shapes.py", "file:///tmp/scratch.py"):

@@ -158,6 +158,11 @@ class OpenAIBackend:
 
     # -- Backend protocol -------------------------------------------------------------------
 
+    @property
+    def ranks_first_token(self) -> bool:
+        """Whether CompletionRequest.first_token_rank is honoured: by our engine daemon only."""
+        return self.mode == "daemon"
+
     def count_tokens(self, text: str) -> int:
         if self.tokenizer is not None:
             return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
@@ -215,6 +220,7 @@ class OpenAIBackend:
                 "seed": request.seed, "stop": list(stops), "time_budget_s": request.time_budget_s,
                 "heal": request.heal, "stop_at_line_end": request.stop_at_line_end,
                 "stop_at_dedent": request.stop_at_dedent, "stop_at_loop": request.stop_at_loop,
+                "first_token_rank": request.first_token_rank,
             }
         body = {"prompt": request.prompt, "max_tokens": request.max_new_tokens, "temperature": request.temperature,
                 "top_p": request.top_p, "stop": list(stops), "stream": self.config.stream}

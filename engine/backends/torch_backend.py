@@ -32,6 +32,8 @@ def default_hash(data: bytes) -> int:
 class TorchBackend:
     """`engine.api.Backend` over a loaded `Transformer`; one KV slot per document."""
 
+    ranks_first_token = True  # honours CompletionRequest.first_token_rank (alternative suggestions)
+
     def __init__(self, loaded: LoadedModel, cache: CacheConfig | None = None, kv_dtype: torch.dtype | None = None,
                  model_name: str | None = None, why: str = "", prefill_chunk: int = 512,
                  hash_fn: Callable[[bytes], int] = default_hash, clock: Callable[[], float] = time.perf_counter,
