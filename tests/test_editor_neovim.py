@@ -142,6 +142,40 @@ def test_accepting_a_word_then_typing_keeps_the_rest_drawn_then_tab_takes_it(nvi
         assert session.lua("vim.api.nvim_get_mode().mode") == "i"
 
 
+def test_next_and_previous_cycle_through_the_servers_alternatives_and_tab_takes_the_one_drawn(
+        nvim, tiny_starcoder, tmp_path):
+    file = tmp_path / "scale.py"
+    file.write_text(SOURCE)
+    cmd = serve_command(tiny_starcoder)
+    with NvimSession(nvim, tmp_path, file, {"cmd": cmd, "server": SERVER_SETTINGS}) as session:
+        wait_for("the model to load", lambda: (s := server_state(session)) and s.get("state") == "ready", 120)
+        session.keys("G", "A")
+        session.type(TYPED)
+        first = wait_for("ghost text", lambda: ghost(session), timeout_s=60)
+        assert (first["index"], first["count"]) == (1, 1), "typing asks for one suggestion"
+        text_before = session.lua("table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, true), '\\n')"
+                                  " .. (vim.bo.eol and '\\n' or '')")
+        start = session.lua("vim.api.nvim_get_current_line()")[:first["col"]]
+
+        session.keys("M-]")  # asks by hand: the answer holds alternatives; the second is drawn
+        second = wait_for("an alternative", lambda: (g := ghost(session)) and g["count"] > 1 and g)
+        assert second["index"] == 2 and second["text"] != first["text"]
+        session.keys("M-]")
+        third = wait_for("the next one", lambda: (g := ghost(session)) and g["index"] != 2 and g)
+        assert third["index"] == (3 if second["count"] == 3 else 1)  # the third, or round to the first
+        session.keys("M-[")
+        back = wait_for("the previous one", lambda: (g := ghost(session)) and g["index"] == 2 and g)
+        assert back["text"] == second["text"]
+
+        session.keys("Tab")
+        wait_for("the alternative accepted", lambda: ghost(session) is None and
+                 session.lua("vim.api.nvim_get_current_line()") == start + second["text"])
+    # the alternatives are the server's: a fresh server asked by hand lists the same second item
+    reference = asyncio.run(server_suggestion(cmd, file.as_uri(), text_before, first["row"], first["col"],
+                                              SERVER_SETTINGS))
+    assert len(reference) == second["count"] and reference[1]["insertText"] == second["text"]
+
+
 @pytest.mark.parametrize("broken", ["missing", "crashing"])
 def test_broken_server_gives_one_message_and_editing_goes_on(nvim, tmp_path, broken):
     out = artifacts_dir(f"neovim-{broken}")

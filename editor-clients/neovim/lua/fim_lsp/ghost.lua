@@ -10,7 +10,7 @@
 local M = {}
 
 local ns = vim.api.nvim_create_namespace("fim_lsp_ghost")
-local AUTOMATIC = 2 -- InlineCompletionTriggerKind.Automatic
+local INVOKED, AUTOMATIC = 1, 2 -- InlineCompletionTriggerKind
 
 ---@class fim_lsp.Suggestion
 ---@field client_id integer
@@ -20,6 +20,8 @@ local AUTOMATIC = 2 -- InlineCompletionTriggerKind.Automatic
 ---@field text string       the item's full insert text
 ---@field ghost string      the part of `text` not yet typed, as drawn
 ---@field command table?    LSP command to run after accepting
+---@field alternatives fim_lsp.Suggestion[]? every suggestion of the answer (cycled with M.cycle)
+---@field index integer?    which of them is drawn
 ---@field tick integer      the buffer's changedtick when drawn
 ---@field after string      the cursor line's text after the cursor when drawn
 ---@field extmark integer
@@ -48,7 +50,10 @@ end
 --- The suggestion currently drawn in a buffer (nil when none): its text and what is drawn.
 function M.current(buf)
   local s = shown[buf == 0 and vim.api.nvim_get_current_buf() or buf]
-  return s and { text = s.text, ghost = s.ghost, row = s.row, col = s.col } or nil
+  return s and {
+    text = s.text, ghost = s.ghost, row = s.row, col = s.col,
+    index = s.index or 1, count = s.alternatives and #s.alternatives or 1,
+  } or nil
 end
 
 local function byte_col(buf, position, encoding)
@@ -84,26 +89,35 @@ local function rest_of(s, n, row, col)
   }
 end
 
---- Turn the first item of an inlineCompletion answer into a drawn suggestion (or clear what is
---- drawn when the answer has none for this position).
-local function show(buf, client, result, row, col)
-  local items = result and (result.items or result) or {}
-  local item = items[1]
-  local text = item and (type(item.insertText) == "table" and item.insertText.value or item.insertText)
-  if type(text) ~= "string" or text == "" then return M.clear(buf) end
+--- An inlineCompletion item as a suggestion at (row, col), or nil when it does not fit there.
+local function suggestion_of(buf, client, item, row, col)
+  local text = type(item.insertText) == "table" and item.insertText.value or item.insertText
+  if type(text) ~= "string" or text == "" then return nil end
   local range = { row, col, row, col }
   if item.range then
     local s, e = item.range.start, item.range["end"]
     range = { s.line, byte_col(buf, s, client.offset_encoding), e.line, byte_col(buf, e, client.offset_encoding) }
   end
   -- The text usually repeats what was typed since range start; draw only the rest.
-  if range[1] ~= row or range[2] > col then return M.clear(buf) end
+  if range[1] ~= row or range[2] > col then return nil end
   local typed = vim.api.nvim_buf_get_text(buf, row, range[2], row, col, {})[1]
-  if text:sub(1, #typed) ~= typed or #text == #typed then return M.clear(buf) end
-  draw(buf, {
+  if text:sub(1, #typed) ~= typed or #text == #typed then return nil end
+  return {
     client_id = client.id, row = row, col = col, range = range, text = text, ghost = text:sub(#typed + 1),
     command = item.command,
-  })
+  }
+end
+
+--- Draw the `index`-th suggestion of an inlineCompletion answer (wrapping; negative counts from
+--- the end), keeping the others to cycle through; clear what is drawn when none fits.
+local function show(buf, client, result, row, col, index)
+  local alternatives = {}
+  for _, item in ipairs(result and (result.items or result) or {}) do
+    alternatives[#alternatives + 1] = suggestion_of(buf, client, item, row, col)
+  end
+  if #alternatives == 0 then return M.clear(buf) end
+  index = ((index or 1) - 1) % #alternatives + 1
+  draw(buf, vim.tbl_extend("force", alternatives[index], { alternatives = alternatives, index = index }))
 end
 
 --- After an edit: when it typed the drawn suggestion's next characters on its line (and left the
@@ -121,8 +135,9 @@ function M.follow(buf)
   return true
 end
 
---- Ask the server now for a suggestion at the cursor (cancels the previous question).
-function M.request(buf)
+--- Ask the server now for a suggestion at the cursor (cancels the previous question). `invoked`:
+--- the user asked by hand (the answer then holds alternatives); `index`: which suggestion to draw.
+function M.request(buf, invoked, index)
   local client = require("fim_lsp").client(buf)
   local row, col = cursor(buf)
   if not client or not client.initialized or not row then return end
@@ -134,7 +149,7 @@ function M.request(buf)
   end
   local tick = vim.api.nvim_buf_get_changedtick(buf)
   local params = vim.lsp.util.make_position_params(vim.fn.bufwinid(buf), client.offset_encoding)
-  params.context = { triggerKind = AUTOMATIC }
+  params.context = { triggerKind = invoked and INVOKED or AUTOMATIC }
   local ok, id = client:request("textDocument/inlineCompletion", params, function(err, result)
     if p.request == id then p.request = nil end
     if err or not vim.api.nvim_buf_is_valid(buf) then return end
@@ -142,9 +157,25 @@ function M.request(buf)
     local r, c = cursor(buf)
     if vim.api.nvim_buf_get_changedtick(buf) ~= tick or r ~= row or c ~= col then return end
     if not vim.api.nvim_get_mode().mode:match("^i") then return end
-    show(buf, client, result, row, col)
+    show(buf, client, result, row, col, index)
   end, buf)
   if ok then p.request, p.client_id = id, client.id end
+end
+
+--- Draw the next (`step` 1) or previous (-1) suggestion. With only one at hand, ask the server by
+--- hand for its alternatives and draw the one `step` leads to. False when not in insert mode.
+function M.cycle(buf, step)
+  local s = shown[buf]
+  local row, col = cursor(buf)
+  if s and s.alternatives and #s.alternatives > 1 and row == s.row and col == s.col then
+    local index = (s.index - 1 + step) % #s.alternatives + 1
+    draw(buf, vim.tbl_extend("force", s.alternatives[index], { alternatives = s.alternatives, index = index }))
+    return true
+  end
+  if not pending[buf] or not vim.api.nvim_get_mode().mode:match("^i") then return false end
+  pending[buf].timer:stop()
+  M.request(buf, true, step > 0 and 2 or -1)
+  return true
 end
 
 -- A word: an optional line break and blanks, then a run of word characters (bytes of multi-byte

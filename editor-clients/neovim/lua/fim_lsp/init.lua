@@ -23,6 +23,10 @@ M.defaults = {
   --- (0.11 ghost text, or `native = false`), or false.
   accept_word_key = "<M-Right>",
   accept_line_key = "<M-C-Right>",
+  --- Insert-mode keys that draw the next / previous suggestion; the first press asks the server by
+  --- hand, which answers with alternatives (0.11 ghost text, or `native = false`), or false.
+  next_key = "<M-]>",
+  prev_key = "<M-[>",
   --- Insert-mode key that hides a visible suggestion, or false.
   dismiss_key = "<C-]>",
   --- Milliseconds to wait after the last keystroke before asking (0.11 ghost text only).
@@ -81,6 +85,13 @@ local function map_keys(buf)
         vim.keymap.set("i", key, function()
           if not require("fim_lsp.ghost").accept(buf, kind) then feed(key) end
         end, { buffer = buf, desc = ("fim-lsp: accept the suggestion's next %s"):format(kind) })
+      end
+    end
+    for step, key in pairs({ [1] = cfg.next_key, [-1] = cfg.prev_key }) do
+      if key then
+        vim.keymap.set("i", key, function()
+          if not require("fim_lsp.ghost").cycle(buf, step) then feed(key) end
+        end, { buffer = buf, desc = step > 0 and "fim-lsp: next suggestion" or "fim-lsp: previous suggestion" })
       end
     end
   end
