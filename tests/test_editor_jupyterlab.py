@@ -81,10 +81,10 @@ class JupyterLab(EditorServer):
             return None
         return data if status == 200 else None
 
-    def drive(self, cache: Path, notebook_path: str, typed: str, out: Path) -> dict:
+    def drive(self, cache: Path, notebook_path: str, typed: str, out: Path, cycle: bool = False) -> dict:
         url = f"{self.base}/lab/tree/{notebook_path}?token={TOKEN}"
         env = {**self.env, "NODE_PATH": str(cache / "playwright" / "node_modules")}
-        return self.run_driver(DRIVER, {"url": url, "typed": typed, "out": str(out)}, env)
+        return self.run_driver(DRIVER, {"url": url, "typed": typed, "out": str(out), "cycle": cycle}, env)
 
 
 def test_notebook_cell_shows_inline_suggestion_with_the_cell_above_as_context(cache, tiny_starcoder, tmp_path):
@@ -125,6 +125,30 @@ def test_notebook_cell_shows_inline_suggestion_with_the_cell_above_as_context(ca
     assert reference and reference[0]["insertText"] == inserted
     saved = json.loads((root / "scale.ipynb").read_text())
     assert "".join(saved["cells"][1]["source"]) == TYPED + inserted
+
+
+def test_asking_by_hand_offers_alternatives_and_alt_bracket_cycles_to_the_next(cache, tiny_starcoder, tmp_path):
+    out = artifacts_dir("jupyterlab-cycle")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "scale.ipynb").write_text(json.dumps(notebook([CELL_ABOVE, ""])))
+    with JupyterLab(cache, tmp_path / "home", root, {"command": serve_command(tiny_starcoder),
+                                                     "settings": SERVER_SETTINGS}) as lab:
+        warm = lab.call("fim-lsp/inline", {"path": "warm.ipynb", "cells": [{"kind": "code", "source": "x = "}],
+                                           "active": 0, "offset": 4, "invoked": True})
+        assert warm[0] == 200 and lab.call("fim-lsp/inline", {"path": "w.ipynb", "cells": [], "active": 0,
+                                                              "offset": 0, "invoked": "yes"})[0] == 400
+        wait_for("the model to load", lambda: (s := lab.get("fim-lsp/status")) and s.get("state") == "ready", 120)
+        result = lab.drive(cache, "scale.ipynb", TYPED, out, cycle=True)
+        assert "error" not in result, f"{result} (screenshots in {out})"
+        recent = lab.get("fim-lsp/status")["recent_requests"]
+    asked = [r for r in recent if r["text"].endswith(TYPED) and len(r["items"] or []) > 1]
+    assert asked, f"no request by hand answered with alternatives: {recent}"
+    alternatives = [i["insertText"] for i in asked[-1]["items"]]
+    inserted = result["cellText"].replace("\u00a0", " ")[len(TYPED):]
+    # Alt+] drew the second suggestion and Tab took it (a later answer may only extend what was shown)
+    assert inserted in alternatives[1:] and inserted.startswith(result["ghost"].replace("\u00a0", " ")), result
+    assert inserted != alternatives[0]
 
 
 def test_missing_server_is_reported_once_by_the_proxy(cache, tmp_path):

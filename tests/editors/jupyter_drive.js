@@ -27,6 +27,20 @@ drive(async (page, cfg, result) => {
   }
   result.ghost = shown;
   await page.screenshot({ path: `${cfg.out}/ghost.png` });
+  if (cfg.cycle) {
+    // Ask by hand (Alt+\): the provider is invoked and answers with alternatives; Alt+] draws the next.
+    result.automatic = shown;
+    await page.keyboard.press('Alt+Backslash');
+    await page.waitForTimeout(1500);
+    result.invoked = (await ghost.allTextContents()).join('');
+    await page.keyboard.press('Alt+BracketRight');
+    for (let i = 0; i < 20 && (await ghost.allTextContents()).join('') === result.invoked; i++) {
+      await page.waitForTimeout(250);
+    }
+    shown = (await ghost.allTextContents()).join('');
+    result.ghost = shown;
+    await page.screenshot({ path: `${cfg.out}/cycled.png` });
+  }
   await page.keyboard.press('Tab');
   // After Tab the next suggestion may already show as ghost text inside the editor's DOM: read the
   // cell's own text, each line without its ghost widgets.

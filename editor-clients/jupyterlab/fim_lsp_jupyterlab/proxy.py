@@ -73,7 +73,10 @@ class Proxy:
             raise ServerGone(self.failure) from None
         return self.server
 
-    async def complete(self, notebook_path: str, cells: list[Cell], active: int, offset: int) -> list[dict]:
+    async def complete(self, notebook_path: str, cells: list[Cell], active: int, offset: int,
+                       invoked: bool = False) -> list[dict]:
+        """The server's inline completion items for the cursor at `offset` of cell `active`; asked
+        by hand (`invoked`), they include alternatives."""
         text, line, character = notebook_document(cells, active, offset)
         uri = (Path(self.root_dir) / (notebook_path + ".py")).resolve().as_uri()
         async with self._lock:  # document updates and the request that follows stay in order
@@ -91,7 +94,7 @@ class Proxy:
             self.recent.append(record)
             request = server.request("textDocument/inlineCompletion", {
                 "textDocument": {"uri": uri}, "position": {"line": line, "character": character},
-                "context": {"triggerKind": 2}}, self.config.request_timeout)
+                "context": {"triggerKind": 1 if invoked else 2}}, self.config.request_timeout)  # Invoked, Automatic
         try:
             result = await request
         except ServerGone:
@@ -140,9 +143,13 @@ class InlineHandler(ProxyHandler):
         try:
             cells = [Cell(kind=c["kind"], source=c["source"]) for c in body["cells"]]
             path, active, offset = str(body["path"]), int(body["active"]), int(body["offset"])
-            items = await self.proxy.complete(path, cells, active, offset)
+            invoked = body.get("invoked", False)
+            if not isinstance(invoked, bool):
+                raise TypeError(f"invoked must be true or false, got {invoked!r}")
+            items = await self.proxy.complete(path, cells, active, offset, invoked)
         except (KeyError, TypeError, ValueError) as exc:
-            return self.fail(400, f"bad request: {exc!r}; expected path, cells[{{kind, source}}], active, offset")
+            return self.fail(400, f"bad request: {exc!r}; expected path, cells[{{kind, source}}], active, offset"
+                                  f" and optionally invoked")
         except ServerGone as exc:
             return self.fail(503, str(exc))
         except asyncio.TimeoutError:

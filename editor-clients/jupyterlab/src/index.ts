@@ -6,7 +6,7 @@ import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application'
 import { Notification } from '@jupyterlab/apputils';
 import {
   CompletionHandler, ICompletionProviderManager, IInlineCompletionContext, IInlineCompletionItem,
-  IInlineCompletionList, IInlineCompletionProvider,
+  IInlineCompletionList, IInlineCompletionProvider, InlineCompletionTriggerKind,
 } from '@jupyterlab/completer';
 import { URLExt } from '@jupyterlab/coreutils';
 import { NotebookPanel } from '@jupyterlab/notebook';
@@ -46,9 +46,12 @@ class FimLspProvider implements IInlineCompletionProvider {
   async fetch(request: CompletionHandler.IRequest, context: IInlineCompletionContext): Promise<IInlineCompletionList> {
     if (this.failure) return { items: [] }; // reported once; "fim-lsp: Restart Server" clears it
     const { path, cells, active } = cellsOf(request, context);
+    // Asked by hand (the completer's invoke or Alt+]): the server adds alternatives to cycle through.
+    const invoked = context.triggerKind === InlineCompletionTriggerKind.Invoke;
     let reply;
     try {
-      reply = await call('inline', { method: 'POST', body: JSON.stringify({ path, cells, active, offset: request.offset }) });
+      const body = JSON.stringify({ path, cells, active, offset: request.offset, invoked });
+      reply = await call('inline', { method: 'POST', body });
     } catch (err) {
       return { items: [] }; // the Jupyter server is unreachable: the page says so already
     }
