@@ -80,6 +80,25 @@ def test_typing_shows_ghost_text_and_tab_accepts_it(cache, tiny_starcoder, tmp_p
     assert printable_run(inserted) in visible(result["ghost"])
 
 
+def test_show_next_inline_suggestion_draws_the_servers_alternative_and_tab_takes_it(cache, tiny_starcoder, tmp_path):
+    out = artifacts_dir("vscode-cycle")
+    workspace, file = scale_workspace(tmp_path)
+    cmd = serve_command(tiny_starcoder)
+    with CodeServer(cache, tmp_path / "home", workspace, extension_settings(cmd)) as vscode:
+        result = vscode.drive(file=file.name, typed=TYPED, statusPattern=f"{tiny_starcoder.name} · ", out=str(out),
+                              cycle=True)
+    assert "error" not in result, f"{result} (screenshots in {out})"
+    saved = file.read_text()
+    inserted = saved[len(SOURCE + TYPED):]
+    assert saved.startswith(SOURCE + TYPED) and inserted, saved
+    assert visible(result["ghost"]).strip() == visible(inserted).strip()
+    line = (SOURCE + TYPED).count("\n")
+    character = len((SOURCE + TYPED).rsplit("\n", 1)[1])
+    reference = asyncio.run(server_suggestion(cmd, file.as_uri(), SOURCE + TYPED, line, character, SERVER_SETTINGS))
+    alternatives = [item["insertText"] for item in reference]
+    assert len(alternatives) > 1 and inserted in alternatives[1:] and inserted != alternatives[0], (inserted, alternatives)
+
+
 def test_a_language_turned_off_asks_nothing_until_the_toggle_turns_it_on(cache, tiny_starcoder, tmp_path):
     out = artifacts_dir("vscode-toggle")
     workspace, file = scale_workspace(tmp_path)

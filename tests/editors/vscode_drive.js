@@ -3,7 +3,8 @@
 // usage: NODE_PATH=<playwright-core's node_modules> node vscode_drive.js '<json config>'
 //   config: { url, file, typed, statusPattern (a RegExp source), out, timeoutMs, expectNotification,
 //             toggle (the file's language starts turned off: ask, see nothing, toggle it on, accept;
-//             statusPattern then matches the "off" item and statusOnPattern the one naming the model) }
+//             statusPattern then matches the "off" item and statusOnPattern the one naming the model),
+//             cycle (after the first suggestion, show the next one, then accept that) }
 const { drive } = require('./browser');
 
 const GHOST = '.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text';
@@ -65,6 +66,17 @@ async function typeAndAccept(page, cfg, result, item) {
   }
   result.ghost = (await ghost.allTextContents()).join('\n');
   await page.screenshot({ path: `${cfg.out}/ghost.png` });
+  if (cfg.cycle) {
+    // The next suggestion: VS Code asks by hand (the server adds alternatives) and draws the second.
+    result.automatic = result.ghost;
+    await page.keyboard.press('Alt+BracketRight'); // Show Next Inline Suggestion (hidden from the palette)
+    for (let i = 0; i < 40 && (await ghost.allTextContents()).join('\n') === result.automatic; i++) {
+      await page.waitForTimeout(250);
+    }
+    await ghost.first().waitFor();
+    result.ghost = (await ghost.allTextContents()).join('\n');
+    await page.screenshot({ path: `${cfg.out}/cycled.png` });
+  }
   await page.keyboard.press('Tab');
   await ghost.first().waitFor({ state: 'detached' });
   await save(page);
