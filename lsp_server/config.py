@@ -67,6 +67,7 @@ class ServerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     debounce_ms: int = 0  # wait this long for a newer request before running the model
+    alternatives: int = 3  # suggestions offered for a request made by hand (each one more decode)
 
 
 # wire key -> (component, field, accepted types, allowed values or None)
@@ -87,6 +88,7 @@ _KEYS: dict[str, tuple[str, str, tuple[type, ...], tuple[Any, ...] | None]] = {
     "tokenHealing": ("completion", "token_healing", (bool,), None),
     "minTokenProbability": ("completion", "min_token_probability", (int, float), None),
     "debounceMs": ("server", "debounce_ms", (int,), None),
+    "alternatives": ("server", "alternatives", (int,), None),
     "url": ("model", "url", (str, type(None)), None),
     "apiKey": ("model", "api_key", (str, type(None)), None),
     "family": ("model", "family", (str, type(None)), ("starcoder", "santacoder", None)),
@@ -151,6 +153,8 @@ def check(config: ServerConfig) -> None:
         raise ConfigError(f"timeBudgetMs must be > 0, got {c.time_budget_s * 1000}")
     if config.debounce_ms < 0:
         raise ConfigError(f"debounceMs must be >= 0, got {config.debounce_ms}")
+    if not 1 <= config.alternatives <= 8:
+        raise ConfigError(f"alternatives must be between 1 and 8, got {config.alternatives}")
     if config.model.cache_bytes is not None and config.model.cache_bytes <= 0:
         raise ConfigError(f"cacheBytes must be > 0, got {config.model.cache_bytes}")
     m = config.model

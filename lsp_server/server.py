@@ -48,7 +48,6 @@ log = logging.getLogger("fim-lsp")
 
 STATUS = "fim-lsp/status"
 ACCEPTED = "fim-lsp.accepted"
-ALTERNATIVES = 3  # suggestions offered for a request made by hand: the best and two that start otherwise
 SUGGESTION_DETAIL = "fim-lsp · AI suggestion"
 NOTEBOOK_SYNC = types.NotebookDocumentSyncOptions(
     notebook_selector=[types.NotebookDocumentFilterWithNotebook(notebook="*")]
@@ -555,7 +554,7 @@ async def text_document_inline_completion(
     # and offer alternatives beside it (VS Code cycles them; it asks by hand to get more)
     resample = invoked and ls.config.completion.temperature > 0
     placed = await suggest(ls, params.text_document.uri, params.position, resample, invoked,
-                           alternatives=ALTERNATIVES if invoked else 1)
+                           alternatives=ls.config.alternatives if invoked else 1)
     return types.InlineCompletionList(items=[
         types.InlineCompletionItem(insert_text=p.text, range=p.range, command=p.command) for p in placed
     ])

@@ -384,6 +384,11 @@ async def test_asking_by_hand_offers_alternatives_that_start_with_the_next_likel
     listing = await client.text_document_completion_async(types.CompletionParams(
         text_document=types.TextDocumentIdentifier(uri=uri), position=position))
     assert [i.text_edit.new_text for i in listing.items] == [texts[0]]
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"alternatives": 1}))
+    try:  # the setting: only the best
+        assert [i.insert_text for i in await ask(types.InlineCompletionTriggerKind.Invoked)] == texts[:1]
+    finally:
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"alternatives": 3}))
     mirror.close_all()
 
 
