@@ -201,7 +201,7 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
             allowed = torch.tensor(healing.allowed(), dtype=torch.long, device=row.device)  # [A]
             choice = torch.full_like(row, float("-inf")).index_copy_(0, allowed, row[allowed])  # [V]
         if sampling.first_rank and not picked and sampling.temperature <= 0:
-            best = torch.topk(choice, min(sampling.first_rank + 1, choice.shape[-1]))  # ranked, best first
+            best = torch.topk(choice, min(sampling.first_rank + 1, choice.shape[-1]))  # [first_rank + 1], best first
             finite = int(torch.isfinite(best.values).sum())  # fewer than asked when healing allows fewer
             token = int(best.indices[min(sampling.first_rank, finite - 1)])
         else:
@@ -209,7 +209,7 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
         if choice is not row:
             healing.chose(healing.texts.text_of(token))
         # under the model's own distribution (no temperature, no healing mask): how sure it was
-        picked.append(float(row[token].float() - torch.logsumexp(row.float(), dim=-1)))
+        picked.append(float(row[token].float() - torch.logsumexp(row.float(), dim=-1)))  # [V] -> nats
         return token
 
     truncate = getattr(kv, "truncate", None)  # a runtime whose buffer keeps whole forwards' K/V (OrtSlot)
