@@ -55,6 +55,8 @@ class LlamaCppBackend:
     (`Llama.generate` with reset=True does the matching and the KV truncation).
     """
 
+    ranks_first_token = False
+
     def __init__(self, gguf: Path, tokenizer, n_ctx: int, threads: int = 2, n_batch: int = N_BATCH,
                  label: str = "llama.cpp", extra_buffers: bool = True):
         import llama_cpp

@@ -98,7 +98,7 @@ class CompletionRequest:
     # ask a remote server for each token's log-probability too (in-process backends always report them)
     token_probabilities: bool = False
     # greedy: start from the first token ranked this far below the best (an alternative suggestion);
-    # honoured where the backend's `ranks_first_token` is true, ignored elsewhere
+    # honoured where `Backend.ranks_first_token` is true, ignored elsewhere
     first_token_rank: int = 0
 
 
@@ -187,6 +187,7 @@ class Backend(Protocol):
 
     info: BackendInfo
     fim: FimTokens
+    ranks_first_token: bool  # honours CompletionRequest.first_token_rank (alternative suggestions)
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens `text` encodes to (special tokens recognised)."""

@@ -196,8 +196,8 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
                                   f"cached K/V or the weights are corrupt")
         if rules.emittable is not None and rules.emittable < row.shape[-1]:
             row[rules.emittable:] = float("-inf")
-        choice = row
-        if healing is not None and healing.pending:
+        choice, healing_now = row, healing is not None and healing.pending
+        if healing_now:
             allowed = torch.tensor(healing.allowed(), dtype=torch.long, device=row.device)  # [A]
             choice = torch.full_like(row, float("-inf")).index_copy_(0, allowed, row[allowed])  # [V]
         if sampling.first_rank and not picked and sampling.temperature <= 0:
@@ -206,7 +206,7 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
             token = int(best.indices[min(sampling.first_rank, finite - 1)])
         else:
             token = sample(choice, sampling, generator)
-        if choice is not row:
+        if healing_now:
             healing.chose(healing.texts.text_of(token))
         # under the model's own distribution (no temperature, no healing mask): how sure it was
         picked.append(float(row[token].float() - torch.logsumexp(row.float(), dim=-1)))  # [V] -> nats

@@ -454,7 +454,7 @@ async def suggest(ls: FimServer, uri: str, position: types.Position, resample: b
     config = pipeline.pipeline_config(ls.config.completion)
     if invoked:
         config = replace(config, min_token_probability=0.0)
-    if config.temperature > 0 or not getattr(backend, "ranks_first_token", False):
+    if config.temperature > 0 or not backend.ranks_first_token:
         alternatives = 1  # a first-token rank means nothing to sampling, or to a plain OpenAI server
     others = ls.store.others(uri, ls.roots) if config.prompt.neighbours else []
 
@@ -488,8 +488,11 @@ async def suggest(ls: FimServer, uri: str, position: types.Position, resample: b
     ls.latency.add(latency_ms)
     ls.last = last_figures(outcomes[0], latency_ms)
     ls.snippets[doc_key] = outcomes[0].snippets
-    shown = [o for i, o in enumerate(outcomes) if o.suggestion is not None
-             and all(o.suggestion.text != p.suggestion.text for p in outcomes[:i] if p.suggestion is not None)]
+    by_text: dict[str, pipeline.Outcome] = {}  # each text once, in the order the model ranked them
+    for outcome in outcomes:
+        if outcome.suggestion is not None:
+            by_text.setdefault(outcome.suggestion.text, outcome)
+    shown = list(by_text.values())
     if not shown:
         ls.shown.pop(doc_key, None)
         return []

@@ -16,6 +16,8 @@ from engine.tokenizer import CheckpointTokenizer
 class ReferenceBackend:
     """`GPTBigCodeForCausalLM.generate` per request; every prompt token is prefilled every time."""
 
+    ranks_first_token = False  # generate() has no way to force a first token's rank
+
     def __init__(self, model, tokenizer: CheckpointTokenizer, info: BackendInfo) -> None:
         self.model = model
         self.tokenizer = tokenizer

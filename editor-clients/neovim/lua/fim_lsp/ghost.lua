@@ -108,16 +108,21 @@ local function suggestion_of(buf, client, item, row, col)
   }
 end
 
---- Draw the `index`-th suggestion of an inlineCompletion answer (wrapping; negative counts from
---- the end), keeping the others to cycle through; clear what is drawn when none fits.
+--- Draw the `index`-th of `alternatives` (wrapping round; 0 and below count from the end),
+--- keeping them all to cycle through.
+local function draw_alternative(buf, alternatives, index)
+  index = (index - 1) % #alternatives + 1
+  draw(buf, vim.tbl_extend("force", alternatives[index], { alternatives = alternatives, index = index }))
+end
+
+--- Draw the `index`-th suggestion of an inlineCompletion answer; clear what is drawn when none fits.
 local function show(buf, client, result, row, col, index)
   local alternatives = {}
   for _, item in ipairs(result and (result.items or result) or {}) do
     alternatives[#alternatives + 1] = suggestion_of(buf, client, item, row, col)
   end
   if #alternatives == 0 then return M.clear(buf) end
-  index = ((index or 1) - 1) % #alternatives + 1
-  draw(buf, vim.tbl_extend("force", alternatives[index], { alternatives = alternatives, index = index }))
+  draw_alternative(buf, alternatives, index or 1)
 end
 
 --- After an edit: when it typed the drawn suggestion's next characters on its line (and left the
@@ -168,13 +173,12 @@ function M.cycle(buf, step)
   local s = shown[buf]
   local row, col = cursor(buf)
   if s and s.alternatives and #s.alternatives > 1 and row == s.row and col == s.col then
-    local index = (s.index - 1 + step) % #s.alternatives + 1
-    draw(buf, vim.tbl_extend("force", s.alternatives[index], { alternatives = s.alternatives, index = index }))
+    draw_alternative(buf, s.alternatives, s.index + step)
     return true
   end
   if not pending[buf] or not vim.api.nvim_get_mode().mode:match("^i") then return false end
   pending[buf].timer:stop()
-  M.request(buf, true, step > 0 and 2 or -1)
+  M.request(buf, true, step > 0 and 2 or 0) -- 0: the last
   return true
 end
 
