@@ -382,6 +382,30 @@ def sanity_generations(model, tokenizer, eos_id: int, max_new_tokens: int = 24) 
     return outputs
 
 
+def grown_state_dict(old: dict, fresh: dict, old_layers: int, new_layers: int) -> dict:
+    """Weights of a deeper model that computes exactly what `old` computes.
+
+    The old blocks keep their order, spread evenly among `new_layers` (old block i lands at
+    i * new_layers // old_layers); every other block takes `fresh`'s initial weights with the
+    output projections of its attention and MLP zeroed, so it adds nothing to the residual
+    stream until training moves those projections. Both dicts are transformers' GPTBigCode names.
+    """
+    assert new_layers >= old_layers, f"cannot shrink {old_layers} layers to {new_layers}"
+    placed = {i * new_layers // old_layers: i for i in range(old_layers)}
+    grown = {k: v for k, v in old.items() if not k.startswith("transformer.h.")}
+    for name, value in fresh.items():
+        if not name.startswith("transformer.h."):
+            continue
+        index, rest = name[len("transformer.h."):].split(".", 1)
+        if int(index) in placed:
+            grown[name] = old[f"transformer.h.{placed[int(index)]}.{rest}"]
+        elif rest.startswith(("attn.c_proj.", "mlp.c_proj.")):
+            grown[name] = value.new_zeros(value.shape)
+        else:
+            grown[name] = value
+    return grown
+
+
 def train(cfg: TrainConfig, log=print) -> None:
     """Train until `cfg.deadline`, checkpointing into `cfg.out` every `checkpoint_every_s`."""
     import torch
@@ -400,7 +424,8 @@ def train(cfg: TrainConfig, log=print) -> None:
         init_config = json.loads((cfg.init / "config.json").read_text())
         shape = {k: init_config[k] for k in ("n_layer", "n_embd", "n_head", "vocab_size")}
         shape["seq_len"] = init_config["n_positions"]
-        mismatched = {k: (getattr(cfg, k), v) for k, v in shape.items() if getattr(cfg, k) != v}
+        mismatched = {k: (getattr(cfg, k), v) for k, v in shape.items() if getattr(cfg, k) != v
+                      and not (k == "n_layer" and getattr(cfg, k) > v)}  # a deeper model grows from it
         assert not mismatched, f"--init {cfg.init} has another shape than asked (asked, found): {mismatched}"
         log(f"tokenizer: {cfg.init / 'tokenizer.json'} (the initial weights' own)")
         tokenizer = Tokenizer.from_file(str(cfg.init / "tokenizer.json"))
@@ -428,6 +453,12 @@ def train(cfg: TrainConfig, log=print) -> None:
     if cfg.init is not None:
         model = GPTBigCodeForCausalLM.from_pretrained(cfg.init, dtype=torch.float32)
         log(f"weights: {cfg.init} (fresh optimizer state, warm-up from step 0)")
+        if model.config.n_layer < cfg.n_layer:
+            deeper = GPTBigCodeForCausalLM(config)
+            deeper.load_state_dict(grown_state_dict(model.state_dict(), deeper.state_dict(),
+                                                    model.config.n_layer, cfg.n_layer))
+            log(f"grown from {model.config.n_layer} to {cfg.n_layer} layers (new blocks start as the identity)")
+            model = deeper
     else:
         model = GPTBigCodeForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())

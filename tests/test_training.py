@@ -228,3 +228,31 @@ def test_a_checkpoint_of_another_shape_is_refused_before_training(tmp_path):
                       init=kit(shape="tiny", family="starcoder"))
     with pytest.raises(AssertionError, match="another shape than asked"):
         training.train(cfg, log=lambda msg: None)
+
+
+def test_a_deeper_model_grown_from_a_checkpoint_computes_what_the_checkpoint_computes():
+    """--init with more layers: the old blocks keep their order and the new ones start as the
+    identity, so the grown model's logits equal the checkpoint's before any training."""
+    import torch
+    from transformers import GPTBigCodeForCausalLM
+
+    from engine.training import grown_state_dict
+    from tests.conftest import kit
+
+    old = GPTBigCodeForCausalLM.from_pretrained(kit(shape="tiny", family="starcoder"), dtype=torch.float32)
+    config = old.config.to_dict()
+    config["n_layer"] = 2 * old.config.n_layer + 1
+    torch.manual_seed(0)
+    deeper = GPTBigCodeForCausalLM(type(old.config).from_dict(config))
+    grown = grown_state_dict(old.state_dict(), deeper.state_dict(), old.config.n_layer, config["n_layer"])
+    assert grown.keys() == deeper.state_dict().keys()
+    deeper.load_state_dict(grown)
+    deeper.eval()  # the kit's config has dropout, like the real ones
+    assert torch.equal(deeper.transformer.h[0].attn.c_attn.weight, old.transformer.h[0].attn.c_attn.weight)
+    assert torch.equal(deeper.transformer.h[2].mlp.c_fc.weight, old.transformer.h[1].mlp.c_fc.weight)
+    assert not torch.equal(deeper.transformer.h[1].mlp.c_fc.weight, old.transformer.h[0].mlp.c_fc.weight)
+    ids = torch.tensor([[1, 5, 9, 200, 7, 3, 42, 11]])
+    with torch.no_grad():
+        assert torch.allclose(deeper(ids).logits, old(ids).logits, atol=1e-5)
+    with pytest.raises(AssertionError, match="cannot shrink"):
+        grown_state_dict(old.state_dict(), old.state_dict(), 3, 2)
