@@ -32,8 +32,8 @@ def cache() -> Path:
     return setup_editors("jupyterlab")
 
 
-def notebook(cells: list[str]) -> dict:
-    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {"language_info": {"name": "python"}},
+def notebook(cells: list[str], language: str = "python") -> dict:
+    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {"language_info": {"name": language}},
             "cells": [{"cell_type": "code", "id": f"c{i}", "metadata": {}, "source": s, "outputs": [],
                        "execution_count": None} for i, s in enumerate(cells)]}
 
@@ -114,24 +114,28 @@ def test_notebook_cell_shows_inline_suggestion_with_the_cell_above_as_context(ca
     # decoded further: an earlier request can end at its time budget) may replace the ghost between
     # the driver's last read and Tab; it then extends what was shown. Anything else is a bug.
     assert ghost and inserted.startswith(ghost), f"Tab inserted {inserted!r}, the ghost showed {ghost!r}"
-    # The request whose answer was shown held the whole notebook: the cell above, then the typed cell.
+    # The request whose answer was shown held the whole notebook: the cell above, then the typed cell,
+    # the cursor at the end of the typed cell.
     shown = [r for r in recent if r["items"] and r["items"][0]["insertText"] == inserted]
     assert shown, f"no request answered {inserted!r}: {recent}"
-    assert shown[-1]["text"] == CELL_ABOVE + "\n\n" + TYPED
-    assert (shown[-1]["line"], shown[-1]["character"]) == (CELL_ABOVE.count("\n") + 2, len(TYPED))
-    # And a fresh server asked about that document gives the same suggestion.
-    reference = asyncio.run(server_suggestion(cmd, shown[-1]["uri"], shown[-1]["text"], shown[-1]["line"],
-                                              shown[-1]["character"], SERVER_SETTINGS))
+    assert shown[-1]["cells"] == [CELL_ABOVE, TYPED] and shown[-1]["cell"] == 1
+    assert (shown[-1]["line"], shown[-1]["character"]) == (0, len(TYPED))
+    # And a fresh server asked about that notebook gives the same suggestion.
+    notebook_uri = shown[-1]["uri"].split("#")[0]
+    assert notebook_uri.endswith("/scale.ipynb")
+    reference = asyncio.run(server_suggestion(cmd, notebook_uri, TYPED, 0, len(TYPED), SERVER_SETTINGS,
+                                              cells=[CELL_ABOVE, TYPED]))
     assert reference and reference[0]["insertText"] == inserted
     saved = json.loads((root / "scale.ipynb").read_text())
     assert "".join(saved["cells"][1]["source"]) == TYPED + inserted
 
 
 def test_asking_by_hand_offers_alternatives_and_alt_bracket_cycles_to_the_next(cache, tiny_starcoder, tmp_path):
+    """(The notebook says its kernel language is Julia: the server is told so.)"""
     out = artifacts_dir("jupyterlab-cycle")
     root = tmp_path / "root"
     root.mkdir()
-    (root / "scale.ipynb").write_text(json.dumps(notebook([CELL_ABOVE, ""])))
+    (root / "scale.ipynb").write_text(json.dumps(notebook([CELL_ABOVE, ""], language="Julia")))
     with JupyterLab(cache, tmp_path / "home", root, {"command": serve_command(tiny_starcoder),
                                                      "settings": SERVER_SETTINGS}) as lab:
         warm = lab.call("fim-lsp/inline", {"path": "warm.ipynb", "cells": [{"kind": "code", "source": "x = "}],
@@ -142,8 +146,9 @@ def test_asking_by_hand_offers_alternatives_and_alt_bracket_cycles_to_the_next(c
         result = lab.drive(cache, "scale.ipynb", TYPED, out, cycle=True)
         assert "error" not in result, f"{result} (screenshots in {out})"
         recent = lab.get("fim-lsp/status")["recent_requests"]
-    asked = [r for r in recent if r["text"].endswith(TYPED) and len(r["items"] or []) > 1]
+    asked = [r for r in recent if r["cells"][-1] == TYPED and len(r["items"] or []) > 1]
     assert asked, f"no request by hand answered with alternatives: {recent}"
+    assert asked[-1]["language"] == "julia"
     alternatives = [i["insertText"] for i in asked[-1]["items"]]
     inserted = result["cellText"].replace("\u00a0", " ")[len(TYPED):]
     # Alt+] drew the second suggestion and Tab took it (a later answer may only extend what was shown)
@@ -164,25 +169,97 @@ def test_missing_server_is_reported_once_by_the_proxy(cache, tmp_path):
     assert bad[0] == 400 and "active cell 0" in bad[1]["message"]
 
 
-# The notebook-to-document mapping the proxy uses (pure; no JupyterLab needed).
+# What the proxy tells the server about a notebook (pure; no JupyterLab needed), checked against the
+# server's own handling of LSP notebook documents.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "editor-clients" / "jupyterlab"))
-from fim_lsp_jupyterlab.notebook import Cell, notebook_document  # noqa: E402
+from fim_lsp_jupyterlab.notebook import (Cell, NotebookSync, Splice, cell_position, diff_cells,  # noqa: E402
+                                         document_cells)
 
 
-def test_notebook_document_joins_cells_and_maps_the_cursor():
-    cells = [Cell("markdown", "Scale a list\n\nby a factor"), Cell("code", "import os"), Cell("raw", "skip me"),
-             Cell("code", "s = '😀'\nt = s")]
-    text, line, character = notebook_document(cells, active=3, offset=len("s = '😀'\nt = ".encode("utf-16-le")) // 2)
-    assert text == "# Scale a list\n#\n# by a factor\n\nimport os\n\ns = '😀'\nt = s"
-    assert (line, character) == (7, 4)
-    assert notebook_document(cells, active=3, offset=7) == (text, 6, 7)  # after the emoji: 2 UTF-16 units
+def test_the_cursor_offset_in_utf16_becomes_a_position_in_the_cell():
+    source = "s = '😀'\nt = s"
+    assert cell_position(source, len("s = '😀'\nt = ".encode("utf-16-le")) // 2) == (1, 4)
+    assert cell_position(source, 7) == (0, 7)  # after the emoji: 2 UTF-16 units
+    assert cell_position("", 0) == (0, 0)
 
 
-@pytest.mark.parametrize("cells, active, offset, message", [
-    ([Cell("code", "x")], 1, 0, "active cell 1 is not one of the 1 cells"),
-    ([Cell("markdown", "x")], 0, 0, "markdown cell, not code"),
-    ([Cell("code", "x")], 0, 5, "past the end of the cell"),
+@pytest.mark.parametrize("old, new, splice", [
+    ("abc", "abc", Splice(3, 0, 0)),
+    ("abc", "abX", Splice(2, 1, 1)),  # typing in the last cell
+    ("abc", "aXc", Splice(1, 1, 1)),
+    ("abc", "abXc", Splice(2, 0, 1)),  # a cell inserted
+    ("abc", "ac", Splice(1, 1, 0)),  # a cell deleted
+    ("aab", "ab", Splice(1, 1, 0)),  # equal cells at both ends do not overlap
+    ("abc", "acb", Splice(1, 2, 2)),  # moved
+    ("", "ab", Splice(0, 0, 2)),
 ])
-def test_notebook_document_rejects_bad_requests(cells, active, offset, message):
+def test_diff_cells_finds_the_one_splice_between_two_cell_lists(old, new, splice):
+    cells = lambda letters: [Cell("code", letter) for letter in letters]  # noqa: E731
+    assert diff_cells(cells(old), cells(new)) == splice
+
+
+def test_raw_cells_are_left_out_and_the_active_index_follows():
+    cells = [Cell("raw", "r"), Cell("markdown", "m"), Cell("raw", "r2"), Cell("code", "x")]
+    assert document_cells(cells, 3) == ([Cell("markdown", "m"), Cell("code", "x")], 1)
+
+
+@pytest.mark.parametrize("cells, active, message", [
+    ([Cell("code", "x")], 1, "active cell 1 is not one of the 1 cells"),
+    ([], 0, "active cell 0 is not one of the 0 cells"),
+    ([Cell("heading", "x")], 0, "not 'heading'"),
+])
+def test_bad_requests_are_value_errors(cells, active, message):
     with pytest.raises(ValueError, match=message):
-        notebook_document(cells, active, offset)
+        document_cells(cells, active)
+    with pytest.raises(ValueError, match="past the end of the cell"):
+        cell_position("x", 5)
+
+
+def test_the_servers_copy_of_a_notebook_follows_typing_inserts_deletes_moves_and_a_kernel_change():
+    """Each sync's notifications, run through the server's own notebook handlers, leave the server
+    with exactly the notebook the browser has; typing sends text changes, not new cells."""
+    from types import SimpleNamespace
+
+    from lsprotocol import types
+    from pygls.protocol import default_converter
+
+    from lsp_server import server as lsp
+    from lsp_server.documents import DocumentStore
+    from lsp_server.languages import line_comment
+    from lsp_server.notebook import Cell as ServerCell
+    from lsp_server.notebook import notebook_text
+
+    ls = SimpleNamespace(store=DocumentStore(), encoding="utf-16", shown={}, snippets={}, log=lambda *a: None,
+                         scheduler=SimpleNamespace(cancel=lambda key: None), backend=None)
+    handlers = {"notebookDocument/didOpen": (lsp.notebook_document_did_open, types.DidOpenNotebookDocumentParams),
+                "notebookDocument/didChange": (lsp.notebook_document_did_change, types.DidChangeNotebookDocumentParams),
+                "notebookDocument/didClose": (lsp.notebook_document_did_close, types.DidCloseNotebookDocumentParams)}
+    converter = default_converter()
+    sync, uri = NotebookSync(), "file:///w/analysis.ipynb"
+    steps = [
+        ("python", [Cell("markdown", "Load"), Cell("code", "import os"), Cell("code", "")]),
+        ("python", [Cell("markdown", "Load"), Cell("code", "import os"), Cell("code", "x = 1")]),  # typing
+        ("python", [Cell("markdown", "Load"), Cell("code", "import os"), Cell("code", "y"), Cell("code", "x = 1")]),
+        ("python", [Cell("code", "import os"), Cell("code", "y"), Cell("code", "x = 1")]),  # markdown deleted
+        ("python", [Cell("code", "x = 1"), Cell("code", "y"), Cell("code", "import os")]),  # moved
+        ("python", [Cell("code", "x = 1"), Cell("markdown", "y"), Cell("code", "import os")]),  # kind changed
+        ("javascript", [Cell("code", "x = 1"), Cell("markdown", "y"), Cell("code", "let a")]),  # another kernel
+    ]
+    for language, cells in steps:
+        messages, cell_uris = sync.sync(uri, cells, language)
+        assert messages, "every step changes something"
+        for method, params in messages:
+            handler, params_type = handlers[method]
+            handler(ls, converter.structure(params, params_type))
+        notebook = ls.store.notebooks[uri]
+        assert [u for u, _ in notebook.cells] == cell_uris
+        assert [k for _, k in notebook.cells] == [c.kind for c in cells]
+        assert [ls.store.get(u).text for u in cell_uris] == [c.source for c in cells]
+        code = cell_uris[[c.kind for c in cells].index("code")]
+        view, _ = lsp.notebook_view(ls, uri, code, types.Position(0, 0), "utf-16")
+        assert view == notebook_text([ServerCell(c.kind, c.source) for c in cells], language)[0]
+        assert line_comment(language) + " %%" in view
+    typing = sync.sync(uri, [Cell("code", "x = 1"), Cell("markdown", "y"), Cell("code", "let ab")], "javascript")[0]
+    assert [m for m, _ in typing] == ["notebookDocument/didChange"]
+    assert list(typing[0][1]["change"]["cells"]) == ["textContent"]
+    assert sync.sync(uri, [Cell("code", "x = 1"), Cell("markdown", "y"), Cell("code", "let ab")], "javascript")[0] == []

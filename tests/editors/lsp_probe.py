@@ -11,9 +11,11 @@ from pygls.lsp.client import LanguageClient
 
 
 async def server_suggestion(cmd: list[str], uri: str, text: str, line: int, character: int,
-                            settings: dict[str, Any] | None = None, timeout_s: float = 120) -> list[dict]:
+                            settings: dict[str, Any] | None = None, timeout_s: float = 120,
+                            cells: list[str] | None = None) -> list[dict]:
     """The server's inline completion items (insertText, range) for `text` with the cursor at
-    (line, character) in UTF-16 units."""
+    (line, character) in UTF-16 units. With `cells`, `uri` is a notebook of those code cells in
+    Python and `text` the one the cursor is in (the first cell holding it)."""
     client = LanguageClient("fim-lsp-probe", "1")
     await client.start_io(cmd[0], *cmd[1:])
     try:
@@ -21,8 +23,18 @@ async def server_suggestion(cmd: list[str], uri: str, text: str, line: int, char
             capabilities=types.ClientCapabilities(), initialization_options=settings or {},
         )), timeout_s)
         client.initialized(types.InitializedParams())
-        client.text_document_did_open(types.DidOpenTextDocumentParams(
-            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+        if cells is None:
+            client.text_document_did_open(types.DidOpenTextDocumentParams(
+                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+        else:
+            docs = [types.TextDocumentItem(uri=f"{uri}#probe-{i}", language_id="python", version=1, text=cell)
+                    for i, cell in enumerate(cells)]
+            client.notebook_document_did_open(types.DidOpenNotebookDocumentParams(
+                notebook_document=types.NotebookDocument(
+                    uri=uri, notebook_type="jupyter-notebook", version=1,
+                    cells=[types.NotebookCell(kind=types.NotebookCellKind.Code, document=d.uri) for d in docs]),
+                cell_text_documents=docs))
+            uri = docs[cells.index(text)].uri
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:  # the model loads in the background after `initialized`
             status = await client.protocol.send_request_async("fim-lsp/status", {})

@@ -1,28 +1,38 @@
-"""A notebook as one Python document for the server: pure functions, no Jupyter imports.
+"""What the proxy tells the server about a notebook: pure functions, no Jupyter imports.
 
-Code cells are joined with a blank line between them; markdown cells become `#` comments (they
-often say what the next cell does); raw cells are left out. The cursor, an offset in UTF-16 code
-units into the active cell (as the browser counts), becomes an LSP position in that document.
+A notebook is an LSP notebook document: each code or markdown cell is a cell text document in the
+kernel's language (raw cells are left out), so the server builds the prompt from the whole
+notebook, markdown as comments of that language, exactly as for VS Code's notebooks. A keystroke
+changes one cell's text; adding, deleting or moving cells is a splice of the cell list. The
+cursor, an offset in UTF-16 code units into the active cell (as the browser counts), becomes an
+LSP position in that cell.
 """
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 CellKind = Literal["code", "markdown", "raw"]
-SEPARATOR = "\n\n"
 
 
 @dataclass(frozen=True, slots=True)
 class Cell:
+    """One cell as the browser sends it."""
+
     kind: CellKind
     source: str
 
 
-def cell_text(cell: Cell) -> str:
-    if cell.kind == "markdown":
-        return "\n".join("# " + line if line else "#" for line in cell.source.split("\n"))
-    return cell.source
+@dataclass(frozen=True, slots=True)
+class Splice:
+    """How a cell list became another: `delete_count` cells at `start` replaced by the new list's
+    `insert_count` cells there; the cells before `start` and after the replaced ones are equal."""
+
+    start: int
+    delete_count: int
+    insert_count: int
 
 
 def utf16_len(text: str) -> int:
@@ -43,22 +53,112 @@ def utf16_to_index(text: str, offset: int) -> int:
     return len(text)
 
 
-def notebook_document(cells: list[Cell], active: int, offset: int) -> tuple[str, int, int]:
-    """(document text, line, character in UTF-16 units) for the cursor at `offset` in cell `active`."""
+def cell_position(source: str, offset: int) -> tuple[int, int]:
+    """(line, character in UTF-16 units) in a cell of the cursor at UTF-16 `offset`."""
+    before = source[:utf16_to_index(source, offset)]
+    return before.count("\n"), utf16_len(before.rsplit("\n", 1)[-1])
+
+
+def document_cells(cells: Sequence[Cell], active: int) -> tuple[list[Cell], int]:
+    """The cells the server gets (raw cells left out) and the active cell's index among them."""
     if not 0 <= active < len(cells):
         raise ValueError(f"active cell {active} is not one of the {len(cells)} cells")
-    if cells[active].kind != "code":
-        raise ValueError(f"active cell {active} is a {cells[active].kind} cell, not code")
-    parts, line = [], 0
-    for index, cell in enumerate(cells):
-        if cell.kind == "raw":
-            continue
-        if index == active:
-            before = cell.source[:utf16_to_index(cell.source, offset)]
-            line_in_cell = before.count("\n")
-            character = utf16_len(before.rsplit("\n", 1)[-1])
-            position = (line + line_in_cell, character)
-        text = cell_text(cell)
-        parts.append(text)
-        line += text.count("\n") + SEPARATOR.count("\n")
-    return SEPARATOR.join(parts), *position
+    unknown = sorted({cell.kind for cell in cells} - {"code", "markdown", "raw"})
+    if unknown:
+        raise ValueError(f"a cell's kind is code, markdown or raw, not {unknown[0]!r}")
+    kept = [cell for cell in cells if cell.kind != "raw"]
+    return kept, sum(1 for cell in cells[:active] if cell.kind != "raw")
+
+
+def diff_cells(old: Sequence[Cell], new: Sequence[Cell]) -> Splice:
+    """The smallest single splice that turns `old` into `new` (equal cells kept at both ends)."""
+    limit = min(len(old), len(new))
+    start = 0
+    while start < limit and old[start] == new[start]:
+        start += 1
+    end = 0  # cells equal at the end, not overlapping the equal start
+    while end < limit - start and old[len(old) - 1 - end] == new[len(new) - 1 - end]:
+        end += 1
+    return Splice(start, len(old) - start - end, len(new) - start - end)
+
+
+@dataclass(slots=True)
+class OpenCell:
+    """A cell the server has open: its document's URI and version, and its content."""
+
+    uri: str
+    cell: Cell
+    version: int = 1
+
+
+@dataclass(slots=True)
+class OpenNotebook:
+    """A notebook the server has open, in the kernel language its cells were opened with."""
+
+    language: str
+    cells: list[OpenCell]
+    version: int = 1
+
+
+LSP_CELL_KIND = {"markdown": 1, "code": 2}  # NotebookCellKind: Markup, Code
+Message = tuple[str, dict[str, Any]]  # an LSP notification: method, params
+
+
+class NotebookSync:
+    """What the server has of each notebook, and the notifications that bring it up to date."""
+
+    def __init__(self) -> None:
+        self.notebooks: dict[str, OpenNotebook] = {}  # notebook uri -> its open cells
+        self._numbers = itertools.count(1)  # cell URIs are never reused
+
+    def sync(self, uri: str, cells: Sequence[Cell], language: str) -> tuple[list[Message], list[str]]:
+        """The notifications that turn the server's copy of notebook `uri` into `cells` (code and
+        markdown only), and the cells' document URIs in order."""
+        assert all(c.kind in LSP_CELL_KIND for c in cells), "raw cells are left out (document_cells)"
+        messages: list[Message] = []
+        notebook = self.notebooks.get(uri)
+        if notebook is not None and notebook.language != language:  # another kernel: reopen in its language
+            messages.append(("notebookDocument/didClose", {
+                "notebookDocument": {"uri": uri}, "cellTextDocuments": [{"uri": c.uri} for c in notebook.cells]}))
+            notebook = None
+        if notebook is None:
+            notebook = self.notebooks[uri] = OpenNotebook(language, [self._open(uri, c) for c in cells])
+            messages.append(("notebookDocument/didOpen", {
+                "notebookDocument": {"uri": uri, "notebookType": "jupyter-notebook", "version": 1,
+                                     "cells": [_lsp_cell(c) for c in notebook.cells]},
+                "cellTextDocuments": [_text_document(c, language) for c in notebook.cells]}))
+            return messages, [c.uri for c in notebook.cells]
+        splice = diff_cells([c.cell for c in notebook.cells], cells)
+        old = notebook.cells[splice.start:splice.start + splice.delete_count]
+        new = cells[splice.start:splice.start + splice.insert_count]
+        if old or new:
+            if len(old) == len(new) and all(o.cell.kind == n.kind for o, n in zip(old, new)):
+                # typing: the same cells with new text (each changed cell's whole text)
+                for cell, update in zip(old, new):
+                    cell.cell, cell.version = update, cell.version + 1
+                change = {"textContent": [{"document": {"uri": c.uri, "version": c.version},
+                                           "changes": [{"text": c.cell.source}]} for c in old]}
+            else:
+                opened = [self._open(uri, c) for c in new]
+                notebook.cells[splice.start:splice.start + splice.delete_count] = opened
+                change = {"structure": {
+                    "array": {"start": splice.start, "deleteCount": splice.delete_count,
+                              "cells": [_lsp_cell(c) for c in opened]},
+                    "didOpen": [_text_document(c, language) for c in opened],
+                    "didClose": [{"uri": c.uri} for c in old]}}
+            notebook.version += 1
+            messages.append(("notebookDocument/didChange", {
+                "notebookDocument": {"uri": uri, "version": notebook.version}, "change": {"cells": change}}))
+        return messages, [c.uri for c in notebook.cells]
+
+    def _open(self, notebook_uri: str, cell: Cell) -> OpenCell:
+        return OpenCell(f"{notebook_uri}#cell-{next(self._numbers)}", cell)
+
+
+def _lsp_cell(cell: OpenCell) -> dict[str, Any]:
+    return {"kind": LSP_CELL_KIND[cell.cell.kind], "document": cell.uri}
+
+
+def _text_document(cell: OpenCell, language: str) -> dict[str, Any]:
+    return {"uri": cell.uri, "languageId": language if cell.cell.kind == "code" else "markdown",
+            "version": cell.version, "text": cell.cell.source}

@@ -1,9 +1,11 @@
 """The jupyter-server side: one `fim-lsp serve` per Jupyter server, reached over stdio.
 
-Each notebook is one document on the server (`<notebook path>.py`, built by `notebook.py`); a
-request updates it (full text, only when it changed) and asks for `textDocument/inlineCompletion`.
-A server that cannot start or dies is reported to the browser with the reason and not started
-again until `POST /fim-lsp/restart`: no retry storm.
+A notebook is sent as an LSP notebook document (`notebookDocument/didOpen`, then `didChange` with
+the cells whose text changed, or a splice when cells were added, deleted or moved; see
+`notebook.py`); a file editor's text is a plain text document. Each request then asks
+`textDocument/inlineCompletion` at the cursor in the active cell. A server that cannot start or
+dies is reported to the browser with the reason and not started again until
+`POST /fim-lsp/restart`: no retry storm.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from traitlets import Dict, Float, List, Unicode
 from traitlets.config import Configurable
 
 from fim_lsp_jupyterlab.lsp import LspProcess, ServerGone
-from fim_lsp_jupyterlab.notebook import Cell, notebook_document
+from fim_lsp_jupyterlab.notebook import Cell, NotebookSync, cell_position, document_cells
 
 
 class FimLsp(Configurable):
@@ -43,7 +45,8 @@ class Proxy:
         self.config, self.log_path, self.root_dir = config, log_path, root_dir
         self.server: LspProcess | None = None
         self.failure: str | None = None
-        self.documents: dict[str, tuple[int, str]] = {}  # uri -> (version, text)
+        self.documents: dict[str, tuple[int, str]] = {}  # file editors: uri -> (version, text)
+        self.notebooks = NotebookSync()  # what the server has of each notebook
         self.recent: deque[dict[str, Any]] = deque(maxlen=16)  # the latest requests and answers, for status
         self._lock = asyncio.Lock()
 
@@ -73,27 +76,34 @@ class Proxy:
             raise ServerGone(self.failure) from None
         return self.server
 
-    async def complete(self, notebook_path: str, cells: list[Cell], active: int, offset: int,
-                       invoked: bool = False) -> list[dict]:
-        """The server's inline completion items for the cursor at `offset` of cell `active`; asked
-        by hand (`invoked`), they include alternatives."""
-        text, line, character = notebook_document(cells, active, offset)
-        uri = (Path(self.root_dir) / (notebook_path + ".py")).resolve().as_uri()
+    async def complete(self, path: str, cells: list[Cell], active: int, offset: int,
+                       invoked: bool = False, language: str = "python") -> list[dict]:
+        """The server's inline completion items for the cursor at `offset` of cell `active` of the
+        notebook (or file, one cell) at `path`; asked by hand (`invoked`), they include alternatives.
+        Only code cells are completed: other cells get no items."""
+        sent, index = document_cells(cells, active)
+        if cells[active].kind != "code":
+            return []
+        line, character = cell_position(cells[active].source, offset)
+        notebook = path.endswith(".ipynb")
+        if not notebook and len(sent) != 1:
+            raise ValueError(f"{path} is not a notebook (.ipynb), so it has one cell, not {len(sent)}")
+        uri = (Path(self.root_dir) / path).resolve().as_uri()
+        language = language.lower()  # kernels say "Python", "R"; LSP language ids are lower case
         async with self._lock:  # document updates and the request that follows stay in order
             server = await self._ensure_server()
-            version, known = self.documents.get(uri, (0, None))
-            if known is None:
-                server.notify("textDocument/didOpen", {"textDocument": {
-                    "uri": uri, "languageId": "python", "version": 1, "text": text}})
-                self.documents[uri] = (1, text)
-            elif known != text:
-                server.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": version + 1},
-                                                         "contentChanges": [{"text": text}]})
-                self.documents[uri] = (version + 1, text)
-            record = {"uri": uri, "text": text, "line": line, "character": character, "items": None}
+            if notebook:
+                messages, cell_uris = self.notebooks.sync(uri, sent, language)
+                for method, params in messages:
+                    server.notify(method, params)
+                target = cell_uris[index]
+            else:
+                target = self._sync_file(server, uri, sent[0].source, language)
+            record = {"uri": target, "language": language, "cells": [c.source for c in sent], "cell": index,
+                      "line": line, "character": character, "items": None}
             self.recent.append(record)
             request = server.request("textDocument/inlineCompletion", {
-                "textDocument": {"uri": uri}, "position": {"line": line, "character": character},
+                "textDocument": {"uri": target}, "position": {"line": line, "character": character},
                 "context": {"triggerKind": 1 if invoked else 2}}, self.config.request_timeout)  # Invoked, Automatic
         try:
             result = await request
@@ -103,6 +113,19 @@ class Proxy:
         record["items"] = [{"insertText": i["insertText"] if isinstance(i["insertText"], str) else i["insertText"]["value"],
                             "range": i.get("range"), "command": i.get("command")} for i in items]
         return record["items"]
+
+    def _sync_file(self, server: LspProcess, uri: str, text: str, language: str) -> str:
+        """Open or update a file editor's document (full text, only when it changed); its URI."""
+        version, known = self.documents.get(uri, (0, None))
+        if known is None:
+            server.notify("textDocument/didOpen", {"textDocument": {
+                "uri": uri, "languageId": language, "version": 1, "text": text}})
+            self.documents[uri] = (1, text)
+        elif known != text:
+            server.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": version + 1},
+                                                     "contentChanges": [{"text": text}]})
+            self.documents[uri] = (version + 1, text)
+        return uri
 
     async def _died(self) -> list[dict]:
         await self._ensure_server()  # raises ServerGone with the exit code and stderr
@@ -119,7 +142,7 @@ class Proxy:
     async def restart(self) -> None:
         if self.server is not None:
             await self.server.close()
-        self.server, self.failure, self.documents = None, None, {}
+        self.server, self.failure, self.documents, self.notebooks = None, None, {}, NotebookSync()
 
     async def close(self) -> None:
         if self.server is not None:
@@ -143,13 +166,15 @@ class InlineHandler(ProxyHandler):
         try:
             cells = [Cell(kind=c["kind"], source=c["source"]) for c in body["cells"]]
             path, active, offset = str(body["path"]), int(body["active"]), int(body["offset"])
-            invoked = body.get("invoked", False)
+            invoked, language = body.get("invoked", False), body.get("language") or "python"
             if not isinstance(invoked, bool):
                 raise TypeError(f"invoked must be true or false, got {invoked!r}")
-            items = await self.proxy.complete(path, cells, active, offset, invoked)
+            if not isinstance(language, str):
+                raise TypeError(f"language must be a language id such as 'python', got {language!r}")
+            items = await self.proxy.complete(path, cells, active, offset, invoked, language)
         except (KeyError, TypeError, ValueError) as exc:
             return self.fail(400, f"bad request: {exc!r}; expected path, cells[{{kind, source}}], active, offset"
-                                  f" and optionally invoked")
+                                  f" and optionally invoked, language")
         except ServerGone as exc:
             return self.fail(503, str(exc))
         except asyncio.TimeoutError:

@@ -1,7 +1,7 @@
 // fim-lsp in JupyterLab: an inline completion provider (ghost text, Tab accepts) whose
 // suggestions come from `fim-lsp serve` through this package's jupyter-server extension
-// (POST /fim-lsp/inline). A notebook is sent whole, cells in order, so the cells above the
-// cursor are the prompt's context.
+// (POST /fim-lsp/inline). A notebook is sent whole, cells in order, with its kernel's language: the
+// server sees it as an LSP notebook document, so the cells around the cursor are the prompt's context.
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { Notification } from '@jupyterlab/apputils';
 import {
@@ -16,19 +16,25 @@ const ID = 'fim-lsp';
 
 interface Cell { kind: string; source: string }
 
-/** The cells to send and the index of the one being edited; a file editor is a one-cell notebook. */
+/** The cells to send, the index of the one being edited and their language (a notebook's kernel
+ * language, a file's from its MIME type); a file editor is one cell. */
 function cellsOf(request: CompletionHandler.IRequest, context: IInlineCompletionContext):
-    { path: string; cells: Cell[]; active: number } {
+    { path: string; cells: Cell[]; active: number; language: string } {
   const widget = context.widget;
   if (widget instanceof NotebookPanel) {
     const notebook = widget.content;
     const cells = notebook.widgets.map((cell) => ({ kind: cell.model.type, source: cell.model.sharedModel.getSource() }));
     // The editor's text is the freshest copy of the active cell.
-    cells[notebook.activeCellIndex] = { kind: 'code', source: request.text };
-    return { path: widget.context.path, cells, active: notebook.activeCellIndex };
+    const active = notebook.activeCellIndex;
+    cells[active] = { kind: cells[active]?.kind ?? 'code', source: request.text };
+    const info = widget.model?.getMetadata('language_info') as { name?: string } | undefined;
+    const spec = widget.model?.getMetadata('kernelspec') as { language?: string } | undefined;
+    return { path: widget.context.path, cells, active, language: info?.name ?? spec?.language ?? 'python' };
   }
   const path = (widget as unknown as { context?: { path?: string } }).context?.path ?? 'untitled.py';
-  return { path, cells: [{ kind: 'code', source: request.text }], active: 0 };
+  // text/x-python -> python, text/typescript -> typescript
+  const language = (request.mimeType ?? 'text/x-python').replace(/^[a-z]+\/(x-)?/, '');
+  return { path, cells: [{ kind: 'code', source: request.text }], active: 0, language };
 }
 
 async function call(endpoint: string, init: RequestInit): Promise<{ ok: boolean; data: any }> {
@@ -45,12 +51,12 @@ class FimLspProvider implements IInlineCompletionProvider {
 
   async fetch(request: CompletionHandler.IRequest, context: IInlineCompletionContext): Promise<IInlineCompletionList> {
     if (this.failure) return { items: [] }; // reported once; "fim-lsp: Restart Server" clears it
-    const { path, cells, active } = cellsOf(request, context);
+    const { path, cells, active, language } = cellsOf(request, context);
     // Asked by hand (the completer's invoke or Alt+]): the server adds alternatives to cycle through.
     const invoked = context.triggerKind === InlineCompletionTriggerKind.Invoke;
     let reply;
     try {
-      const body = JSON.stringify({ path, cells, active, offset: request.offset, invoked });
+      const body = JSON.stringify({ path, cells, active, offset: request.offset, invoked, language });
       reply = await call('inline', { method: 'POST', body });
     } catch (err) {
       return { items: [] }; // the Jupyter server is unreachable: the page says so already
