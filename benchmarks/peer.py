@@ -367,15 +367,22 @@ def main(args) -> int:
         print(f"fim-lsp bench peer: --context {context} leaves no room in the model's {n_positions}-token window",
               file=sys.stderr)
         return 2
+    modes = OURS + PEERS
+    if getattr(args, "rows", None):
+        modes = tuple(m.strip() for m in args.rows.split(","))
+        unknown = [m for m in modes if m not in OURS + PEERS]
+        if unknown:
+            print(f"fim-lsp bench peer: unknown rows {unknown}; the rows are {', '.join(OURS + PEERS)}", file=sys.stderr)
+            return 2
     big = args.shape == "santacoder" and not args.model
     keys = args.max_keys if args.max_keys is not None else (6 if big else 8)  # ~0.1-0.25 s a token: a short replay
     problems = pick_problems(model, min(args.problems, 2) if big and args.max_keys is None else args.problems, context)
     threads = args.threads or 2
-    gguf = {mode: str(ensure_gguf(model, mode.split()[1], say=say)) for mode in PEERS}
+    gguf = {mode: str(ensure_gguf(model, mode.split()[1], say=say)) for mode in PEERS if mode in modes}
     bandwidth = measure_bandwidth(threads=threads)
     say(f"memory bandwidth {bandwidth / 1e9:.1f} GB/s ({threads} threads)")
     rows = []
-    for mode in OURS + PEERS:
+    for mode in modes:
         say(f"{mode}: {len(problems)} problems x {keys} keys at ~{context} tokens")
         row = Row(mode, str(model), gguf.get(mode), tuple(problems), keys, context, threads,
                   speculate=getattr(args, "speculate", None))

@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-mib", type=int, default=64, help="soak: K/V cache budget (MiB)")
     p.add_argument("--plot", default="soak.png", help="soak: where to save the latency/RSS plot (PNG)")
     p.add_argument("--seed", type=int, default=0, help="soak: random seed")
+    p.add_argument("--rows", default=None,
+                   help="peer: comma-separated rows to run (e.g. 'torch int8,llama.cpp q8_0'); default: all")
     p.add_argument("--json", action="store_true")
 
     p = parsers["export-onnx"]

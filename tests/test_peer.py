@@ -154,3 +154,16 @@ def test_missing_llama_cpp_says_how_to_install(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "llama-cpp-python is not installed" in err
     assert 'pip install --find-links ~/.cache/fim-lsp/wheels "llama-cpp-python==0.3.36"' in err
+
+
+def test_rows_picks_the_rows_to_run_and_names_the_choices_when_one_is_unknown(capsys):
+    args = build_parser().parse_args(["bench", "peer", "--shape", "tiny", "--problems", "1", "--max-keys", "2",
+                                      "--threads", "1", "--json", "--rows", "torch int8, llama.cpp q8_0"])
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in summary["rows"]] == ["torch int8", "llama.cpp q8_0"]
+    assert summary["fastest_ours"] == "torch int8"
+    args = build_parser().parse_args(["bench", "peer", "--shape", "tiny", "--rows", "torch int4"])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "unknown rows ['torch int4']" in err and "llama.cpp q8_0" in err
