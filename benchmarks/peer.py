@@ -220,10 +220,12 @@ def weight_bytes(row: Row, backend) -> int:
         from engine.onnx_export import INT8_FILE
 
         return onnx_step_bytes(export_dir_for(Path(row.model)) / INT8_FILE)
+    from engine.quantize import weight_bytes as model_bytes
+
     model = backend.model
     gathered = {"wpe.weight"} | ({"wte.weight"} if getattr(model, "lm_head", None) is not None else set())
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}  # int8 weights are buffers
-    return sum(t.nbytes for name, t in tensors.items() if name not in gathered)
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return model_bytes(model) - sum(t.nbytes for name, t in tensors.items() if name in gathered)  # int8: packed or buffers
 
 
 def onnx_step_bytes(graph: Path) -> int:

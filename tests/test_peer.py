@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 import shutil
 
 import pytest
@@ -163,6 +164,13 @@ def test_rows_picks_the_rows_to_run_and_names_the_choices_when_one_is_unknown(ca
     summary = json.loads(capsys.readouterr().out)
     assert [r["mode"] for r in summary["rows"]] == ["torch int8", "llama.cpp q8_0"]
     assert summary["fastest_ours"] == "torch int8"
+    # a step reads every int8 matrix (packed for FBGEMM or not) but only rows of the two embedding tables
+    from engine.loading import read_config
+    from engine.quantize import int8_weight_bytes
+
+    args = read_config(Path(summary["model"])).args
+    tables = (args.vocab_size + args.n_positions) * args.n_embd * 2  # bf16
+    assert summary["rows"][0]["weight_bytes"] == int8_weight_bytes(args) - tables
     args = build_parser().parse_args(["bench", "peer", "--shape", "tiny", "--rows", "torch int4"])
     assert main(args) == 2
     err = capsys.readouterr().err
