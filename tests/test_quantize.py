@@ -159,6 +159,7 @@ def test_auto_on_a_cpu_with_int8_instructions_loads_int8_weights(monkeypatch, cp
     backend = load_backend(tiny)
     assert (backend.info.backend, backend.info.dtype) == ("torch", "int8")
     assert "int8 weights" in backend.info.why and backend.model.lm_head is not None
+    assert ("FBGEMM" in backend.info.why) == fbgemm_available()  # status says which kernel runs
     result = backend.complete(CompletionRequest(DocId("x"), "def add(a, b):\n", max_new_tokens=4))
     assert result.generated_tokens == len(result.token_ids) > 0
     assert load_backend(str(tiny_onnx)).info.backend == "onnx"  # an export directory still runs its graph

@@ -32,6 +32,7 @@ let client: LanguageClient | undefined;
 let output: vscode.LogOutputChannel;
 let statusItem: vscode.StatusBarItem;
 let failure: string | undefined;
+let connected = false; // the running client finished starting (initialize answered)
 let loading: string | undefined;
 let lastStatus: ServerStatus | undefined;
 let refreshTimer: NodeJS.Timeout | undefined;
@@ -183,6 +184,7 @@ function reportFailure(message: string, notify = true): void {
 
 async function start(): Promise<void> {
   failure = undefined;
+  connected = false;
   lastStatus = undefined;
   const how = launch();
   if ('error' in how) return reportFailure(how.error);
@@ -202,7 +204,9 @@ async function start(): Promise<void> {
     errorHandler: {
       error: () => ({ action: ErrorAction.Shutdown, handled: true }),
       closed: () => {
-        reportFailure('fim-lsp: the server stopped unexpectedly. Its output is in the "fim-lsp" log.');
+        // Closed before the start finished: the client reports "couldn't create connection" itself
+        // (which of the two comes first depends on timing); one message either way.
+        reportFailure('fim-lsp: the server stopped unexpectedly. Its output is in the "fim-lsp" log.', connected);
         return { action: CloseAction.DoNotRestart, handled: true };
       },
     },
@@ -225,6 +229,7 @@ async function start(): Promise<void> {
   render();
   try {
     await c.start();
+    connected = true;
   } catch (err) {
     // The client has shown "couldn't create connection to server" with a link to the log.
     reportFailure(`fim-lsp: the server failed to start: ${err instanceof Error ? err.message : err}`, false);
