@@ -59,9 +59,10 @@ def fbgemm_available() -> bool:
 class Int8Linear(nn.Module):
     """`y = x @ (weight * scales[:, None]).T + bias` over an int8 weight [N, K]; x: [T, K] -> y: [T, N].
 
-    `packed`: FBGEMM's prepacked copy of the weight and bias (then no `weight` buffer is kept);
-    None: the weight stays an int8 buffer for the GEMV / GEMM pair. `full_range`: FBGEMM may use
-    all 8 bits of the activations (only where the CPU's int8 dot products do not saturate).
+    `packed`: run FBGEMM on its prepacked copy of the weight and bias, and keep no `weight` buffer;
+    else the weight stays an int8 buffer for the GEMV / GEMM pair. `full_range`: FBGEMM may use all
+    8 bits of the activations (only where the CPU's int8 dot products do not saturate). The bf16
+    `scales` and `bias` (N values each) are kept either way, so `weight_bytes` reads one layout.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, packed: bool = False, full_range: bool = False):
@@ -80,7 +81,7 @@ class Int8Linear(nn.Module):
             self.register_buffer("weight", None)
         else:
             self.register_buffer("weight", q)  # [N, K] int8
-        self.gemv = q.shape[1] % GEMV_K_MULTIPLE == 0  # else every unpacked call takes the int8 x int8 GEMM
+        self.gemv = not packed and q.shape[1] % GEMV_K_MULTIPLE == 0  # else the int8 x int8 GEMM (unpacked)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.packed is not None:
