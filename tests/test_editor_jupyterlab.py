@@ -164,7 +164,14 @@ def test_missing_server_is_reported_once_by_the_proxy(cache, tmp_path):
         first = lab.call("fim-lsp/inline", body)
         second = lab.call("fim-lsp/inline", body)
         bad = lab.call("fim-lsp/inline", {"path": "a.ipynb", "cells": [], "active": 0, "offset": 0})
+        # a markdown cell is not completed: no items, and no server needed to say so
+        markdown = lab.call("fim-lsp/inline", {"path": "a.ipynb", "cells": [{"kind": "markdown", "source": "# x"}],
+                                               "active": 0, "offset": 3})
+        two_cell_file = lab.call("fim-lsp/inline", {"path": "a.py", "cells": [{"kind": "code", "source": "x"}] * 2,
+                                                    "active": 0, "offset": 1})
     assert first[0] == 503 and "no-such-server" in first[1]["message"] and "not found" in first[1]["message"]
+    assert markdown == (200, {"items": []})
+    assert two_cell_file[0] == 400 and "not a notebook" in two_cell_file[1]["message"]
     assert second == first, "the proxy should keep its verdict, not try again on every keystroke"
     assert bad[0] == 400 and "active cell 0" in bad[1]["message"]
 
