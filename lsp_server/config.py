@@ -68,6 +68,8 @@ class ServerConfig:
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     debounce_ms: int = 0  # wait this long for a newer request before running the model
     alternatives: int = 3  # suggestions offered for a request made by hand (each one more decode)
+    # documents never completed nor read for other documents' prompts (gitignore-like globs, e.g. "**/.env")
+    exclude: tuple[str, ...] = ()
 
 
 # wire key -> (component, field, accepted types, allowed values or None)
@@ -89,6 +91,7 @@ _KEYS: dict[str, tuple[str, str, tuple[type, ...], tuple[Any, ...] | None]] = {
     "minTokenProbability": ("completion", "min_token_probability", (int, float), None),
     "debounceMs": ("server", "debounce_ms", (int,), None),
     "alternatives": ("server", "alternatives", (int,), None),
+    "exclude": ("server", "exclude", (list,), None),
     "url": ("model", "url", (str, type(None)), None),
     "apiKey": ("model", "api_key", (str, type(None)), None),
     "family": ("model", "family", (str, type(None)), ("starcoder", "santacoder", None)),
@@ -127,6 +130,10 @@ def apply_settings(config: ServerConfig, raw: Any) -> ServerConfig:
             raise ConfigError(f"setting {key!r} must be one of {list(allowed)}, got {value!r}")
         if key in ("timeBudgetMs", "remoteTimeoutMs") and value is not None:
             value = value / 1000
+        if key == "exclude":
+            if not all(isinstance(pattern, str) and pattern.strip() for pattern in value):
+                raise ConfigError(f"setting 'exclude' must be a list of glob patterns such as \"**/.env\", got {value!r}")
+            value = tuple(value)
         changes[component][name] = value
     merged = replace(
         config,

@@ -9,6 +9,7 @@ cursor, so an edit and a completion always agree on where a position is.
 """
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -98,16 +99,16 @@ class DocumentStore:
             for cell_uri, _ in notebook.cells:
                 self.close(cell_uri)
 
-    def others(self, uri: str, roots: Sequence[str] = ()) -> list[tuple[str, str]]:
+    def others(self, uri: str, roots: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
         """(path, text) of the other open documents in the same language, for neighbour snippets;
-        paths as `uri_to_path` names them under the workspace folders `roots`."""
+        paths as `uri_to_path` names them under the workspace folders `roots`; documents whose path
+        matches an `exclude` pattern are left out."""
         doc = self.documents.get(uri)
         if doc is None:
             return []
-        return [
-            (uri_to_path(other.uri, roots), other.text) for other in self.documents.values()
-            if other.uri != uri and other.notebook_uri is None and other.language_id == doc.language_id
-        ]
+        named = [(uri_to_path(other.uri, roots), other) for other in self.documents.values()
+                 if other.uri != uri and other.notebook_uri is None and other.language_id == doc.language_id]
+        return [(path, other.text) for path, other in named if not excluded(path, exclude)]
 
 
 def apply_edit(text: str, edit: Edit, encoding: Encoding) -> str:
@@ -120,6 +121,25 @@ def apply_edit(text: str, edit: Edit, encoding: Encoding) -> str:
     if end < start:
         raise ValueError(f"edit range ends ({end_line}:{end_char}) before it starts ({start_line}:{start_char})")
     return text[:start] + edit.text + text[end:]
+
+
+def excluded(path: str, patterns: Sequence[str]) -> bool:
+    """Whether a document's path (as `uri_to_path` names it) matches one of the exclude patterns.
+
+    As in .gitignore: a pattern without "/" matches a file or directory name at any depth
+    (`.env`, `*.pem`, `secrets`); one with "/" matches the path from the workspace folder, where
+    `*` also crosses directories and a leading `**/` may match none (`**/.env`, `config/*.py`).
+    """
+    parts = path.replace("\\", "/").split("/")
+    for pattern in patterns:
+        pattern = pattern.strip().rstrip("/")
+        if "/" not in pattern:
+            if any(fnmatch.fnmatchcase(part, pattern) for part in parts):
+                return True
+        elif any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path, p + "/*")
+                 for p in {pattern, pattern.removeprefix("**/")}):
+            return True
+    return False
 
 
 def uri_to_path(uri: str, roots: Sequence[str] = ()) -> str:

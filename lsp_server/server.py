@@ -39,7 +39,7 @@ from engine.api import Backend, BackendError
 from lsp_server import pipeline
 from lsp_server.config import ConfigError, ModelConfig, ServerConfig, apply_settings, config_from_args
 from lsp_server.context import Encoding, offset_to_position, position_to_offset
-from lsp_server.documents import DocumentStore, Edit, uri_to_path
+from lsp_server.documents import DocumentStore, Edit, excluded, uri_to_path
 from lsp_server.notebook import Cell, map_cell_position, notebook_text
 from lsp_server.postprocess import ShownSuggestion
 from lsp_server.scheduler import LatencyWindow, Scheduler, Superseded
@@ -451,12 +451,14 @@ async def suggest(ls: FimServer, uri: str, position: types.Position, resample: b
     if doc.notebook_uri is not None:
         doc_key, text, (line, character) = doc.notebook_uri, *notebook_view(ls, doc.notebook_uri, uri, position, encoding)
         path = uri_to_path(doc.notebook_uri, ls.roots)
+    if excluded(path, ls.config.exclude):
+        return []  # the user keeps this document from the model: not completed, not a snippet elsewhere
     config = pipeline.pipeline_config(ls.config.completion)
     if invoked:
         config = replace(config, min_token_probability=0.0)
     if config.temperature > 0 or not backend.ranks_first_token:
         alternatives = 1  # a first-token rank means nothing to sampling, or to a plain OpenAI server
-    others = ls.store.others(uri, ls.roots) if config.prompt.neighbours else []
+    others = ls.store.others(uri, ls.roots, ls.config.exclude) if config.prompt.neighbours else []
 
     def job(token) -> list[pipeline.Outcome]:
         first = pipeline.complete(

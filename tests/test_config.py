@@ -19,7 +19,7 @@ def test_flat_settings_apply_to_their_components():
         "model": "/models/santacoder", "revision": "main", "backend": "torch", "device": "cpu", "dtype": "bfloat16",
         "cacheBytes": 1 << 30, "maxNewTokens": 32, "temperature": 0.2, "multiline": "never",
         "prefixSuffixRatio": 2, "neighbours": False, "fimMode": "psm", "timeBudgetMs": 500, "debounceMs": 30,
-        "tokenHealing": False, "minTokenProbability": 0.2, "alternatives": 2,
+        "tokenHealing": False, "minTokenProbability": 0.2, "alternatives": 2, "exclude": ["**/.env", "*.pem"],
     })
     assert config == ServerConfig(
         model=ModelConfig(model="/models/santacoder", revision="main", backend="torch", device="cpu",
@@ -27,7 +27,7 @@ def test_flat_settings_apply_to_their_components():
         completion=CompletionSettings(max_new_tokens=32, temperature=0.2, multiline="never", prefix_suffix_ratio=2,
                                       neighbours=False, fim_mode="psm", time_budget_s=0.5, token_healing=False,
                                       min_token_probability=0.2),
-        debounce_ms=30, alternatives=2,
+        debounce_ms=30, alternatives=2, exclude=("**/.env", "*.pem"),
     )
 
 
@@ -52,6 +52,9 @@ def test_none_and_empty_leave_the_configuration_unchanged():
     ({"temperature": -1}, "temperature must be >= 0"),
     ({"debounceMs": -5}, "debounceMs must be >= 0"),
     ({"alternatives": 0}, "alternatives must be between 1 and 8"),
+    ({"exclude": "**/.env"}, "'exclude' must be list"),
+    ({"exclude": ["*.pem", 3]}, "'exclude' must be a list of glob patterns"),
+    ({"exclude": [" "]}, "'exclude' must be a list of glob patterns"),
     ({"minTokenProbability": 1}, "minTokenProbability must be >= 0 and < 1"),
     ({"minTokenProbability": -0.1}, "minTokenProbability must be >= 0 and < 1"),
     ([1, 2], "settings must be a JSON object, got list"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lsp_server.documents import Document, DocumentStore, Edit, apply_edit, uri_to_path
+from lsp_server.documents import Document, DocumentStore, Edit, apply_edit, excluded, uri_to_path
 
 
 @pytest.mark.parametrize("encoding, character", [("utf-16", 4), ("utf-8", 6), ("utf-32", 3)])
@@ -50,6 +50,28 @@ def test_others_are_open_documents_of_the_same_language():
     store.open("file:///c.js", "c", 1, "javascript")
     assert store.others("file:///a.py") == [("b.py", "b")]
     assert store.others("file:///a.py", ["file:///"]) == [("b.py", "b")]
+    store.open("file:///w/.env.py", "TOKEN = 1", 1, "python")
+    assert store.others("file:///a.py", ["file:///w/"], exclude=[".env*"]) == [("b.py", "b")]
+    assert ("file:///w/.env.py", "TOKEN = 1") not in store.others("file:///a.py", exclude=["**/.env*"])
+
+
+@pytest.mark.parametrize("path, patterns, expected", [
+    (".env", [".env"], True),
+    ("app/.env", [".env"], True),  # a name matches at any depth
+    ("env.py", [".env"], False),
+    ("app/.env", ["**/.env"], True),
+    (".env", ["**/.env"], True),  # a leading **/ may match no directory
+    ("secrets/db.py", ["secrets"], True),  # a directory name excludes what is under it
+    ("a/secrets/db.py", ["secrets/"], True),
+    ("keys/server.pem", ["*.pem"], True),
+    ("config/local.py", ["config/*.py"], True),  # with a slash: from the workspace folder
+    ("src/config/local.py", ["config/*.py"], False),
+    ("vendor/a/b/c.py", ["vendor/**"], True),
+    ("app.py", [".env", "*.pem", "secrets"], False),
+    ("app.py", [], False),
+])
+def test_exclude_patterns_read_like_gitignore(path, patterns, expected):
+    assert excluded(path, patterns) is expected
 
 
 def test_notebook_cells_splice_and_close():

@@ -18,7 +18,7 @@ from lsp_server import pipeline
 from lsp_server.config import CompletionSettings, ModelConfig
 from lsp_server.demo import fetch_status, wait_until_loaded
 from lsp_server.context import offset_to_position, position_to_offset
-from lsp_server.documents import uri_to_path
+from lsp_server.documents import excluded, uri_to_path
 from lsp_server.notebook import Cell, map_cell_position, notebook_text
 from lsp_server.postprocess import ShownSuggestion
 from tests.conftest import kit
@@ -82,6 +82,7 @@ class Mirror:
         self.versions: dict[str, int] = {}
         self.shown: dict[str, ShownSuggestion] = {}
         self.snippets: dict[str, tuple] = {}
+        self.exclude: tuple[str, ...] = ()  # the server's exclude setting, as the client set it
 
     def close_all(self) -> None:
         """didClose every document this mirror opened (the session outlives the test)."""
@@ -114,7 +115,7 @@ class Mirror:
         """What the server must answer for an inline completion at `offset` in `uri`."""
         text = self.docs[uri]
         line, character = offset_to_position(text, offset, self.encoding)
-        others = [(uri_to_path(u), t) for u, t in self.docs.items() if u != uri]
+        others = [(uri_to_path(u), t) for u, t in self.docs.items() if u != uri and not excluded(uri_to_path(u), self.exclude)]
         outcome = pipeline.complete(
             self.engine, uri, text, line, character, encoding=self.encoding, config=self.config,
             path=uri_to_path(uri), others=others, previous_snippets=self.snippets.get(uri, ()),
@@ -268,6 +269,32 @@ async def test_two_documents_are_served_concurrently(client: LanguageClient, eng
     ca, cb = mirror.docs[a].index("\n\nprint"), len(mirror.docs[b]) - 1
     answers = await asyncio.gather(mirror.inline(a, ca), mirror.inline(b, cb))
     assert list(answers) == [mirror.expect(a, ca), mirror.expect(b, cb)]
+    mirror.close_all()
+
+
+async def test_an_excluded_document_is_not_completed_nor_read_for_another(client: LanguageClient, engine):
+    """exclude: a document whose path matches gets no suggestion (inline or listed), and its text
+    stays out of the snippets other documents' prompts carry."""
+    mirror = Mirror(client, engine)
+    secret, code = "file:///work/project/.env.py", "file:///work/project/app.py"
+    # the secret file shares the code around the cursor, so it would be the snippet chosen
+    mirror.open(secret, CODE + "API_TOKEN = 'sk-live-0123456789abcdef'\nDB_PASSWORD = 'hunter2'\n")
+    mirror.open(code, CODE)
+    cursor = mirror.docs[code].index("    print(len(lines))")
+    await mirror.inline(code, cursor)
+    with_secret = (await fetch_status(client))["last"]["prompt_tokens"]
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"exclude": [".env*"]}))
+    mirror.exclude, mirror.snippets, mirror.shown = (".env*",), {}, {}
+    cursor = mirror.type(code, cursor, " ")
+    assert await mirror.inline(code, cursor) == mirror.expect(code, cursor)
+    without = (await fetch_status(client))["last"]["prompt_tokens"]
+    assert 0 < without < with_secret - 20, "the excluded file's text left the prompt"
+    end = len(mirror.docs[secret])
+    assert not (await mirror.inline(secret, end)).items
+    listing = await client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=secret), position=mirror.position(secret, end)))
+    assert listing is None or not listing.items
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"exclude": []}))
     mirror.close_all()
 
 
