@@ -99,7 +99,7 @@ def test_cached_decoding_equals_recompute_under_int8(models, one_thread):
 
 
 NEAR_TIE_NATS = 0.35  # 95% of int8's flips of fp32's argmax are where fp32's top two logits are this close
-# (bundled 8-layer model: 0.08-0.30 over both kernel sets and paths; the 4-layer one it grew from: 0.12-0.22;
+# (bundled 8-layer model: 0.08-0.30 over both kernel sets and paths; the 4-layer one's cached steps: 0.12-0.22;
 # twice the layers add twice the rounding)
 CLEAR_CHOICE_NATS = 1.0  # and none where fp32 preferred a token by more: that is a kernel error, not rounding
 MIN_AGREEMENT = 0.96  # of next-token argmaxes, teacher-forced (bundled model: int8 prefill 97.0-97.2%, steps 98.4-99.1%)
