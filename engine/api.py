@@ -156,18 +156,23 @@ class CompletionResult:
     token_logprobs: list[float] | None = None
     token_ends: list[int] | None = None
 
-    def min_token_probability(self, length: int) -> float | None:
-        """The lowest probability among the tokens that wrote `text[:length]`; None when unknown."""
+    def logprobs_of(self, length: int) -> list[float] | None:
+        """The log-probabilities of the tokens that wrote `text[:length]`; None when unknown."""
         if self.token_logprobs is None or self.token_ends is None:
             return None
-        lowest, start = None, 0
+        wrote, start = [], 0
         for logprob, end in zip(self.token_logprobs, self.token_ends):
             if start >= length:
                 break
             if end > start:  # a token inside healing's re-spelled prefix wrote none of the text
-                lowest = logprob if lowest is None else min(lowest, logprob)
+                wrote.append(logprob)
             start = end
-        return None if lowest is None else math.exp(lowest)
+        return wrote
+
+    def min_token_probability(self, length: int) -> float | None:
+        """The lowest probability among the tokens that wrote `text[:length]`; None when unknown."""
+        wrote = self.logprobs_of(length)
+        return math.exp(min(wrote)) if wrote else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +185,7 @@ class BackendInfo:
     dtype: str
     n_ctx: int  # the model's context window in tokens
     why: str = ""  # why this backend/dtype was chosen
+    params: int = 0  # the model's parameter count; 0 when unknown (a remote server)
 
 
 class Backend(Protocol):

@@ -227,7 +227,7 @@ class Handler(BaseHTTPRequestHandler):
     def info(self) -> dict[str, Any]:
         b = self.engine.backend
         return {"engine": "fim-lsp", "model": b.info.model, "backend": b.info.backend, "device": b.info.device,
-                "dtype": b.info.dtype, "n_ctx": b.info.n_ctx, "family": b.fim.family,
+                "dtype": b.info.dtype, "n_ctx": b.info.n_ctx, "params": b.info.params, "family": b.fim.family,
                 "has_tokenizer": self.engine.tokenizer_json is not None}
 
     def tokenizer(self) -> str:

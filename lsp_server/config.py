@@ -58,6 +58,9 @@ class CompletionSettings:
     token_healing: bool = True  # re-spell the token at the cursor (engine.healing); off: prompt as typed
     # hide a suggestion when the model gave one of its tokens less than this probability (0: show all)
     min_token_probability: float = 0.0
+    # one-line suggestions: greedy continuations of this many first tokens, the likeliest shown
+    # (None: `pipeline.AUTO_BRANCHES` for small models, 1 otherwise)
+    branches: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ _KEYS: dict[str, tuple[str, str, tuple[type, ...], tuple[Any, ...] | None]] = {
     "timeBudgetMs": ("completion", "time_budget_s", (int, float, type(None)), None),
     "tokenHealing": ("completion", "token_healing", (bool,), None),
     "minTokenProbability": ("completion", "min_token_probability", (int, float), None),
+    "branches": ("completion", "branches", (int, type(None)), None),
     "debounceMs": ("server", "debounce_ms", (int,), None),
     "alternatives": ("server", "alternatives", (int,), None),
     "exclude": ("server", "exclude", (list,), None),
@@ -156,6 +160,8 @@ def check(config: ServerConfig) -> None:
         raise ConfigError(f"prefixSuffixRatio must be > 0, got {c.prefix_suffix_ratio}")
     if not 0 <= c.min_token_probability < 1:
         raise ConfigError(f"minTokenProbability must be >= 0 and < 1, got {c.min_token_probability}")
+    if c.branches is not None and not 1 <= c.branches <= 8:
+        raise ConfigError(f"branches must be between 1 and 8, got {c.branches}")
     if c.time_budget_s is not None and c.time_budget_s <= 0:
         raise ConfigError(f"timeBudgetMs must be > 0, got {c.time_budget_s * 1000}")
     if config.debounce_ms < 0:
@@ -190,6 +196,8 @@ def config_from_args(args: Any) -> ServerConfig:
         completion = replace(completion, max_new_tokens=args.max_new_tokens)
     if getattr(args, "temperature", None) is not None:
         completion = replace(completion, temperature=args.temperature)
+    if getattr(args, "branches", None) is not None:
+        completion = replace(completion, branches=args.branches)
     if getattr(args, "fim_mode", None) is not None:
         completion = replace(completion, fim_mode=args.fim_mode)
     config = ServerConfig(model=model, completion=completion)

@@ -77,6 +77,7 @@ class Report:
     passed: int | None = None
     results: list[ProblemResult] = field(default_factory=list)
     min_token_probability: float = 0.0  # suggestions less sure than this were hidden
+    branches: int = 1  # first tokens continued per one-line suggestion (the pipeline's `branches_for`)
 
     @property
     def shown(self) -> int:
@@ -100,7 +101,7 @@ class Report:
             "exact_match": round(self.exact_match, 4), "exact_matches": self.exact_matches,
             "model": self.model, "backend": self.backend, "seconds": round(self.seconds, 1),
             "ms_per_problem": round(1000 * self.seconds / self.problems, 1) if self.problems else 0.0,
-            "shown": self.shown,
+            "shown": self.shown, "branches": self.branches,
         }
         if self.min_token_probability:
             out["min_token_probability"] = self.min_token_probability
@@ -144,14 +145,16 @@ def program_for(problem: Problem, middle: str) -> str:
     return f"{problem.prompt}{middle}{problem.suffix}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
 
 
-def pipeline_config_for(benchmark: Benchmark, max_new_tokens: int, min_token_probability: float = 0.0):
-    """Greedy, no neighbours or file name; one line for single-line and idioms, a block for multi-line."""
+def pipeline_config_for(benchmark: Benchmark, max_new_tokens: int, min_token_probability: float = 0.0,
+                        branches: int | None = None):
+    """Greedy, no neighbours or file name; one line for single-line and idioms, a block for multi-line;
+    `branches` as the server's setting (None: the pipeline's default for the model)."""
     from lsp_server.pipeline import PipelineConfig
 
     return PipelineConfig(
         prompt=PromptConfig(max_new_tokens=max_new_tokens, neighbours=False, include_filename=False),
         postprocess=PostprocessConfig(multiline="never" if benchmark in ONE_LINE else "always", max_lines=64),
-        temperature=0.0, min_token_probability=min_token_probability,
+        temperature=0.0, min_token_probability=min_token_probability, branches=branches,
     )
 
 
@@ -171,16 +174,19 @@ def complete_problem(backend, problem: Problem, config) -> tuple[str, float, flo
 
 def evaluate(backend, problems: Iterable[Problem], benchmark: Benchmark, *, max_new_tokens: int = 128,
              pass_at_1: bool = False, run_program: Callable | None = None, progress=None,
-             min_token_probability: float = 0.0) -> Report:
+             min_token_probability: float = 0.0, branches: int | None = None) -> Report:
     """Score `backend` on `problems`; `progress` wraps the iterable (e.g. tqdm) when given."""
     problems = list(problems)
     # one-line benchmarks stop decoding at the line end
-    config = pipeline_config_for(benchmark, max_new_tokens, min_token_probability)
+    config = pipeline_config_for(benchmark, max_new_tokens, min_token_probability, branches)
+    from lsp_server.pipeline import branches_for
+
     if pass_at_1 and run_program is None:
         from lsp_server.sandbox import run_program
     report = Report(benchmark=benchmark, model=backend.info.model, backend=backend.info.backend,
                     problems=len(problems), exact_matches=0, seconds=0.0, passed=0 if pass_at_1 else None,
-                    min_token_probability=min_token_probability)
+                    min_token_probability=min_token_probability,
+                    branches=branches_for(backend, config) if benchmark in ONE_LINE else 1)
     start = time.perf_counter()
     iterator = progress(problems) if progress is not None else problems
     for problem in iterator:
@@ -205,7 +211,8 @@ def format_report(report: Report) -> str:
             ("problems", str(report.problems)),
             ("exact match", f"{report.exact_match:.1%} ({report.exact_matches}/{report.problems})"),
             ("shown", f"{report.shown}/{report.problems}" + (f" (min token probability {report.min_token_probability})"
-                                                              if report.min_token_probability else ""))]
+                                                              if report.min_token_probability else "")),
+            ("branches", str(report.branches))]
     if report.passed is not None:
         rows.append(("pass@1", f"{report.pass_at_1:.1%} ({report.passed}/{report.problems})"))
     per = 1000 * report.seconds / report.problems if report.problems else 0.0
@@ -244,7 +251,8 @@ def main_eval(args: argparse.Namespace) -> int:
 
     try:
         report = evaluate(backend, problems, args.benchmark, max_new_tokens=args.max_new_tokens,
-                          pass_at_1=args.pass_at_1, progress=bar, min_token_probability=args.min_token_probability)
+                          pass_at_1=args.pass_at_1, progress=bar, min_token_probability=args.min_token_probability,
+                          branches=args.branches)
     except Exception as exc:  # a model or prompt failure: say what, no traceback
         return fail(f"{type(exc).__name__}: {exc}")
     if args.results:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.api import Backend, CancelToken, CompletionRequest, CompletionResult, DocId
@@ -38,6 +38,28 @@ class PipelineConfig:
     seed: int | None = None
     heal: bool = True  # re-spell the token at the cursor (engine.healing); backends without it ignore it
     min_token_probability: float = 0.0  # hide suggestions with a token the model was less sure of
+    # one-line suggestions: how many first tokens to continue greedily, showing the likeliest line
+    # (None: `AUTO_BRANCHES` where a decode is cheap, see `branches_for`)
+    branches: int | None = None
+
+
+AUTO_BRANCHES = 3  # first tokens continued for a one-line suggestion where decoding is cheap
+CHEAP_DECODE_PARAMS = 100_000_000  # models smaller than this decode a line in milliseconds on a CPU
+
+
+def branches_for(backend: Backend, config: PipelineConfig) -> int:
+    """How many first tokens to continue for a greedy one-line suggestion.
+
+    A small model's greedy line often copies the line above (dropped by post-processing) or takes a
+    less likely path after a likely first token; continuing the runners-up and keeping the line with
+    the highest total log-probability is a short beam over the first token. Each branch is one more
+    decode over the cached prompt, so "auto" branches only for models that decode in milliseconds.
+    """
+    if config.temperature > 0 or not backend.ranks_first_token:
+        return 1
+    if config.branches is not None:
+        return config.branches
+    return AUTO_BRANCHES if 0 < backend.info.params < CHEAP_DECODE_PARAMS else 1
 
 
 def pipeline_config(settings: CompletionSettings) -> PipelineConfig:
@@ -52,6 +74,7 @@ def pipeline_config(settings: CompletionSettings) -> PipelineConfig:
         time_budget_s=settings.time_budget_s,
         heal=settings.token_healing,
         min_token_probability=settings.min_token_probability,
+        branches=settings.branches,
     )
 
 
@@ -111,25 +134,58 @@ def complete(
             text_around_cursor(ctx), others, config.prompt.neighbour_tokens, count_tokens, previous=previous_snippets,
         ))
     prompt = build_prompt(ctx, backend.fim, count_tokens, backend.info.n_ctx, config.prompt, path=path, snippets=snippets)
+    one_line = not takes_block(ctx, config.postprocess)
+    branches = branches_for(backend, config) if one_line and first_token_rank == 0 else 1
     request = CompletionRequest(
         doc_id=DocId(doc_id), prompt=prompt.text, max_new_tokens=config.prompt.max_new_tokens,
         temperature=config.temperature, seed=config.seed,
         stop_strings=(*config.postprocess.stop_strings, *early_stops(ctx, config.postprocess)),
         time_budget_s=config.time_budget_s, heal=config.heal,
-        # one line: the tokens after its end would be decoded only to be cut
-        stop_at_line_end=not takes_block(ctx, config.postprocess),
+        stop_at_line_end=one_line,  # one line: the tokens after its end would be decoded only to be cut
         stop_at_dedent=block_floor(ctx, config.postprocess),  # a block: the lines after it likewise
         stop_at_loop=True,  # a line repeating itself shows its first copy, not the token budget's worth
-        token_probabilities=config.min_token_probability > 0, first_token_rank=first_token_rank,
+        token_probabilities=config.min_token_probability > 0 or branches > 1, first_token_rank=first_token_rank,
     )
-    result = backend.complete(request, cancel)
+    best: tuple[float, Suggestion | None, CompletionResult, float | None] | None = None
+    runs: list[CompletionResult] = []
+    for rank in range(first_token_rank, first_token_rank + branches):
+        result = backend.complete(replace(request, first_token_rank=rank), cancel)
+        runs.append(result)
+        suggestion, confidence = _checked(result, ctx, config, backend)
+        score = _line_logprob(result, suggestion)
+        if best is None or score > best[0]:
+            best = (score, suggestion, result, confidence)
+        if result.stop_reason == "time_budget":
+            break  # out of time: the branches after it would be too
+    _, suggestion, result, confidence = best
+    if len(runs) > 1:  # the request's cost: the first run's prefill, every run's time
+        result = replace(result, reused_tokens=runs[0].reused_tokens, prefill_tokens=runs[0].prefill_tokens,
+                         latency_ms=sum(r.latency_ms for r in runs),
+                         extra={**result.extra, "branches": float(len(runs)),
+                                "branch_tokens": float(sum(r.generated_tokens for r in runs))})
+    return Outcome(suggestion=suggestion, context=ctx, prompt=prompt, result=result, snippets=snippets,
+                   confidence=confidence)
+
+
+def _checked(result: CompletionResult, ctx: CursorContext, config: PipelineConfig,
+             backend: Backend) -> tuple[Suggestion | None, float | None]:
+    """Post-process a generation: the suggestion to show (None: nothing worth showing) and the
+    lowest probability among its tokens (the generation's when none is shown)."""
     suggestion = postprocess(result.text, ctx, config.postprocess, stop_tokens=backend.fim.stop_tokens())
     # post-processing keeps (nearly always) a beginning of the raw text: its tokens are the first ones
     confidence = result.min_token_probability(len(suggestion.text) if suggestion is not None else len(result.text))
     if suggestion is not None and confidence is not None and confidence < config.min_token_probability:
         suggestion = None
-    return Outcome(suggestion=suggestion, context=ctx, prompt=prompt, result=result, snippets=snippets,
-                   confidence=confidence)
+    return suggestion, confidence
+
+
+def _line_logprob(result: CompletionResult, suggestion: Suggestion | None) -> float:
+    """How likely the model found the shown text: the sum of its tokens' log-probabilities
+    (-inf when nothing is shown, 0 when the backend does not report them)."""
+    if suggestion is None:
+        return float("-inf")
+    wrote = result.logprobs_of(len(suggestion.text))
+    return sum(wrote) if wrote else 0.0
 
 
 def early_stops(ctx: CursorContext, config: PostprocessConfig) -> tuple[str, ...]:

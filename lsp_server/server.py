@@ -235,8 +235,14 @@ async def workspace_did_change_configuration(ls: FimServer, params: types.DidCha
     except ConfigError as exc:
         ls.show(types.MessageType.Error, f"fim-lsp: settings not applied: {exc}")
         return
-    old_model, ls.config = ls.config.model, new
+    old, ls.config = ls.config, new
     ls.scheduler.debounce_s = new.debounce_ms / 1000
+    if (new.completion, new.exclude) != (old.completion, old.exclude):
+        # the suggestions shown and the snippets quoted were made under the old settings (with a
+        # document now excluded, say): the next request asks the model again
+        ls.shown.clear()
+        ls.snippets.clear()
+    old_model = old.model
     if new.model != old_model and ls.initialized:
         await start_loading(ls, new.model)
 

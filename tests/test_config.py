@@ -19,14 +19,14 @@ def test_flat_settings_apply_to_their_components():
         "model": "/models/santacoder", "revision": "main", "backend": "torch", "device": "cpu", "dtype": "bfloat16",
         "cacheBytes": 1 << 30, "maxNewTokens": 32, "temperature": 0.2, "multiline": "never",
         "prefixSuffixRatio": 2, "neighbours": False, "fimMode": "psm", "timeBudgetMs": 500, "debounceMs": 30,
-        "tokenHealing": False, "minTokenProbability": 0.2, "alternatives": 2, "exclude": ["**/.env", "*.pem"],
+        "tokenHealing": False, "minTokenProbability": 0.2, "alternatives": 2, "exclude": ["**/.env", "*.pem"], "branches": 2,
     })
     assert config == ServerConfig(
         model=ModelConfig(model="/models/santacoder", revision="main", backend="torch", device="cpu",
                           dtype="bfloat16", cache_bytes=1 << 30),
         completion=CompletionSettings(max_new_tokens=32, temperature=0.2, multiline="never", prefix_suffix_ratio=2,
                                       neighbours=False, fim_mode="psm", time_budget_s=0.5, token_healing=False,
-                                      min_token_probability=0.2),
+                                      min_token_probability=0.2, branches=2),
         debounce_ms=30, alternatives=2, exclude=("**/.env", "*.pem"),
     )
 
@@ -52,6 +52,9 @@ def test_none_and_empty_leave_the_configuration_unchanged():
     ({"temperature": -1}, "temperature must be >= 0"),
     ({"debounceMs": -5}, "debounceMs must be >= 0"),
     ({"alternatives": 0}, "alternatives must be between 1 and 8"),
+    ({"branches": 0}, "branches must be between 1 and 8"),
+    ({"branches": 9}, "branches must be between 1 and 8"),
+    ({"branches": 2.5}, "'branches' must be int or null"),
     ({"exclude": "**/.env"}, "'exclude' must be list"),
     ({"exclude": ["*.pem", 3]}, "'exclude' must be a list of glob patterns"),
     ({"exclude": [" "]}, "'exclude' must be a list of glob patterns"),
@@ -67,10 +70,10 @@ def test_bad_settings_raise_a_clear_error(raw, message):
 
 def test_command_line_flags():
     args = argparse.Namespace(model="m", revision=None, backend="auto", device="cpu", dtype="float32", threads=2,
-                              max_new_tokens=16, temperature=0.0, fim_mode="spm")
+                              max_new_tokens=16, temperature=0.0, fim_mode="spm", branches=1)
     config = config_from_args(args)
     assert config.model == ModelConfig(model="m", device="cpu", dtype="float32", threads=2)
-    assert config.completion == CompletionSettings(max_new_tokens=16, fim_mode="spm")
+    assert config.completion == CompletionSettings(max_new_tokens=16, fim_mode="spm", branches=1)
 
 
 def test_a_url_with_backend_auto_runs_remotely_from_the_wire_and_the_command_line():

@@ -12,7 +12,7 @@ from engine.api import (BackendInfo, CancelToken, Cancelled, CompletionRequest, 
                         through_line_end)
 from engine.fim_tokens import fim_tokens_from_vocab
 from lsp_server import pipeline
-from lsp_server.config import CompletionSettings
+from lsp_server.config import CompletionSettings, ModelConfig
 from lsp_server.context import cursor_context
 from lsp_server.postprocess import (PostprocessConfig, ShownSuggestion, Suggestion, block_floor, postprocess,
                                     takes_block)
@@ -30,6 +30,7 @@ class RecordingBackend:
     fim: object = STARCODER
     requests: list[CompletionRequest] = field(default_factory=list)
     tokens: list[CancelToken | None] = field(default_factory=list)
+    ranks_first_token: bool = False
 
     def count_tokens(self, text: str) -> int:
         return len(text.encode("utf-8")) // 4 + 1  # about four bytes a token
@@ -264,3 +265,121 @@ def test_without_token_probabilities_nothing_is_hidden():
     outcome = pipeline.complete(RecordingBackend(raw="r * r"), "d", TEXT, 1, 18, config=config)
     assert outcome.suggestion == Suggestion("r * r") and outcome.confidence is None
     assert pipeline.pipeline_config(CompletionSettings(min_token_probability=0.3)).min_token_probability == 0.3
+
+
+# -- branches: the likeliest of a few first tokens' greedy lines ------------------------------------
+
+CLASS = "class P:\n    def __init__(self, name, age):\n        self.name = name\n        \n\n    def greet(self):\n        pass\n"
+
+
+@dataclass
+class RankedBackend:
+    """Answers each first-token rank with its own line: rank -> (raw text, each token's
+    log-probability); the text splits evenly over the tokens."""
+
+    lines: dict[int, tuple[str, list[float]]]
+    params: int = 7_000_000
+    stop_reason: str = "line_end"
+    fim: object = STARCODER
+    ranks_first_token: bool = True
+    requests: list[CompletionRequest] = field(default_factory=list)
+
+    @property
+    def info(self) -> BackendInfo:
+        return BackendInfo(backend="ranked", model="m", device="cpu", dtype="float32", n_ctx=256, params=self.params)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.encode("utf-8")) // 4 + 1
+
+    def complete(self, request: CompletionRequest, cancel: CancelToken | None = None) -> CompletionResult:
+        self.requests.append(request)
+        text, logprobs = self.lines[request.first_token_rank]
+        n = len(logprobs)
+        ends = [len(text) * (i + 1) // n for i in range(n)]
+        first = not request.first_token_rank  # the first run prefills the prompt, the others one token
+        return CompletionResult(text=text, token_ids=list(range(n)), stop_reason=self.stop_reason, prompt_tokens=40,
+                                reused_tokens=0 if first else 39, prefill_tokens=40 if first else 1,
+                                generated_tokens=n, latency_ms=2.0, token_logprobs=logprobs, token_ends=ends)
+
+
+ONE_LINE = pipeline.PipelineConfig(postprocess=PostprocessConfig(multiline="never"))
+LINES = {0: ("self.name = name\n", [-0.1, -0.1, -0.1]),  # the likeliest, but it repeats the line above
+         1: ("# type: ignore\n", [-2.0, -2.0]),
+         2: ("self.age = age\n", [-1.0, -0.3, -0.2])}
+
+
+def test_branches_show_the_likeliest_line_that_post_processing_keeps():
+    backend = RankedBackend(LINES)
+    outcome = pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=3))
+    assert [r.first_token_rank for r in backend.requests] == [0, 1, 2]
+    assert all(r.token_probabilities for r in backend.requests), "the lines are compared by their probability"
+    assert len({r.prompt for r in backend.requests}) == 1
+    assert outcome.suggestion == Suggestion("self.age = age")  # -1.5 beats -4.0; the copy is dropped
+    assert outcome.confidence == pytest.approx(math.exp(-1.0))
+    # the request's cost: the first run's prefill, all three runs' time
+    assert (outcome.result.prefill_tokens, outcome.result.reused_tokens) == (40, 0)
+    assert outcome.result.latency_ms == 6.0 and outcome.result.extra["branches"] == 3
+    assert outcome.result.extra["branch_tokens"] == 8
+
+
+def test_one_branch_is_plain_greedy():
+    backend = RankedBackend(LINES)
+    outcome = pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=1))
+    assert [r.first_token_rank for r in backend.requests] == [0]
+    assert outcome.suggestion is None, "the greedy line repeats the line above"
+
+
+def test_a_tie_keeps_the_likelier_first_token():
+    backend = RankedBackend({0: ("self.x = 1\n", [-1.0, -1.0]), 1: ("self.y = 2\n", [-0.5, -1.5])})
+    outcome = pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=2))
+    assert outcome.suggestion == Suggestion("self.x = 1")
+
+
+def test_a_branch_with_a_doubted_token_is_not_shown_but_the_others_still_compete():
+    lines = {**LINES, 2: ("self.age = age\n", [-3.0, 0.0, 0.0])}  # sum -3.0 still beats -4.0, but one token is doubted
+    config = replace(ONE_LINE, branches=3, min_token_probability=0.1)  # exp(-3.0) = 0.05 < 0.1 <= exp(-2.0)
+    outcome = pipeline.complete(RankedBackend(lines), "d", CLASS, 3, 8, config=config)
+    assert outcome.suggestion == Suggestion("# type: ignore")
+
+
+def test_no_more_branches_once_out_of_time():
+    backend = RankedBackend(LINES, stop_reason="time_budget")
+    pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=3))
+    assert len(backend.requests) == 1
+
+
+@pytest.mark.parametrize("params, temperature, ranks, multiline, rank, requests", [
+    (7_000_000, 0.0, True, "never", 0, 3),  # auto: a small model branches
+    (1_100_000_000, 0.0, True, "never", 0, 1),  # a 1B model decodes too slowly for it
+    (0, 0.0, True, "never", 0, 1),  # unknown size (a remote server)
+    (7_000_000, 0.4, True, "never", 0, 1),  # sampling: no ranks to branch on
+    (7_000_000, 0.0, False, "never", 0, 1),  # a backend that cannot force a first token
+    (7_000_000, 0.0, True, "always", 0, 1),  # a block: a sum over lines would favour the shortest
+    (7_000_000, 0.0, True, "never", 1, 1),  # an alternative the user cycles to is that rank's line
+])
+def test_auto_branches_only_where_they_are_cheap_and_meaningful(params, temperature, ranks, multiline, rank, requests):
+    backend = RankedBackend(LINES, params=params, ranks_first_token=ranks)
+    config = pipeline.PipelineConfig(postprocess=PostprocessConfig(multiline=multiline), temperature=temperature)
+    assert config.branches is None
+    pipeline.complete(backend, "d", CLASS, 3, 8, config=config, first_token_rank=rank)
+    assert len(backend.requests) == requests
+    assert [r.first_token_rank for r in backend.requests] == list(range(rank, rank + requests))
+
+
+def test_the_branches_setting_reaches_the_pipeline():
+    assert pipeline.pipeline_config(CompletionSettings(branches=2)).branches == 2
+    assert pipeline.pipeline_config(CompletionSettings()).branches is None
+
+
+def test_branching_on_a_real_model_shows_the_likeliest_of_the_ranked_lines(tiny_starcoder):
+    backend = pipeline.load_model(ModelConfig(model=str(tiny_starcoder), dtype="float32"))
+    text = "def add(a, b):\n    return a + \n\nprint(add(1, 2))\n"
+    scored = []
+    for rank in range(3):
+        one = pipeline.complete(backend, f"r{rank}", text, 1, 15, config=replace(ONE_LINE, branches=1),
+                                first_token_rank=rank)
+        if one.suggestion is not None:
+            scored.append((sum(one.result.logprobs_of(len(one.suggestion.text))), -rank, one.suggestion))
+    assert len({s[2] for s in scored}) >= 2, "the ranks give different lines here"
+    branched = pipeline.complete(backend, "b", text, 1, 15, config=replace(ONE_LINE, branches=3))
+    assert branched.suggestion == max(scored)[2]

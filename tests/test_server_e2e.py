@@ -284,6 +284,7 @@ async def test_an_excluded_document_is_not_completed_nor_read_for_another(client
     await mirror.inline(code, cursor)
     with_secret = (await fetch_status(client))["last"]["prompt_tokens"]
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"exclude": [".env*"]}))
+    # new settings: the server forgets the suggestion shown and the snippets quoted under the old ones
     mirror.exclude, mirror.snippets, mirror.shown = (".env*",), {}, {}
     cursor = mirror.type(code, cursor, " ")
     assert await mirror.inline(code, cursor) == mirror.expect(code, cursor)

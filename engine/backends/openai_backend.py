@@ -492,6 +492,9 @@ def load_backend(model: str | None = None, device: str = "auto", dtype: str = "a
             notes.append("tokens counted with the engine daemon's tokenizer")
         backend.served_model = backend.served_model or info.get("model")
         n_ctx = n_ctx or int(info.get("n_ctx") or 0) or None
+        params = int(info.get("params") or 0)  # the engine daemon's model size (pipeline.branches_for)
+    else:
+        params = 0
     if backend.tokenizer is None:
         family = config.family or "starcoder"
         notes.append(f"no local tokenizer: {family} FIM tokens{'' if config.family else ' (the default family)'}, "
@@ -499,7 +502,7 @@ def load_backend(model: str | None = None, device: str = "auto", dtype: str = "a
     kind = {"daemon": "engine daemon", "openai": "OpenAI-compatible server", "unknown": "server"}[backend.mode]
     backend.info = BackendInfo(backend="openai", model=f"{backend.served_model or 'model'} at {backend.endpoint.shown}",
                                device="remote", dtype="remote", n_ctx=n_ctx or DEFAULT_N_CTX,
-                               why=f"{kind}; " + "; ".join(notes))
+                               why=f"{kind}; " + "; ".join(notes), params=params)
     return backend
 
 

@@ -50,7 +50,8 @@ class TorchBackend:
         self.clock = clock
         args = self.model.args
         self.info = BackendInfo(backend="torch", model=model_name or str(loaded.path), device=str(loaded.device),
-                                dtype=str(loaded.dtype).removeprefix("torch."), n_ctx=args.n_positions, why=why)
+                                dtype=str(loaded.dtype).removeprefix("torch."), n_ctx=args.n_positions, why=why,
+                                params=args.param_count())
         config = cache or CacheConfig()
         per_token = args.kv_bytes_per_token(torch.empty((), dtype=self.kv_dtype).element_size())
         budget = config.budget_bytes or int(available_memory(self.device) * DEFAULT_BUDGET_SHARE)
