@@ -10,7 +10,9 @@ it was asked to fill, repeats a line forever, or ends in spaces. The rules, in o
 2. one line or a block: mid-line is one line; at the end of a line that opens a block, or on an
    empty line under one, it is the block (`multiline` = never/auto/always);
 3. a block ends where the indentation leaves its scope, where it meets the first line after the
-   cursor (the suffix), at a line that repeats the one before, or at `max_lines`;
+   cursor (the suffix), at a line that repeats the one before, or at `max_lines`; on a line that
+   holds only indentation, a suggestion starting deeper than the code allows there (the line
+   above's depth, one level more under an opener) is moved back to it, its lines alike;
 4. text that repeats the rest of the cursor's line is removed, and closing characters the
    suggestion supplies (`)`, `]`, `"`) replace those already after the cursor;
 5. brackets stay balanced: a closer that matches nothing open ends the suggestion, and a one-line
@@ -212,6 +214,29 @@ def _take_line(lines: list[str], ctx: CursorContext, case: Case, config: Postpro
     return [first]
 
 
+INDENT_STEP = 4  # columns one indentation level may add under an opener (2-space code fits in it)
+
+
+def _within_indentation(lines: list[str], ctx: CursorContext) -> list[str]:
+    """On a line holding only indentation: `lines` moved back left when their first line would start
+    deeper than the code allows (the line above's depth, `INDENT_STEP` more under an opener, or the
+    cursor's own column if deeper), by the spaces in excess, and every later line by as many as it
+    has of them. Inside parentheses or brackets (a continuation line aligned anywhere) nothing moves."""
+    outer, quote = _prefix_brackets(ctx.prefix)
+    if quote is not None or (outer and outer[-1] != "{"):
+        return lines
+    first = lines[0]
+    lead = len(first) - len(first.lstrip(" "))
+    if not first.strip() or not lead:
+        return lines
+    above = _previous_line(ctx)
+    deepest = max(indent_width(above) + (INDENT_STEP if opens_block(above) else 0), indent_width(ctx.line_prefix))
+    excess = min(lead, indent_width(ctx.line_prefix + first) - deepest)
+    if excess <= 0:
+        return lines
+    return [line[min(excess, len(line) - len(line.lstrip(" "))):] for line in lines]
+
+
 def _repeats_line_above(ctx: CursorContext, first: str) -> bool:
     """True when the suggestion's first line on an empty line repeats the line above it."""
     return _has_word(first) and first.strip() == _previous_line(ctx).strip()
@@ -344,6 +369,8 @@ def postprocess(raw: str, ctx: CursorContext, config: PostprocessConfig,
     below = _next_line(ctx)
     anchor = (lp + ls) if case == "line_start" else below
     lines = text.split("\n")
+    if case == "open_line":
+        lines = _within_indentation(lines, ctx)
     if multi:
         kept = _take_block(lines, ctx, case, opener, anchor, config.max_lines)
     else:

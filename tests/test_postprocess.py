@@ -66,3 +66,32 @@ def test_forward_typing_through_a_whole_suggestion():
     rests = [reuse_suggestion(shown, CursorContext("total = " + "price * qty"[:n], "\n")) for n in range(1, 12)]
     assert [r.text if r else None for r in rests] == [
         "rice * qty", "ice * qty", "ce * qty", "e * qty", " * qty", "* qty", " qty", "qty", "ty", "y", None]
+
+
+ONE = PostprocessConfig(multiline="never")
+
+
+@pytest.mark.parametrize("prefix, raw, shown", [
+    # eight columns typed under an 8-column line: eight more spaces would break the indentation
+    ("    def inc(self):\n        self.n = 0\n        ", "        self.n += 1", "self.n += 1"),
+    # under an opener: one level deeper than the opener, however the cursor got there
+    ("def f(x):\n", "    return x", "    return x"),
+    ("def f(x):\n", "        return x", "    return x"),
+    ("def f(x):\n    ", "    return x", "return x"),
+    # at column 0 under indented code: back to that code's depth, not further
+    ("def f(x):\n    y = x\n", "        return y", "    return y"),
+    ("def f(x):\n    y = x\n", "    return y", "    return y"),
+    # inside parentheses a continuation line aligns anywhere: left alone
+    ("total = compute(first,\n", "                second)", "                second)"),
+    # in a brace block the rule holds as in Python
+    ("function f() {\n  let a = 1;\n  ", "      a += 1;", "a += 1;"),
+])
+def test_a_suggestion_on_an_empty_line_starts_no_deeper_than_the_code_allows(prefix, raw, shown):
+    assert postprocess(raw, CursorContext(prefix, "\n"), ONE) == Suggestion(shown)
+
+
+def test_a_block_moved_back_keeps_its_shape():
+    ctx = CursorContext("class A:\n    def f(self):\n        ", "\n")
+    raw = "    if self.x:\n                return 1\n            return 2"
+    assert postprocess(raw, ctx, PostprocessConfig(multiline="always")) == Suggestion(
+        "if self.x:\n            return 1\n        return 2")
