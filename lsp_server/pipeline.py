@@ -90,6 +90,10 @@ class Outcome:
     # the lowest probability the model gave a token of the suggestion (of the generation when none
     # is shown); None when reused or the backend does not report it
     confidence: float | None = None
+    # branches: the other first tokens' lines that would be shown, likeliest first (alternatives
+    # for a request made by hand), and how many first-token ranks were decoded (from the one asked)
+    runners_up: tuple[Outcome, ...] = ()
+    ranks: int = 1
 
     @property
     def raw(self) -> str:
@@ -146,25 +150,26 @@ def complete(
         stop_at_loop=True,  # a line repeating itself shows its first copy, not the token budget's worth
         token_probabilities=config.min_token_probability > 0 or branches > 1, first_token_rank=first_token_rank,
     )
-    best: tuple[float, Suggestion | None, CompletionResult, float | None] | None = None
-    runs: list[CompletionResult] = []
+    runs: list[tuple[float, int, Suggestion | None, CompletionResult, float | None]] = []
     for rank in range(first_token_rank, first_token_rank + branches):
         result = backend.complete(replace(request, first_token_rank=rank), cancel)
-        runs.append(result)
         suggestion, confidence = _checked(result, ctx, config, backend)
-        score = _line_logprob(result, suggestion)
-        if best is None or score > best[0]:
-            best = (score, suggestion, result, confidence)
+        runs.append((_line_logprob(result, suggestion), rank, suggestion, result, confidence))
         if result.stop_reason == "time_budget":
             break  # out of time: the branches after it would be too
-    _, suggestion, result, confidence = best
+    # likeliest first; a tie goes to the likelier first token
+    ranked = sorted(runs, key=lambda run: (-run[0], run[1]))
+    _, _, suggestion, result, confidence = ranked[0]
     if len(runs) > 1:  # the request's cost: the first run's prefill, every run's time
-        result = replace(result, reused_tokens=runs[0].reused_tokens, prefill_tokens=runs[0].prefill_tokens,
-                         latency_ms=sum(r.latency_ms for r in runs),
+        first = runs[0][3]
+        result = replace(result, reused_tokens=first.reused_tokens, prefill_tokens=first.prefill_tokens,
+                         latency_ms=sum(run[3].latency_ms for run in runs),
                          extra={**result.extra, "branches": float(len(runs)),
-                                "branch_tokens": float(sum(r.generated_tokens for r in runs))})
+                                "branch_tokens": float(sum(run[3].generated_tokens for run in runs))})
+    runners_up = tuple(Outcome(suggestion=s, context=ctx, prompt=prompt, result=r, snippets=snippets, confidence=c)
+                       for _, _, s, r, c in ranked[1:] if s is not None)
     return Outcome(suggestion=suggestion, context=ctx, prompt=prompt, result=result, snippets=snippets,
-                   confidence=confidence)
+                   confidence=confidence, runners_up=runners_up, ranks=len(runs))
 
 
 def _checked(result: CompletionResult, ctx: CursorContext, config: PipelineConfig,

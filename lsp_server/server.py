@@ -438,7 +438,8 @@ async def suggest(ls: FimServer, uri: str, position: types.Position, resample: b
     a suggestion by hand while sampling wants another sample, not the same one). `invoked`: the
     user asked by hand, so a suggestion is shown however unsure the model was (minTokenProbability
     applies to automatic requests). `alternatives` > 1 adds suggestions that start from the next
-    most likely first tokens (greedy decoding only), each text once."""
+    most likely first tokens (greedy decoding only; those the pipeline branched on first, likeliest
+    line first), each text once."""
     ls.check_request()
     doc = ls.store.get(uri)
     if doc is None:
@@ -466,16 +467,24 @@ async def suggest(ls: FimServer, uri: str, position: types.Position, resample: b
         alternatives = 1  # a first-token rank means nothing to sampling, or to a plain OpenAI server
     others = ls.store.others(uri, ls.roots, ls.config.exclude) if config.prompt.neighbours else []
 
+    def run(shown: ShownSuggestion | None, token, rank: int = 0) -> pipeline.Outcome:
+        return pipeline.complete(
+            backend, doc_key, text, line, character, encoding=encoding, config=config, path=path, others=others,
+            previous_snippets=ls.snippets.get(doc_key, ()), shown=shown, cancel=token, first_token_rank=rank)
+
     def job(token) -> list[pipeline.Outcome]:
-        first = pipeline.complete(
-            backend, doc_key, text, line, character, encoding=encoding, config=config, path=path, others=others,
-            previous_snippets=ls.snippets.get(doc_key, ()), shown=None if resample else ls.shown.get(doc_key),
-            cancel=token,
-        )
-        return [first, *(pipeline.complete(
-            backend, doc_key, text, line, character, encoding=encoding, config=config, path=path, others=others,
-            previous_snippets=first.snippets, cancel=token, first_token_rank=rank,
-        ) for rank in range(1, alternatives))]
+        first = run(None if resample else ls.shown.get(doc_key), token)
+        if alternatives == 1:
+            return [first]
+        # the lines of the first tokens the pipeline branched on come first (no further decode; the
+        # model is asked when the first is the suggestion shown, reused), then those of the next
+        # likeliest first tokens
+        branched = first if first.result is not None else run(None, token)
+        more = [o for o in (branched, *branched.runners_up) if o is not first
+                and (o.suggestion is None or first.suggestion is None or o.suggestion.text != first.suggestion.text)]
+        more = more[:alternatives - 1]
+        return [first, *more, *(run(None, token, rank)
+                                for rank in range(branched.ranks, branched.ranks + alternatives - 1 - len(more)))]
 
     try:
         # the same buffer, cursor and settings (VS Code's inline and completion requests for one

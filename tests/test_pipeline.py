@@ -383,3 +383,12 @@ def test_branching_on_a_real_model_shows_the_likeliest_of_the_ranked_lines(tiny_
     assert len({s[2] for s in scored}) >= 2, "the ranks give different lines here"
     branched = pipeline.complete(backend, "b", text, 1, 15, config=replace(ONE_LINE, branches=3))
     assert branched.suggestion == max(scored)[2]
+
+
+def test_the_other_branches_are_the_runners_up_likeliest_first():
+    lines = {**LINES, 3: ("self.age = None\n", [-1.0, -1.0, -0.5])}  # -2.5: between -1.5 and -4.0
+    outcome = pipeline.complete(RankedBackend(lines), "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=4))
+    assert outcome.suggestion == Suggestion("self.age = age") and outcome.ranks == 4
+    # rank 0 repeats the line above: no runner-up; the rest by their lines' total log-probability
+    assert [o.suggestion.text for o in outcome.runners_up] == ["self.age = None", "# type: ignore"]
+    assert [o.confidence for o in outcome.runners_up] == pytest.approx([math.exp(-1.0), math.exp(-2.0)])
