@@ -546,7 +546,7 @@ def last_figures(outcome: pipeline.Outcome, latency_ms: float) -> dict[str, Any]
     return {"reused": False, "prompt_tokens": r.prompt_tokens, "prefill_tokens": r.prefill_tokens,
             "reused_tokens": r.reused_tokens, "generated_tokens": r.generated_tokens,
             "stop_reason": r.stop_reason, "engine_ms": r.latency_ms, "latency_ms": latency_ms,
-            "min_token_probability": outcome.confidence}
+            "min_token_probability": outcome.confidence, "branches": outcome.ranks}
 
 
 def notebook_view(ls: FimServer, notebook_uri: str, cell_uri: str, position: types.Position,
