@@ -179,7 +179,7 @@ def test_missing_server_is_reported_once_by_the_proxy(cache, tmp_path):
 # What the proxy tells the server about a notebook (pure; no JupyterLab needed), checked against the
 # server's own handling of LSP notebook documents.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "editor-clients" / "jupyterlab"))
-from fim_lsp_jupyterlab.notebook import (Cell, NotebookSync, Splice, cell_position, diff_cells,  # noqa: E402
+from fim_lsp_jupyterlab.notebook import (Cell, FileSync, NotebookSync, Splice, cell_position, diff_cells,  # noqa: E402
                                          document_cells)
 
 
@@ -270,3 +270,65 @@ def test_the_servers_copy_of_a_notebook_follows_typing_inserts_deletes_moves_and
     assert [m for m, _ in typing] == ["notebookDocument/didChange"]
     assert list(typing[0][1]["change"]["cells"]) == ["textContent"]
     assert sync.sync(uri, [Cell("code", "x = 1"), Cell("markdown", "y"), Cell("code", "let ab")], "javascript")[0] == []
+
+
+def server_copy():
+    """A server state with its own document handlers, and a function that applies notifications."""
+    from types import SimpleNamespace
+
+    from lsprotocol import types
+    from pygls.protocol import default_converter
+
+    from lsp_server import server as lsp
+    from lsp_server.documents import DocumentStore
+
+    ls = SimpleNamespace(store=DocumentStore(), encoding="utf-16", shown={}, snippets={}, log=lambda *a: None,
+                         scheduler=SimpleNamespace(cancel=lambda key: None), backend=None)
+    handlers = {"notebookDocument/didOpen": (lsp.notebook_document_did_open, types.DidOpenNotebookDocumentParams),
+                "notebookDocument/didChange": (lsp.notebook_document_did_change, types.DidChangeNotebookDocumentParams),
+                "notebookDocument/didClose": (lsp.notebook_document_did_close, types.DidCloseNotebookDocumentParams),
+                "textDocument/didOpen": (lsp.text_document_did_open, types.DidOpenTextDocumentParams),
+                "textDocument/didChange": (lsp.text_document_did_change, types.DidChangeTextDocumentParams),
+                "textDocument/didClose": (lsp.text_document_did_close, types.DidCloseTextDocumentParams)}
+    converter = default_converter()
+
+    def apply(messages) -> list[str]:
+        for method, params in messages:
+            handler, params_type = handlers[method]
+            handler(ls, converter.structure(params, params_type))
+        return [method for method, _ in messages]
+
+    return ls, apply
+
+
+def test_the_server_keeps_the_notebooks_completed_most_recently_and_reopens_one_asked_again():
+    ls, apply = server_copy()
+    sync = NotebookSync(max_open=2)
+    a, b, c = (f"file:///w/{name}.ipynb" for name in "abc")
+    cells = {uri: [Cell("markdown", f"# {uri[-7]}"), Cell("code", f"x = '{uri[-7]}'")] for uri in (a, b, c)}
+    assert apply(sync.sync(a, cells[a], "python")[0]) == ["notebookDocument/didOpen"]
+    b_messages, b_cells = sync.sync(b, cells[b], "python")
+    apply(b_messages)
+    assert apply(sync.sync(a, cells[a], "python")[0]) == []  # completed again, unchanged: now the latest
+    assert apply(sync.sync(c, cells[c], "python")[0]) == ["notebookDocument/didClose", "notebookDocument/didOpen"]
+    assert set(ls.store.notebooks) == {a, c}, "b was used longest ago"
+    assert all(ls.store.get(u) is None for u in b_cells), "its cells' documents are closed too"
+    # b is completed again: opened afresh (a goes now), the server has its cells as before
+    messages, again = sync.sync(b, cells[b], "python")
+    assert apply(messages) == ["notebookDocument/didClose", "notebookDocument/didOpen"]
+    assert set(ls.store.notebooks) == {b, c} and set(again).isdisjoint(b_cells)
+    assert [ls.store.get(u).text for u in again] == [cell.source for cell in cells[b]]
+
+
+def test_the_server_keeps_the_files_completed_most_recently():
+    ls, apply = server_copy()
+    files = FileSync(max_open=2)
+    a, b, c = (f"file:///w/{name}.py" for name in "abc")
+    assert apply(files.sync(a, "import os", "python")) == ["textDocument/didOpen"]
+    assert apply(files.sync(b, "x = 1", "python")) == ["textDocument/didOpen"]
+    assert apply(files.sync(a, "import os\n", "python")) == ["textDocument/didChange"]  # typing: a is the latest
+    assert apply(files.sync(a, "import os\n", "python")) == []
+    assert apply(files.sync(c, "y = 2", "python")) == ["textDocument/didClose", "textDocument/didOpen"]
+    assert ls.store.get(b) is None and ls.store.get(a).text == "import os\n" and ls.store.get(c).text == "y = 2"
+    assert apply(files.sync(b, "x = 1", "python")) == ["textDocument/didClose", "textDocument/didOpen"]
+    assert ls.store.get(a) is None and ls.store.get(b).text == "x = 1"

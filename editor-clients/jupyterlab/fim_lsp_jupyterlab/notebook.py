@@ -5,7 +5,9 @@ kernel's language (raw cells are left out), so the server builds the prompt from
 notebook, markdown as comments of that language, exactly as for VS Code's notebooks. A keystroke
 changes one cell's text; adding, deleting or moving cells is a splice of the cell list. The
 cursor, an offset in UTF-16 code units into the active cell (as the browser counts), becomes an
-LSP position in that cell.
+LSP position in that cell. A file editor's text is a plain text document (`FileSync`). The browser
+never says when a notebook or file is closed, so the server keeps the `max_open` ones completed
+most recently; the one used longest ago is closed on it and opened again if completed later.
 """
 from __future__ import annotations
 
@@ -104,11 +106,16 @@ LSP_CELL_KIND = {"markdown": 1, "code": 2}  # NotebookCellKind: Markup, Code
 Message = tuple[str, dict[str, Any]]  # an LSP notification: method, params
 
 
+MAX_OPEN = 32  # notebooks, and files, the server keeps open (texts only; its cache budget bounds the rest)
+
+
 class NotebookSync:
     """What the server has of each notebook, and the notifications that bring it up to date."""
 
-    def __init__(self) -> None:
-        self.notebooks: dict[str, OpenNotebook] = {}  # notebook uri -> its open cells
+    def __init__(self, max_open: int = MAX_OPEN) -> None:
+        assert max_open >= 1, f"max_open must be >= 1, got {max_open}"
+        self.notebooks: dict[str, OpenNotebook] = {}  # notebook uri -> its open cells, least recently used first
+        self.max_open = max_open
         self._numbers = itertools.count(1)  # cell URIs are never reused
 
     def sync(self, uri: str, cells: Sequence[Cell], language: str) -> tuple[list[Message], list[str]]:
@@ -116,12 +123,16 @@ class NotebookSync:
         markdown only), and the cells' document URIs in order."""
         assert all(c.kind in LSP_CELL_KIND for c in cells), "raw cells are left out (document_cells)"
         messages: list[Message] = []
-        notebook = self.notebooks.get(uri)
+        notebook = self.notebooks.pop(uri, None)  # put back last: the most recently used
         if notebook is not None and notebook.language != language:  # another kernel: reopen in its language
-            messages.append(("notebookDocument/didClose", {
-                "notebookDocument": {"uri": uri}, "cellTextDocuments": [{"uri": c.uri} for c in notebook.cells]}))
+            messages.append(_close(uri, notebook))
             notebook = None
-        if notebook is None:
+        if notebook is not None:
+            self.notebooks[uri] = notebook
+        else:
+            while len(self.notebooks) >= self.max_open:
+                oldest = next(iter(self.notebooks))
+                messages.append(_close(oldest, self.notebooks.pop(oldest)))
             notebook = self.notebooks[uri] = OpenNotebook(language, [self._open(uri, c) for c in cells])
             messages.append(("notebookDocument/didOpen", {
                 "notebookDocument": {"uri": uri, "notebookType": "jupyter-notebook", "version": 1,
@@ -153,6 +164,40 @@ class NotebookSync:
 
     def _open(self, notebook_uri: str, cell: Cell) -> OpenCell:
         return OpenCell(f"{notebook_uri}#cell-{next(self._numbers)}", cell)
+
+
+class FileSync:
+    """What the server has of each file editor's document (its whole text), and the notifications
+    that bring it up to date."""
+
+    def __init__(self, max_open: int = MAX_OPEN) -> None:
+        assert max_open >= 1, f"max_open must be >= 1, got {max_open}"
+        self.documents: dict[str, tuple[int, str]] = {}  # uri -> (version, text), least recently used first
+        self.max_open = max_open
+
+    def sync(self, uri: str, text: str, language: str) -> list[Message]:
+        """The notifications that open or update document `uri` to `text` (none when unchanged)."""
+        version, known = self.documents.pop(uri, (0, None))  # put back last: the most recently used
+        messages: list[Message] = []
+        if known is None:
+            while len(self.documents) >= self.max_open:
+                oldest = next(iter(self.documents))
+                del self.documents[oldest]
+                messages.append(("textDocument/didClose", {"textDocument": {"uri": oldest}}))
+            version = 1
+            messages.append(("textDocument/didOpen", {"textDocument": {
+                "uri": uri, "languageId": language, "version": version, "text": text}}))
+        elif known != text:
+            version += 1
+            messages.append(("textDocument/didChange", {"textDocument": {"uri": uri, "version": version},
+                                                        "contentChanges": [{"text": text}]}))
+        self.documents[uri] = (version, text)
+        return messages
+
+
+def _close(uri: str, notebook: OpenNotebook) -> Message:
+    return ("notebookDocument/didClose", {
+        "notebookDocument": {"uri": uri}, "cellTextDocuments": [{"uri": c.uri} for c in notebook.cells]})
 
 
 def _lsp_cell(cell: OpenCell) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from traitlets import Dict, Float, List, Unicode
 from traitlets.config import Configurable
 
 from fim_lsp_jupyterlab.lsp import LspProcess, ServerGone
-from fim_lsp_jupyterlab.notebook import Cell, NotebookSync, cell_position, document_cells
+from fim_lsp_jupyterlab.notebook import Cell, FileSync, NotebookSync, cell_position, document_cells
 
 
 class FimLsp(Configurable):
@@ -45,7 +45,7 @@ class Proxy:
         self.config, self.log_path, self.root_dir = config, log_path, root_dir
         self.server: LspProcess | None = None
         self.failure: str | None = None
-        self.documents: dict[str, tuple[int, str]] = {}  # file editors: uri -> (version, text)
+        self.files = FileSync()  # what the server has of each file editor's text
         self.notebooks = NotebookSync()  # what the server has of each notebook
         self.recent: deque[dict[str, Any]] = deque(maxlen=16)  # the latest requests and answers, for status
         self._lock = asyncio.Lock()
@@ -98,7 +98,9 @@ class Proxy:
                     server.notify(method, params)
                 target = cell_uris[index]
             else:
-                target = self._sync_file(server, uri, sent[0].source, language)
+                for method, params in self.files.sync(uri, sent[0].source, language):
+                    server.notify(method, params)
+                target = uri
             record = {"uri": target, "language": language, "cells": [c.source for c in sent], "cell": index,
                       "line": line, "character": character, "items": None}
             self.recent.append(record)
@@ -113,19 +115,6 @@ class Proxy:
         record["items"] = [{"insertText": i["insertText"] if isinstance(i["insertText"], str) else i["insertText"]["value"],
                             "range": i.get("range"), "command": i.get("command")} for i in items]
         return record["items"]
-
-    def _sync_file(self, server: LspProcess, uri: str, text: str, language: str) -> str:
-        """Open or update a file editor's document (full text, only when it changed); its URI."""
-        version, known = self.documents.get(uri, (0, None))
-        if known is None:
-            server.notify("textDocument/didOpen", {"textDocument": {
-                "uri": uri, "languageId": language, "version": 1, "text": text}})
-            self.documents[uri] = (1, text)
-        elif known != text:
-            server.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": version + 1},
-                                                     "contentChanges": [{"text": text}]})
-            self.documents[uri] = (version + 1, text)
-        return uri
 
     async def _died(self) -> list[dict]:
         await self._ensure_server()  # raises ServerGone with the exit code and stderr
@@ -142,7 +131,7 @@ class Proxy:
     async def restart(self) -> None:
         if self.server is not None:
             await self.server.close()
-        self.server, self.failure, self.documents, self.notebooks = None, None, {}, NotebookSync()
+        self.server, self.failure, self.files, self.notebooks = None, None, FileSync(), NotebookSync()
 
     async def close(self) -> None:
         if self.server is not None:
