@@ -151,8 +151,13 @@ def complete(
         token_probabilities=config.min_token_probability > 0 or branches > 1, first_token_rank=first_token_rank,
     )
     runs: list[tuple[float, int, Suggestion | None, CompletionResult, float | None]] = []
+    budget_ms = config.time_budget_s * 1000 if config.time_budget_s is not None else None
     for rank in range(first_token_rank, first_token_rank + branches):
-        result = backend.complete(replace(request, first_token_rank=rank), cancel)
+        left_ms = budget_ms - sum(run[3].latency_ms for run in runs) if budget_ms is not None else None
+        if left_ms is not None and runs and left_ms <= 0:
+            break  # the time budget covers all the branches
+        result = backend.complete(replace(request, first_token_rank=rank,
+                                          time_budget_s=left_ms / 1000 if left_ms is not None else None), cancel)
         suggestion, confidence = _checked(result, ctx, config, backend)
         runs.append((_line_logprob(result, suggestion), rank, suggestion, result, confidence))
         if result.stop_reason == "time_budget":

@@ -392,3 +392,13 @@ def test_the_other_branches_are_the_runners_up_likeliest_first():
     # rank 0 repeats the line above: no runner-up; the rest by their lines' total log-probability
     assert [o.suggestion.text for o in outcome.runners_up] == ["self.age = None", "# type: ignore"]
     assert [o.confidence for o in outcome.runners_up] == pytest.approx([math.exp(-1.0), math.exp(-2.0)])
+
+
+def test_the_branches_share_the_time_budget():
+    backend = RankedBackend(LINES)  # each run reports 2 ms
+    config = replace(ONE_LINE, branches=3, time_budget_s=0.005)
+    pipeline.complete(backend, "d", CLASS, 3, 8, config=config)
+    budgets = [r.time_budget_s for r in backend.requests]
+    assert budgets == pytest.approx([0.005, 0.003, 0.001])
+    pipeline.complete(backend, "e", CLASS, 3, 8, config=replace(config, time_budget_s=0.004))
+    assert len(backend.requests) == 3 + 2, "no third run once the first two spent the budget"
