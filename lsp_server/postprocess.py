@@ -217,12 +217,12 @@ def _take_line(lines: list[str], ctx: CursorContext, case: Case, config: Postpro
 INDENT_STEP = 4  # columns one indentation level may add under an opener (2-space code fits in it)
 
 
-def _within_indentation(lines: list[str], ctx: CursorContext) -> list[str]:
+def _within_indentation(lines: list[str], ctx: CursorContext, outer: list[str], quote: str | None) -> list[str]:
     """On a line holding only indentation: `lines` moved back left when their first line would start
     deeper than the code allows (the line above's depth, `INDENT_STEP` more under an opener, or the
     cursor's own column if deeper), by the spaces in excess, and every later line by as many as it
-    has of them. Inside parentheses or brackets (a continuation line aligned anywhere) nothing moves."""
-    outer, quote = _prefix_brackets(ctx.prefix)
+    has of them. Inside parentheses or brackets (`outer`: those the prefix left open; a continuation
+    line aligns anywhere) or a string (`quote`) nothing moves."""
     if quote is not None or (outer and outer[-1] != "{"):
         return lines
     first = lines[0]
@@ -369,8 +369,9 @@ def postprocess(raw: str, ctx: CursorContext, config: PostprocessConfig,
     below = _next_line(ctx)
     anchor = (lp + ls) if case == "line_start" else below
     lines = text.split("\n")
+    outer, quote = _prefix_brackets(ctx.prefix)
     if case == "open_line":
-        lines = _within_indentation(lines, ctx)
+        lines = _within_indentation(lines, ctx, outer, quote)
     if multi:
         kept = _take_block(lines, ctx, case, opener, anchor, config.max_lines)
     else:
@@ -380,7 +381,6 @@ def postprocess(raw: str, ctx: CursorContext, config: PostprocessConfig,
         kept.pop()
     terminated = case == "line_start" and len(kept) < len(lines)  # whole lines, then the old one
     text = "\n".join(kept)
-    outer, quote = _prefix_brackets(ctx.prefix)
     balance = _balance(text, outer, quote)
     text = balance.text
     if case == "mid" and "\n" not in text and balance.unclosed:
