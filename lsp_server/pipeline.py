@@ -150,31 +150,43 @@ def complete(
         stop_at_loop=True,  # a line repeating itself shows its first copy, not the token budget's worth
         token_probabilities=config.min_token_probability > 0 or branches > 1, first_token_rank=first_token_rank,
     )
-    runs: list[tuple[float, int, Suggestion | None, CompletionResult, float | None]] = []
+    runs: list[_Branch] = []
     budget_ms = config.time_budget_s * 1000 if config.time_budget_s is not None else None
     for rank in range(first_token_rank, first_token_rank + branches):
-        left_ms = budget_ms - sum(run[3].latency_ms for run in runs) if budget_ms is not None else None
+        left_ms = budget_ms - sum(run.result.latency_ms for run in runs) if budget_ms is not None else None
         if left_ms is not None and runs and left_ms <= 0:
             break  # the time budget covers all the branches
         result = backend.complete(replace(request, first_token_rank=rank,
                                           time_budget_s=left_ms / 1000 if left_ms is not None else None), cancel)
         suggestion, confidence = _checked(result, ctx, config, backend)
-        runs.append((_line_logprob(result, suggestion), rank, suggestion, result, confidence))
+        runs.append(_Branch(rank, _line_logprob(result, suggestion), suggestion, result, confidence))
         if result.stop_reason == "time_budget":
             break  # out of time: the branches after it would be too
-    # likeliest first; a tie goes to the likelier first token
-    ranked = sorted(runs, key=lambda run: (-run[0], run[1]))
-    _, _, suggestion, result, confidence = ranked[0]
+    ranked = sorted(runs, key=lambda run: (-run.logprob, run.rank))  # likeliest first; a tie: the likelier first token
+    best = ranked[0]
+    result = best.result
     if len(runs) > 1:  # the request's cost: the first run's prefill, every run's time
-        first = runs[0][3]
+        first = runs[0].result
         result = replace(result, reused_tokens=first.reused_tokens, prefill_tokens=first.prefill_tokens,
-                         latency_ms=sum(run[3].latency_ms for run in runs),
+                         latency_ms=sum(run.result.latency_ms for run in runs),
                          extra={**result.extra, "branches": float(len(runs)),
-                                "branch_tokens": float(sum(run[3].generated_tokens for run in runs))})
-    runners_up = tuple(Outcome(suggestion=s, context=ctx, prompt=prompt, result=r, snippets=snippets, confidence=c)
-                       for _, _, s, r, c in ranked[1:] if s is not None)
-    return Outcome(suggestion=suggestion, context=ctx, prompt=prompt, result=result, snippets=snippets,
-                   confidence=confidence, runners_up=runners_up, ranks=len(runs))
+                                "branch_tokens": float(sum(run.result.generated_tokens for run in runs))})
+    runners_up = tuple(Outcome(suggestion=run.suggestion, context=ctx, prompt=prompt, result=run.result,
+                               snippets=snippets, confidence=run.confidence)
+                       for run in ranked[1:] if run.suggestion is not None)
+    return Outcome(suggestion=best.suggestion, context=ctx, prompt=prompt, result=result, snippets=snippets,
+                   confidence=best.confidence, runners_up=runners_up, ranks=len(runs))
+
+
+@dataclass(frozen=True, slots=True)
+class _Branch:
+    """One first token's greedy generation and what post-processing made of it."""
+
+    rank: int  # of its first token among the model's choices (0: the likeliest)
+    logprob: float  # of the shown text (`_line_logprob`): -inf when nothing is shown
+    suggestion: Suggestion | None
+    result: CompletionResult
+    confidence: float | None  # its lowest token probability
 
 
 def _checked(result: CompletionResult, ctx: CursorContext, config: PipelineConfig,
