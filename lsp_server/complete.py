@@ -84,12 +84,13 @@ def print_outcome(args: argparse.Namespace, line: int, character: int, outcome: 
             "prompt_tokens": result.prompt_tokens, "prefill_tokens": result.prefill_tokens,
             "reused_tokens": result.reused_tokens, "generated_tokens": result.generated_tokens,
             "stop_reason": result.stop_reason, "latency_ms": round(result.latency_ms, 2),
-            "min_token_probability": outcome.confidence,
+            "min_token_probability": outcome.confidence, "branches": outcome.ranks,
             "model": info.model, "backend": info.backend, "device": info.device, "dtype": info.dtype,
         }, ensure_ascii=False))
         return
     shown = text if text else "(no suggestion)"
     sure = "" if outcome.confidence is None else f", least sure token p={outcome.confidence:.2f}"
+    sure += f", likeliest of {outcome.ranks} first tokens' lines" if outcome.ranks > 1 else ""
     print(f"{args.file}:{line}:{character}  {result.latency_ms:.0f} ms  prompt {result.prompt_tokens} tokens, "
           f"prefilled {result.prefill_tokens}, generated {result.generated_tokens}{sure}")
     for row in shown.split("\n"):

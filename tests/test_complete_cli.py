@@ -44,6 +44,7 @@ def test_json_output_at_two_positions_matches_the_pipeline(tmp_path, tiny_starco
         assert row["prompt_tokens"] == outcome.result.prompt_tokens
         assert row["generated_tokens"] == len(outcome.result.token_ids) <= 8
         assert row["min_token_probability"] == pytest.approx(outcome.confidence, rel=1e-5)
+        assert row["branches"] == outcome.ranks == 3  # one line each, from a small model
     assert rows[1]["prompt"].endswith("# café ☕ men")  # SPM: the prefix ends the prompt
 
 
