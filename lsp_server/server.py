@@ -242,8 +242,7 @@ async def workspace_did_change_configuration(ls: FimServer, params: types.DidCha
         # document now excluded, say): the next request asks the model again
         ls.shown.clear()
         ls.snippets.clear()
-    old_model = old.model
-    if new.model != old_model and ls.initialized:
+    if new.model != old.model and ls.initialized:
         await start_loading(ls, new.model)
 
 
