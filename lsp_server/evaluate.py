@@ -77,7 +77,7 @@ class Report:
     passed: int | None = None
     results: list[ProblemResult] = field(default_factory=list)
     min_token_probability: float = 0.0  # suggestions less sure than this were hidden
-    branches: int = 1  # first tokens continued per one-line suggestion (the pipeline's `branches_for`)
+    branches: int = 1  # the most first tokens' lines a suggestion compared (the pipeline's `branches_for`)
 
     @property
     def shown(self) -> int:
@@ -158,9 +158,9 @@ def pipeline_config_for(benchmark: Benchmark, max_new_tokens: int, min_token_pro
     )
 
 
-def complete_problem(backend, problem: Problem, config) -> tuple[str, float, float | None]:
-    """The suggestion's text for the hole (through the product pipeline), its latency in ms and the
-    lowest probability the model gave one of its tokens."""
+def complete_problem(backend, problem: Problem, config) -> tuple[str, float, float | None, int]:
+    """The suggestion's text for the hole (through the product pipeline), its latency in ms, the
+    lowest probability the model gave one of its tokens, and how many first tokens' lines it compared."""
     from lsp_server.pipeline import complete
 
     line, character = cursor_of(problem.prompt)
@@ -169,7 +169,8 @@ def complete_problem(backend, problem: Problem, config) -> tuple[str, float, flo
                        encoding="utf-32", config=config)
     latency_ms = (time.perf_counter() - start) * 1000
     backend.drop(problem.task_id)  # each problem is its own document; free its cache slot
-    return (outcome.suggestion.text if outcome.suggestion is not None else ""), latency_ms, outcome.confidence
+    text = outcome.suggestion.text if outcome.suggestion is not None else ""
+    return text, latency_ms, outcome.confidence, outcome.ranks
 
 
 def evaluate(backend, problems: Iterable[Problem], benchmark: Benchmark, *, max_new_tokens: int = 128,
@@ -179,18 +180,16 @@ def evaluate(backend, problems: Iterable[Problem], benchmark: Benchmark, *, max_
     problems = list(problems)
     # one-line benchmarks stop decoding at the line end
     config = pipeline_config_for(benchmark, max_new_tokens, min_token_probability, branches)
-    from lsp_server.pipeline import branches_for
-
     if pass_at_1 and run_program is None:
         from lsp_server.sandbox import run_program
     report = Report(benchmark=benchmark, model=backend.info.model, backend=backend.info.backend,
                     problems=len(problems), exact_matches=0, seconds=0.0, passed=0 if pass_at_1 else None,
-                    min_token_probability=min_token_probability,
-                    branches=branches_for(backend, config) if benchmark in ONE_LINE else 1)
+                    min_token_probability=min_token_probability)
     start = time.perf_counter()
     iterator = progress(problems) if progress is not None else problems
     for problem in iterator:
-        middle, latency_ms, confidence = complete_problem(backend, problem, config)
+        middle, latency_ms, confidence, ranks = complete_problem(backend, problem, config)
+        report.branches = max(report.branches, ranks)
         exact = exact_match(middle, problem.canonical_solution)
         passed, detail = None, ""
         if pass_at_1:

@@ -154,9 +154,9 @@ def test_one_line_benchmarks_stop_decoding_at_the_line_end_and_keep_the_suggesti
 
     config = pipeline_config_for("single-line", 64)
     scripted = ScriptedBackend({"": raw})
-    first_line, _, _ = complete_problem(scripted, PROBLEM, config)
+    first_line, _, _, _ = complete_problem(scripted, PROBLEM, config)
     assert scripted.line_ends == [True]
-    full, _, _ = complete_problem(WholeGeneration({"": raw}), PROBLEM, config)
+    full, _, _, _ = complete_problem(WholeGeneration({"": raw}), PROBLEM, config)
     assert first_line == full
     assert pipeline_config_for("multi-line", 64).postprocess.multiline == "always"  # blocks decode on
 
