@@ -19,6 +19,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "peer": ("benchmarks.peer", "main"),
     "soak": ("benchmarks.soak", "main"),
     "speculative": ("benchmarks.speculative", "main"),
+    "beam": ("benchmarks.beam", "main"),
 }
 MAX_NEW_TOKENS = 16
 

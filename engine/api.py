@@ -100,6 +100,10 @@ class CompletionRequest:
     # greedy: start from the first token ranked this far below the best (an alternative suggestion);
     # honoured where `Backend.ranks_first_token` is true, ignored elsewhere
     first_token_rank: int = 0
+    # greedy, one line (`stop_at_line_end`): search this many lines at once (engine.beam) and return
+    # the likeliest, the others in `CompletionResult.alternatives`; honoured where
+    # `Backend.searches_lines` is true (1: plain greedy decoding)
+    beam: int = 1
 
 
 LOOP = re.compile(r"(.{2,16}?)\1{3,}")  # a unit of 2-16 characters and 3 or more copies of it, on one line
@@ -155,6 +159,10 @@ class CompletionResult:
     # engine.generate.text_ends); None from backends that do not report them.
     token_logprobs: list[float] | None = None
     token_ends: list[int] | None = None
+    # a beam search (`CompletionRequest.beam`): the line's total log-probability (the token that
+    # ended it included), and the other lines it finished, likeliest first
+    score: float | None = None
+    alternatives: list[CompletionResult] = field(default_factory=list)
 
     def logprobs_of(self, length: int) -> list[float] | None:
         """The log-probabilities of the tokens that wrote `text[:length]`; None when unknown."""
@@ -194,6 +202,7 @@ class Backend(Protocol):
     info: BackendInfo
     fim: FimTokens
     ranks_first_token: bool  # honours CompletionRequest.first_token_rank (alternative suggestions)
+    searches_lines: bool  # honours CompletionRequest.beam (a beam search over one line)
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens `text` encodes to (special tokens recognised)."""

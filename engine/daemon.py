@@ -112,10 +112,13 @@ def completion_request(body: dict[str, Any], doc_id: DocId, default_temperature:
     rank = body.get("first_token_rank", 0)
     if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank <= 64:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"`first_token_rank` must be an integer in 0..64, got {rank!r}")
+    beam = body.get("beam", 1)
+    if not isinstance(beam, int) or isinstance(beam, bool) or not 1 <= beam <= 8:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"`beam` must be an integer in 1..8, got {beam!r}")
     return CompletionRequest(doc_id=doc_id, prompt=prompt, max_new_tokens=max_tokens, temperature=temperature,
                              top_p=top_p, seed=seed, stop_strings=tuple(stop), time_budget_s=budget, heal=heal,
                              stop_at_line_end=stop_at_line_end, stop_at_dedent=dedent, stop_at_loop=stop_at_loop,
-                             first_token_rank=rank)
+                             first_token_rank=rank, beam=beam)
 
 
 def number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -146,7 +149,8 @@ def fim_answer(result) -> dict[str, Any]:
             "prompt_tokens": result.prompt_tokens, "reused_tokens": result.reused_tokens,
             "prefill_tokens": result.prefill_tokens, "generated_tokens": result.generated_tokens,
             "latency_ms": result.latency_ms, "extra": result.extra,
-            "token_logprobs": result.token_logprobs, "token_ends": result.token_ends}
+            "token_logprobs": result.token_logprobs, "token_ends": result.token_ends,
+            "score": result.score, "alternatives": [fim_answer(other) for other in result.alternatives]}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -228,7 +232,7 @@ class Handler(BaseHTTPRequestHandler):
         b = self.engine.backend
         return {"engine": "fim-lsp", "model": b.info.model, "backend": b.info.backend, "device": b.info.device,
                 "dtype": b.info.dtype, "n_ctx": b.info.n_ctx, "params": b.info.params, "family": b.fim.family,
-                "has_tokenizer": self.engine.tokenizer_json is not None}
+                "has_tokenizer": self.engine.tokenizer_json is not None, "searches_lines": b.searches_lines}
 
     def tokenizer(self) -> str:
         if self.engine.tokenizer_json is None:

@@ -90,6 +90,7 @@ class Generation:
     drafted: int = 0  # draft tokens fed to those forwards
     accepted: int = 0  # draft tokens the model agreed with and kept: extra tokens the steps gave
     logprobs: list[float] = field(default_factory=list)  # each token's log-probability under the model
+    score: float = 0.0  # a beam's line: the total log-probability, a stop token's included (engine.beam)
 
 
 def prefill(model: Transformer, kv: KVBuffer, ids: Sequence[int], start: int, chunk: int,

@@ -107,9 +107,21 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, input_pos: Tensor, kv: Tensor, start: int) -> Tensor:
         """x: [T, E]; kv: this layer's [2, KH, capacity, D]; writes K/V at start..start+T-1."""
+        return self.c_proj(self.attend(self.c_attn(x), input_pos, kv, start))
+
+    def forward_rows(self, x: Tensor, input_pos: Tensor, kvs: list[Tensor]) -> Tensor:
+        """x: [R, E], one token of each of R sequences; row r at input_pos[r] over kvs[r] (this
+        layer's K/V of its sequence). The projections run once for all rows, attention per row."""
+        qkv = self.c_attn(x)  # [R, E + 2*KH*D]
+        positions = input_pos.tolist()
+        out = torch.cat([self.attend(qkv[r:r + 1], input_pos[r:r + 1], kvs[r], positions[r])
+                         for r in range(x.shape[0])])  # [R, E]
+        return self.c_proj(out)
+
+    def attend(self, qkv: Tensor, input_pos: Tensor, kv: Tensor, start: int) -> Tensor:
+        """Attention of the projected tokens qkv [T, E + 2*KH*D] over kv (written at start..); [T, E]."""
         a = self.args
-        T, H, KH, D = x.shape[0], a.n_head, a.kv_heads, a.head_dim
-        qkv = self.c_attn(x)  # [T, E + 2*KH*D]
+        T, H, KH, D = qkv.shape[0], a.n_head, a.kv_heads, a.head_dim
         if a.multi_query:
             q, k, v = qkv.split((a.n_embd, D, D), dim=-1)  # [T, E], [T, D], [T, D]
             k, v = k.view(T, 1, D), v.view(T, 1, D)
@@ -124,7 +136,7 @@ class Attention(nn.Module):
         # Query t sits at position input_pos[t] and sees keys 0..input_pos[t] (the cached prefix too).
         mask = None
         if T > 1:
-            mask = torch.arange(end, device=x.device)[None, :] <= input_pos[:, None]  # [T, S]
+            mask = torch.arange(end, device=qkv.device)[None, :] <= input_pos[:, None]  # [T, S]
         if a.multi_query:
             # One K/V head: fold the query heads into rows so attention is one GEMM per layer.
             q_rows = q.reshape(1, T * H, D)  # rows ordered (t, h)
@@ -135,12 +147,10 @@ class Attention(nn.Module):
         scale = D**-0.5 if a.scale_attn_weights else 1.0
         out = F.scaled_dot_product_attention(
             q_rows.unsqueeze(0).to(kv.dtype), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, scale=scale
-        )[0].to(x.dtype)  # [KH, rows, D]
+        )[0].to(qkv.dtype)  # [KH, rows, D]
         if a.multi_query:
-            out = out.reshape(T, H * D)  # [1, T*H, D] -> [T, E]
-        else:
-            out = out.transpose(0, 1).reshape(T, H * D)  # [H, T, D] -> [T, E]
-        return self.c_proj(out)
+            return out.reshape(T, H * D)  # [1, T*H, D] -> [T, E]
+        return out.transpose(0, 1).reshape(T, H * D)  # [H, T, D] -> [T, E]
 
 
 class MLP(nn.Module):
@@ -164,6 +174,10 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, input_pos: Tensor, kv: Tensor, start: int) -> Tensor:
         x = x + self.attn(self.ln_1(x), input_pos, kv, start)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_rows(self, x: Tensor, input_pos: Tensor, kvs: list[Tensor]) -> Tensor:
+        x = x + self.attn.forward_rows(self.ln_1(x), input_pos, kvs)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -196,7 +210,24 @@ class Transformer(nn.Module):
             x = block(x, input_pos, kv.data[i], start)
         if last_only:
             x = x[-1:]
-        x = self.ln_f(x)  # [T, E]
+        return self.head(x)
+
+    def forward_rows(self, input_ids: Tensor, input_pos: Tensor, kvs: list[KVBuffer]) -> Tensor:
+        """One token for each of R sequences that share only the weights (a beam's lines): row r
+        is input_ids[r] at position input_pos[r] over kvs[r]'s K/V at 0..input_pos[r]-1, and is
+        written there. input_ids, input_pos: [R]; logits [R, V]. Every weight is read once for all
+        rows, so on a CPU (memory-bound at one token) R rows cost little more than one."""
+        assert len(kvs) == input_ids.shape[0] == input_pos.shape[0], "one K/V buffer per row"
+        for kv, pos in zip(kvs, input_pos.tolist()):
+            assert pos < min(kv.capacity, self.args.n_positions), f"position {pos} is past a row's buffer or window"
+        x = self.wte(input_ids) + self.wpe(input_pos)  # [R, E]
+        for i, block in enumerate(self.h):
+            x = block.forward_rows(x, input_pos, [kv.data[i] for kv in kvs])
+        return self.head(x)
+
+    def head(self, x: Tensor) -> Tensor:
+        """Final layer norm and LM head: [T, E] -> logits [T, V]."""
+        x = self.ln_f(x)
         if self.lm_head is not None:
             return self.lm_head(x)  # [T, V]
         return F.linear(x, self.wte.weight)  # [T, V], tied head

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per position")
 
     p = parsers["bench"]
-    p.add_argument("which", choices=["keystrokes", "backends", "remote", "peer", "soak", "speculative"])
+    p.add_argument("which", choices=["keystrokes", "backends", "remote", "peer", "soak", "speculative", "beam"])
     add_model_options(p)
     p.add_argument("--shape", default="small", help="checkpoint-kit shape when no --model is given")
     p.add_argument("--problems", type=int, default=20, help="HumanEval problems to replay")

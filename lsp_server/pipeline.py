@@ -43,19 +43,20 @@ class PipelineConfig:
     branches: int | None = None
 
 
-AUTO_BRANCHES = 3  # first tokens continued for a one-line suggestion where decoding is cheap
+AUTO_BRANCHES = 3  # lines compared for a one-line suggestion where decoding is cheap
 CHEAP_DECODE_PARAMS = 100_000_000  # smaller models decode a line in tens of ms on a CPU (the bundled one: ~30 ms)
 
 
 def branches_for(backend: Backend, config: PipelineConfig) -> int:
-    """How many first tokens to continue for a greedy one-line suggestion.
+    """How many lines to compare for a greedy one-line suggestion.
 
     A small model's greedy line often copies the line above (dropped by post-processing) or takes a
-    less likely path after a likely first token; continuing the runners-up and keeping the line with
-    the highest total log-probability is a short beam over the first token. Each branch is one more
-    decode over the cached prompt, so "auto" branches only for models that decode in milliseconds.
+    less likely path after a likely token. A backend with a beam search (`searches_lines`) keeps
+    this many partial lines at every step and returns the likeliest whole lines; one that only ranks
+    first tokens continues each of this many first tokens greedily. Either costs about one decode
+    per line, so "auto" compares lines only for models that decode in milliseconds.
     """
-    if config.temperature > 0 or not backend.ranks_first_token:
+    if config.temperature > 0 or not (backend.ranks_first_token or backend.searches_lines):
         return 1
     if config.branches is not None:
         return config.branches
@@ -151,24 +152,23 @@ def complete(
         token_probabilities=config.min_token_probability > 0 or branches > 1, first_token_rank=first_token_rank,
     )
     runs: list[_Branch] = []
-    budget_ms = config.time_budget_s * 1000 if config.time_budget_s is not None else None
-    for rank in range(first_token_rank, first_token_rank + branches):
-        left_ms = budget_ms - sum(run.result.latency_ms for run in runs) if budget_ms is not None else None
-        if left_ms is not None and runs and left_ms <= 0:
-            break  # the time budget covers all the branches
-        result = backend.complete(replace(request, first_token_rank=rank,
-                                          time_budget_s=left_ms / 1000 if left_ms is not None else None), cancel)
-        suggestion, confidence = _checked(result, ctx, config, backend)
-        runs.append(_Branch(rank, _line_logprob(result, suggestion), suggestion, result, confidence))
-        if result.stop_reason == "time_budget":
-            break  # out of time: the branches after it would be too
+    if branches > 1 and backend.searches_lines:  # one beam search finds the likeliest lines
+        found = backend.complete(replace(request, beam=branches), cancel)
+        for rank, result in enumerate([found, *found.alternatives]):
+            suggestion, confidence = _checked(result, ctx, config, backend)
+            runs.append(_Branch(rank, _score(result, suggestion), suggestion, result, confidence))
+        calls = [found]
+    else:
+        runs = _first_token_branches(backend, request, ctx, config, range(first_token_rank, first_token_rank + branches),
+                                     cancel)
+        calls = [run.result for run in runs]
     ranked = sorted(runs, key=lambda run: (-run.logprob, run.rank))  # likeliest first; a tie: the likelier first token
     best = ranked[0]
     result = best.result
-    if len(runs) > 1:  # the request's cost: the first run's prefill, every run's time
-        first = runs[0].result
+    if len(runs) > 1:  # the request's cost: the first call's prefill, every call's time
+        first = calls[0]
         result = replace(result, reused_tokens=first.reused_tokens, prefill_tokens=first.prefill_tokens,
-                         latency_ms=sum(run.result.latency_ms for run in runs),
+                         latency_ms=sum(call.latency_ms for call in calls),
                          extra={**result.extra, "branches": float(len(runs)),
                                 "branch_tokens": float(sum(run.result.generated_tokens for run in runs))})
     runners_up = tuple(Outcome(suggestion=run.suggestion, context=ctx, prompt=prompt, result=run.result,
@@ -178,12 +178,31 @@ def complete(
                    confidence=best.confidence, runners_up=runners_up, ranks=len(runs))
 
 
+def _first_token_branches(backend: Backend, request: CompletionRequest, ctx: CursorContext, config: PipelineConfig,
+                          ranks: range, cancel: CancelToken | None) -> list[_Branch]:
+    """Greedy lines from each of the first tokens of these `ranks`, one backend call each, within
+    the request's time budget (a backend without a beam search)."""
+    runs: list[_Branch] = []
+    budget_ms = config.time_budget_s * 1000 if config.time_budget_s is not None else None
+    for rank in ranks:
+        left_ms = budget_ms - sum(run.result.latency_ms for run in runs) if budget_ms is not None else None
+        if left_ms is not None and runs and left_ms <= 0:
+            break  # the time budget covers all the branches
+        result = backend.complete(replace(request, first_token_rank=rank,
+                                          time_budget_s=left_ms / 1000 if left_ms is not None else None), cancel)
+        suggestion, confidence = _checked(result, ctx, config, backend)
+        runs.append(_Branch(rank, _score(result, suggestion), suggestion, result, confidence))
+        if result.stop_reason == "time_budget":
+            break  # out of time: the branches after it would be too
+    return runs
+
+
 @dataclass(frozen=True, slots=True)
 class _Branch:
     """One first token's greedy generation and what post-processing made of it."""
 
     rank: int  # of its first token among the model's choices (0: the likeliest)
-    logprob: float  # of the shown text (`_line_logprob`): -inf when nothing is shown
+    logprob: float  # of the shown text (`_score`): -inf when nothing is shown
     suggestion: Suggestion | None
     result: CompletionResult
     confidence: float | None  # its lowest token probability
@@ -201,11 +220,14 @@ def _checked(result: CompletionResult, ctx: CursorContext, config: PipelineConfi
     return suggestion, confidence
 
 
-def _line_logprob(result: CompletionResult, suggestion: Suggestion | None) -> float:
-    """How likely the model found the shown text: the sum of its tokens' log-probabilities
-    (-inf when nothing is shown, 0 when the backend does not report them)."""
+def _score(result: CompletionResult, suggestion: Suggestion | None) -> float:
+    """How likely the model found the line: a beam's score (the whole line, the token that ended it
+    included), else the sum of the shown tokens' log-probabilities; -inf when nothing is shown, 0
+    when the backend does not report them."""
     if suggestion is None:
         return float("-inf")
+    if result.score is not None:
+        return result.score
     wrote = result.logprobs_of(len(suggestion.text))
     return sum(wrote) if wrote else 0.0
 

@@ -145,6 +145,13 @@ def test_the_token_is_required_and_bad_requests_get_clear_errors(local_engine):
         local = local_engine.complete(CompletionRequest(DocId("local"), json.loads(ok)["prompt"], max_new_tokens=4,
                                                         first_token_rank=1))
         assert second[1]["token_ids"] == local.token_ids != answer["token_ids"]  # an alternative, as in process
+        lines = {**json.loads(ok), "beam": 3, "stop_at_line_end": True}
+        code, searched = post(url, "/v1/fim-lsp/completions", json.dumps(lines).encode(), auth)
+        local = local_engine.complete(CompletionRequest(DocId("local-beam"), lines["prompt"], max_new_tokens=4,
+                                                        stop_at_line_end=True, beam=3))
+        assert code == 200 and [searched["token_ids"], *(a["token_ids"] for a in searched["alternatives"])] == \
+            [local.token_ids, *(a.token_ids for a in local.alternatives)]  # the same beam search, as in process
+        assert searched["score"] == pytest.approx(local.score) and len(searched["alternatives"]) >= 1
         too_long = {"client": "c1", "doc_id": "d", "prompt": "x = 1\n" * 2000, "max_tokens": 4}
         cases = {
             b"{not json": "the body is not JSON",
@@ -167,6 +174,8 @@ def test_the_token_is_required_and_bad_requests_get_clear_errors(local_engine):
                 "`stop_at_loop` must be true or false, got 'no'",
             json.dumps({"client": "c1", "doc_id": "d", "prompt": "x", "first_token_rank": -1}).encode():
                 "`first_token_rank` must be an integer in 0..64, got -1",
+            json.dumps({"client": "c1", "doc_id": "d", "prompt": "x", "beam": 9}).encode():
+                "`beam` must be an integer in 1..8, got 9",
         }
         for body, message in cases.items():
             assert post(url, "/v1/fim-lsp/completions", body, auth) == (400, {"error": {

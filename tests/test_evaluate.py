@@ -29,6 +29,7 @@ class ScriptedBackend:
     """A backend double that answers each prompt with a fixed generation (for scoring tests)."""
 
     ranks_first_token = False  # one answer a prompt: no alternatives
+    searches_lines = False
 
     def __init__(self, answers: dict[str, str]) -> None:
         self.answers = answers  # a text the prompt must contain -> the raw generation

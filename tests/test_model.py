@@ -113,3 +113,31 @@ def test_kv_buffer_grows_keeping_its_contents_and_copies_prefixes():
     b = KVBuffer(args, capacity=16, dtype=torch.float32)
     b.copy_prefix_from(a, 5)
     assert torch.equal(b.data[:, :, :, :5], before[:, :, :, :5]) and b.data[:, :, :, 5:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("mha", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_of_separate_sequences_equal_their_own_forwards(mha, dtype):
+    loaded = load_model(str(kit(shape="tiny", mha=mha)), CPU, dtype)
+    net = loaded.model
+    lengths = [5, 12, 9]  # each row its own sequence, position and buffer
+    seqs = [ids_for(net.args.vocab_size, n, seed=i) for i, n in enumerate(lengths)]
+    alone, bufs = [], []
+    with torch.no_grad():
+        for seq in seqs:
+            whole = KVBuffer(net.args, capacity=16, dtype=dtype)
+            alone.append(net(seq, torch.arange(len(seq)), whole, start=0)[-1])  # [V]
+            buf = KVBuffer(net.args, capacity=16, dtype=dtype)
+            net(seq[:-1], torch.arange(len(seq) - 1), buf, start=0)  # all but the last token cached
+            bufs.append(buf)
+        rows = net.forward_rows(torch.stack([seq[-1] for seq in seqs]), torch.tensor([n - 1 for n in lengths]), bufs)
+    tol = TOL if dtype == torch.float32 else 0.1
+    assert rows.shape == (3, net.args.vocab_size)
+    for row, expected in zip(rows, alone):
+        assert (row.float() - expected.float()).abs().max().item() < tol
+    for buf, seq, n in zip(bufs, seqs, lengths):  # each row wrote its K/V into its own buffer only
+        check = KVBuffer(net.args, capacity=16, dtype=dtype)
+        with torch.no_grad():
+            net(seq, torch.arange(n), check, start=0)
+        assert (buf.data[:, :, :, :n].float() - check.data[:, :, :, :n].float()).abs().max().item() < tol
+        assert not buf.data[:, :, :, n:].any()

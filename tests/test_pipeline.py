@@ -31,6 +31,7 @@ class RecordingBackend:
     requests: list[CompletionRequest] = field(default_factory=list)
     tokens: list[CancelToken | None] = field(default_factory=list)
     ranks_first_token: bool = False
+    searches_lines: bool = False
 
     def count_tokens(self, text: str) -> int:
         return len(text.encode("utf-8")) // 4 + 1  # about four bytes a token
@@ -281,6 +282,7 @@ class RankedBackend:
     params: int = 7_000_000
     stop_reason: str = "line_end"
     fim: object = STARCODER
+    searches_lines: bool = False  # first-token branches (the beam is engine.beam's, tested there)
     ranks_first_token: bool = True
     requests: list[CompletionRequest] = field(default_factory=list)
 
@@ -371,18 +373,26 @@ def test_the_branches_setting_reaches_the_pipeline():
     assert pipeline.pipeline_config(CompletionSettings()).branches is None
 
 
-def test_branching_on_a_real_model_shows_the_likeliest_of_the_ranked_lines(tiny_starcoder):
-    backend = pipeline.load_model(ModelConfig(model=str(tiny_starcoder), dtype="float32"))
-    text = "def add(a, b):\n    return a + \n\nprint(add(1, 2))\n"
-    scored = []
-    for rank in range(3):
-        one = pipeline.complete(backend, f"r{rank}", text, 1, 15, config=replace(ONE_LINE, branches=1),
-                                first_token_rank=rank)
-        if one.suggestion is not None:
-            scored.append((sum(one.result.logprobs_of(len(one.suggestion.text))), -rank, one.suggestion))
-    assert len({s[2] for s in scored}) >= 2, "the ranks give different lines here"
-    branched = pipeline.complete(backend, "b", text, 1, 15, config=replace(ONE_LINE, branches=3))
-    assert branched.suggestion == max(scored)[2]
+def test_a_beam_on_a_real_model_is_one_call_and_shows_its_likeliest_line_that_survives():
+    backend = pipeline.load_model(ModelConfig(model=pipeline.default_model_dir(), dtype="float32"))
+    assert backend.searches_lines
+    calls = []
+    complete = backend.complete
+
+    def recorded(request, cancel=None):
+        calls.append((request, complete(request, cancel)))
+        return calls[-1][1]
+
+    backend.complete = recorded
+    branched = pipeline.complete(backend, "b", CLASS, 3, 8, config=replace(ONE_LINE, branches=3))
+    assert [request.beam for request, _ in calls] == [3]
+    found = [calls[0][1], *calls[0][1].alternatives]
+    assert len(found) >= 2 and [r.score for r in found] == sorted((r.score for r in found), reverse=True)
+    ctx = branched.context
+    kept = [text for r in found if (text := postprocess(r.text, ctx, ONE_LINE.postprocess,
+                                                        stop_tokens=backend.fim.stop_tokens())) is not None]
+    assert branched.suggestion == kept[0] and [o.suggestion for o in branched.runners_up] == kept[1:]
+    assert branched.ranks == len(found) and branched.result.latency_ms == calls[0][1].latency_ms
 
 
 def test_the_other_branches_are_the_runners_up_likeliest_first():

@@ -131,6 +131,8 @@ class OrtForward:
 class OnnxBackend(TorchBackend):
     """`engine.api.Backend` over an ONNX Runtime session; the torch backend's cache and decoding."""
 
+    searches_lines = False  # a beam needs a K/V buffer per line; the runtime's slots are not copied
+
     def __init__(self, session, export_dir: Path, manifest: Manifest, quantization: str,
                  cache: CacheConfig | None = None, why: str = "", speculate: int = 0):
         config = read_config(export_dir)

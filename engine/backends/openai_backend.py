@@ -149,6 +149,7 @@ class OpenAIBackend:
         self.environ, self.clock, self.sleep = environ, clock, sleep
         self.client_id = config.client_id or uuid.uuid4().hex[:16]
         self.mode: Mode = "unknown"
+        self.daemon_searches = False  # the daemon's engine runs beam searches (its info says)
         self.served_model = config.served_model
         self.conn: http.client.HTTPConnection | None = None  # kept alive between requests
         self.counters = {"requests": 0, "errors": 0, "retries": 0, "cancelled": 0}
@@ -162,6 +163,11 @@ class OpenAIBackend:
     def ranks_first_token(self) -> bool:
         """Whether CompletionRequest.first_token_rank is honoured: by our engine daemon only."""
         return self.mode == "daemon"
+
+    @property
+    def searches_lines(self) -> bool:
+        """Whether CompletionRequest.beam is honoured: by our engine daemon, where its backend does."""
+        return self.mode == "daemon" and self.daemon_searches
 
     def count_tokens(self, text: str) -> int:
         if self.tokenizer is not None:
@@ -220,7 +226,7 @@ class OpenAIBackend:
                 "seed": request.seed, "stop": list(stops), "time_budget_s": request.time_budget_s,
                 "heal": request.heal, "stop_at_line_end": request.stop_at_line_end,
                 "stop_at_dedent": request.stop_at_dedent, "stop_at_loop": request.stop_at_loop,
-                "first_token_rank": request.first_token_rank,
+                "first_token_rank": request.first_token_rank, "beam": request.beam,
             }
         body = {"prompt": request.prompt, "max_tokens": request.max_new_tokens, "temperature": request.temperature,
                 "top_p": request.top_p, "stop": list(stops), "stream": self.config.stream}
@@ -264,6 +270,7 @@ class OpenAIBackend:
                     pass  # the `model` field is then left out; most single-model servers accept that
             return None
         self.mode = "daemon"
+        self.daemon_searches = bool(info.get("searches_lines")) if isinstance(info, dict) else False
         return info
 
     def get(self, path: str, cancel: CancelToken | None) -> Any:
@@ -390,6 +397,8 @@ class OpenAIBackend:
                        **{k: float(v) for k, v in (answer.get("extra") or {}).items()}},
                 token_logprobs=optional_list(answer.get("token_logprobs"), float),
                 token_ends=optional_list(answer.get("token_ends"), int),
+                score=None if answer.get("score") is None else float(answer["score"]),
+                alternatives=[self.daemon_result(other, start) for other in answer.get("alternatives") or ()],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BackendError(f"the engine daemon at {self.endpoint.shown} sent an answer without "

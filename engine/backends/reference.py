@@ -17,6 +17,7 @@ class ReferenceBackend:
     """`GPTBigCodeForCausalLM.generate` per request; every prompt token is prefilled every time."""
 
     ranks_first_token = False  # generate() has no way to force a first token's rank
+    searches_lines = False  # nor to stop a beam at a line's end
 
     def __init__(self, model, tokenizer: CheckpointTokenizer, info: BackendInfo) -> None:
         self.model = model

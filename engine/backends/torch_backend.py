@@ -16,7 +16,8 @@ import xxhash
 
 from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, end_of_use
 from engine.cache import CacheConfig, SlotTable
-from engine.generate import Sampling, StopRules, check_prompt, generate, text_ends
+from engine.beam import beam_lines
+from engine.generate import Generation, Sampling, StopRules, check_prompt, generate, text_ends
 from engine.healing import Healing, healable
 from engine.loading import LoadedModel, available_memory
 from engine.model import KVBuffer
@@ -33,6 +34,7 @@ class TorchBackend:
     """`engine.api.Backend` over a loaded `Transformer`; one KV slot per document."""
 
     ranks_first_token = True  # honours CompletionRequest.first_token_rank (alternative suggestions)
+    searches_lines = True  # honours CompletionRequest.beam (engine.beam)
 
     def __init__(self, loaded: LoadedModel, cache: CacheConfig | None = None, kv_dtype: torch.dtype | None = None,
                  model_name: str | None = None, why: str = "", prefill_chunk: int = 512,
@@ -74,6 +76,9 @@ class TorchBackend:
             raise ValueError(f"max_new_tokens must be >= 0, got {request.max_new_tokens}")
         if request.first_token_rank < 0:
             raise ValueError(f"first_token_rank must be >= 0, got {request.first_token_rank}")
+        if request.beam < 1:
+            raise ValueError(f"beam must be >= 1 (1: greedy), got {request.beam}")
+        beam = request.beam > 1 and request.temperature <= 0 and request.stop_at_line_end and self.searches_lines
         healing = self.healing_for(ids) if request.heal and request.max_new_tokens > 0 else None
         if healing is not None:
             ids = ids[:-1]  # its text is re-spelled by the first generated tokens
@@ -87,31 +92,47 @@ class TorchBackend:
         sampling = Sampling(request.temperature, request.top_p, request.seed, request.first_token_rank)
         with self.lock:
             kv, plan = self.prepare_slot(request.doc_id, ids, len(ids) + max(max_new - 1, 0))
+            written = lambda part: self.table.append(request.doc_id, part)  # noqa: E731
             try:
-                gen = generate(self.model, kv, ids, plan.keep, rules, sampling,
-                               written=lambda part: self.table.append(request.doc_id, part),
-                               decode=decode, cancel=cancel, prefill_chunk=self.prefill_chunk,
-                               clock=self.clock, speculate=self.speculate, healing=healing)
+                if beam:
+                    gens = beam_lines(self.model, kv, ids, plan.keep, rules, request.beam, written=written,
+                                      decode=decode, cancel=cancel, prefill_chunk=self.prefill_chunk,
+                                      clock=self.clock, healing=healing)
+                else:
+                    gens = [generate(self.model, kv, ids, plan.keep, rules, sampling, written=written,
+                                     decode=decode, cancel=cancel, prefill_chunk=self.prefill_chunk,
+                                     clock=self.clock, speculate=self.speculate, healing=healing)]
             except Cancelled:
                 raise  # the slot holds exactly the tokens `written` reported
             except BaseException:  # a step failed midway (or the slot was corrupt): recompute it next time
                 self.table.evict(request.doc_id)
                 self.buffers.pop(request.doc_id, None)
                 raise
+        latency_ms = (self.clock() - start) * 1e3
+        results = [self.result_of(gen, request, decode, len(ids), plan, latency_ms, beam) for gen in gens]
+        results[0].alternatives = results[1:]
+        return results[0]
+
+    @staticmethod
+    def result_of(gen: Generation, request: CompletionRequest, decode: Callable[[list[int]], str], prompt_tokens: int,
+                  plan, latency_ms: float, searched: bool) -> CompletionResult:
+        """The result a generation makes: its text cut where the request's rules end it, its costs, and
+        its score when a beam search (`searched`) found it."""
         text = decode(gen.tokens)
         if gen.stop_reason == "stop_string":
             text = text[:min(text.index(s) for s in request.stop_strings if s and s in text)]
         elif gen.stop_reason in ("line_end", "block_end", "loop"):
             text = text[:end_of_use(request, text)[0]]
         return CompletionResult(
-            text=text, token_ids=gen.tokens, stop_reason=gen.stop_reason, prompt_tokens=len(ids),
-            reused_tokens=plan.keep, prefill_tokens=len(ids) - plan.keep, generated_tokens=len(gen.tokens),
-            latency_ms=(self.clock() - start) * 1e3,
+            text=text, token_ids=gen.tokens, stop_reason=gen.stop_reason, prompt_tokens=prompt_tokens,
+            reused_tokens=plan.keep, prefill_tokens=prompt_tokens - plan.keep, generated_tokens=len(gen.tokens),
+            latency_ms=latency_ms,
             extra={"prefill_ms": gen.prefill_ms, "decode_ms": gen.decode_ms,
                    "seeded_tokens": float(plan.keep if plan.seed_from else 0),
                    "decode_steps": float(gen.steps), "drafted_tokens": float(gen.drafted),
                    "accepted_tokens": float(gen.accepted)},
             token_logprobs=gen.logprobs, token_ends=text_ends(gen.tokens, decode, len(text)),
+            score=gen.score if searched else None,
         )
 
     def healing_for(self, ids: list[int]) -> Healing | None:

@@ -1,0 +1,200 @@
+"""A beam search over one line: the likeliest whole lines, not the line greedy decoding happens on.
+
+Greedy decoding commits to each token in turn, so a small model that puts a likely token on an
+unlikely path (`self.y and ...` where `self.y == other.y` was likelier as a whole) writes the
+unlikely line. A beam keeps the `width` likeliest partial lines at every step; a line is finished
+when the request's stop rules end it (its line break, an end token, a stop string, a loop's first
+copy, the token budget), and is scored by the total log-probability of its tokens, the one that
+ended it included: the probability that the line is exactly this. Partial lines only lose
+probability as they grow, so once `width` finished lines score at least the best partial one, no
+partial line can overtake them and the search stops.
+
+Every partial line past the first token needs the K/V of its own tokens after the shared prompt.
+The prompt's K/V are in the document's slot; each line decodes in a buffer of its own that holds a
+copy of the prompt's K/V (the first line reuses the slot itself: positions past the prompt are
+never reported as written, so the cache keeps only the prompt) and its tokens after it, copied
+from its parent's buffer when two lines share one. A step runs every line's next token in one
+forward (`Transformer.forward_rows`): the weights are read once for all the lines, so a beam of
+three costs little more than greedy decoding where one token's forward is memory-bound.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.api import CancelToken, Cancelled, StopReason, suggestion_end
+from engine.generate import Generation, NonFiniteLogits, StopRules, hit_stop_string, prefill
+from engine.healing import Healing
+from engine.model import KVBuffer, Transformer
+
+
+@dataclass(slots=True)
+class _Line:
+    """A partial or finished line: its tokens (a stop token excluded), their log-probabilities, the
+    total score (a stop token's included), healing's text still to spell, and its buffer."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    score: float
+    rest: str
+    buffer: KVBuffer | None = None
+    stop_reason: StopReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    score: float
+    parent: _Line
+    token: int
+    logprob: float
+
+
+def _stop_reason(tokens: list[int], rules: StopRules, decode: Callable[[list[int]], str]) -> StopReason | None:
+    """Why a line of these tokens is finished (the rules `take_tokens` applies), None while it goes on."""
+    if rules.stop_strings or rules.line_end or rules.dedent is not None or rules.loop:
+        text = decode(tokens)
+        if rules.stop_strings and hit_stop_string(text, rules.stop_strings):
+            return "stop_string"
+        if (end := suggestion_end(text, rules.line_end, rules.dedent, rules.loop)) is not None:
+            return end[1]
+    return "max_tokens" if len(tokens) >= rules.max_new_tokens else None
+
+
+@torch.inference_mode()
+def beam_lines(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int, rules: StopRules, width: int,
+               written: Callable[[list[int]], None], decode: Callable[[list[int]], str],
+               cancel: CancelToken | None = None, prefill_chunk: int = 512,
+               clock: Callable[[], float] = time.perf_counter, healing: Healing | None = None) -> list[Generation]:
+    """Up to `width` finished lines completing `prompt` (first `keep` tokens cached), likeliest first.
+
+    Each is a `Generation` whose `score` is its total log-probability; they share the prefill and
+    decode times, and `steps` counts the forwards (one a step for all the lines). When the deadline passes, the partial
+    lines join the finished ones with the reason "time_budget" (as a greedy line cut there would).
+    """
+    assert width >= 1, f"a beam holds at least one line, got {width}"
+    assert 0 <= keep < len(prompt), f"keep {keep} must leave at least one of {len(prompt)} prompt tokens to run"
+    assert len(prompt) + max(rules.max_new_tokens - 1, 0) <= kv.capacity, "the slot is smaller than the request"
+    t0 = clock()
+    logits = prefill(model, kv, prompt[keep:], keep, prefill_chunk, written, cancel)  # [V]
+    t1 = clock()
+    start = len(prompt)
+    root = _Line([], [], 0.0, healing.text if healing is not None else "")
+    alive: list[tuple[_Line, Tensor]] = [(root, logits)]
+    finished: dict[str, _Line] = {}  # by the text it shows: each line once, its likeliest spelling
+    steps = 0
+    spare: list[KVBuffer] = []  # buffers of lines that left the beam
+    slot_taken = False
+    while alive and rules.max_new_tokens > 0:
+        candidates = [c for line, row in alive for c in _extend(line, row, rules, width, healing, start)]
+        candidates.sort(key=lambda c: -c.score)
+        kept: list[_Line] = []
+        for cand in candidates:
+            if len(kept) == width:
+                break
+            line = _child(cand, rules, decode, healing)
+            if line.stop_reason is None:
+                kept.append(line)
+            else:
+                line.buffer = None
+                _finish(finished, line, rules, decode)
+        # buffers: a parent's goes to its first child; others copy the parent's tokens into a spare one
+        users: dict[int, int] = {}
+        for line in kept:
+            users[id(line.buffer)] = users.get(id(line.buffer), 0) + 1
+        for old, _ in alive:
+            if old.buffer is not None and id(old.buffer) not in users:
+                spare.append(old.buffer)
+        handed: set[int] = set()
+        for line in kept:
+            parent = line.buffer
+            if parent is not None and id(parent) not in handed:
+                handed.add(id(parent))
+                continue
+            if parent is None and not slot_taken:  # a first token: the slot itself holds the prompt
+                line.buffer, slot_taken = kv, True
+                continue
+            if spare:  # every buffer holds the prompt's K/V
+                buffer = spare.pop()
+            else:
+                buffer = KVBuffer(model.args, kv.capacity, kv.data.dtype, kv.device)
+                buffer.copy_prefix_from(kv, start)
+            if parent is not None:
+                tail = slice(start, start + len(line.tokens) - 1)  # the parent's tokens after the prompt
+                buffer.data[:, :, :, tail] = parent.data[:, :, :, tail]
+            line.buffer = buffer
+        best_alive = max((line.score for line in kept), default=float("-inf"))
+        if sum(line.score >= best_alive for line in finished.values()) >= width or not kept:
+            alive = []
+            break
+        if rules.deadline is not None and clock() > rules.deadline:
+            for line in kept:
+                line.stop_reason = "time_budget"
+                _finish(finished, line, rules, decode)
+            alive = []
+            break
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled("cancelled during decoding")
+        device = kv.device
+        rows = model.forward_rows(torch.tensor([line.tokens[-1] for line in kept], dtype=torch.long, device=device),
+                                  torch.tensor([start + len(line.tokens) - 1 for line in kept], device=device),
+                                  [line.buffer for line in kept])  # [R, V], every line's next logits at once
+        alive = list(zip(kept, rows))
+        steps += 1
+    ranked = sorted(finished.values(), key=lambda line: -line.score)
+    decode_ms = (clock() - t1) * 1e3
+    return [Generation(tokens=line.tokens, stop_reason=line.stop_reason, prefill_ms=(t1 - t0) * 1e3,
+                       decode_ms=decode_ms, steps=steps, logprobs=line.logprobs, score=line.score)
+            for line in ranked[:width]]
+
+
+def _finish(finished: dict[str, _Line], line: _Line, rules: StopRules, decode: Callable[[list[int]], str]) -> None:
+    """Add a finished line unless a likelier one shows the same text (`\n` then an end token, or
+    another spelling of the same characters)."""
+    text = decode(line.tokens)
+    if line.stop_reason in ("line_end", "block_end", "loop"):
+        text = text[:suggestion_end(text, rules.line_end, rules.dedent, rules.loop)[0]]
+    held = finished.get(text)
+    if held is None or held.score < line.score:
+        finished[text] = line
+
+
+def _extend(line: _Line, row: Tensor, rules: StopRules, width: int, healing: Healing | None,
+            start: int) -> list[_Candidate]:
+    """The `width` best next tokens of a line from its logits row [V] (healing's mask applied)."""
+    if not bool(torch.isfinite(row).all()):
+        raise NonFiniteLogits(f"non-finite logits at position {start + len(line.tokens)}: the document's "
+                              f"cached K/V or the weights are corrupt")
+    if rules.emittable is not None and rules.emittable < row.shape[-1]:
+        row[rules.emittable:] = float("-inf")
+    logprobs = torch.log_softmax(row.float(), dim=-1)  # [V], the model's own distribution
+    choice = logprobs
+    if healing is not None and line.rest:
+        allowed = torch.tensor(healing.texts.compatible(line.rest), dtype=torch.long, device=row.device)  # [A]
+        choice = torch.full_like(logprobs, float("-inf")).index_copy_(0, allowed, logprobs[allowed])
+    best = torch.topk(choice, min(width, choice.shape[-1]))  # [width], best first
+    return [_Candidate(line.score + float(value), line, int(token), float(value))
+            for value, token in zip(best.values.tolist(), best.indices.tolist()) if value != float("-inf")]
+
+
+def _child(cand: _Candidate, rules: StopRules, decode: Callable[[list[int]], str], healing: Healing | None) -> _Line:
+    """The line a candidate token makes of its parent; finished when a stop rule ends it. Its
+    buffer is the parent's until the beam hands buffers out."""
+    parent = cand.parent
+    if cand.token in rules.stop_ids:
+        reason: StopReason = "eos" if cand.token == rules.eod_id else "stop_token"
+        return _Line(parent.tokens, parent.logprobs, cand.score, "", None, reason)
+    rest = parent.rest
+    if rest:
+        text = healing.texts.text_of(cand.token)
+        rest = rest[len(text):] if rest.startswith(text) else ""
+    tokens = [*parent.tokens, cand.token]
+    line = _Line(tokens, [*parent.logprobs, cand.logprob], cand.score, rest, parent.buffer)
+    if not rest:  # still re-spelling healing's text: nothing of the line is written yet
+        line.stop_reason = _stop_reason(tokens, rules, decode)
+    elif len(tokens) >= rules.max_new_tokens:
+        line.stop_reason = "max_tokens"
+    return line
