@@ -26,8 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 def add_branches_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--branches", type=int, default=None, metavar="N",
-                   help="one-line suggestions: continue the N likeliest first tokens and show the likeliest "
-                        "line (the server's branches; default: 3 for models under 100 M parameters, else 1)")
+                   help="one-line suggestions: compare N lines (a beam search) and show the likeliest "
+                        "(the server's branches; default: 3 for models under 100 M parameters, else 1)")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -90,7 +90,7 @@ def print_outcome(args: argparse.Namespace, line: int, character: int, outcome: 
         return
     shown = text if text else "(no suggestion)"
     sure = "" if outcome.confidence is None else f", least sure token p={outcome.confidence:.2f}"
-    sure += f", likeliest of {outcome.ranks} first tokens' lines" if outcome.ranks > 1 else ""
+    sure += f", likeliest of {outcome.ranks} lines" if outcome.ranks > 1 else ""
     print(f"{args.file}:{line}:{character}  {result.latency_ms:.0f} ms  prompt {result.prompt_tokens} tokens, "
           f"prefilled {result.prefill_tokens}, generated {result.generated_tokens}{sure}")
     for row in shown.split("\n"):

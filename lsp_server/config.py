@@ -58,7 +58,7 @@ class CompletionSettings:
     token_healing: bool = True  # re-spell the token at the cursor (engine.healing); off: prompt as typed
     # hide a suggestion when the model gave one of its tokens less than this probability (0: show all)
     min_token_probability: float = 0.0
-    # one-line suggestions: greedy continuations of this many first tokens, the likeliest shown
+    # one-line suggestions: compare this many lines (a beam search), the likeliest shown
     # (None: `pipeline.AUTO_BRANCHES` for small models, 1 otherwise)
     branches: int | None = None
 

@@ -77,7 +77,7 @@ class Report:
     passed: int | None = None
     results: list[ProblemResult] = field(default_factory=list)
     min_token_probability: float = 0.0  # suggestions less sure than this were hidden
-    branches: int = 1  # the most first tokens' lines a suggestion compared (the pipeline's `branches_for`)
+    branches: int = 1  # the most lines a suggestion compared (the pipeline's `branches_for`)
 
     @property
     def shown(self) -> int:
@@ -160,7 +160,7 @@ def pipeline_config_for(benchmark: Benchmark, max_new_tokens: int, min_token_pro
 
 def complete_problem(backend, problem: Problem, config) -> tuple[str, float, float | None, int]:
     """The suggestion's text for the hole (through the product pipeline), its latency in ms, the
-    lowest probability the model gave one of its tokens, and how many first tokens' lines it compared."""
+    lowest probability the model gave one of its tokens, and how many lines it compared."""
     from lsp_server.pipeline import complete
 
     line, character = cursor_of(problem.prompt)

@@ -38,8 +38,8 @@ class PipelineConfig:
     seed: int | None = None
     heal: bool = True  # re-spell the token at the cursor (engine.healing); backends without it ignore it
     min_token_probability: float = 0.0  # hide suggestions with a token the model was less sure of
-    # one-line suggestions: how many first tokens to continue greedily, showing the likeliest line
-    # (None: `AUTO_BRANCHES` where a decode is cheap, see `branches_for`)
+    # one-line suggestions: how many lines to compare (a beam search, or first tokens continued
+    # greedily), showing the likeliest (None: `AUTO_BRANCHES` where a decode is cheap, `branches_for`)
     branches: int | None = None
 
 
@@ -91,8 +91,8 @@ class Outcome:
     # the lowest probability the model gave a token of the suggestion (of the generation when none
     # is shown); None when reused or the backend does not report it
     confidence: float | None = None
-    # branches: the other first tokens' lines that would be shown, likeliest first (alternatives
-    # for a request made by hand), and how many first-token ranks were decoded (from the one asked)
+    # branches: the other lines compared that would be shown, likeliest first (alternatives for a
+    # request made by hand), and how many lines were compared (a beam's, or first-token ranks decoded)
     runners_up: tuple[Outcome, ...] = ()
     ranks: int = 1
 

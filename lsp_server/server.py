@@ -436,9 +436,9 @@ async def suggest(ls: FimServer, uri: str, position: types.Position, resample: b
     `resample`: ask the model again even where the suggestion shown still fits (a user who invokes
     a suggestion by hand while sampling wants another sample, not the same one). `invoked`: the
     user asked by hand, so a suggestion is shown however unsure the model was (minTokenProbability
-    applies to automatic requests). `alternatives` > 1 adds suggestions that start from the next
-    most likely first tokens (greedy decoding only; those the pipeline branched on first, likeliest
-    line first), each text once."""
+    applies to automatic requests). `alternatives` > 1 adds the other lines the pipeline compared
+    (likeliest first), then greedy suggestions from the next first-token ranks (greedy decoding
+    only), each text once."""
     ls.check_request()
     doc = ls.store.get(uri)
     if doc is None:
@@ -475,7 +475,7 @@ async def suggest(ls: FimServer, uri: str, position: types.Position, resample: b
         first = run(None if resample else ls.shown.get(doc_key), token)
         if alternatives == 1:
             return [first]
-        # the lines of the first tokens the pipeline branched on come first (no further decode; the
+        # the other lines the pipeline compared come first (no further decode; the
         # model is asked when the first is the suggestion shown, reused), then those of the next
         # likeliest first tokens
         branched = first if first.result is not None else run(None, token)

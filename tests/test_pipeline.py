@@ -373,6 +373,45 @@ def test_the_branches_setting_reaches_the_pipeline():
     assert pipeline.pipeline_config(CompletionSettings()).branches is None
 
 
+@dataclass
+class SearchingBackend(RankedBackend):
+    """Answers a beam request with all its lines at once, rank i's line scored `scores[i]` (a beam's
+    whole-line score, which the pipeline ranks by instead of the shown tokens' sum)."""
+
+    scores: tuple[float, ...] = (-0.3, -1.2, -2.5)
+    searches_lines: bool = True
+
+    def complete(self, request: CompletionRequest, cancel: CancelToken | None = None) -> CompletionResult:
+        self.requests.append(request)
+        found = []
+        for rank, score in zip(sorted(self.lines), self.scores[:request.beam]):
+            text, logprobs = self.lines[rank]
+            n = len(logprobs)
+            found.append(CompletionResult(text=text, token_ids=list(range(n)), stop_reason="line_end",
+                                          prompt_tokens=40, reused_tokens=0, prefill_tokens=40, generated_tokens=n,
+                                          latency_ms=5.0, token_logprobs=logprobs,
+                                          token_ends=[len(text) * (i + 1) // n for i in range(n)], score=score))
+        found[0].alternatives = found[1:]
+        return found[0]
+
+
+def test_a_beam_is_one_request_and_its_likeliest_shown_line_wins():
+    backend = SearchingBackend(LINES, scores=(-0.3, -2.5, -1.2))  # rank 1's comment line is the least likely
+    outcome = pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=3))
+    assert [(r.beam, r.first_token_rank) for r in backend.requests] == [(3, 0)]
+    assert outcome.suggestion == Suggestion("self.age = age")  # the copy of the line above (-0.3) is out
+    # by the beam's scores, not the shown tokens' sums (which would put "# type: ignore" at -4.0 last too,
+    # but "self.age = age" at -1.5)
+    assert [o.suggestion.text for o in outcome.runners_up] == ["# type: ignore"]
+    assert outcome.ranks == 3 and outcome.result.latency_ms == 5.0 and outcome.result.extra["branches"] == 3
+    one = SearchingBackend(LINES)
+    pipeline.complete(one, "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=1))
+    assert [r.beam for r in one.requests] == [1]  # one line: plain greedy decoding
+    hidden = pipeline.complete(SearchingBackend(LINES), "d", CLASS, 3, 8,
+                               config=replace(ONE_LINE, branches=3, min_token_probability=0.2))
+    assert hidden.suggestion == Suggestion("self.age = age") and hidden.runners_up == ()  # exp(-2) < 0.2
+
+
 def test_a_beam_on_a_real_model_is_one_call_and_shows_its_likeliest_line_that_survives():
     backend = pipeline.load_model(ModelConfig(model=pipeline.default_model_dir(), dtype="float32"))
     assert backend.searches_lines

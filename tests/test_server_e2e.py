@@ -232,7 +232,7 @@ async def test_typing_inline_completion_fallback_and_acceptance(client: Language
     assert status["cache_slots"] >= 1 and status["cache_bytes"] > 0
     assert status["last"]["prompt_tokens"] > status["last"]["prefill_tokens"] >= 1  # the cache served the rest
     assert 0 < status["last"]["min_token_probability"] <= 1  # what minTokenProbability is compared with
-    assert status["last"]["branches"] == 3  # the kit model is small: three first tokens' lines compared
+    assert status["last"]["branches"] == 3  # the kit model is small: three lines compared
     mirror.close_all()
 
 
@@ -384,12 +384,12 @@ async def test_an_unsure_suggestion_is_hidden_unless_the_user_asks_for_it(client
     mirror.close_all()
 
 
-async def test_asking_by_hand_offers_alternatives_that_start_with_the_next_likeliest_tokens(
+async def test_asking_by_hand_offers_the_other_lines_the_beam_found_then_the_next_first_tokens(
         client: LanguageClient, engine):
     """An automatic request gets one suggestion; one made by hand (greedy) gets it first, then the
-    greedy suggestions from the other two of the 3 most likely first tokens (the kit model is small,
-    so the pipeline branched on them: likeliest line first), each text once; a completion request
-    keeps to one item."""
+    other lines the pipeline compared (the kit model is small, so a beam of 3: likeliest line
+    first), then greedy suggestions from the first tokens ranked after, 3 in all, each text once; a
+    completion request keeps to one item."""
     mirror = Mirror(client, engine)
     uri = "file:///work/project/alternatives.py"
     mirror.open(uri, CODE)
@@ -405,13 +405,16 @@ async def test_asking_by_hand_offers_alternatives_that_start_with_the_next_likel
     automatic = await ask(types.InlineCompletionTriggerKind.Automatic)
     assert len(automatic) == 1
     invoked = await ask(types.InlineCompletionTriggerKind.Invoked)
-    line, character = position.line, position.character
-    lines = {rank: pipeline.complete(engine, uri, mirror.docs[uri], line, character,
-                                     config=replace(mirror.config, branches=1), path=uri_to_path(uri),
-                                     first_token_rank=rank) for rank in range(3)}
-    shown = [o for o in lines.values() if o.suggestion is not None]
-    likeliest = sorted(shown, key=lambda o: -sum(o.result.logprobs_of(len(o.suggestion.text))))
-    texts = list(dict.fromkeys(o.suggestion.text for o in likeliest))
+
+    def expected(rank: int = 0) -> pipeline.Outcome:
+        return pipeline.complete(engine, f"{uri}#expected", mirror.docs[uri], position.line, position.character,
+                                 config=mirror.config, path=uri_to_path(uri), first_token_rank=rank)
+
+    best = expected()
+    assert best.ranks == 3, "auto branches for a small model: a beam of 3 lines"
+    more = [o for o in best.runners_up if o.suggestion.text != best.suggestion.text][:2]
+    further = [expected(rank) for rank in range(best.ranks, best.ranks + 2 - len(more))]
+    texts = list(dict.fromkeys(o.suggestion.text for o in (best, *more, *further) if o.suggestion is not None))
     assert [i.insert_text for i in invoked] == texts and len(texts) >= 2, "the kit model starts differently"
     assert invoked[0].insert_text == automatic[0].insert_text
     assert len({i.command.arguments[0]["id"] for i in invoked}) == len(invoked)  # each accept is told apart
