@@ -144,6 +144,8 @@ def beam_lines(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: in
                                   [line.buffer for line in kept])  # [R, V], every line's next logits at once
         alive = list(zip(kept, rows))
         steps += 1
+    if not finished:  # no step ran (an empty budget): the empty line
+        finished[""] = _Line([], [], 0.0, "", None, "max_tokens")
     ranked = sorted(finished.values(), key=lambda line: -line.score)
     decode_ms = (clock() - t1) * 1e3
     return [Generation(tokens=line.tokens, stop_reason=line.stop_reason, prefill_ms=(t1 - t0) * 1e3,

@@ -1,5 +1,6 @@
 """engine.beam through TorchBackend: exact scores, greedy at width 1, the slot keeps only the prompt."""
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,8 @@ def test_only_greedy_one_line_requests_search(loaded):
     sampled = b.complete(line_request(b, prefix, suffix, beam=3, temperature=0.8, seed=1))
     block = b.complete(CompletionRequest(DOC, fim(b, prefix, suffix), max_new_tokens=8, beam=3))
     assert sampled.score is None and block.score is None and not sampled.alternatives and not block.alternatives
+    empty = b.complete(replace(line_request(b, prefix, suffix, beam=3), max_new_tokens=0))  # caches the prompt
+    assert (empty.text, empty.token_ids, empty.alternatives) == ("", [], [])
     with pytest.raises(ValueError, match="beam"):
         b.complete(line_request(b, prefix, suffix, beam=0))
 

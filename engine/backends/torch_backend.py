@@ -78,12 +78,13 @@ class TorchBackend:
             raise ValueError(f"first_token_rank must be >= 0, got {request.first_token_rank}")
         if request.beam < 1:
             raise ValueError(f"beam must be >= 1 (1: greedy), got {request.beam}")
-        beam = request.beam > 1 and request.temperature <= 0 and request.stop_at_line_end and self.searches_lines
         healing = self.healing_for(ids) if request.heal and request.max_new_tokens > 0 else None
         if healing is not None:
             ids = ids[:-1]  # its text is re-spelled by the first generated tokens
         decode = self.tokenizer.decode if healing is None else lambda toks: healing.strip(self.tokenizer.decode(toks))
         max_new = min(request.max_new_tokens, args.n_positions - len(ids))  # re-spelling is part of the budget
+        beam = (request.beam > 1 and request.temperature <= 0 and request.stop_at_line_end and max_new > 0
+                and self.searches_lines)
         deadline = start + request.time_budget_s if request.time_budget_s is not None else None
         rules = StopRules(max_new_tokens=max_new, stop_ids=self.stop_ids, eod_id=self.tokenizer.eod_id,
                           stop_strings=request.stop_strings, line_end=request.stop_at_line_end,
