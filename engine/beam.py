@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from engine.api import CancelToken, Cancelled, StopReason, suggestion_end
-from engine.generate import Generation, NonFiniteLogits, StopRules, hit_stop_string, prefill
+from engine.generate import Generation, NonFiniteLogits, StopRules, cut_text, hit_stop_string, prefill
 from engine.healing import Healing
 from engine.model import KVBuffer, Transformer
 
@@ -154,11 +154,10 @@ def beam_lines(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: in
 
 
 def _finish(finished: dict[str, _Line], line: _Line, rules: StopRules, decode: Callable[[list[int]], str]) -> None:
-    """Add a finished line unless a likelier one shows the same text (`\n` then an end token, or
-    another spelling of the same characters)."""
-    text = decode(line.tokens)
-    if line.stop_reason in ("line_end", "block_end", "loop"):
-        text = text[:suggestion_end(text, rules.line_end, rules.dedent, rules.loop)[0]]
+    """Add a finished line unless a likelier one shows the same text (the text the backend returns:
+    cut where the rule that ended it says; `\n` then an end token, another spelling of the same
+    characters, or different text after a stop string all show alike)."""
+    text = cut_text(decode(line.tokens), line.stop_reason, rules)
     held = finished.get(text)
     if held is None or held.score < line.score:
         finished[text] = line

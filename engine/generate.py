@@ -136,6 +136,16 @@ def hit_stop_string(text: str, stop_strings: tuple[str, ...]) -> bool:
     return any(s and s in text for s in stop_strings)
 
 
+def cut_text(text: str, reason: StopReason, rules: StopRules) -> str:
+    """The generated text a result returns: cut before a stop string, after the line/block end or
+    the loop's first copy that ended decoding; whole otherwise."""
+    if reason == "stop_string":
+        return text[:min(text.index(s) for s in rules.stop_strings if s and s in text)]
+    if reason in ("line_end", "block_end", "loop"):
+        return text[:suggestion_end(text, rules.line_end, rules.dedent, rules.loop)[0]]
+    return text
+
+
 
 
 def take_tokens(rows: Tensor, draft: list[int], tokens: list[int], pick: Callable[[Tensor], int],

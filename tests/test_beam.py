@@ -112,6 +112,16 @@ def test_width_one_finds_the_greedy_line(loaded):
         assert runs[1].logprobs == pytest.approx(runs[0].logprobs, abs=1e-5)
 
 
+def test_lines_that_show_the_same_text_come_once(loaded):
+    b = backend(loaded)
+    for prefix, suffix in PROMPTS:
+        for stops in ((), ("\n",), (" ",)):  # "\n": the pipeline's mid-line stop; " ": most lines stop early
+            result = b.complete(line_request(b, prefix, suffix, beam=4, stop_strings=stops))
+            texts = [r.text for r in [result, *result.alternatives]]
+            assert len(set(texts)) == len(texts), texts
+            assert not any(s in text for s in stops for text in texts)
+
+
 def test_the_slot_keeps_the_prompt_and_the_next_keystroke_is_exact(loaded):
     b = backend(loaded)
     prefix, suffix = PROMPTS[0]

@@ -14,10 +14,10 @@ from collections.abc import Callable
 import torch
 import xxhash
 
-from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, end_of_use
+from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId
 from engine.cache import CacheConfig, SlotTable
 from engine.beam import beam_lines
-from engine.generate import Generation, Sampling, StopRules, check_prompt, generate, text_ends
+from engine.generate import Generation, Sampling, StopRules, check_prompt, cut_text, generate, text_ends
 from engine.healing import Healing, healable
 from engine.loading import LoadedModel, available_memory
 from engine.model import KVBuffer
@@ -110,20 +110,16 @@ class TorchBackend:
                 self.buffers.pop(request.doc_id, None)
                 raise
         latency_ms = (self.clock() - start) * 1e3
-        results = [self.result_of(gen, request, decode, len(ids), plan, latency_ms, beam) for gen in gens]
+        results = [self.result_of(gen, rules, decode, len(ids), plan, latency_ms, beam) for gen in gens]
         results[0].alternatives = results[1:]
         return results[0]
 
     @staticmethod
-    def result_of(gen: Generation, request: CompletionRequest, decode: Callable[[list[int]], str], prompt_tokens: int,
+    def result_of(gen: Generation, rules: StopRules, decode: Callable[[list[int]], str], prompt_tokens: int,
                   plan, latency_ms: float, searched: bool) -> CompletionResult:
         """The result a generation makes: its text cut where the request's rules end it, its costs, and
         its score when a beam search (`searched`) found it."""
-        text = decode(gen.tokens)
-        if gen.stop_reason == "stop_string":
-            text = text[:min(text.index(s) for s in request.stop_strings if s and s in text)]
-        elif gen.stop_reason in ("line_end", "block_end", "loop"):
-            text = text[:end_of_use(request, text)[0]]
+        text = cut_text(decode(gen.tokens), gen.stop_reason, rules)
         return CompletionResult(
             text=text, token_ids=gen.tokens, stop_reason=gen.stop_reason, prompt_tokens=prompt_tokens,
             reused_tokens=plan.keep, prefill_tokens=prompt_tokens - plan.keep, generated_tokens=len(gen.tokens),
