@@ -4,7 +4,7 @@
 document; that document's next request then meets the fault inside the real engine:
 
 - `decode_error`: the model's forward raises RuntimeError on its second call of the request (the
-  prompt is prefilled and the slot written, then a decode step fails);
+  prompt is prefilled and the slot written, then a decode step fails, a beam's too);
 - `decode_oom`: the same step raises MemoryError (an allocation that failed mid-generation);
 - `alloc_error`: allocating the document's K/V buffer raises MemoryError;
 - `corrupt_slot`: the document's K/V buffer is overwritten with NaN before the request runs.
@@ -78,23 +78,28 @@ class FaultyBackend:
 
 @contextlib.contextmanager
 def failing_forward(backend: Any, error: BaseException, after_calls: int) -> Iterator[None]:
-    """While active, the backend model's forward raises `error` once `after_calls` calls succeeded."""
+    """While active, the backend model's forwards (one sequence's, or a beam's rows) raise `error`
+    once `after_calls` calls succeeded."""
     model = backend.model
     calls = 0
-    original = model.forward
 
-    def forward(*args, **kwargs):
-        nonlocal calls
-        calls += 1
-        if calls > after_calls:
-            raise error
-        return original(*args, **kwargs)
+    def failing(original):
+        def forward(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            if calls > after_calls:
+                raise error
+            return original(*args, **kwargs)
+        return forward
 
-    model.forward = forward  # an instance attribute shadows the class's method; nn.Module calls it
+    names = [name for name in ("forward", "forward_rows") if hasattr(model, name)]
+    for name in names:  # an instance attribute shadows the class's method; nn.Module calls it
+        setattr(model, name, failing(getattr(model, name)))
     try:
         yield
     finally:
-        del model.forward
+        for name in names:
+            delattr(model, name)
 
 
 @contextlib.contextmanager
