@@ -6,8 +6,9 @@ unlikely line. A beam keeps the `width` likeliest partial lines at every step; a
 when the request's stop rules end it (its line break, an end token, a stop string, a loop's first
 copy, the token budget), and is scored by the total log-probability of its tokens, the one that
 ended it included: the probability that the line is exactly this. Partial lines only lose
-probability as they grow, so once `width` finished lines score at least the best partial one, no
-partial line can overtake them and the search stops.
+probability as they grow, so once two finished lines (`SETTLED`) score at least the best partial
+one, no partial line can overtake them and the search stops; the lines returned are those
+finished by then, likeliest first.
 
 Every partial line past the first token needs the K/V of its own tokens after the shared prompt.
 The prompt's K/V are in the document's slot; each line decodes in a buffer of its own that holds a
@@ -30,6 +31,13 @@ from engine.api import CancelToken, Cancelled, StopReason, suggestion_end
 from engine.generate import Generation, NonFiniteLogits, StopRules, cut_text, hit_stop_string, prefill
 from engine.healing import Healing
 from engine.model import KVBuffer, Transformer
+
+
+# The search stops once this many finished lines score at least every partial one: the likeliest
+# line and one spare for when post-processing drops it (a copy of the line above). Waiting for all
+# `width` lines changed no suggestion on the first 300 HumanEval single-line holes with the bundled
+# model and took 15% longer; waiting for one left 25 of them with nothing to show.
+SETTLED = 2
 
 
 @dataclass(slots=True)
@@ -127,7 +135,7 @@ def beam_lines(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: in
                 buffer.data[:, :, :, tail] = parent.data[:, :, :, tail]
             line.buffer = buffer
         best_alive = max((line.score for line in kept), default=float("-inf"))
-        if sum(line.score >= best_alive for line in finished.values()) >= width or not kept:
+        if sum(line.score >= best_alive for line in finished.values()) >= min(width, SETTLED) or not kept:
             alive = []
             break
         if rules.deadline is not None and clock() > rules.deadline:
