@@ -80,8 +80,9 @@ def beam_lines(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: in
     """Up to `width` finished lines completing `prompt` (first `keep` tokens cached), likeliest first.
 
     Each is a `Generation` whose `score` is its total log-probability; they share the prefill and
-    decode times, and `steps` counts the forwards (one a step for all the lines). When the deadline passes, the partial
-    lines join the finished ones with the reason "time_budget" (as a greedy line cut there would).
+    decode times, and `steps` counts the forwards (one a step for all the lines). When the deadline
+    passes, the partial lines join the finished ones with the reason "time_budget" (as a greedy
+    line cut there would).
     """
     assert width >= 1, f"a beam holds at least one line, got {width}"
     assert 0 <= keep < len(prompt), f"keep {keep} must leave at least one of {len(prompt)} prompt tokens to run"
@@ -94,8 +95,7 @@ def beam_lines(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: in
     alive: list[tuple[_Line, Tensor]] = [(root, logits)]
     finished: dict[str, _Line] = {}  # by the text it shows: each line once, its likeliest spelling
     steps = 0
-    spare: list[KVBuffer] = []  # buffers of lines that left the beam
-    slot_taken = False
+    buffers = _Buffers(model, kv, start)
     while alive and rules.max_new_tokens > 0:
         candidates = [c for line, row in alive for c in _extend(line, row, rules, width, healing, start)]
         candidates.sort(key=lambda c: -c.score)
@@ -109,40 +109,14 @@ def beam_lines(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: in
             else:
                 line.buffer = None
                 _finish(finished, line, rules, decode)
-        # buffers: a parent's goes to its first child; others copy the parent's tokens into a spare one
-        users: dict[int, int] = {}
-        for line in kept:
-            users[id(line.buffer)] = users.get(id(line.buffer), 0) + 1
-        for old, _ in alive:
-            if old.buffer is not None and id(old.buffer) not in users:
-                spare.append(old.buffer)
-        handed: set[int] = set()
-        for line in kept:
-            parent = line.buffer
-            if parent is not None and id(parent) not in handed:
-                handed.add(id(parent))
-                continue
-            if parent is None and not slot_taken:  # a first token: the slot itself holds the prompt
-                line.buffer, slot_taken = kv, True
-                continue
-            if spare:  # every buffer holds the prompt's K/V
-                buffer = spare.pop()
-            else:
-                buffer = KVBuffer(model.args, kv.capacity, kv.data.dtype, kv.device)
-                buffer.copy_prefix_from(kv, start)
-            if parent is not None:
-                tail = slice(start, start + len(line.tokens) - 1)  # the parent's tokens after the prompt
-                buffer.data[:, :, :, tail] = parent.data[:, :, :, tail]
-            line.buffer = buffer
+        buffers.hand_out(kept, [line for line, _ in alive])
         best_alive = max((line.score for line in kept), default=float("-inf"))
         if sum(line.score >= best_alive for line in finished.values()) >= min(width, SETTLED) or not kept:
-            alive = []
             break
         if rules.deadline is not None and clock() > rules.deadline:
             for line in kept:
                 line.stop_reason = "time_budget"
                 _finish(finished, line, rules, decode)
-            alive = []
             break
         if cancel is not None and cancel.cancelled:
             raise Cancelled("cancelled during decoding")
@@ -159,6 +133,42 @@ def beam_lines(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: in
     return [Generation(tokens=line.tokens, stop_reason=line.stop_reason, prefill_ms=(t1 - t0) * 1e3,
                        decode_ms=decode_ms, steps=steps, logprobs=line.logprobs, score=line.score)
             for line in ranked[:width]]
+
+
+class _Buffers:
+    """The K/V buffers of a beam's lines. Each holds the prompt's K/V at 0..start-1 and its line's
+    tokens after it; the first line of the search takes the document's slot itself."""
+
+    def __init__(self, model: Transformer, slot: KVBuffer, start: int) -> None:
+        self.model, self.slot, self.start = model, slot, start
+        self.slot_free = True
+        self.spare: list[KVBuffer] = []  # buffers of lines that left the beam (the prompt still in them)
+
+    def hand_out(self, kept: list[_Line], previous: list[_Line]) -> None:
+        """Give each kept line (holding its parent's buffer, or None under the root) a buffer of its
+        own: a parent's buffer goes to its first child, the others copy the parent's tokens into a
+        spare or new one. Buffers of `previous` lines with no child become spare."""
+        in_use = {id(line.buffer) for line in kept}
+        self.spare += [old.buffer for old in previous if old.buffer is not None and id(old.buffer) not in in_use]
+        handed: set[int] = set()
+        for line in kept:
+            parent = line.buffer
+            if parent is not None and id(parent) not in handed:
+                handed.add(id(parent))
+                continue
+            if parent is None and self.slot_free:  # a first token: the slot itself holds the prompt
+                line.buffer, self.slot_free = self.slot, False
+                continue
+            line.buffer = self.spare.pop() if self.spare else self.new()
+            if parent is not None:
+                tail = slice(self.start, self.start + len(line.tokens) - 1)  # the parent's tokens after the prompt
+                line.buffer.data[:, :, :, tail] = parent.data[:, :, :, tail]
+
+    def new(self) -> KVBuffer:
+        slot = self.slot
+        buffer = KVBuffer(self.model.args, slot.capacity, slot.data.dtype, slot.device)
+        buffer.copy_prefix_from(slot, self.start)
+        return buffer
 
 
 def _finish(finished: dict[str, _Line], line: _Line, rules: StopRules, decode: Callable[[list[int]], str]) -> None:
