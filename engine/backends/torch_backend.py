@@ -15,7 +15,7 @@ import torch
 import xxhash
 
 from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId
-from engine.cache import CacheConfig, SlotTable
+from engine.cache import CacheConfig, Plan, SlotTable
 from engine.beam import beam_lines
 from engine.generate import Generation, Sampling, StopRules, check_prompt, cut_text, generate, text_ends
 from engine.healing import Healing, healable
@@ -93,7 +93,10 @@ class TorchBackend:
         sampling = Sampling(request.temperature, request.top_p, request.seed, request.first_token_rank)
         with self.lock:
             kv, plan = self.prepare_slot(request.doc_id, ids, len(ids) + max(max_new - 1, 0))
-            written = lambda part: self.table.append(request.doc_id, part)  # noqa: E731
+
+            def written(part: list[int]) -> None:
+                self.table.append(request.doc_id, part)
+
             try:
                 if beam:
                     gens = beam_lines(self.model, kv, ids, plan.keep, rules, request.beam, written=written,
@@ -116,7 +119,7 @@ class TorchBackend:
 
     @staticmethod
     def result_of(gen: Generation, rules: StopRules, decode: Callable[[list[int]], str], prompt_tokens: int,
-                  plan, latency_ms: float, searched: bool) -> CompletionResult:
+                  plan: Plan, latency_ms: float, searched: bool) -> CompletionResult:
         """The result a generation makes: its text cut where the request's rules end it, its costs, and
         its score when a beam search (`searched`) found it."""
         text = cut_text(decode(gen.tokens), gen.stop_reason, rules)
