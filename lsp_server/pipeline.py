@@ -151,16 +151,15 @@ def complete(
         stop_at_loop=True,  # a line repeating itself shows its first copy, not the token budget's worth
         token_probabilities=config.min_token_probability > 0 or branches > 1, first_token_rank=first_token_rank,
     )
-    runs: list[_Branch] = []
     if branches > 1 and backend.searches_lines:  # one beam search finds the likeliest lines
         found = backend.complete(replace(request, beam=branches), cancel)
-        for rank, result in enumerate([found, *found.alternatives]):
-            suggestion, confidence = _checked(result, ctx, config, backend)
-            runs.append(_Branch(rank, _score(result, suggestion), suggestion, result, confidence))
+        runs = [_Branch(rank, _score(result, suggestion), suggestion, result, confidence)
+                for rank, result in enumerate([found, *found.alternatives])
+                for suggestion, confidence in [_checked(result, ctx, config, backend)]]
         calls = [found]
     else:
-        runs = _first_token_branches(backend, request, ctx, config, range(first_token_rank, first_token_rank + branches),
-                                     cancel)
+        ranks = range(first_token_rank, first_token_rank + branches)
+        runs = _first_token_branches(backend, request, ctx, config, ranks, cancel)
         calls = [run.result for run in runs]
     ranked = sorted(runs, key=lambda run: (-run.logprob, run.rank))  # likeliest first; a tie: the likelier first token
     best = ranked[0]
@@ -199,9 +198,9 @@ def _first_token_branches(backend: Backend, request: CompletionRequest, ctx: Cur
 
 @dataclass(frozen=True, slots=True)
 class _Branch:
-    """One first token's greedy generation and what post-processing made of it."""
+    """One line compared (a beam's, or a first token's greedy line) and what post-processing made of it."""
 
-    rank: int  # of its first token among the model's choices (0: the likeliest)
+    rank: int  # its place: in the beam's order, or its first token's among the model's choices (0: the likeliest)
     logprob: float  # of the shown text (`_score`): -inf when nothing is shown
     suggestion: Suggestion | None
     result: CompletionResult
