@@ -12,7 +12,9 @@ it was asked to fill, repeats a line forever, or ends in spaces. The rules, in o
 3. a block ends where the indentation leaves its scope, where it meets the first line after the
    cursor (the suffix), at a line that repeats the one before, or at `max_lines`; on a line that
    holds only indentation, a suggestion starting deeper than the code allows there (the line
-   above's depth, one level more under an opener) is moved back to it, its lines alike;
+   above's depth, one level more under an opener) is moved back to it, its lines alike, and one
+   whose first line repeats the line above, or assigns again what that line assigned without
+   reading it (leaving it dead code), is no suggestion;
 4. text that repeats the rest of the cursor's line is removed, and closing characters the
    suggestion supplies (`)`, `]`, `"`) replace those already after the cursor;
 5. brackets stay balanced: a closer that matches nothing open ends the suggestion, and a one-line
@@ -41,6 +43,7 @@ QUOTES = "\"'`"
 _PAIRED = ")]}([{" + QUOTES
 _BLOCK_OPENER = re.compile(r"(?:[:{(\[]|=>|\b(?:do|then|else|begin))$")
 _CLOSERS_ONLY = re.compile(r"^[\s)\]}>;,]+$")
+_ASSIGNMENT = re.compile(r"^([A-Za-z_][\w.]*)\s*=(?!=)\s*(.+)$")  # `target = value`, one plain name or attribute
 # After \r and \r\n became \n. U+FFFD is what decoding gives for bytes that are not a whole UTF-8
 # character: a budget that ended inside one, or invalid bytes; inserted, it would corrupt the buffer.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")
@@ -238,8 +241,16 @@ def _within_indentation(lines: list[str], ctx: CursorContext, outer: list[str], 
 
 
 def _repeats_line_above(ctx: CursorContext, first: str) -> bool:
-    """True when the suggestion's first line on an empty line repeats the line above it."""
-    return _has_word(first) and first.strip() == _previous_line(ctx).strip()
+    """True when the suggestion's first line on an empty line repeats the line above it, or assigns
+    again what the line above assigned without reading it (`self.y = z` under `self.y = y`: the line
+    above would be dead code)."""
+    above = _previous_line(ctx)
+    if _has_word(first) and first.strip() == above.strip():
+        return True
+    mine, theirs = _ASSIGNMENT.match(first.strip()), _ASSIGNMENT.match(above.strip())
+    if mine is None or theirs is None or mine.group(1) != theirs.group(1):
+        return False
+    return re.search(rf"(?<![\w.]){re.escape(mine.group(1))}(?!\w)", mine.group(2)) is None
 
 
 def _lex(text: str, quote: str | None):

@@ -95,3 +95,18 @@ def test_a_block_moved_back_keeps_its_shape():
     raw = "    if self.x:\n                return 1\n            return 2"
     assert postprocess(raw, ctx, PostprocessConfig(multiline="always")) == Suggestion(
         "if self.x:\n            return 1\n        return 2")
+
+
+@pytest.mark.parametrize("above,raw,shown", [
+    ("        self.name = name", "self.name = name", None),  # a copy of the line above
+    ("        self.y = y", "self.y = z", None),  # the line above would be a dead store
+    ("        count = 0", "count = len(items)", None),
+    ("        self.y = y", "self.z = z", "self.z = z"),
+    ("        text = read()", "text = text.strip()", "text = text.strip()"),  # reads what it replaces
+    ("        total = 0", "total += value", "total += value"),  # an update, not a new value
+    ("        x = 1", "x == 1", "x == 1"),
+    ("        self.y = y", "y = self.y", "y = self.y"),  # another target
+])
+def test_a_line_that_repeats_or_overwrites_the_line_above_is_not_suggested(above, raw, shown):
+    ctx = CursorContext(f"class P:\n    def __init__(self, x, y):\n{above}\n        ", "\n")
+    assert postprocess(raw, ctx, ONE) == (Suggestion(shown) if shown is not None else None)
