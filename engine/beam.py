@@ -75,9 +75,11 @@ def _stop_reason(tokens: list[int], rules: StopRules, decode: Callable[[list[int
 @torch.inference_mode()
 def beam_lines(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int, rules: StopRules, width: int,
                written: Callable[[list[int]], None], decode: Callable[[list[int]], str],
-               cancel: CancelToken | None = None, prefill_chunk: int = 512,
+               new_buffer: Callable[[int], KVBuffer], cancel: CancelToken | None = None, prefill_chunk: int = 512,
                clock: Callable[[], float] = time.perf_counter, healing: Healing | None = None) -> list[Generation]:
     """Up to `width` finished lines completing `prompt` (first `keep` tokens cached), likeliest first.
+
+    `new_buffer(capacity)` makes an empty buffer of `kv`'s kind (a runtime's own, e.g. ONNX's).
 
     Each is a `Generation` whose `score` is its total log-probability; they share the prefill and
     decode times, and `steps` counts the forwards (one a step for all the lines). When the deadline
@@ -95,7 +97,7 @@ def beam_lines(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: in
     alive: list[tuple[_Line, Tensor]] = [(root, logits)]
     finished: dict[str, _Line] = {}  # by the text it shows: each line once, its likeliest spelling
     steps = 0
-    buffers = _Buffers(model, kv, start)
+    buffers = _Buffers(kv, start, new_buffer)
     while alive and rules.max_new_tokens > 0:
         candidates = [c for line, row in alive for c in _extend(line, row, rules, width, healing, start)]
         candidates.sort(key=lambda c: -c.score)
@@ -126,6 +128,9 @@ def beam_lines(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: in
                                   [line.buffer for line in kept])  # [R, V], every line's next logits at once
         alive = list(zip(kept, rows))
         steps += 1
+    truncate = getattr(kv, "truncate", None)  # a runtime whose buffer keeps whole forwards' K/V (OrtSlot)
+    if truncate is not None:
+        truncate(start)  # the slot holds the prompt, as the cache's table says
     if not finished:  # no step ran (an empty budget): the empty line
         finished[""] = _Line([], [], 0.0, "", None, "max_tokens")
     ranked = sorted(finished.values(), key=lambda line: -line.score)
@@ -139,8 +144,8 @@ class _Buffers:
     """The K/V buffers of a beam's lines. Each holds the prompt's K/V at 0..start-1 and its line's
     tokens after it; the first line of the search takes the document's slot itself."""
 
-    def __init__(self, model: Transformer, slot: KVBuffer, start: int) -> None:
-        self.model, self.slot, self.start = model, slot, start
+    def __init__(self, slot: KVBuffer, start: int, new_buffer: Callable[[int], KVBuffer]) -> None:
+        self.slot, self.start, self.new_buffer = slot, start, new_buffer
         self.slot_free = True
         self.spare: list[KVBuffer] = []  # buffers of lines that left the beam (the prompt still in them)
 
@@ -160,14 +165,12 @@ class _Buffers:
                 line.buffer, self.slot_free = self.slot, False
                 continue
             line.buffer = self.spare.pop() if self.spare else self.new()
-            if parent is not None:
-                tail = slice(self.start, self.start + len(line.tokens) - 1)  # the parent's tokens after the prompt
-                line.buffer.data[:, :, :, tail] = parent.data[:, :, :, tail]
+            if parent is not None:  # the parent's tokens after the prompt
+                line.buffer.copy_range_from(parent, self.start, self.start + len(line.tokens) - 1)
 
     def new(self) -> KVBuffer:
-        slot = self.slot
-        buffer = KVBuffer(self.model.args, slot.capacity, slot.data.dtype, slot.device)
-        buffer.copy_prefix_from(slot, self.start)
+        buffer = self.new_buffer(self.slot.capacity)
+        buffer.copy_prefix_from(self.slot, self.start)
         return buffer
 
 

@@ -96,6 +96,11 @@ class KVBuffer:
         assert n <= min(self.capacity, other.capacity), f"cannot copy {n} positions between these slots"
         self.data[:, :, :, :n] = other.data[:, :, :, :n]  # [L, 2, KH, n, D]
 
+    def copy_range_from(self, other: "KVBuffer", start: int, end: int) -> None:
+        """Take positions [start, end) from another buffer whose positions before `start` equal ours."""
+        assert end <= min(self.capacity, other.capacity), f"cannot copy up to {end} between these buffers"
+        self.data[:, :, :, start:end] = other.data[:, :, :, start:end]  # [L, 2, KH, end - start, D]
+
 
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):

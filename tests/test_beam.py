@@ -107,7 +107,8 @@ def test_width_one_finds_the_greedy_line(loaded):
                 runs.append(generate(loaded.model, kv, ids, 0, rules, Sampling(), lambda part: None,
                                      b.tokenizer.decode))
             else:
-                runs.append(beam_lines(loaded.model, kv, ids, 0, rules, 1, lambda part: None, b.tokenizer.decode)[0])
+                runs.append(beam_lines(loaded.model, kv, ids, 0, rules, 1, lambda part: None, b.tokenizer.decode,
+                                       new_buffer=b.new_buffer)[0])
         assert runs[1].tokens == runs[0].tokens and runs[1].stop_reason == runs[0].stop_reason
         assert runs[1].logprobs == pytest.approx(runs[0].logprobs, abs=1e-5)
 

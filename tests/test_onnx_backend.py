@@ -50,6 +50,29 @@ def test_greedy_tokens_equal_torch_fp32_at_every_keystroke_of_20_problems(tiny_o
     assert sum(s.reused_tokens for s in ort_run.samples) > 0.9 * sum(s.prompt_tokens for s in ort_run.samples)
 
 
+def test_a_beam_search_finds_the_torch_backends_lines_and_leaves_the_slot_as_the_prompt(tiny_onnx, torch_fp32):
+    ort = load_onnx_backend(str(tiny_onnx), dtype="float32", cache=CacheConfig(budget_bytes=64 * 2**20))
+    local = TorchBackend(torch_fp32, CacheConfig(budget_bytes=64 * 2**20))
+    assert ort.searches_lines
+    for i, text in enumerate(["def add(a, b):\n    return ", "import os\n\nclass Reader:\n    def __init__(self",
+                              "values = [1, 2, 3]\ntotal = "]):
+        lines = []
+        for backend in (local, ort):  # the random-weight model rarely ends a line: stop strings end some
+            result = backend.complete(CompletionRequest(DocId(f"b{i}"), prompt(backend, text), max_new_tokens=6,
+                                                        stop_at_line_end=True, stop_strings=(")", " "), beam=3,
+                                                        heal=True))
+            lines.append([(r.token_ids, r.score) for r in [result, *result.alternatives]])
+        assert len(lines[1]) >= 2
+        assert [ids for ids, _ in lines[1]] == [ids for ids, _ in lines[0]]
+        assert [score for _, score in lines[1]] == pytest.approx([score for _, score in lines[0]], abs=1e-3)
+        assert ort.slot_tokens(DocId(f"b{i}")) == local.slot_tokens(DocId(f"b{i}"))
+        assert ort.buffers[DocId(f"b{i}")].length == len(ort.slot_tokens(DocId(f"b{i}")))
+    again = ort.complete(CompletionRequest(DocId("b0"), prompt(ort, "def add(a, b):\n    return a"), max_new_tokens=6))
+    fresh = TorchBackend(torch_fp32, CacheConfig(budget_bytes=64 * 2**20)).complete(
+        CompletionRequest(DocId("f"), prompt(ort, "def add(a, b):\n    return a"), max_new_tokens=6))
+    assert again.reused_tokens > 0 and again.token_ids == fresh.token_ids  # the next keystroke is exact
+
+
 def test_seeding_eviction_and_drop_keep_tokens_equal_a_full_recompute(tiny_onnx, torch_fp32):
     slot_bytes = 256 * torch_fp32.model.args.kv_bytes_per_token(4)  # one 256-position chunk, fp32
     cache = CacheConfig(budget_bytes=2 * slot_bytes, block_size=16)

@@ -98,6 +98,12 @@ class OrtSlot:
         """Take positions [0, n) from another document's slot (K/V depend only on the prefix)."""
         self.arrays = [a.copy() for a in other.past(n)]
 
+    def copy_range_from(self, other: "OrtSlot", start: int, end: int) -> None:
+        """Hold another slot's positions [0, end) (a beam line's parent: the same up to `start`). The
+        arrays are shared, not copied: a forward replaces a slot's arrays, it never writes them."""
+        assert end <= other.length, f"the slot holds {other.length} positions, {end} were asked for"
+        self.arrays = [a[:, :, :end] for a in other.arrays]  # [1, KH, end, D] each
+
 
 class OrtForward:
     """`Transformer`'s call signature over an ONNX Runtime session of the exported graph."""
@@ -127,11 +133,14 @@ class OrtForward:
         """As `Transformer.forward`: input_ids, input_pos [T]; logits [T, V] or [1, V]."""
         return torch.from_numpy(self.run(input_ids.numpy(), start, kv, all_logits=not last_only))
 
+    def forward_rows(self, input_ids: Tensor, input_pos: Tensor, kvs: list[OrtSlot]) -> Tensor:
+        """As `Transformer.forward_rows` (a beam's lines), one graph run a row: logits [R, V]."""
+        ids, positions = input_ids.tolist(), input_pos.tolist()
+        return torch.from_numpy(np.concatenate([self.run([i], p, kv) for i, p, kv in zip(ids, positions, kvs)]))
+
 
 class OnnxBackend(TorchBackend):
     """`engine.api.Backend` over an ONNX Runtime session; the torch backend's cache and decoding."""
-
-    searches_lines = False  # a beam needs a K/V buffer per line; the runtime's slots are not copied
 
     def __init__(self, session, export_dir: Path, manifest: Manifest, quantization: str,
                  cache: CacheConfig | None = None, why: str = "", speculate: int = 0):

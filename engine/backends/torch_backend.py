@@ -34,7 +34,7 @@ class TorchBackend:
     """`engine.api.Backend` over a loaded `Transformer`; one KV slot per document."""
 
     ranks_first_token = True  # honours CompletionRequest.first_token_rank (alternative suggestions)
-    searches_lines = True  # honours CompletionRequest.beam (engine.beam)
+    searches_lines = True  # honours CompletionRequest.beam (engine.beam; the ONNX runtime too)
 
     def __init__(self, loaded: LoadedModel, cache: CacheConfig | None = None, kv_dtype: torch.dtype | None = None,
                  model_name: str | None = None, why: str = "", prefill_chunk: int = 512,
@@ -100,8 +100,8 @@ class TorchBackend:
             try:
                 if beam:
                     gens = beam_lines(self.model, kv, ids, plan.keep, rules, request.beam, written=written,
-                                      decode=decode, cancel=cancel, prefill_chunk=self.prefill_chunk,
-                                      clock=self.clock, healing=healing)
+                                      decode=decode, new_buffer=self.new_buffer, cancel=cancel,
+                                      prefill_chunk=self.prefill_chunk, clock=self.clock, healing=healing)
                 else:
                     gens = [generate(self.model, kv, ids, plan.keep, rules, sampling, written=written,
                                      decode=decode, cancel=cancel, prefill_chunk=self.prefill_chunk,
