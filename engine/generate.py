@@ -146,8 +146,6 @@ def cut_text(text: str, reason: StopReason, rules: StopRules) -> str:
     return text
 
 
-
-
 def take_tokens(rows: Tensor, draft: list[int], tokens: list[int], pick: Callable[[Tensor], int],
                 rules: StopRules, decode: Callable[[list[int]], str]) -> tuple[int, StopReason | None]:
     """Choose a token from each row of `rows` [R, V] in turn, appending to `tokens`.

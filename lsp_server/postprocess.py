@@ -175,7 +175,7 @@ def _take_block(lines: list[str], ctx: CursorContext, case: Case, opener: str | 
     first_full = ctx.line_prefix + lines[0]  # the cursor's line as the block starts it
     if case != "mid" and case != "line_end" and anchor and _same_line(first_full, anchor):
         return []
-    if case == "open_line" and _repeats_line_above(ctx, lines[0]):
+    if case == "open_line" and _repeats_or_overwrites_line_above(ctx, lines[0]):
         return []
     if opener is not None:
         floor = indent_width(opener)  # the block's lines sit deeper than its opener
@@ -212,7 +212,7 @@ def _take_line(lines: list[str], ctx: CursorContext, case: Case, config: Postpro
         return ["", lines[1]]  # the model went on to the next line: suggest that line
     if case in ("open_line", "line_start") and anchor and _same_line(ctx.line_prefix + first, anchor):
         return []
-    if case == "open_line" and _repeats_line_above(ctx, first):
+    if case == "open_line" and _repeats_or_overwrites_line_above(ctx, first):
         return []
     return [first]
 
@@ -240,7 +240,7 @@ def _within_indentation(lines: list[str], ctx: CursorContext, outer: list[str], 
     return [line[min(excess, len(line) - len(line.lstrip(" "))):] for line in lines]
 
 
-def _repeats_line_above(ctx: CursorContext, first: str) -> bool:
+def _repeats_or_overwrites_line_above(ctx: CursorContext, first: str) -> bool:
     """True when the suggestion's first line on an empty line repeats the line above it, or assigns
     again what the line above assigned without reading it (`self.y = z` under `self.y = y`: the line
     above would be dead code)."""
