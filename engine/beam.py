@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.api import CancelToken, Cancelled, StopReason, suggestion_end
-from engine.generate import Generation, NonFiniteLogits, StopRules, cut_text, hit_stop_string, prefill
-from engine.healing import Healing
+from engine.api import CancelToken, Cancelled, StopReason
+from engine.generate import Generation, StopRules, checked_row, cut_text, finished_by, only, prefill
+from engine.healing import Healing, left_after
 from engine.model import KVBuffer, Transformer
 
 
@@ -59,17 +59,6 @@ class _Candidate:
     parent: _Line
     token: int
     logprob: float
-
-
-def _stop_reason(tokens: list[int], rules: StopRules, decode: Callable[[list[int]], str]) -> StopReason | None:
-    """Why a line of these tokens is finished (the rules `take_tokens` applies), None while it goes on."""
-    if rules.stop_strings or rules.line_end or rules.dedent is not None or rules.loop:
-        text = decode(tokens)
-        if rules.stop_strings and hit_stop_string(text, rules.stop_strings):
-            return "stop_string"
-        if (end := suggestion_end(text, rules.line_end, rules.dedent, rules.loop)) is not None:
-            return end[1]
-    return "max_tokens" if len(tokens) >= rules.max_new_tokens else None
 
 
 @torch.inference_mode()
@@ -187,16 +176,9 @@ def _finish(finished: dict[str, _Line], line: _Line, rules: StopRules, decode: C
 def _extend(line: _Line, row: Tensor, rules: StopRules, width: int, healing: Healing | None,
             start: int) -> list[_Candidate]:
     """The `width` best next tokens of a line from its logits row [V] (healing's mask applied)."""
-    if not bool(torch.isfinite(row).all()):
-        raise NonFiniteLogits(f"non-finite logits at position {start + len(line.tokens)}: the document's "
-                              f"cached K/V or the weights are corrupt")
-    if rules.emittable is not None and rules.emittable < row.shape[-1]:
-        row[rules.emittable:] = float("-inf")
+    row = checked_row(row, rules, start + len(line.tokens))
     logprobs = torch.log_softmax(row.float(), dim=-1)  # [V], the model's own distribution
-    choice = logprobs
-    if healing is not None and line.rest:
-        allowed = torch.tensor(healing.texts.compatible(line.rest), dtype=torch.long, device=row.device)  # [A]
-        choice = torch.full_like(logprobs, float("-inf")).index_copy_(0, allowed, logprobs[allowed])
+    choice = only(logprobs, healing.texts.compatible(line.rest)) if healing is not None and line.rest else logprobs
     best = torch.topk(choice, min(width, choice.shape[-1]))  # [width], best first
     return [_Candidate(line.score + float(value), line, int(token), float(value))
             for value, token in zip(best.values.tolist(), best.indices.tolist()) if value != float("-inf")]
@@ -209,14 +191,8 @@ def _child(cand: _Candidate, rules: StopRules, decode: Callable[[list[int]], str
     if cand.token in rules.stop_ids:
         reason: StopReason = "eos" if cand.token == rules.eod_id else "stop_token"
         return _Line(parent.tokens, parent.logprobs, cand.score, "", None, reason)
-    rest = parent.rest
-    if rest:
-        text = healing.texts.text_of(cand.token)
-        rest = rest[len(text):] if rest.startswith(text) else ""
+    rest = left_after(parent.rest, healing.texts.text_of(cand.token)) if parent.rest else ""
     tokens = [*parent.tokens, cand.token]
-    line = _Line(tokens, [*parent.logprobs, cand.logprob], cand.score, rest, parent.buffer)
-    if not rest:  # still re-spelling healing's text: nothing of the line is written yet
-        line.stop_reason = _stop_reason(tokens, rules, decode)
-    elif len(tokens) >= rules.max_new_tokens:
-        line.stop_reason = "max_tokens"
-    return line
+    # while healing's text is re-spelled, `decode` gives "" and only the budget can end the line
+    return _Line(tokens, [*parent.logprobs, cand.logprob], cand.score, rest, parent.buffer,
+                 finished_by(tokens, rules, decode))

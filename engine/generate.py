@@ -146,6 +146,35 @@ def cut_text(text: str, reason: StopReason, rules: StopRules) -> str:
     return text
 
 
+def finished_by(tokens: list[int], rules: StopRules, decode: Callable[[list[int]], str]) -> StopReason | None:
+    """Why generation ends after these tokens (a stop string, the end of the line or block, a
+    loop's first copy, the token budget); None while it goes on. Stop tokens are checked before."""
+    if rules.stop_strings or rules.line_end or rules.dedent is not None or rules.loop:
+        text = decode(tokens)
+        if rules.stop_strings and hit_stop_string(text, rules.stop_strings):
+            return "stop_string"
+        if (end := suggestion_end(text, rules.line_end, rules.dedent, rules.loop)) is not None:
+            return end[1]
+    return "max_tokens" if len(tokens) >= rules.max_new_tokens else None
+
+
+def checked_row(row: Tensor, rules: StopRules, position: int) -> Tensor:
+    """The logits row [V] ready to choose from: NonFiniteLogits unless finite (argmax of NaN would
+    pick a token silently), vocabulary padding (ids >= rules.emittable) masked in place."""
+    if not bool(torch.isfinite(row).all()):  # one pass over [V]
+        raise NonFiniteLogits(f"non-finite logits at position {position}: the document's "
+                              f"cached K/V or the weights are corrupt")
+    if rules.emittable is not None and rules.emittable < row.shape[-1]:
+        row[rules.emittable:] = float("-inf")
+    return row
+
+
+def only(row: Tensor, allowed: list[int]) -> Tensor:
+    """A copy of the row [V] with every id outside `allowed` at -inf (healing's constraint)."""
+    ids = torch.tensor(allowed, dtype=torch.long, device=row.device)  # [A]
+    return torch.full_like(row, float("-inf")).index_copy_(0, ids, row[ids])  # [V]
+
+
 def take_tokens(rows: Tensor, draft: list[int], tokens: list[int], pick: Callable[[Tensor], int],
                 rules: StopRules, decode: Callable[[list[int]], str]) -> tuple[int, StopReason | None]:
     """Choose a token from each row of `rows` [R, V] in turn, appending to `tokens`.
@@ -161,14 +190,8 @@ def take_tokens(rows: Tensor, draft: list[int], tokens: list[int], pick: Callabl
         if token in rules.stop_ids:
             return i, "eos" if token == rules.eod_id else "stop_token"
         tokens.append(token)
-        if rules.stop_strings or rules.line_end or rules.dedent is not None or rules.loop:
-            text = decode(tokens)
-            if rules.stop_strings and hit_stop_string(text, rules.stop_strings):
-                return i, "stop_string"
-            if (end := suggestion_end(text, rules.line_end, rules.dedent, rules.loop)) is not None:
-                return i, end[1]
-        if len(tokens) == rules.max_new_tokens:
-            return i, "max_tokens"
+        if (reason := finished_by(tokens, rules, decode)) is not None:
+            return i, reason
         if i == len(draft) or draft[i] != token:
             return i, None
     raise AssertionError("unreachable: the last row has no draft token after it")
@@ -200,15 +223,10 @@ def generate(model: Transformer, kv: KVBuffer, prompt: Sequence[int], keep: int,
     picked: list[float] = []  # log-probability of each token `pick` chose (the last may be a stop token)
 
     def pick(row: Tensor) -> int:  # row: [V]
-        if not bool(torch.isfinite(row).all()):  # one pass over [V]; argmax of NaN would pick a token silently
-            raise NonFiniteLogits(f"non-finite logits at position {len(prompt) + len(tokens)}: the document's "
-                                  f"cached K/V or the weights are corrupt")
-        if rules.emittable is not None and rules.emittable < row.shape[-1]:
-            row[rules.emittable:] = float("-inf")
+        row = checked_row(row, rules, len(prompt) + len(tokens))
         choice, healing_now = row, healing is not None and healing.pending
         if healing_now:
-            allowed = torch.tensor(healing.allowed(), dtype=torch.long, device=row.device)  # [A]
-            choice = torch.full_like(row, float("-inf")).index_copy_(0, allowed, row[allowed])  # [V]
+            choice = only(row, healing.allowed())  # [V]
         if sampling.first_rank and not picked and sampling.temperature <= 0:
             best = torch.topk(choice, min(sampling.first_rank + 1, choice.shape[-1]))  # [first_rank + 1], best first
             finite = int(torch.isfinite(best.values).sum())  # fewer than asked when healing allows fewer

@@ -68,11 +68,16 @@ class Healing:
 
     def chose(self, token_text: str) -> None:
         """Record the chosen token's text: it spells part of the rest, or all of it and more."""
-        self.rest = self.rest[len(token_text):] if self.rest.startswith(token_text) else ""
+        self.rest = left_after(self.rest, token_text)
 
     def strip(self, generated: str) -> str:
         """The generated text after the re-spelled part (empty while it is still being spelled)."""
         return generated[len(self.text):] if generated.startswith(self.text) else ""
+
+
+def left_after(rest: str, token_text: str) -> str:
+    """What is still to be spelled of `rest` once a compatible token of this text is chosen."""
+    return rest[len(token_text):] if rest.startswith(token_text) else ""
 
 
 def healable(text: str, texts: TokenTexts) -> bool:
