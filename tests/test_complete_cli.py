@@ -44,7 +44,8 @@ def test_json_output_at_two_positions_matches_the_pipeline(tmp_path, tiny_starco
         assert row["prompt_tokens"] == outcome.result.prompt_tokens
         assert row["generated_tokens"] == len(outcome.result.token_ids) <= 8
         assert row["min_token_probability"] == pytest.approx(outcome.confidence, rel=1e-5)
-        assert row["branches"] == outcome.ranks == 3  # one line each, from a small model
+        # a small model: a beam of 3, which returns the lines it finished by the time it settled
+        assert row["branches"] == outcome.ranks and 1 <= outcome.ranks <= 3
     assert rows[1]["prompt"].endswith("# café ☕ men")  # SPM: the prefix ends the prompt
 
 

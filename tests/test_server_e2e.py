@@ -232,7 +232,8 @@ async def test_typing_inline_completion_fallback_and_acceptance(client: Language
     assert status["cache_slots"] >= 1 and status["cache_bytes"] > 0
     assert status["last"]["prompt_tokens"] > status["last"]["prefill_tokens"] >= 1  # the cache served the rest
     assert 0 < status["last"]["min_token_probability"] <= 1  # what minTokenProbability is compared with
-    assert status["last"]["branches"] == 3  # the kit model is small: three lines compared
+    # the kit model is small: a beam of 3, settled once two finished lines beat the partial ones
+    assert 2 <= status["last"]["branches"] <= 3
     mirror.close_all()
 
 
@@ -411,7 +412,7 @@ async def test_asking_by_hand_offers_the_other_lines_the_beam_found_then_the_nex
                                  config=mirror.config, path=uri_to_path(uri), first_token_rank=rank)
 
     best = expected()
-    assert best.ranks == 3, "auto branches for a small model: a beam of 3 lines"
+    assert 2 <= best.ranks <= 3, "auto branches for a small model: a beam of 3 lines, settled at 2 or more"
     more = [o for o in best.runners_up if o.suggestion.text != best.suggestion.text][:2]
     further = [expected(rank) for rank in range(best.ranks, best.ranks + 2 - len(more))]
     texts = list(dict.fromkeys(o.suggestion.text for o in (best, *more, *further) if o.suggestion is not None))
