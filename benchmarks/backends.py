@@ -44,7 +44,7 @@ class Task:
 
 def export_dir_for(model: Path) -> Path:
     """The cached export of a checkpoint: `<fim-lsp cache>/onnx/<checkpoint directory name>`."""
-    from engine.checkpoint_kit import default_cache_dir
+    from fim_lsp.training.checkpoint_kit import default_cache_dir
 
     return default_cache_dir() / "onnx" / model.name
 
@@ -175,7 +175,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def checkpoint_for(shape: str, model: str | None) -> Path:
-    from engine.checkpoint_kit import CheckpointSpec, ensure_checkpoint
+    from fim_lsp.training.checkpoint_kit import CheckpointSpec, ensure_checkpoint
 
     if model:
         return Path(model).resolve()

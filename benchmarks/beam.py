@@ -63,10 +63,10 @@ def step_table(model, context: int, repeats: int = STEP_REPEATS) -> list[dict]:
 def line_table(backend, problems, widths=WIDTHS) -> list[dict]:
     """Per beam width: latency of one-line requests over cached prompts, forwards and tokens."""
     from engine.api import CompletionRequest, DocId
-    from lsp_server.context import cursor_context
-    from lsp_server.evaluate import cursor_of
+    from lsp_server.core.context import cursor_context
+    from fim_lsp.evaluation.evaluate import cursor_of
     from lsp_server.pipeline import token_counter
-    from lsp_server.prompt import PromptConfig, build_prompt
+    from lsp_server.core.prompt import PromptConfig, build_prompt
 
     count = token_counter(backend)
     config = PromptConfig(max_new_tokens=LINE_TOKENS, neighbours=False, include_filename=False)
@@ -101,7 +101,7 @@ def main(args) -> int:
     from benchmarks.cli import bench_model
     from engine.loading import CheckpointError
     from engine.select import load_backend
-    from lsp_server.evaluate import load_problems
+    from fim_lsp.evaluation.evaluate import load_problems
 
     say = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:

@@ -34,7 +34,7 @@ def main_bench(args) -> int:
 
 def bench_model(args, say) -> str:
     """The checkpoint a benchmark runs: --model, or the kit model of --shape (written once, cached)."""
-    from engine.checkpoint_kit import CheckpointSpec, ensure_checkpoint
+    from fim_lsp.training.checkpoint_kit import CheckpointSpec, ensure_checkpoint
 
     if args.model:
         return args.model

@@ -100,7 +100,7 @@ def pre_tokenizer_name(tokenizer: dict) -> str | None:
 
 def gguf_cache_dir() -> Path:
     """`<fim-lsp cache>/gguf`."""
-    from engine.checkpoint_kit import default_cache_dir
+    from fim_lsp.training.checkpoint_kit import default_cache_dir
 
     return default_cache_dir() / "gguf"
 
@@ -117,7 +117,7 @@ def ensure_gguf(checkpoint: Path, outtype: OutType, cache_dir: Path | None = Non
     Keyed by the checkpoint's content hash (`source_hash`, computed when not given). A conversion
     is written under a temporary name and renamed when complete, so an interrupted one is redone.
     """
-    from engine.onnx_export import checkpoint_hash
+    from engine.onnx_format import checkpoint_hash
 
     checkpoint = Path(checkpoint).resolve()
     if not (checkpoint / "config.json").is_file():

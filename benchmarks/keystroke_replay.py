@@ -4,7 +4,7 @@ Each HumanEval infilling problem is a document with one span removed; we type th
 character at a time and, after every keystroke, ask for 16 greedy tokens at the cursor through
 each mode on the same checkpoint: our engine with its per-document KV cache, our engine
 recomputing the whole prompt, and transformers' `generate()` (the reference backend). Prompts
-come from the language server's prompt core (`lsp_server.prompt.build_prompt`), so the benchmark
+come from the language server's prompt core (`lsp_server.core.prompt.build_prompt`), so the benchmark
 sees exactly the token stream the server would send. The table compares latency, tokens
 prefilled per keystroke, cache hit rate and throughput, checks that every mode produced the
 same tokens, and sets the decode step against the floor memory bandwidth allows.
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.api import Backend, CompletionRequest, DocId
-from lsp_server.context import CursorContext
-from lsp_server.prompt import PromptConfig, build_prompt
+from lsp_server.core.context import CursorContext
+from lsp_server.core.prompt import PromptConfig, build_prompt
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIRS = (REPO / "lsp_server" / "data" / "human-eval-infilling", REPO.parent / "shared" / "data" / "human-eval-infilling",

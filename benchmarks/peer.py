@@ -217,7 +217,7 @@ def weight_bytes(row: Row, backend) -> int:
         return Path(row.gguf).stat().st_size
     if row.mode.startswith("onnx"):
         from benchmarks.backends import export_dir_for
-        from engine.onnx_export import INT8_FILE
+        from engine.onnx_format import INT8_FILE
 
         return onnx_step_bytes(export_dir_for(Path(row.model)) / INT8_FILE)
     from engine.quantize import weight_bytes as model_bytes

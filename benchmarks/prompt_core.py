@@ -41,12 +41,12 @@ def _ms(samples: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from tokenizers import Tokenizer
 
-    from engine.checkpoint_kit import CheckpointSpec, ensure_checkpoint
-    from engine.fim_tokens import fim_tokens_from_vocab
-    from lsp_server.context import cursor_context, offset_to_position
-    from lsp_server.neighbours import select_snippets, text_around_cursor
-    from lsp_server.postprocess import PostprocessConfig, postprocess
-    from lsp_server.prompt import PromptConfig, build_prompt, memoize_counts
+    from fim_lsp.training.checkpoint_kit import CheckpointSpec, ensure_checkpoint
+    from engine.fim import fim_tokens_from_vocab
+    from lsp_server.core.context import cursor_context, offset_to_position
+    from lsp_server.core.neighbours import select_snippets, text_around_cursor
+    from lsp_server.core.postprocess import PostprocessConfig, postprocess
+    from lsp_server.core.prompt import PromptConfig, build_prompt, memoize_counts
 
     tokenizer = Tokenizer.from_file(str(ensure_checkpoint(CheckpointSpec(shape="tiny")) / "tokenizer.json"))
     fim = fim_tokens_from_vocab(tokenizer.get_vocab())

@@ -66,7 +66,7 @@ def same_text(a: str, b: str) -> bool:
 
 def start_daemon(model: str, args) -> tuple[subprocess.Popen, str]:
     """`fim-lsp engine` on a free loopback port with the benchmark's model options; (process, url)."""
-    cmd = [sys.executable, "-m", "lsp_server.cli", "engine", "--listen", "127.0.0.1:0", "--model", model]
+    cmd = [sys.executable, "-m", "fim_lsp.cli", "engine", "--listen", "127.0.0.1:0", "--model", model]
     for flag in ("backend", "device", "dtype", "threads", "revision"):
         value = getattr(args, flag, None)
         if value is not None and value != "auto":

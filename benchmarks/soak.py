@@ -1,6 +1,6 @@
 """`fim-lsp bench soak`: a long session against the real server, checking it never desyncs, leaks or dies.
 
-A probed server (benchmarks.probe) gets `--docs` documents (HumanEval programs, some of them
+A probed server (tests.support.probe) gets `--docs` documents (HumanEval programs, some of them
 several joined into a long file) and `--edits` random edits: mostly typing and backspacing at a
 cursor, with new lines, pasted blocks, deleted ranges, emoji and CRLF line breaks. After a third
 of the edits a completion is requested at the cursor, and a third of those are cancelled at
@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.probe import LspError, ServerGone, SyncClient, probed_command, rss_bytes
+from tests.support.probe import LspError, ServerGone, SyncClient, probed_command, rss_bytes
 from benchmarks.keystroke_replay import load_problems, percentile
 
 CHECK_EVERY = 250  # edits between desync checks
@@ -305,9 +305,9 @@ def soak_warm(args) -> int:
 
 def main(args) -> int:
     from benchmarks.cli import bench_model
-    from engine.checkpoint_kit import CheckpointSpec, ensure_checkpoint
-    from lsp_server.neighbours import WINDOWS_MEMO_BYTES
-    from lsp_server.prompt import COUNT_MEMO_BYTES
+    from fim_lsp.training.checkpoint_kit import CheckpointSpec, ensure_checkpoint
+    from lsp_server.core.neighbours import WINDOWS_MEMO_BYTES
+    from lsp_server.core.prompt import COUNT_MEMO_BYTES
 
     say = lambda msg: print(f"soak: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     if args.edits < 1 or args.docs < 1:

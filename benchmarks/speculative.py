@@ -27,8 +27,8 @@ from pathlib import Path
 
 from benchmarks.keystroke_replay import Problem, keystrokes, latency_row, load_problems
 from engine.api import Backend, CompletionRequest, DocId
-from lsp_server.postprocess import PostprocessConfig
-from lsp_server.prompt import PromptConfig, build_prompt
+from lsp_server.core.postprocess import PostprocessConfig
+from lsp_server.core.prompt import PromptConfig, build_prompt
 
 # Standard-library modules whose functions are retyped: plain Python, varied styles.
 STDLIB_FILES = ("textwrap.py", "shlex.py", "difflib.py", "fractions.py", "calendar.py", "argparse.py",

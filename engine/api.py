@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Literal, NewType, Protocol
 
-from engine.fim_tokens import FimTokens
+from engine.fim import FimTokens
 
 DocId = NewType("DocId", str)
 StopReason = Literal["eos", "stop_token", "stop_string", "line_end", "block_end", "loop", "max_tokens",

@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from engine.fim_tokens import MissingSpecialToken
+from engine.fim import MissingSpecialToken
 from engine.model import ModelArgs, Transformer
 from engine.tokenizer import CheckpointTokenizer
 

@@ -17,116 +17,13 @@ with fp32.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import shutil
-import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
 
-import xxhash
-
-MANIFEST = "fim-lsp-onnx.json"
-FORMAT_VERSION = 1  # bump when the graph's inputs or outputs change
-FP32_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-COPIED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-PARITY_TOL = 1e-3  # fp32 logits, ORT against torch, checked after every export
-Quantization = Literal["none", "int8-dynamic"]
-
-
-class ExportError(Exception):
-    """An export that cannot be made or used; the message says what was wrong and what to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """What an export directory holds and what it was made from (fim-lsp-onnx.json)."""
-
-    format_version: int
-    source: str  # the checkpoint directory exported
-    source_hash: str  # xxh3-128 of the checkpoint's config, tokenizer and weight files
-    opset: int
-    dtype: str  # of the fp32 graph's weights and K/V
-    files: dict[str, str]  # quantisation ("none", "int8-dynamic") -> file name in this directory
-    n_layer: int
-    kv_heads: int
-    head_dim: int
-    vocab_size: int
-    n_positions: int
-    parity_max_abs: float  # fp32 ORT vs torch logits on the export check
-    int8_agreement: float | None = None  # greedy top-1 agreement of int8 with fp32 on the export check
-    exporter: str = ""  # torch / onnx / onnxruntime versions
-
-    def write(self, out: Path) -> None:
-        tmp = out / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(out / MANIFEST)
-
-    @classmethod
-    def read(cls, out: Path) -> "Manifest":
-        """The manifest in `out`; ExportError when missing or unreadable."""
-        file = out / MANIFEST
-        if not file.is_file():
-            raise ExportError(f"{out} holds no ONNX export ({MANIFEST} missing)")
-        try:
-            data = json.loads(file.read_text())
-            known = {f.name for f in fields(cls)}
-            manifest = cls(**{k: v for k, v in data.items() if k in known})
-        except (OSError, ValueError, TypeError) as exc:
-            raise ExportError(f"{file} is unreadable ({exc}); export again with fim-lsp export-onnx") from None
-        if manifest.format_version != FORMAT_VERSION:
-            raise ExportError(f"{out} was exported in format {manifest.format_version}, this build reads "
-                              f"{FORMAT_VERSION}; export again with fim-lsp export-onnx")
-        return manifest
-
-
-# ---------------------------------------------------------------------------------------------
-# Identity of a checkpoint
-
-
-def checkpoint_files(path: Path) -> list[Path]:
-    """The files whose bytes determine a checkpoint's function: config, tokenizer, weights."""
-    from engine.loading import weight_files
-
-    return [path / "config.json", path / "tokenizer.json", *weight_files(path)]
-
-
-def checkpoint_hash(path: Path, chunk: int = 1 << 24) -> str:
-    """xxh3-128 over the checkpoint's files (names and bytes), as 32 hex digits."""
-    digest = xxhash.xxh3_128()
-    for file in checkpoint_files(path):
-        digest.update(file.name.encode() + b"\0")
-        with open(file, "rb") as f:
-            while block := f.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def check_export(out: Path, source_hash: str | None) -> Manifest:
-    """The manifest of a usable export in `out`, or ExportError saying why it is not usable.
-
-    `source_hash` is the checkpoint's current hash (None: the export directory was given on
-    its own, and its source is checked only when the source still exists).
-    """
-    manifest = Manifest.read(out)
-    if source_hash is None and (Path(manifest.source) / "config.json").is_file():
-        source_hash = checkpoint_hash(Path(manifest.source))
-    if source_hash is not None and source_hash != manifest.source_hash:
-        raise ExportError(f"the export in {out} was made from another checkpoint (hash {manifest.source_hash[:12]}, "
-                          f"the checkpoint's is {source_hash[:12]}); export again with fim-lsp export-onnx")
-    for name in manifest.files.values():
-        if not (out / name).is_file():
-            raise ExportError(f"{out / name} is missing; export again with fim-lsp export-onnx")
-    return manifest
-
-
-# ---------------------------------------------------------------------------------------------
-# The graph
-
+from engine.onnx_format import (MANIFEST, FORMAT_VERSION, FP32_FILE, INT8_FILE, COPIED_FILES, PARITY_TOL, ExportError, Manifest, checkpoint_hash, io_names, open_session)
 
 def export_wrapper(model):
     """An nn.Module over `model`'s weights with the graph's inputs and outputs (see module doc)."""
@@ -153,14 +50,6 @@ def export_wrapper(model):
             return (F.linear(m.ln_f(x), m.wte.weight)[None], *presents)  # [1, K, V], tied head
 
     return CachedForward()
-
-
-def io_names(n_layer: int) -> tuple[list[str], list[str], list[str], list[str]]:
-    """(fixed inputs, past K/V inputs, logits output, present K/V outputs); K/V names go
-    key_0, value_0, key_1, ... as the slot's arrays do."""
-    past = [f"past_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
-    present = [f"present_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
-    return ["input_ids", "position_ids", "logit_positions"], past, ["logits"], present
 
 
 def writes_as_concat() -> dict:
@@ -488,66 +377,3 @@ def external_tensor(array: "np.ndarray", name: str, out, location: str):
     return tensor
 
 
-def open_session(file: Path, providers: list[str] | None = None, threads: int | None = None):
-    """An onnxruntime InferenceSession for `file`; ExportError if the file does not load."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only; a failed load raises anyway
-    # Worker threads sleep between calls instead of spinning: the cores are shared with the editor
-    # and the language server, and a keystroke's work arrives in bursts.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(file), sess_options=options, providers=providers or ["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{file} does not load in ONNX Runtime ({first}); the file is corrupt or truncated — "
-                          f"export again with fim-lsp export-onnx") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def main_export(args) -> int:
-    """`fim-lsp export-onnx --model M --out DIR [--int8] [--opset N]`."""
-    import sys
-
-    from tqdm import tqdm
-
-    from engine.loading import CheckpointError, resolve_checkpoint
-    from engine.select import resolve_model_name
-
-    steps = ["hashing", "loading", "tracing", "checking"] + (["quantising", "agreement"] if args.int8 else [])
-    bar = tqdm(total=len(steps), desc="export-onnx", unit="step", file=sys.stderr)
-
-    def progress(step: str) -> None:
-        if bar.desc != "export-onnx":  # the previous step is done
-            bar.update(1)
-        bar.set_description(step)
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    try:
-        src = resolve_checkpoint(resolve_model_name(args.model), args.revision)
-        started = time.perf_counter()
-        manifest = export(src, args.out, int8=args.int8, opset=args.opset, progress=progress)
-    except (ExportError, CheckpointError) as exc:
-        bar.close()
-        print(f"fim-lsp export-onnx: {exc}", file=sys.stderr)
-        return 2
-    bar.update(bar.total - bar.n)
-    bar.close()
-    out = Path(args.out)
-    size = sum(f.stat().st_size for f in out.iterdir() if f.name.startswith(FP32_FILE)) / 2**20
-    print(f"exported {src} -> {out / FP32_FILE} ({size:.0f} MiB, opset {manifest.opset}) "
-          f"in {time.perf_counter() - started:.0f} s; ORT vs torch max |diff| {manifest.parity_max_abs:.1e}")
-    if manifest.int8_agreement is not None:
-        q = (out / INT8_FILE).stat().st_size / 2**20
-        print(f"int8: {out / INT8_FILE} ({q:.0f} MiB); greedy agreement with fp32 "
-              f"{manifest.int8_agreement:.1%} of teacher-forced steps on sample prompts")
-    return 0

@@ -30,6 +30,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from engine import hardware
 from engine.model import ModelArgs, Transformer
 
 GEMV_MAX_ROWS = 4  # up to this many rows the weight-only GEMV beats the int8 x int8 GEMM (measured)
@@ -113,9 +114,7 @@ def quantize_int8(model: Transformer, packed: bool | None = None, full_range: bo
     if packed is None:
         packed = fbgemm_available() and model.wte.weight.device.type == "cpu"
     if full_range is None:
-        from engine.select import cpu_has_int8
-
-        full_range = cpu_has_int8()
+        full_range = hardware.cpu_has_int8()
     # names, not modules: each bf16 weight is freed as soon as its int8 copy replaces it, so
     # quantising peaks at one matrix above the model rather than at the model twice
     linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]

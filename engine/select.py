@@ -9,11 +9,10 @@ otherwise torch on the CPU in bf16 when it has native bf16 matrix instructions (
 AMX) and fp32 otherwise. ONNX Runtime that cannot serve (not installed, no or a stale or corrupt
 export) falls back to torch on the CPU, and the reason is kept. Every choice carries a one-line
 reason that `fim-lsp status` prints. Runtimes other than torch live in their own modules and are
-imported only when asked for (see RUNTIMES).
+imported only when asked for (the registry in `engine.backends`).
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 from engine.api import Backend
 from engine.cache import CacheConfig
+from engine import hardware
 from engine.loading import CheckpointError, Progress, load_model, read_config
 from engine.speculative import default_speculate
 
@@ -31,11 +31,6 @@ INT8_MIN_PARAMS = 100_000_000  # below this a step is call overhead, not weight 
 INT8_WHY = ("CPU with int8 dot-product instructions: int8 weights (engine.quantize), measured the fastest CPU "
             "decode (SantaCoder shape, 1k context: 0.047 s/token with FBGEMM, 0.12 with torch's GEMV, against 0.28 "
             "bf16 and 0.19 ONNX Runtime int8)")
-# backend name -> module with `load_backend(model, device, dtype, revision, progress, **options)`
-# (onnx is chosen in load_backend itself: it falls back to torch rather than failing)
-RUNTIMES: dict[str, str] = {
-    "openai": "engine.backends.openai_backend",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,27 +44,9 @@ class Placement:
     quantize: bool = False  # int8 weights (engine.quantize); `dtype` is then the activations' dtype
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU multiplies bf16 natively (AVX-512 BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def cpu_has_int8() -> bool:
-    """True when the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX int8)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_vnni" in flags or " avx_vnni" in flags or " amx_int8" in flags
-
-
 def int8_pays(params: int | None) -> bool:
     """Whether `--dtype auto` on this CPU means int8 weights for a model of `params` (None: unknown)."""
-    return cpu_has_int8() and (params is None or params >= INT8_MIN_PARAMS)
+    return hardware.cpu_has_int8() and (params is None or params >= INT8_MIN_PARAMS)
 
 
 def local_params(name: str) -> int | None:
@@ -115,7 +92,7 @@ def choose_placement(device: str = "auto", dtype: str = "auto", params: int | No
         return Placement(dev, torch.float16, torch.float16, "CUDA without bf16: fp16")
     if int8_pays(params):
         return Placement(dev, torch.bfloat16, torch.bfloat16, INT8_WHY, quantize=True)
-    if cpu_has_bf16():
+    if hardware.cpu_has_bf16():
         return Placement(dev, torch.bfloat16, kv_dtype_for(dev, torch.bfloat16),
                          "CPU with AVX-512 BF16/AMX: bf16 measured 2.1x faster prefill and 1.3x faster decode than fp32")
     return Placement(dev, torch.float32, torch.float32, "CPU without native bf16: fp32")
@@ -133,35 +110,29 @@ def kv_dtype_for(device: torch.device, dtype: torch.dtype) -> torch.dtype:
 
 def load_backend(model: str | None = None, backend: str = "auto", device: str = "auto", dtype: str = "auto",
                  revision: str | None = None, progress: Progress | None = None, threads: int | None = None,
-                 cache: CacheConfig | None = None, url: str | None = None, onnx=None,
-                 remote=None, speculate: int | None = None) -> Backend:
+                 cache: CacheConfig | None = None, onnx=None, speculate: int | None = None) -> Backend:
     """Load `model` (a directory or hub id; None: the bundled default model) behind a Backend.
 
     `onnx`: an `engine.backends.onnx_backend.OnnxConfig` (where exports live, export on first use).
-    `remote`: an `engine.backends.openai_backend.RemoteConfig` (API key, timeouts) for backend openai.
     `speculate`: prompt-lookup draft tokens per greedy step (0: off; None: `default_speculate`).
     """
     if threads is not None:
         if threads < 1:
             raise CheckpointError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-    if backend in RUNTIMES:
-        module_name = RUNTIMES[backend]
-        if importlib.util.find_spec(module_name) is None:
-            raise CheckpointError(f"the {backend} backend is not available in this build; use --backend torch")
-        module = importlib.import_module(module_name)
-        return module.load_backend(model=model, device=device, dtype=dtype, revision=revision,
-                                   progress=progress, url=url, remote=remote)
     if backend not in ("auto", "torch", "onnx"):
-        raise CheckpointError(f"--backend {backend!r}: choose auto, torch, onnx, {', '.join(RUNTIMES)}")
+        raise CheckpointError(f"--backend {backend!r} is not a local runtime (auto, torch, onnx): "
+                              f"load it through engine.backends.load")
     name = resolve_model_name(model)
     fallback = ""
     if tries_onnx(name, backend, device, dtype):
         from engine.backends.onnx_backend import OnnxUnavailable, load_onnx_backend
+        from engine.onnx_export import export
 
+        exports = backend == "onnx" or bool(onnx and onnx.auto_export)
         try:
             chosen = load_onnx_backend(name, device, "auto" if dtype == INT8 else dtype, revision, progress, cache, onnx,
-                                       export_missing=backend == "onnx" or bool(onnx and onnx.auto_export),
+                                       exporter=export if exports else None,
                                        speculate=speculate or 0)
             if speculate is None:
                 chosen.speculate = default_speculate("onnx", chosen.info.device)
@@ -199,7 +170,7 @@ def tries_onnx(name: str, backend: str, device: str, dtype: str) -> bool:
         return True
     if backend != "auto" or device not in ("auto", "cpu") or torch.cuda.is_available():
         return False
-    from engine.onnx_export import MANIFEST
+    from engine.onnx_format import MANIFEST
 
     if (Path(name) / MANIFEST).is_file():
         return True

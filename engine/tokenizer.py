@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.fim_tokens import FimTokens, MissingSpecialToken, fim_tokens_from_vocab
+from engine.fim import FimTokens, MissingSpecialToken, fim_tokens_from_vocab
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
-from lsp_server.context import Encoding, position_to_offset
+from lsp_server.core.context import Encoding, position_to_offset
 
 CellKind = Literal["code", "markdown"]
 

@@ -11,15 +11,14 @@ import re
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from engine.api import Backend, CancelToken, CompletionRequest, CompletionResult, DocId
 from lsp_server.config import CompletionSettings, ModelConfig
-from lsp_server.context import CursorContext, Encoding, cursor_context
-from lsp_server.neighbours import Snippet, select_snippets, text_around_cursor
-from lsp_server.postprocess import (PostprocessConfig, ShownSuggestion, Suggestion, postprocess, reuse_suggestion,
+from lsp_server.core.context import CursorContext, Encoding, cursor_context
+from lsp_server.core.neighbours import Snippet, select_snippets, text_around_cursor
+from lsp_server.core.postprocess import (PostprocessConfig, ShownSuggestion, Suggestion, postprocess, reuse_suggestion,
                                     block_floor, takes_block)
-from lsp_server.prompt import Prompt, PromptConfig, TokenCounter, build_prompt, memoize_counts
+from lsp_server.core.prompt import Prompt, PromptConfig, TokenCounter, build_prompt, memoize_counts
 
 Progress = Callable[[str, float], None]  # (message, fraction done in [0, 1]) while a model loads
 
@@ -274,31 +273,24 @@ def missing_fim(backend: Backend, needed_for: str) -> str | None:
 
 
 def load_model(config: ModelConfig, progress: Progress | None = None) -> Backend:
-    """Load the backend `config` names: the engine's choice, or `reference` (transformers generate).
+    """Load the backend `config` names through the engine's registry (`engine.backends.load`).
 
     Raises the loader's own exception (a message saying what to do) when the model cannot load.
     """
-    if config.runtime == "reference":
-        from engine.backends.reference import ReferenceBackend
+    from engine.backends import load
 
-        return ReferenceBackend.load(config.model or default_model_dir())
+    remote = None
     if config.runtime == "openai":  # a thin client: neither torch nor the local engine is imported
-        from engine.backends.openai_backend import RemoteConfig, load_backend as load_remote
+        from engine.backends.openai_backend import RemoteConfig
 
         remote = RemoteConfig(api_key=config.api_key, family=config.family, served_model=config.remote_model,
                               read_timeout_s=config.remote_timeout_s)
-        return load_remote(model=config.model, url=config.url, remote=remote)
+        return load("openai", model=config.model, url=config.url, remote=remote)
+    if config.runtime == "reference":
+        return load("reference", model=config.model)
     from engine.cache import CacheConfig
-    from engine.select import load_backend
 
     cache = CacheConfig(budget_bytes=config.cache_bytes) if config.cache_bytes is not None else None
-    return load_backend(model=config.model, backend=config.backend, device=config.device, dtype=config.dtype,
-                        revision=config.revision, progress=progress, threads=config.threads, cache=cache,
-                        speculate=config.speculate)
-
-
-def default_model_dir() -> str:
-    """The bundled default model's directory."""
-    import engine
-
-    return str(Path(engine.__file__).resolve().parent / "default_model")
+    return load(config.runtime, model=config.model, device=config.device, dtype=config.dtype,
+                revision=config.revision, progress=progress, threads=config.threads, cache=cache,
+                speculate=config.speculate)

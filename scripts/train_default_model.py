@@ -2,14 +2,14 @@
 
     nice -n 10 .venv/bin/python scripts/train_default_model.py --until 03:20
 
-See engine/training.py for the corpus, the FIM transformations and the schedule.
+See fim_lsp/training/trainer.py for the corpus, the FIM transformations and the schedule.
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.training import main  # noqa: E402
+from fim_lsp.training.trainer import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

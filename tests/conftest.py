@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from engine.api import CancelToken
-from engine.checkpoint_kit import CheckpointSpec, ensure_checkpoint
+from fim_lsp.training.checkpoint_kit import CheckpointSpec, ensure_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ from benchmarks.beam import LINE_TOKENS, WIDTHS, line_table, step_table
 from engine.backends.torch_backend import TorchBackend
 from engine.cache import CacheConfig
 from engine.loading import load_model
-from lsp_server.evaluate import load_problems
+from fim_lsp.evaluation.evaluate import load_problems
 from tests.conftest import kit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +31,7 @@ def test_the_step_and_line_tables_come_from_runs_of_each_width():
 
 
 def test_the_command_prints_its_json(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "lsp_server.cli", "bench", "beam", "--shape", "tiny", "--problems", "2",
+    out = subprocess.run([sys.executable, "-m", "fim_lsp.cli", "bench", "beam", "--shape", "tiny", "--problems", "2",
                           "--context", "32", "--threads", "1", "--json"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr

@@ -6,8 +6,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from engine.checkpoint_kit import SHAPES, STARCODER_SPECIALS, SANTACODER_SPECIALS, random_weights
-from engine.fim_tokens import fim_tokens_from_vocab
+from fim_lsp.training.checkpoint_kit import SHAPES, STARCODER_SPECIALS, SANTACODER_SPECIALS, random_weights
+from engine.fim import fim_tokens_from_vocab
 from tests.conftest import kit
 
 

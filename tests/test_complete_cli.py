@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lsp_server import pipeline
-from lsp_server.cli import main
+from fim_lsp.cli import main
 from lsp_server.config import CompletionSettings, ModelConfig
 
 SOURCE = "# café ☕ menu\ndef price(item):\n    return PRICES[item] * \n\nprint(price('tea'))\n"
@@ -22,7 +22,7 @@ def test_json_output_at_two_positions_matches_the_pipeline(tmp_path, tiny_starco
     source = tmp_path / "menu.py"
     source.write_bytes(SOURCE.encode("utf-8"))
     run = subprocess.run(
-        [sys.executable, "-m", "lsp_server.cli", "complete", "--model", str(tiny_starcoder), "--dtype", "float32",
+        [sys.executable, "-m", "fim_lsp.cli", "complete", "--model", str(tiny_starcoder), "--dtype", "float32",
          str(source), "--line", "2", "--character", "25", "--line", "0", "--character", "12",
          "--max-new-tokens", "8", "--json"],
         capture_output=True, text=True, timeout=300)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lsp_server.context import (CursorContext, InvalidPosition, char_units, chars_to_units, line_span,
+from lsp_server.core.context import (CursorContext, InvalidPosition, char_units, chars_to_units, line_span,
                                 offset_to_position, position_to_offset, units_to_chars)
 
 

@@ -7,8 +7,8 @@ import sys
 
 from tests.conftest import REPO
 
-CORE = ["lsp_server.context", "lsp_server.prompt", "lsp_server.notebook", "lsp_server.neighbours",
-        "lsp_server.postprocess", "lsp_server.languages"]
+CORE = ["lsp_server.core.context", "lsp_server.core.prompt", "lsp_server.core.notebook", "lsp_server.core.neighbours",
+        "lsp_server.core.postprocess", "lsp_server.core.languages"]
 FORBIDDEN = ["torch", "pygls", "lsprotocol", "tokenizers", "transformers", "numpy"]
 
 
@@ -29,5 +29,5 @@ def test_core_modules_import_no_runtime_or_lsp_library():
 
 
 def test_the_probe_sees_what_a_module_imports():
-    # lsp_server.context imports `re` and nothing imports `tomllib`: the probe must tell them apart
-    assert loaded_after_import(["lsp_server.context"], ["re", "tomllib"]) == ["re"]
+    # lsp_server.core.context imports `re` and nothing imports `tomllib`: the probe must tell them apart
+    assert loaded_after_import(["lsp_server.core.context"], ["re", "tomllib"]) == ["re"]

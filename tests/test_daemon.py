@@ -24,12 +24,12 @@ from lsprotocol import types
 
 from engine.api import BackendInfo, Cancelled, CompletionRequest, CompletionResult, DocId
 from engine.backends.openai_backend import RemoteConfig, load_backend as load_remote
-from engine.daemon import Engine, main_engine, make_server, tokenizer_json
-from engine.fim_tokens import EOD_TOKEN, fim_tokens_from_vocab
+from fim_lsp.daemon import Engine, main_engine, make_server, tokenizer_json
+from engine.fim import EOD_TOKEN, fim_tokens_from_vocab
 from engine.select import load_backend
 from lsp_server import pipeline
 from lsp_server.config import CompletionSettings, ModelConfig
-from lsp_server.demo import fetch_status
+from fim_lsp.demo import fetch_status
 from tests.test_openai_backend import lsp_session
 from tests.test_server_e2e import CODE, TINY, Mirror
 
@@ -39,7 +39,7 @@ LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 @pytest.fixture(scope="module")
 def daemon():
     """`fim-lsp engine --listen 127.0.0.1:0` with the tiny kit model; yields its URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "lsp_server.cli", "engine", "--listen", "127.0.0.1:0",
+    proc = subprocess.Popen([sys.executable, "-m", "fim_lsp.cli", "engine", "--listen", "127.0.0.1:0",
                              "--model", TINY, "--dtype", "float32"], stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     deadline = time.monotonic() + 120

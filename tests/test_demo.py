@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from lsp_server.demo import SAMPLE, one_line, typing_span
+from fim_lsp.demo import SAMPLE, one_line, typing_span
 
 
 def test_typing_span_starts_at_a_def_past_the_middle():
@@ -22,7 +22,7 @@ def test_one_line_marks_line_breaks_and_cuts():
 
 def test_demo_replays_keys_through_the_server(tiny_starcoder):
     run = subprocess.run(
-        [sys.executable, "-m", "lsp_server.cli", "demo", "--model", str(tiny_starcoder), "--dtype", "float32",
+        [sys.executable, "-m", "fim_lsp.cli", "demo", "--model", str(tiny_starcoder), "--dtype", "float32",
          "--keys", "3"],
         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

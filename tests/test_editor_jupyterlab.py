@@ -231,13 +231,16 @@ def test_the_servers_copy_of_a_notebook_follows_typing_inserts_deletes_moves_and
     from pygls.protocol import default_converter
 
     from lsp_server import server as lsp
+    from lsp_server.completion import CompletionService
     from lsp_server.documents import DocumentStore
-    from lsp_server.languages import line_comment
-    from lsp_server.notebook import Cell as ServerCell
-    from lsp_server.notebook import notebook_text
+    from lsp_server.core.languages import line_comment
+    from lsp_server.core.notebook import Cell as ServerCell
+    from lsp_server.core.notebook import notebook_text
 
-    ls = SimpleNamespace(store=DocumentStore(), encoding="utf-16", shown={}, snippets={}, log=lambda *a: None,
-                         scheduler=SimpleNamespace(cancel=lambda key: None), backend=None)
+    store, quiet = DocumentStore(), lambda *a: None
+    completions = CompletionService(store, SimpleNamespace(cancel=lambda key: None), SimpleNamespace(backend=None),
+                                    quiet, quiet)
+    ls = SimpleNamespace(store=store, encoding="utf-16", completions=completions, log=quiet)
     handlers = {"notebookDocument/didOpen": (lsp.notebook_document_did_open, types.DidOpenNotebookDocumentParams),
                 "notebookDocument/didChange": (lsp.notebook_document_did_change, types.DidChangeNotebookDocumentParams),
                 "notebookDocument/didClose": (lsp.notebook_document_did_close, types.DidCloseNotebookDocumentParams)}
@@ -263,7 +266,7 @@ def test_the_servers_copy_of_a_notebook_follows_typing_inserts_deletes_moves_and
         assert [k for _, k in notebook.cells] == [c.kind for c in cells]
         assert [ls.store.get(u).text for u in cell_uris] == [c.source for c in cells]
         code = cell_uris[[c.kind for c in cells].index("code")]
-        view, _ = lsp.notebook_view(ls, uri, code, types.Position(0, 0), "utf-16")
+        view, _ = ls.completions.notebook_view(uri, code, types.Position(0, 0), "utf-16")
         assert view == notebook_text([ServerCell(c.kind, c.source) for c in cells], language)[0]
         assert line_comment(language) + " %%" in view
     typing = sync.sync(uri, [Cell("code", "x = 1"), Cell("markdown", "y"), Cell("code", "let ab")], "javascript")[0]
@@ -280,10 +283,13 @@ def server_copy():
     from pygls.protocol import default_converter
 
     from lsp_server import server as lsp
+    from lsp_server.completion import CompletionService
     from lsp_server.documents import DocumentStore
 
-    ls = SimpleNamespace(store=DocumentStore(), encoding="utf-16", shown={}, snippets={}, log=lambda *a: None,
-                         scheduler=SimpleNamespace(cancel=lambda key: None), backend=None)
+    store, quiet = DocumentStore(), lambda *a: None
+    completions = CompletionService(store, SimpleNamespace(cancel=lambda key: None), SimpleNamespace(backend=None),
+                                    quiet, quiet)
+    ls = SimpleNamespace(store=store, encoding="utf-16", completions=completions, log=quiet)
     handlers = {"notebookDocument/didOpen": (lsp.notebook_document_did_open, types.DidOpenNotebookDocumentParams),
                 "notebookDocument/didChange": (lsp.notebook_document_did_change, types.DidChangeNotebookDocumentParams),
                 "notebookDocument/didClose": (lsp.notebook_document_did_close, types.DidCloseNotebookDocumentParams),

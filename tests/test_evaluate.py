@@ -7,13 +7,13 @@ import time
 import pytest
 
 from engine.api import through_line_end, BackendInfo, CompletionRequest, CompletionResult
-from engine.checkpoint_kit import STARCODER_SPECIALS
-from engine.fim_tokens import fim_tokens_from_vocab
-from lsp_server import cli
-from lsp_server.evaluate import (
+from fim_lsp.training.checkpoint_kit import STARCODER_SPECIALS
+from engine.fim import fim_tokens_from_vocab
+from fim_lsp import cli
+from fim_lsp.evaluation.evaluate import (
     Problem, cursor_of, evaluate, exact_match, load_problems, program_for,
 )
-from lsp_server.sandbox import SandboxLimits, run_program
+from fim_lsp.evaluation.sandbox import SandboxLimits, run_program
 
 PROBLEM = Problem(
     task_id="Test/0",
@@ -145,7 +145,7 @@ def test_single_line_keeps_one_line_and_multi_line_keeps_the_block():
 def test_one_line_benchmarks_stop_decoding_at_the_line_end_and_keep_the_suggestion(raw):
     from dataclasses import replace
 
-    from lsp_server.evaluate import complete_problem, pipeline_config_for
+    from fim_lsp.evaluation.evaluate import complete_problem, pipeline_config_for
 
     class WholeGeneration(ScriptedBackend):
         """Decodes on past the line end, as a block request would."""

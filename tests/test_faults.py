@@ -4,7 +4,7 @@ buffer, or mid-decode), a corrupted K/V slot, and a remote engine killed mid-ses
 In each case the affected request fails cleanly (an LSP error, or an empty answer and one message
 for a remote server that is gone), the document's slot is dropped and its next completion is
 recomputed and right, other documents keep their slots and their answers, and the server keeps
-running. Faults are armed through the probed server (benchmarks.probe, engine.faults).
+running. Faults are armed through the probed server (tests.support.probe, tests.support.faults).
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from benchmarks.probe import FAULT, SLOT, LspError, SyncClient, probed_command
-from engine.faults import FAULT_KINDS, FaultyBackend
+from tests.support.probe import FAULT, SLOT, LspError, SyncClient, probed_command
+from tests.support.faults import FAULT_KINDS, FaultyBackend
 from lsp_server import pipeline
 from lsp_server.config import CompletionSettings, ModelConfig
 from tests.test_server_e2e import TINY, Mirror
@@ -147,7 +147,7 @@ LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 def start_daemon(port: int = 0) -> tuple[subprocess.Popen, int]:
     """`fim-lsp engine` with the tiny kit model on loopback; the process and its port."""
-    proc = subprocess.Popen([sys.executable, "-m", "lsp_server.cli", "engine", "--listen", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "fim_lsp.cli", "engine", "--listen", f"127.0.0.1:{port}",
                              "--model", TINY, "--dtype", "float32", "--backend", "torch"],
                             stderr=subprocess.PIPE, text=True)
     lines, deadline = [], time.monotonic() + 120

@@ -1,8 +1,8 @@
 """The byte-bounded memo behind the token-count and neighbour-window caches."""
 import sys
 
-from lsp_server import neighbours
-from lsp_server.memo import ByteLRU, text_bytes
+from lsp_server.core import neighbours
+from lsp_server.core.memo import ByteLRU, text_bytes
 
 
 def test_evicts_least_recently_used_past_the_byte_cap():

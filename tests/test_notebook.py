@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from lsp_server.context import cursor_context
-from lsp_server.notebook import Cell, map_cell_position, notebook_context, notebook_text
+from lsp_server.core.context import cursor_context
+from lsp_server.core.notebook import Cell, map_cell_position, notebook_context, notebook_text
 
 CELLS = [Cell("code", "s = '😀'\nprint(s)"), Cell("markdown", "Émoji 😀 notes"), Cell("code", "名 = 1\n")]
 

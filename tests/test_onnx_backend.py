@@ -12,8 +12,8 @@ from engine.backends.onnx_backend import OnnxBackend, OnnxConfig, OnnxUnavailabl
 from engine.backends.torch_backend import TorchBackend
 from engine.cache import CacheConfig
 from engine.loading import load_model
-from engine.onnx_export import FP32_FILE, MANIFEST, Manifest, checkpoint_hash
-from engine import select
+from engine.onnx_format import FP32_FILE, MANIFEST, Manifest, checkpoint_hash
+from engine import hardware, select
 from engine.select import load_backend
 from tests.conftest import kit
 
@@ -102,7 +102,7 @@ def test_int8_graph_is_chosen_by_default_and_says_so(tiny_onnx):
 
 
 def test_auto_picks_onnx_when_an_export_exists_and_torch_when_none(tiny_onnx, no_gpu, tmp_path, monkeypatch):
-    monkeypatch.setattr(select, "cpu_has_int8", lambda: False)  # else torch's int8 weights (tests/test_quantize.py)
+    monkeypatch.setattr(hardware, "cpu_has_int8", lambda: False)  # else torch's int8 weights (tests/test_quantize.py)
     model = str(kit(shape="tiny", family="starcoder"))
     chosen = load_backend(model, onnx=OnnxConfig(export_dir=str(tiny_onnx)))
     assert chosen.info.backend == "onnx" and str(tiny_onnx) in chosen.info.why
@@ -131,7 +131,7 @@ def test_missing_onnxruntime_falls_back_to_torch_cpu(tiny_onnx, monkeypatch):
 
 def test_an_export_of_another_checkpoint_is_refused_then_rebuilt_when_onnx_is_asked_for(tiny_onnx, no_gpu, tmp_path,
                                                                                          monkeypatch):
-    monkeypatch.setattr(select, "cpu_has_int8", lambda: False)  # else auto does not try ONNX Runtime
+    monkeypatch.setattr(hardware, "cpu_has_int8", lambda: False)  # else auto does not try ONNX Runtime
     other = kit(shape="tiny", family="starcoder", mha=True)
     stale = tmp_path / "export"
     shutil.copytree(tiny_onnx, stale)
@@ -150,7 +150,7 @@ def test_a_dtype_the_graph_lacks_falls_back_with_the_reason(tiny_onnx):
 
 
 def test_status_names_the_export_or_says_why_not_without_loading(tiny_onnx, no_gpu):
-    from engine.status import describe
+    from fim_lsp.status import describe
 
     info = describe(str(tiny_onnx))
     assert (info["backend"], info["dtype"], info["export"]) == ("onnx", "int8", str(tiny_onnx))

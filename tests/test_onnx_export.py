@@ -13,11 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engine.backends.onnx_backend import OrtForward, OrtSlot
 from engine.loading import load_model
-from engine.onnx_export import (
+from engine.onnx_export import quantize, torch_logits
+from engine.onnx_format import (
     FP32_FILE, INT8_FILE, MANIFEST, ExportError, Manifest, check_export, checkpoint_hash, open_session,
-    quantize, torch_logits,
 )
-from lsp_server import cli
+from fim_lsp import cli
 from tests.conftest import kit
 
 TOL = 1e-3  # fp32 logits, ORT against torch (the bound; seen: ~5e-6)

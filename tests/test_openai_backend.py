@@ -31,7 +31,7 @@ from engine.backends.openai_backend import RemoteConfig, load_backend
 from engine.tokenizer import CheckpointTokenizer
 from lsp_server import pipeline
 from lsp_server.config import CompletionSettings, ModelConfig
-from lsp_server.demo import fetch_status, wait_until_loaded
+from fim_lsp.demo import fetch_status, wait_until_loaded
 from tests.conftest import kit
 
 TINY = str(kit(shape="tiny", family="starcoder"))
@@ -404,7 +404,7 @@ async def lsp_session(url: str, model: str | None = TINY, extra: tuple[str, ...]
     `model`: a local checkpoint directory whose tokenizer counts tokens (None: none); `folders`:
     the workspace folders' URIs.
     """
-    command = [sys.executable, "-m", "lsp_server.cli", "serve", "--backend", "openai", "--url", url,
+    command = [sys.executable, "-m", "fim_lsp.cli", "serve", "--backend", "openai", "--url", url,
                *(("--model", model) if model else ()), *extra]
     client = await ClientServerConfig(server_command=command).start()
     try:

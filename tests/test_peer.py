@@ -22,10 +22,10 @@ from engine.api import CompletionRequest, DocId
 from engine.backends.torch_backend import TorchBackend
 from engine.loading import load_model
 from engine.model import KVBuffer
-from engine.onnx_export import checkpoint_hash
-from lsp_server.cli import build_parser
-from lsp_server.context import CursorContext
-from lsp_server.prompt import PromptConfig, build_prompt
+from engine.onnx_format import checkpoint_hash
+from fim_lsp.cli import build_parser
+from lsp_server.core.context import CursorContext
+from lsp_server.core.prompt import PromptConfig, build_prompt
 
 pytestmark = pytest.mark.llamacpp
 N_CTX = 512  # the tiny shape's window

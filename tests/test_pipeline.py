@@ -10,13 +10,13 @@ from hypothesis import strategies as st
 
 from engine.api import (BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, through_dedent,
                         through_line_end)
-from engine.fim_tokens import fim_tokens_from_vocab
+from engine.fim import fim_tokens_from_vocab
 from lsp_server import pipeline
 from lsp_server.config import CompletionSettings, ModelConfig
-from lsp_server.context import cursor_context
-from lsp_server.postprocess import (PostprocessConfig, ShownSuggestion, Suggestion, block_floor, postprocess,
+from lsp_server.core.context import cursor_context
+from lsp_server.core.postprocess import (PostprocessConfig, ShownSuggestion, Suggestion, block_floor, postprocess,
                                     takes_block)
-from lsp_server.prompt import PromptConfig
+from lsp_server.core.prompt import PromptConfig
 
 STARCODER = fim_tokens_from_vocab(["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>"])
 
@@ -413,7 +413,7 @@ def test_a_beam_is_one_request_and_its_likeliest_shown_line_wins():
 
 
 def test_a_beam_on_a_real_model_is_one_call_and_shows_its_likeliest_line_that_survives():
-    backend = pipeline.load_model(ModelConfig(model=pipeline.default_model_dir(), dtype="float32"))
+    backend = pipeline.load_model(ModelConfig(dtype="float32"))
     assert backend.searches_lines
     calls = []
     complete = backend.complete

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.fim_tokens import FimTokens
-from lsp_server.context import CursorContext
-from lsp_server.postprocess import (PostprocessConfig, ShownSuggestion, Suggestion, cut_at_stops, indent_width,
+from engine.fim import FimTokens
+from lsp_server.core.context import CursorContext
+from lsp_server.core.postprocess import (PostprocessConfig, ShownSuggestion, Suggestion, cut_at_stops, indent_width,
                                     opens_block, postprocess, reuse_suggestion)
 
 SANTACODER = FimTokens(family="santacoder", eod="<|endoftext|>", prefix="<fim-prefix>", middle="<fim-middle>",

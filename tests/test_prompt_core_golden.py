@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine.fim_tokens import FimTokens
-from lsp_server.context import CursorContext, InvalidPosition, cursor_context, offset_to_position, position_to_offset
-from lsp_server.neighbours import Snippet, select_snippets
-from lsp_server.notebook import Cell, map_cell_position, notebook_context, notebook_text
-from lsp_server.postprocess import PostprocessConfig, ShownSuggestion, Suggestion, postprocess, reuse_suggestion
-from lsp_server.prompt import NO_FIM_NOTE, Prompt, PromptConfig, PromptDoesNotFit, build_prompt
+from engine.fim import FimTokens
+from lsp_server.core.context import CursorContext, InvalidPosition, cursor_context, offset_to_position, position_to_offset
+from lsp_server.core.neighbours import Snippet, select_snippets
+from lsp_server.core.notebook import Cell, map_cell_position, notebook_context, notebook_text
+from lsp_server.core.postprocess import PostprocessConfig, ShownSuggestion, Suggestion, postprocess, reuse_suggestion
+from lsp_server.core.prompt import NO_FIM_NOTE, Prompt, PromptConfig, PromptDoesNotFit, build_prompt
 
 STARCODER = FimTokens(family="starcoder", eod="<|endoftext|>", prefix="<fim_prefix>", middle="<fim_middle>",
                       suffix="<fim_suffix>", pad="<fim_pad>", filename="<filename>")

@@ -4,10 +4,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.fim_tokens import FimTokens
-from lsp_server.context import CursorContext, cursor_context, offset_to_position, position_to_offset
-from lsp_server.postprocess import PostprocessConfig, postprocess
-from lsp_server.prompt import CHAR_CUT, PromptConfig, build_prompt
+from engine.fim import FimTokens
+from lsp_server.core.context import CursorContext, cursor_context, offset_to_position, position_to_offset
+from lsp_server.core.postprocess import PostprocessConfig, postprocess
+from lsp_server.core.prompt import CHAR_CUT, PromptConfig, build_prompt
 
 STARCODER = FimTokens(family="starcoder", eod="<|endoftext|>", prefix="<fim_prefix>", middle="<fim_middle>",
                       suffix="<fim_suffix>", filename="<filename>")

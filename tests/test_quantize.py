@@ -2,14 +2,14 @@
 import pytest
 import torch
 
-from engine import select
+from engine import hardware, select
 from engine.api import CompletionRequest, DocId
 from engine.loading import CheckpointError, load_model
 from engine.model import KVBuffer
 from engine.quantize import (GEMV_MAX_ROWS, Int8Linear, fbgemm_available, int8_weight_bytes, quantize_int8,
                              quantize_rows, weight_bytes)
 from engine.select import choose_placement, load_backend
-from engine.status import describe
+from fim_lsp.status import describe
 from tests.conftest import kit
 
 CPU = torch.device("cpu")
@@ -43,7 +43,7 @@ def test_int8_linear_is_close_to_fp32(rows, packed, one_thread):
     linear = torch.nn.Linear(256, 96).requires_grad_(False)
     x = torch.randn(rows, 256)
     expected = linear(x)  # [rows, 96]
-    layer = Int8Linear(linear.weight.detach(), linear.bias, packed=packed, full_range=select.cpu_has_int8())
+    layer = Int8Linear(linear.weight.detach(), linear.bias, packed=packed, full_range=hardware.cpu_has_int8())
     assert (layer.packed is not None) == packed and (layer.weight is None) == packed
     got = layer.forward(x)
     assert got.shape == expected.shape and got.dtype == torch.bfloat16
@@ -114,7 +114,7 @@ def test_int8_changes_only_near_ties_of_the_trained_model(packed, one_thread):
     re-scoring every later token, which a free-running replay does (there a flip at a keystroke's
     first token counts 8). 48 steps a function: with 24, the 95th percentile of the margins was the
     5th of 6 flips and moved with one token."""
-    from lsp_server.evaluate import load_problems
+    from fim_lsp.evaluation.evaluate import load_problems
 
     reference = load_model(str(select.DEFAULT_MODEL_DIR), CPU, torch.float32)
     quantized = load_model(str(select.DEFAULT_MODEL_DIR), CPU, torch.bfloat16)
@@ -159,7 +159,7 @@ def cpu_only(monkeypatch):
 
 
 def test_auto_on_a_cpu_with_int8_instructions_loads_int8_weights(monkeypatch, cpu_only, tiny_onnx):
-    monkeypatch.setattr(select, "cpu_has_int8", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_int8", lambda: True)
     tiny = str(kit(shape="tiny", family="starcoder"))
     assert load_backend(tiny).info.dtype != "int8"  # too small: a step is call overhead, int8 measured slower
     monkeypatch.setattr(select, "INT8_MIN_PARAMS", 0)  # as if the tiny model were large
@@ -175,8 +175,8 @@ def test_auto_on_a_cpu_with_int8_instructions_loads_int8_weights(monkeypatch, cp
 
 
 def test_auto_without_int8_instructions_keeps_the_float_choice(monkeypatch, cpu_only):
-    monkeypatch.setattr(select, "cpu_has_int8", lambda: False)
-    monkeypatch.setattr(select, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_int8", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
     placement = choose_placement("auto", "auto")
     assert (placement.dtype, placement.quantize) == (torch.float32, False)
     explicit = choose_placement("cpu", "int8")
@@ -190,7 +190,7 @@ def test_int8_on_cuda_is_a_clear_error(monkeypatch):
 
 
 def test_status_reports_int8_and_its_weight_bytes(monkeypatch, cpu_only, models):
-    monkeypatch.setattr(select, "cpu_has_int8", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_int8", lambda: True)
     monkeypatch.setattr(select, "INT8_MIN_PARAMS", 0)  # as if the tiny model were large
     info = describe(str(kit(shape="tiny", family="starcoder")))
     assert (info["backend"], info["dtype"], info["kv_dtype"]) == ("torch", "int8", "bfloat16")

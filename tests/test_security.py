@@ -19,16 +19,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from benchmarks.probe import LspError, ServerGone, SyncClient, probed_command
+from tests.support.probe import LspError, ServerGone, SyncClient, probed_command
 from engine.loading import CheckpointError, load_model
-from lsp_server.cli import build_parser
-from lsp_server.server import is_loopback, parse_listen
+from fim_lsp.cli import build_parser
+from lsp_server.address import is_loopback, parse_listen
 from tests.conftest import REPO
 from tests.test_server_e2e import TINY
 
 NETGUARD = REPO / "tests" / "netguard"
 INVALID_PARAMS, INVALID_REQUEST = -32602, -32600
-SERVE = [sys.executable, "-m", "lsp_server.cli", "serve", "--model", TINY, "--dtype", "float32", "--backend", "torch"]
+SERVE = [sys.executable, "-m", "fim_lsp.cli", "serve", "--model", TINY, "--dtype", "float32", "--backend", "torch"]
 
 
 def free_port() -> int:

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from benchmarks.cli import main_bench
-from engine import select
+from engine import backends, hardware, select
+from engine.api import BackendError
 from engine.api import CompletionRequest, DocId
 from engine.loading import CheckpointError
 from engine.select import choose_placement, load_backend
-from engine.status import describe, main_status
+from fim_lsp.status import describe, main_status
 from tests.conftest import kit
 
 
@@ -23,10 +24,10 @@ def test_explicit_cpu_dtypes_are_used_as_asked(dtype, expected):
 
 def test_auto_on_cpu_follows_native_bf16_support(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(select, "cpu_has_int8", lambda: False)  # else int8 weights (tests/test_quantize.py)
-    monkeypatch.setattr(select, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_int8", lambda: False)  # else int8 weights (tests/test_quantize.py)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
     assert choose_placement().dtype == torch.bfloat16 and "bf16" in choose_placement().why
-    monkeypatch.setattr(select, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
     assert choose_placement().dtype == torch.float32 and "fp32" in choose_placement().why
 
 
@@ -67,10 +68,12 @@ def test_no_model_and_no_bundled_default_is_a_clear_error(monkeypatch, tmp_path)
 
 
 def test_a_runtime_missing_from_this_build_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(select.RUNTIMES, "openai", "engine.backends.no_such_runtime")
-    with pytest.raises(CheckpointError, match="not available in this build"):
-        load_backend(str(kit(shape="tiny")), backend="openai")
-    with pytest.raises(CheckpointError, match="choose auto, torch"):
+    monkeypatch.setitem(backends.RUNTIMES, "openai", "engine.backends.no_such_runtime")
+    with pytest.raises(BackendError, match="not available in this build"):
+        backends.load("openai", model=str(kit(shape="tiny")))
+    with pytest.raises(BackendError, match="choose auto, torch"):
+        backends.load("tensorrt", model=str(kit(shape="tiny")))
+    with pytest.raises(CheckpointError, match="not a local runtime"):
         load_backend(str(kit(shape="tiny")), backend="tensorrt")
 
 

@@ -17,7 +17,7 @@ from pytest_lsp import ClientServerConfig, LanguageClient
 
 from lsp_server import pipeline
 from lsp_server.config import ModelConfig
-from lsp_server.demo import fetch_status, plain, wait_until_loaded
+from fim_lsp.demo import fetch_status, plain, wait_until_loaded
 from tests.test_server_e2e import OPTIONS, TINY, Mirror, capabilities, serve_command
 
 INLINE = types.TEXT_DOCUMENT_INLINE_COMPLETION

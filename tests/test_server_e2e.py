@@ -17,11 +17,11 @@ from pytest_lsp import ClientServerConfig, LanguageClient
 
 from lsp_server import pipeline
 from lsp_server.config import CompletionSettings, ModelConfig
-from lsp_server.demo import fetch_status, wait_until_loaded
-from lsp_server.context import offset_to_position, position_to_offset
+from fim_lsp.demo import fetch_status, wait_until_loaded
+from lsp_server.core.context import offset_to_position, position_to_offset
 from lsp_server.documents import excluded, uri_to_path
-from lsp_server.notebook import Cell, map_cell_position, notebook_text
-from lsp_server.postprocess import ShownSuggestion
+from lsp_server.core.notebook import Cell, map_cell_position, notebook_text
+from lsp_server.core.postprocess import ShownSuggestion
 from tests.conftest import kit
 
 TINY = str(kit(shape="tiny", family="starcoder"))
@@ -30,7 +30,7 @@ OPTIONS = {"maxNewTokens": MAX_NEW_TOKENS}
 
 
 def serve_command(model: str = TINY, backend: str = "auto") -> list[str]:
-    return [sys.executable, "-m", "lsp_server.cli", "serve", "--model", model, "--backend", backend,
+    return [sys.executable, "-m", "fim_lsp.cli", "serve", "--model", model, "--backend", backend,
             "--dtype", "float32"]
 
 

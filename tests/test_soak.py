@@ -7,7 +7,7 @@ import json
 import struct
 
 from benchmarks import soak
-from lsp_server.cli import build_parser
+from fim_lsp.cli import build_parser
 
 
 def test_a_short_soak_has_no_crash_no_desync_and_stays_within_its_memory_budget(tmp_path, capsys):

@@ -10,13 +10,13 @@ from engine.api import CompletionRequest, DocId
 from engine.backends.onnx_backend import load_onnx_backend
 from engine.backends.torch_backend import TorchBackend
 from engine.cache import CacheConfig
-from engine.faults import InjectedFault, failing_forward
+from tests.support.faults import InjectedFault, failing_forward
 from engine.generate import Sampling, StopRules, generate
 from engine.loading import load_model
 from engine.speculative import PromptLookup, draft_tokens, next_draft_length
 from lsp_server.pipeline import early_stops
-from lsp_server.postprocess import PostprocessConfig
-from lsp_server.prompt import PromptConfig, build_prompt
+from lsp_server.core.postprocess import PostprocessConfig
+from lsp_server.core.prompt import PromptConfig, build_prompt
 from tests.test_generate import FakeKV, NextToken
 
 CPU = torch.device("cpu")
@@ -210,7 +210,7 @@ def test_a_cancel_between_steps_leaves_a_prefix_of_the_greedy_tokens_cached(one_
 def test_the_speculate_setting_reaches_the_backend():
     from engine.select import load_backend
     from engine.speculative import default_speculate
-    from lsp_server.cli import build_parser
+    from fim_lsp.cli import build_parser
     from lsp_server.config import ConfigError, ServerConfig, apply_settings, config_from_args
     from tests.conftest import kit
 

@@ -1,7 +1,7 @@
 """A hypothesis state machine over the real server: random edits never desync it, and completions
 served from its K/V cache equal a cache-less recompute.
 
-One probed `fim-lsp serve` (benchmarks.probe) per position encoding lives for the whole module;
+One probed `fim-lsp serve` (tests.support.probe) per position encoding lives for the whole module;
 each hypothesis example opens its own documents and a notebook under fresh URIs and closes them at
 the end. Rules: incremental edits (insert, delete, replace, several changes in one didChange,
 multi-line, CRLF and lone CR, emoji and CJK, a paste of 10,000 lines, a full-text change), cell
@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
-from benchmarks.probe import LspError, SyncClient, probed_command
+from tests.support.probe import LspError, SyncClient, probed_command
 from engine.cache import CacheConfig
 from engine.select import load_backend
 from lsp_server import pipeline
 from lsp_server.config import CompletionSettings
 from lsp_server.documents import uri_to_path
-from lsp_server.notebook import Cell, map_cell_position, notebook_text
+from lsp_server.core.notebook import Cell, map_cell_position, notebook_text
 from tests.test_server_e2e import TINY, Mirror
 
 MAX_NEW_TOKENS = 6

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.training import (
+from fim_lsp.training.trainer import (
     FimPolicy, FimTokenStrings, TrainConfig, display_path, fim_sample, lr_at, packed_sequences,
     split_points, windows,
 )
@@ -122,7 +122,7 @@ def test_lr_warms_up_then_follows_the_cosine_to_the_floor():
 
 
 def test_loss_table_renders_the_log_as_markdown():
-    from engine.training import loss_table
+    from fim_lsp.training.trainer import loss_table
 
     log = "step\ttokens\tminutes\tlr\ttrain_loss\tval_loss\n10\t100\t1.0\t1e-3\t5.0\t5.1\n20\t200\t2.0\t9e-4\t4.0\t4.2\n"
     assert loss_table(log) == (
@@ -143,7 +143,7 @@ def test_the_validation_set_is_fixed_and_the_bundled_model_beats_an_untrained_on
     from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
 
     from engine.select import DEFAULT_MODEL_DIR
-    from engine.training import FimPolicy, sequences_loss, validation_sequences
+    from fim_lsp.training.trainer import FimPolicy, sequences_loss, validation_sequences
 
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-c]*.py"))[:12]
     tokenizer = Tokenizer.from_file(str(DEFAULT_MODEL_DIR / "tokenizer.json"))
@@ -161,7 +161,7 @@ def test_the_validation_set_is_fixed_and_the_bundled_model_beats_an_untrained_on
 
 
 def test_each_package_is_capped_and_the_choice_is_fixed(tmp_path):
-    from engine.training import capped_by_package, package_of
+    from fim_lsp.training.trainer import capped_by_package, package_of
 
     stdlib, site = tmp_path / "lib", tmp_path / "site"
     files = []
@@ -190,8 +190,8 @@ def test_a_run_started_from_a_checkpoint_keeps_its_tokenizer_and_continues_its_l
     import torch
     from safetensors.torch import load_file
 
-    from engine import training
-    from engine.checkpoint_kit import corpus_files
+    from fim_lsp.training import trainer as training
+    from fim_lsp.training.checkpoint_kit import corpus_files
     from tests.conftest import kit
 
     init = tmp_path / "init"
@@ -221,7 +221,7 @@ def test_a_run_started_from_a_checkpoint_keeps_its_tokenizer_and_continues_its_l
 def test_a_checkpoint_of_another_shape_is_refused_before_training(tmp_path):
     import time
 
-    from engine import training
+    from fim_lsp.training import trainer as training
     from tests.conftest import kit
 
     cfg = TrainConfig(out=tmp_path / "out", n_layer=3, deadline=time.time() + 60,
@@ -236,7 +236,7 @@ def test_a_deeper_model_grown_from_a_checkpoint_computes_what_the_checkpoint_com
     import torch
     from transformers import GPTBigCodeForCausalLM
 
-    from engine.training import grown_state_dict
+    from fim_lsp.training.trainer import grown_state_dict
     from tests.conftest import kit
 
     old = GPTBigCodeForCausalLM.from_pretrained(kit(shape="tiny", family="starcoder"), dtype=torch.float32)

@@ -13,6 +13,7 @@ raise `OnnxUnavailable` with a one-line reason, and `engine.select` falls back t
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -26,8 +27,12 @@ from engine.backends.torch_backend import TorchBackend
 from engine.cache import CacheConfig
 from engine.loading import CheckpointError, LoadedModel, Progress, load_tokenizer, read_config, resolve_checkpoint
 from engine.model import ModelArgs
-from engine.onnx_export import (FP32_FILE, INT8_FILE, MANIFEST, ExportError, Manifest, check_export,
-                                checkpoint_hash, export, io_names, open_session)
+from engine.onnx_format import (FP32_FILE, INT8_FILE, MANIFEST, ExportError, Manifest, check_export,
+                                checkpoint_hash, io_names, open_session)
+
+# (checkpoint dir, export dir, int8=..., progress=...) -> Manifest: `engine.onnx_export.export`, passed in
+# by the caller that allows exporting on first use (the exporter checks its graphs with this backend)
+Exporter = Callable[..., Manifest]
 
 Quantization = Literal["auto", "none", "int8-dynamic"]
 
@@ -192,11 +197,11 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def locate_export(model: str, revision: str | None, config: OnnxConfig, dtype: str, export_missing: bool,
+def locate_export(model: str, revision: str | None, config: OnnxConfig, dtype: str, exporter: Exporter | None,
                   say: Progress) -> tuple[Path, Manifest, str, str]:
     """(export directory, its manifest, the quantisation to run, why) for `model`.
 
-    A missing or stale export is made first when `export_missing`, else it is a reason to decline.
+    A missing or stale export is made first by `exporter` when one is given, else it is a reason to decline.
     """
     if dtype not in ("auto", "float32"):
         raise OnnxUnavailable(f"the ONNX export runs in float32 or int8, not {dtype}")
@@ -209,7 +214,7 @@ def locate_export(model: str, revision: str | None, config: OnnxConfig, dtype: s
     out, given_export = export_dir_for(path, config)
     source_hash = None
     if not given_export:
-        if not (out / MANIFEST).is_file() and not export_missing:
+        if not (out / MANIFEST).is_file() and exporter is None:
             raise OnnxUnavailable(f"no ONNX export for this checkpoint in {out} "
                                   f"(make one with: fim-lsp export-onnx --model {path} --out {out})")
         source_hash = checkpoint_hash(path)
@@ -217,9 +222,9 @@ def locate_export(model: str, revision: str | None, config: OnnxConfig, dtype: s
         manifest = check_export(out, source_hash)
         why = f"ONNX Runtime export in {out}"
     except ExportError as stale:
-        if given_export or not export_missing:
+        if given_export or exporter is None:
             raise
-        manifest = export(path, out, int8=config.int8_on_export,
+        manifest = exporter(path, out, int8=config.int8_on_export,
                           progress=lambda step: say(f"exporting: {step}", 0.2))
         why = f"exported to ONNX in {out} on first use ({stale})"
     quantization = choose_graph(manifest, config, dtype)
@@ -230,12 +235,12 @@ def locate_export(model: str, revision: str | None, config: OnnxConfig, dtype: s
 
 def load_onnx_backend(model: str, device: str = "auto", dtype: str = "auto", revision: str | None = None,
                       progress: Progress | None = None, cache: CacheConfig | None = None,
-                      config: OnnxConfig | None = None, export_missing: bool = True, speculate: int = 0) -> Backend:
+                      config: OnnxConfig | None = None, exporter: Exporter | None = None, speculate: int = 0) -> Backend:
     """An OnnxBackend for `model` (a checkpoint or an export directory), or OnnxUnavailable."""
     say = progress or (lambda _msg, _frac: None)
     try:
         out, manifest, quantization, why = locate_export(model, revision, config or OnnxConfig(), dtype,
-                                                         export_missing, say)
+                                                         exporter, say)
         file = out / (INT8_FILE if quantization == "int8-dynamic" else FP32_FILE)
         say(f"opening {file.name} in ONNX Runtime", 0.5)
         session = open_session(file, providers_for(device))
@@ -253,7 +258,7 @@ def describe_onnx(model: str, revision: str | None = None, dtype: str = "auto", 
     """
     config = config or OnnxConfig()
     try:
-        out, manifest, quantization, why = locate_export(model, revision, config, dtype, False,
+        out, manifest, quantization, why = locate_export(model, revision, config, dtype, None,
                                                          lambda _msg, _frac: None)
     except OnnxUnavailable as exc:
         if not explicit or "no ONNX export" not in str(exc):

@@ -35,7 +35,7 @@ from engine.api import (
     BackendError, BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, StopReason,
     end_of_use,
 )
-from engine.fim_tokens import EOD_TOKEN, Family, FimTokens, fim_tokens_from_vocab
+from engine.fim import EOD_TOKEN, Family, FimTokens, fim_tokens_from_vocab
 
 log = logging.getLogger("fim-lsp.openai")
 

@@ -104,3 +104,10 @@ class ReferenceBackend:
 
     def cache_stats(self) -> dict[str, int]:
         return {"slots": 0, "bytes": 0}
+
+
+def load_backend(model: str | None = None, dtype: str = "auto", **_placement) -> ReferenceBackend:
+    """The registry's entry (`engine.backends.load("reference")`): transformers on the CPU, fp32 by default."""
+    from engine.select import resolve_model_name
+
+    return ReferenceBackend.load(resolve_model_name(model), "float32" if dtype == "auto" else dtype)

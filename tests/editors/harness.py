@@ -35,7 +35,7 @@ def artifacts_dir(name: str) -> Path:
 def serve_command(model: Path) -> list[str]:
     """`fim-lsp serve` from this test's environment, on a model directory."""
     exe = Path(sys.executable).parent / "fim-lsp"
-    head = [str(exe)] if exe.exists() else [sys.executable, "-m", "lsp_server.cli"]
+    head = [str(exe)] if exe.exists() else [sys.executable, "-m", "fim_lsp.cli"]
     return [*head, "serve", "--model", str(model)]
 
 

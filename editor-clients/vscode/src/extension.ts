@@ -83,7 +83,7 @@ function launch(): { command: string; args: string[] } | { error: string } {
   const python = (cfg.get<string>('pythonPath') ?? '').trim();
   if (python) {
     return findExecutable(python)
-      ? { command: python, args: ['-m', 'lsp_server.cli', 'serve', ...extra] }
+      ? { command: python, args: ['-m', 'fim_lsp.cli', 'serve', ...extra] }
       : { error: `fim-lsp.pythonPath "${python}" is not an executable file.` };
   }
   const command = (cfg.get<string>('command') ?? 'fim-lsp').trim() || 'fim-lsp';

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from engine.api import indent_width
-from lsp_server.context import CursorContext
+from lsp_server.core.context import CursorContext
 
 MultiLine = Literal["never", "auto", "always"]
 Case = Literal["mid", "line_start", "open_line", "line_end"]

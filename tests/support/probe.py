@@ -5,11 +5,11 @@ before it starts, so a driver can check it from outside without a debugger:
 
 - `fim-lsp-probe/texts` `{"uris": [...]}` -> `{"texts": {uri: text or null}}`: the server's copy
   of documents (to compare with the client's after every edit);
-- `fim-lsp-probe/fault` `{"doc": key, "kind": ...}`: arm an `engine.faults` fault for a document;
+- `fim-lsp-probe/fault` `{"doc": key, "kind": ...}`: arm an `tests.support.faults` fault for a document;
 - `fim-lsp-probe/slot` `{"doc": key}` -> `{"tokens": n}`: how many tokens the document's K/V slot holds.
 
-Every backend it loads is wrapped in `engine.faults.FaultyBackend` (a pass-through until a fault
-is armed). Run it as `python -m benchmarks.probe [fim-lsp serve options]`.
+Every backend it loads is wrapped in `tests.support.faults.FaultyBackend` (a pass-through until a fault
+is armed). Run it as `python -m tests.support.probe [fim-lsp serve options]`.
 
 `SyncClient` speaks JSON-RPC over the server's stdio with plain dicts, one blocking call at a
 time, so a hypothesis state machine or a benchmark loop can drive it without an event loop.
@@ -220,7 +220,7 @@ class SyncClient:
 
 def probed_command(*serve_args: str) -> list[str]:
     """The command line of a probed server with these `fim-lsp serve` options."""
-    return [sys.executable, "-m", "benchmarks.probe", *serve_args]
+    return [sys.executable, "-m", "tests.support.probe", *serve_args]
 
 
 def rss_bytes(pid: int) -> int:
@@ -237,7 +237,7 @@ def rss_bytes(pid: int) -> int:
 
 def install_probes() -> None:
     """Register the probe requests on the real server and wrap every backend it loads."""
-    from engine.faults import FaultyBackend
+    from tests.support.faults import FaultyBackend
     from lsp_server import pipeline
     from lsp_server.server import FimServer, server
 
@@ -255,13 +255,13 @@ def install_probes() -> None:
 
     @server.feature(FAULT)
     def probe_fault(ls: FimServer, params: Any) -> dict:
-        assert isinstance(ls.backend, FaultyBackend), "no model loaded yet"
-        ls.backend.arm(field(params, "doc"), field(params, "kind"))
+        assert isinstance(ls.model.backend, FaultyBackend), "no model loaded yet"
+        ls.model.backend.arm(field(params, "doc"), field(params, "kind"))
         return {"armed": True}
 
     @server.feature(SLOT)
     async def probe_slot(ls: FimServer, params: Any) -> dict:
-        backend = ls.backend
+        backend = ls.model.backend
         assert backend is not None, "no model loaded yet"
         doc = field(params, "doc")
         tokens = await ls.scheduler.call(lambda: len(backend.slot_tokens(doc)))  # after the queued work
@@ -284,8 +284,8 @@ def install_probes() -> None:
 
 
 def main(argv: list[str]) -> int:
-    from lsp_server.cli import build_parser
-    from lsp_server.server import main_serve
+    from fim_lsp.cli import build_parser
+    from fim_lsp.serve import main_serve
 
     install_probes()
     return main_serve(build_parser().parse_args(["serve", *argv]))

@@ -18,7 +18,7 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from lsp_server.context import offset_to_position
+from lsp_server.core.context import offset_to_position
 
 SAMPLE = Path(__file__).resolve().parent / "samples" / "inventory.py"
 LOAD_TIMEOUT_S = 900
@@ -38,7 +38,7 @@ def main_demo(args: argparse.Namespace) -> int:
 
 def serve_command(args: argparse.Namespace) -> list[str]:
     """`fim-lsp serve` with the demo's model options."""
-    cmd = [sys.executable, "-m", "lsp_server.cli", "serve"]
+    cmd = [sys.executable, "-m", "fim_lsp.cli", "serve"]
     for flag in ("model", "revision", "backend", "device", "dtype", "url", "threads", "branches"):
         value = getattr(args, flag, None)
         if value is not None:

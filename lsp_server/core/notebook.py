@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from lsp_server.context import CursorContext, Encoding, chars_to_units, cursor_context
-from lsp_server.languages import line_comment
+from lsp_server.core.context import CursorContext, Encoding, chars_to_units, cursor_context
+from lsp_server.core.languages import line_comment
 
 CellKind = Literal["code", "markdown"]
 

@@ -12,15 +12,15 @@ import sys
 
 # subcommand -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "serve": ("lsp_server.server", "main_serve", "run the language server (stdio, or --tcp HOST:PORT)"),
-    "demo": ("lsp_server.demo", "main_demo", "type a sample file through the real server and print suggestions"),
-    "complete": ("lsp_server.complete", "main_complete", "complete one cursor position in a file"),
+    "serve": ("fim_lsp.serve", "main_serve", "run the language server (stdio, or --tcp HOST:PORT)"),
+    "demo": ("fim_lsp.demo", "main_demo", "type a sample file through the real server and print suggestions"),
+    "complete": ("fim_lsp.complete", "main_complete", "complete one cursor position in a file"),
     "bench": ("benchmarks.cli", "main_bench", "run a benchmark and print its table"),
-    "export-onnx": ("engine.onnx_export", "main_export", "export a checkpoint to ONNX (optionally int8)"),
-    "eval": ("lsp_server.evaluate", "main_eval", "exact match on the HumanEval infilling problems"),
-    "make-checkpoint": ("engine.checkpoint_kit", "main_make_checkpoint", "write a random-weight GPTBigCode checkpoint"),
-    "status": ("engine.status", "main_status", "show which backend, device and dtype a model would use"),
-    "engine": ("engine.daemon", "main_engine", "serve one shared engine to several fim-lsp servers"),
+    "export-onnx": ("fim_lsp.export_onnx", "main_export", "export a checkpoint to ONNX (optionally int8)"),
+    "eval": ("fim_lsp.evaluation.evaluate", "main_eval", "exact match on the HumanEval infilling problems"),
+    "make-checkpoint": ("fim_lsp.training.checkpoint_kit", "main_make_checkpoint", "write a random-weight GPTBigCode checkpoint"),
+    "status": ("fim_lsp.status", "main_status", "show which backend, device and dtype a model would use"),
+    "engine": ("fim_lsp.daemon", "main_engine", "serve one shared engine to several fim-lsp servers"),
 }
 
 

@@ -10,7 +10,7 @@ product's own path (`lsp_server.pipeline.complete`: prompt core, backend, post-p
 exact match when it equals the canonical middle once both are stripped of surrounding whitespace.
 Functional pass@1 runs prompt + middle + suffix + the problem's tests in the sandbox.
 
-The problems (MIT-licensed, from OpenAI's human-eval-infilling) ship in `lsp_server/data/`.
+The problems (MIT-licensed, from OpenAI's human-eval-infilling) ship in `fim_lsp/evaluation/data/`.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lsp_server.postprocess import PostprocessConfig
-from lsp_server.prompt import PromptConfig
+from lsp_server.core.postprocess import PostprocessConfig
+from lsp_server.core.prompt import PromptConfig
 
 Benchmark = Literal["single-line", "multi-line", "idioms"]
 
@@ -181,7 +181,7 @@ def evaluate(backend, problems: Iterable[Problem], benchmark: Benchmark, *, max_
     # one-line benchmarks stop decoding at the line end
     config = pipeline_config_for(benchmark, max_new_tokens, min_token_probability, branches)
     if pass_at_1 and run_program is None:
-        from lsp_server.sandbox import run_program
+        from fim_lsp.evaluation.sandbox import run_program
     report = Report(benchmark=benchmark, model=backend.info.model, backend=backend.info.backend,
                     problems=len(problems), exact_matches=0, seconds=0.0, passed=0 if pass_at_1 else None,
                     min_token_probability=min_token_probability)

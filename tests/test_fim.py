@@ -1,6 +1,6 @@
 import pytest
 
-from engine.fim_tokens import FimTokens, MissingSpecialToken, fim_tokens_from_vocab
+from engine.fim import FimTokens, MissingSpecialToken, fim_tokens_from_vocab
 
 
 def test_starcoder_spelling():

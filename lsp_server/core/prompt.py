@@ -22,13 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from engine.fim_tokens import FimTokens
-from lsp_server.context import CursorContext
-from lsp_server.memo import ByteLRU, text_bytes
-from lsp_server.languages import language_of, line_comment
+from engine.fim import FimTokens
+from lsp_server.core.context import CursorContext
+from lsp_server.core.memo import ByteLRU, text_bytes
+from lsp_server.core.languages import language_of, line_comment
 
 if TYPE_CHECKING:
-    from lsp_server.neighbours import Snippet
+    from lsp_server.core.neighbours import Snippet
 
 FimMode = Literal["auto", "spm", "psm"]
 PromptMode = Literal["spm", "psm", "l2r"]

@@ -11,7 +11,8 @@ import sys
 import torch
 
 from engine.loading import CheckpointError, available_memory, check_fits, load_tokenizer, read_config, resolve_checkpoint
-from engine.select import INT8, RUNTIMES, choose_placement, resolve_model_name, tries_onnx
+from engine.backends import RUNTIMES
+from engine.select import INT8, choose_placement, resolve_model_name, tries_onnx
 from engine.backends.torch_backend import DEFAULT_BUDGET_SHARE
 
 

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lsp_server.context import CursorContext
-from lsp_server.memo import ByteLRU, text_bytes
+from lsp_server.core.context import CursorContext
+from lsp_server.core.memo import ByteLRU, text_bytes
 
 WINDOW_LINES = 20  # lines per candidate window
 WINDOW_STEP = 10  # lines between window starts

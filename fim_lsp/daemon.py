@@ -337,7 +337,7 @@ def tokenizer_json(backend: Backend) -> str | None:
 def main_engine(args) -> int:
     from engine.loading import CheckpointError
     from engine.select import load_backend
-    from lsp_server.server import is_loopback, parse_listen
+    from lsp_server.address import is_loopback, parse_listen
 
     say = lambda msg: print(f"fim-lsp engine: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:

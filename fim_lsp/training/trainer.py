@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from engine.checkpoint_kit import corpus_files, save_tokenizer, specials_for, train_tokenizer
+from fim_lsp.training.checkpoint_kit import corpus_files, save_tokenizer, specials_for, train_tokenizer
 
 FimOrder = Literal["spm", "psm"]
 

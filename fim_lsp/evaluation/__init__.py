@@ -1,0 +1,1 @@
+"""HumanEval infilling evaluation and the sandbox that runs its tests."""

@@ -1,0 +1,1 @@
+"""Test-only helpers: fault injection and the probed server."""
