@@ -9,7 +9,7 @@ shape, not on the weights' values):
   weight for little arithmetic, and the rows share that read.
 - one-line requests: HumanEval single-line holes (the first `--problems`), prompt built by the
   prompt core and cached first, then the line decoded greedily and by beams of 2 to 4 (the
-  pipeline's `branches`); median and p95 latency, decode forwards per request, generated tokens.
+  pipeline's `beam`); median and p95 latency, decode forwards per request, generated tokens.
   A random-weight model rarely ends its line, so its lines run to the token budget: an upper bound.
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.probe import LspError, ServerGone, SyncClient, probed_command, rss_bytes

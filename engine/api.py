@@ -101,7 +101,7 @@ class CompletionRequest:
     # honoured where `Backend.ranks_first_token` is true, ignored elsewhere
     first_token_rank: int = 0
     # greedy, one line (`stop_at_line_end`): search this many lines at once (engine.beam) and return
-    # the likeliest, the others in `CompletionResult.alternatives`; honoured where
+    # the likeliest, the others in `CompletionResult.other_lines`; honoured where
     # `Backend.searches_lines` is true (1: plain greedy decoding)
     beam: int = 1
 
@@ -162,7 +162,7 @@ class CompletionResult:
     # a beam search (`CompletionRequest.beam`): the line's total log-probability (the token that
     # ended it included), and the other lines it finished, likeliest first
     score: float | None = None
-    alternatives: list[CompletionResult] = field(default_factory=list)
+    other_lines: list[CompletionResult] = field(default_factory=list)  # a beam's other finished lines, likeliest first
 
     def logprobs_of(self, length: int) -> list[float] | None:
         """The log-probabilities of the tokens that wrote `text[:length]`; None when unknown."""

@@ -1,8 +1,10 @@
-"""The fill-in-the-middle special tokens of a tokenizer, read from its vocabulary.
+"""Fill-in-the-middle, in one place: each family's special tokens and the template that uses them.
 
 GPTBigCode families spell their FIM tokens differently (SantaCoder uses hyphens, StarCoder
-underscores plus `<filename>`), so nothing here hard-codes a family: we look the spellings up in
-the tokenizer's special tokens and report what was found. Pure: no torch, no tokenizers import.
+underscores plus `<filename>`), so a served model's spellings are looked up in its tokenizer's
+special tokens (`fim_tokens_from_vocab`), never assumed. `fim_prompt` is the template: the prompt
+core serves it, the trainer writes its samples with it, the checkpoint kit and the remote backend
+take their spellings from `SPELLINGS`. Pure: no torch, no tokenizers import.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import Literal
 Family = Literal["santacoder", "starcoder", "none"]
 
 EOD_TOKEN = "<|endoftext|>"
-_SPELLINGS: dict[str, tuple[str, str, str, str]] = {
+FimOrder = Literal["spm", "psm"]
+SPELLINGS: dict[str, tuple[str, str, str, str]] = {
     # family: (prefix, middle, suffix, pad)
     "starcoder": ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"),
     "santacoder": ("<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>"),
@@ -60,7 +63,7 @@ def fim_tokens_from_vocab(tokens: Iterable[str]) -> FimTokens:
         raise MissingSpecialToken(
             f"the tokenizer has no {EOD_TOKEN!r} token; GPTBigCode checkpoints end documents with it"
         )
-    for family, (prefix, middle, suffix, pad) in _SPELLINGS.items():
+    for family, (prefix, middle, suffix, pad) in SPELLINGS.items():
         present = [t for t in (prefix, middle, suffix) if t in vocab]
         if len(present) == 3:
             return FimTokens(
@@ -79,3 +82,21 @@ def fim_tokens_from_vocab(tokens: Iterable[str]) -> FimTokens:
                 f"the tokenizer has {present} but lacks {missing}: a {family} FIM tokenizer needs all three"
             )
     return FimTokens(family="none", eod=EOD_TOKEN)
+
+
+def family_tokens(family: str) -> FimTokens:
+    """The FIM tokens a family's tokenizer carries (for a model known by name only: a remote
+    server without a local tokenizer, the trainer, the checkpoint kit)."""
+    if family not in SPELLINGS:
+        raise ValueError(f"family {family!r}: choose {' or '.join(SPELLINGS)}")
+    extra = ("<filename>", "<file_sep>") if family == "starcoder" else ()
+    return fim_tokens_from_vocab((EOD_TOKEN, *SPELLINGS[family], *extra))
+
+
+def fim_prompt(fim: FimTokens, order: FimOrder, prefix: str, suffix: str, head: str = "") -> str:
+    """The text a model continues with the middle: SPM (the order both families were trained on
+    most, `<prefix><suffix>{suffix}<middle>{prefix}`) or PSM (`<prefix>{prefix}<suffix>{suffix}<middle>`)."""
+    assert fim.has_fim, "a left-to-right model has no FIM template: its prompt is the prefix"
+    if order == "spm":
+        return f"{head}{fim.prefix}{fim.suffix}{suffix}{fim.middle}{prefix}"
+    return f"{head}{fim.prefix}{prefix}{fim.suffix}{suffix}{fim.middle}"

@@ -24,10 +24,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def add_branches_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--branches", type=int, default=None, metavar="N",
+def add_beam_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam", "--branches", dest="beam", type=int, default=None, metavar="N",
                    help="one-line suggestions: compare N lines (a beam search) and show the likeliest "
-                        "(the server's branches; default: 3 for models under 100 M parameters, else 1)")
+                        "(the server's `beam` setting; default: 3 for models under 100 M parameters, else 1; "
+                        "--branches is its old name)")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -57,13 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stdio", action="store_true", help="speak LSP on stdin/stdout (the default)")
     p.add_argument("--tcp", metavar="HOST:PORT", default=None, help="listen on TCP instead of stdio")
     p.add_argument("--token", default=None, help="shared secret required when --tcp binds beyond loopback")
-    add_branches_option(p)
+    add_beam_option(p)
 
     p = parsers["demo"]
     add_model_options(p)
     p.add_argument("--file", default=None, help="file to type (default: a bundled sample)")
     p.add_argument("--keys", type=int, default=60, help="characters to type")
-    add_branches_option(p)
+    add_beam_option(p)
 
     p = parsers["complete"]
     add_model_options(p)
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--fim-mode", choices=["auto", "spm", "psm"], default="auto")
-    add_branches_option(p)
+    add_beam_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per position")
 
     p = parsers["bench"]
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pass-at-1", action="store_true", help="also run the tests in a sandboxed subprocess")
     p.add_argument("--min-token-probability", type=float, default=0.0, metavar="P",
                    help="hide suggestions with a token the model gave less than P (the server's minTokenProbability)")
-    add_branches_option(p)
+    add_beam_option(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--results", metavar="FILE", default=None,
                    help="also write each problem's suggestion and score to FILE, one JSON object a line")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lsp_server import pipeline
 from lsp_server.config import ConfigError, config_from_args
+from lsp_server.documents import uri_to_path
 
 EXIT_BAD_INPUT = 2
 
@@ -37,14 +38,25 @@ def main_complete(args: argparse.Namespace) -> int:
                                                  "SantaCoder or StarCoder")):
         return fail(problem)
     run_config = pipeline.pipeline_config(config.completion)
+    path = prompt_path(Path(args.file))
     for line, character in positions:
         try:
             outcome = pipeline.complete(backend, args.file, text, line, character, encoding="utf-32",
-                                        config=run_config, path=args.file)
+                                        config=run_config, path=path)
         except Exception as exc:  # a model or prompt failure at one position: say which, stop
             return fail(f"{args.file}:{line}:{character}: {type(exc).__name__}: {exc}")
         print_outcome(args, line, character, outcome, backend.info)
     return 0
+
+
+def prompt_path(file: Path, cwd: Path | None = None) -> str:
+    """The name the prompt gives `file`, as the server names an open document: relative to its
+    workspace folder, here the enclosing git repository or else the current directory, and by its
+    file name when it lies outside both."""
+    file = file.resolve()
+    cwd = (cwd or Path.cwd()).resolve()
+    root = next((d for d in file.parents if (d / ".git").exists()), None)
+    return uri_to_path(file.as_uri(), [r.as_uri() for r in (root, cwd) if r is not None])
 
 
 def cursor_positions(lines: list[int] | None, characters: list[int] | None) -> list[tuple[int, int]]:
@@ -84,13 +96,13 @@ def print_outcome(args: argparse.Namespace, line: int, character: int, outcome: 
             "prompt_tokens": result.prompt_tokens, "prefill_tokens": result.prefill_tokens,
             "reused_tokens": result.reused_tokens, "generated_tokens": result.generated_tokens,
             "stop_reason": result.stop_reason, "latency_ms": round(result.latency_ms, 2),
-            "min_token_probability": outcome.confidence, "branches": outcome.ranks,
+            "min_token_probability": outcome.confidence, "beam": outcome.beam,
             "model": info.model, "backend": info.backend, "device": info.device, "dtype": info.dtype,
         }, ensure_ascii=False))
         return
     shown = text if text else "(no suggestion)"
     sure = "" if outcome.confidence is None else f", least sure token p={outcome.confidence:.2f}"
-    sure += f", likeliest of {outcome.ranks} lines" if outcome.ranks > 1 else ""
+    sure += f", likeliest of {outcome.beam} lines" if outcome.beam > 1 else ""
     print(f"{args.file}:{line}:{character}  {result.latency_ms:.0f} ms  prompt {result.prompt_tokens} tokens, "
           f"prefilled {result.prefill_tokens}, generated {result.generated_tokens}{sure}")
     for row in shown.split("\n"):

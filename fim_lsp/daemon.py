@@ -150,7 +150,7 @@ def fim_answer(result) -> dict[str, Any]:
             "prefill_tokens": result.prefill_tokens, "generated_tokens": result.generated_tokens,
             "latency_ms": result.latency_ms, "extra": result.extra,
             "token_logprobs": result.token_logprobs, "token_ends": result.token_ends,
-            "score": result.score, "alternatives": [fim_answer(other) for other in result.alternatives]}
+            "score": result.score, "other_lines": [fim_answer(other) for other in result.other_lines]}
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -39,7 +39,7 @@ def main_demo(args: argparse.Namespace) -> int:
 def serve_command(args: argparse.Namespace) -> list[str]:
     """`fim-lsp serve` with the demo's model options."""
     cmd = [sys.executable, "-m", "fim_lsp.cli", "serve"]
-    for flag in ("model", "revision", "backend", "device", "dtype", "url", "threads", "branches"):
+    for flag in ("model", "revision", "backend", "device", "dtype", "url", "threads", "beam"):
         value = getattr(args, flag, None)
         if value is not None:
             cmd += [f"--{flag}", str(value)]

@@ -136,11 +136,11 @@ class CompletionService:
             # asked when the first is the suggestion shown, reused), then those of the next
             # likeliest first tokens
             compared = first if first.result is not None else run(None, token)
-            more = [o for o in (compared, *compared.runners_up) if o is not first
+            more = [o for o in (compared, *compared.other_lines) if o is not first
                     and (o.suggestion is None or first.suggestion is None or o.suggestion.text != first.suggestion.text)]
             more = more[:alternatives - 1]
             return [first, *more, *(run(None, token, rank)
-                                    for rank in range(compared.ranks, compared.ranks + alternatives - 1 - len(more)))]
+                                    for rank in range(compared.beam, compared.beam + alternatives - 1 - len(more)))]
 
         try:
             # the same buffer, cursor and settings (VS Code's inline and completion requests for
@@ -216,4 +216,4 @@ def last_figures(outcome: pipeline.Outcome, latency_ms: float) -> dict[str, Any]
     return {"reused": False, "prompt_tokens": r.prompt_tokens, "prefill_tokens": r.prefill_tokens,
             "reused_tokens": r.reused_tokens, "generated_tokens": r.generated_tokens,
             "stop_reason": r.stop_reason, "engine_ms": r.latency_ms, "latency_ms": latency_ms,
-            "min_token_probability": outcome.confidence, "branches": outcome.ranks}
+            "min_token_probability": outcome.confidence, "beam": outcome.beam}

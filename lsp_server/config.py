@@ -7,6 +7,7 @@ keeps the configuration it had.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -59,8 +60,8 @@ class CompletionSettings:
     # hide a suggestion when the model gave one of its tokens less than this probability (0: show all)
     min_token_probability: float = 0.0
     # one-line suggestions: compare this many lines (a beam search), the likeliest shown
-    # (None: `pipeline.AUTO_BRANCHES` for small models, 1 otherwise)
-    branches: int | None = None
+    # (None: `pipeline.AUTO_BEAM` for small models, 1 otherwise)
+    beam: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,42 +76,119 @@ class ServerConfig:
     exclude: tuple[str, ...] = ()
 
 
-# wire key -> (component, field, accepted types, allowed values or None)
-_KEYS: dict[str, tuple[str, str, tuple[type, ...], tuple[Any, ...] | None]] = {
-    "model": ("model", "model", (str, type(None)), None),
-    "revision": ("model", "revision", (str, type(None)), None),
-    "backend": ("model", "backend", (str,), ("auto", "torch", "onnx", "openai", "reference")),
-    "device": ("model", "device", (str,), None),
-    "dtype": ("model", "dtype", (str,), ("auto", "float32", "bfloat16", "float16", "int8")),
-    "cacheBytes": ("model", "cache_bytes", (int, type(None)), None),
-    "maxNewTokens": ("completion", "max_new_tokens", (int,), None),
-    "temperature": ("completion", "temperature", (int, float), None),
-    "multiline": ("completion", "multiline", (str,), ("auto", "never", "always")),
-    "prefixSuffixRatio": ("completion", "prefix_suffix_ratio", (int, float), None),
-    "neighbours": ("completion", "neighbours", (bool,), None),
-    "fimMode": ("completion", "fim_mode", (str,), ("auto", "spm", "psm")),
-    "timeBudgetMs": ("completion", "time_budget_s", (int, float, type(None)), None),
-    "tokenHealing": ("completion", "token_healing", (bool,), None),
-    "minTokenProbability": ("completion", "min_token_probability", (int, float), None),
-    "branches": ("completion", "branches", (int, type(None)), None),
-    "debounceMs": ("server", "debounce_ms", (int,), None),
-    "alternatives": ("server", "alternatives", (int,), None),
-    "exclude": ("server", "exclude", (list,), None),
-    "url": ("model", "url", (str, type(None)), None),
-    "apiKey": ("model", "api_key", (str, type(None)), None),
-    "family": ("model", "family", (str, type(None)), ("starcoder", "santacoder", None)),
-    "remoteModel": ("model", "remote_model", (str, type(None)), None),
-    "remoteTimeoutMs": ("model", "remote_timeout_s", (int, float), None),
-    "speculate": ("model", "speculate", (int, type(None)), None),
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting as clients send it: where it lands, what it accepts, and what it does."""
+
+    component: Literal["model", "completion", "server"]
+    field: str  # the dataclass field it sets
+    types: tuple[type, ...]  # accepted JSON types
+    allowed: tuple[Any, ...] | None  # accepted values (None: any of those types)
+    doc: str  # one sentence for users: the clients' settings lists and docs/settings.md say this
+
+
+# The settings list, in one place: wire key -> Setting. The VS Code extension's package.json and
+# its SERVER_KEYS, and docs/settings.md, are checked against it by tests/test_config.py.
+SETTINGS: dict[str, Setting] = {
+    "model": Setting(
+        "model", "model", (str, type(None)), None,
+        "Checkpoint directory or hub id; empty means the bundled default model."),
+    "revision": Setting(
+        "model", "revision", (str, type(None)), None,
+        "Hub revision (branch, tag or commit) of fim-lsp.model."),
+    "backend": Setting(
+        "model", "backend", (str,), ('auto', 'torch', 'onnx', 'openai', 'reference'),
+        "Runtime that runs the model; auto picks the fastest available."),
+    "device": Setting(
+        "model", "device", (str,), None,
+        "auto, cpu, cuda or cuda:N."),
+    "dtype": Setting(
+        "model", "dtype", (str,), ('auto', 'float32', 'bfloat16', 'float16', 'int8'),
+        "Weight and activation dtype; int8: int8 weights on the CPU (auto picks it for large models on CPUs "
+        "with int8 instructions)."),
+    "cacheBytes": Setting(
+        "model", "cache_bytes", (int, type(None)), None,
+        "KV cache byte budget; empty sizes it from free memory."),
+    "maxNewTokens": Setting(
+        "completion", "max_new_tokens", (int,), None,
+        "Most tokens generated for one suggestion."),
+    "temperature": Setting(
+        "completion", "temperature", (int, float), None,
+        "0 is greedy (the same buffer gives the same suggestion)."),
+    "multiline": Setting(
+        "completion", "multiline", (str,), ('auto', 'never', 'always'),
+        "auto: one line mid-line, a block after an opener."),
+    "prefixSuffixRatio": Setting(
+        "completion", "prefix_suffix_ratio", (int, float), None,
+        "How the prompt budget splits between text before and after the cursor."),
+    "neighbours": Setting(
+        "completion", "neighbours", (bool,), None,
+        "Add snippets from other open documents of the same language to the prompt."),
+    "fimMode": Setting(
+        "completion", "fim_mode", (str,), ('auto', 'spm', 'psm'),
+        "Fill-in-the-middle template order; auto is the model family's trained default."),
+    "timeBudgetMs": Setting(
+        "completion", "time_budget_s", (int, float, type(None)), None,
+        "Wall-clock cap on decoding one suggestion."),
+    "tokenHealing": Setting(
+        "completion", "token_healing", (bool,), None,
+        "Let the model re-spell the token at the cursor, so a prompt that ends in indentation or half a word "
+        "ends where the tokenizer would cut finished text."),
+    "minTokenProbability": Setting(
+        "completion", "min_token_probability", (int, float), None,
+        "Hide an automatic suggestion when the model gave one of its tokens less than this probability (0 "
+        "shows every suggestion; Trigger Inline Suggestion shows it anyway). fim-lsp/status reports the last "
+        "suggestion's lowest token probability, to tune it."),
+    "beam": Setting(
+        "completion", "beam", (int, type(None)), None,
+        "One-line suggestions: compare this many lines (a beam search in the engine; elsewhere the greedy "
+        "lines of this many likeliest first tokens) and show the likeliest; empty uses 3 for models under 100"
+        " M parameters (the bundled default model), 1 (greedy) otherwise."),
+    "debounceMs": Setting(
+        "server", "debounce_ms", (int,), None,
+        "Server-side wait for a newer keystroke before running the model."),
+    "alternatives": Setting(
+        "server", "alternatives", (int,), None,
+        "Suggestions offered when you ask by hand (Trigger Inline Suggestion, Alt+]): the best, then ones "
+        "that start with the model's next likeliest tokens. Each is one more decode; 1 offers only the best."),
+    "exclude": Setting(
+        "server", "exclude", (list,), None,
+        "Files the model never sees: not completed, and never quoted as context in other files' prompts. "
+        "Patterns as in .gitignore: a name without '/' matches at any depth (\".env\", \"*.pem\", \"secrets\"); one"
+        " with '/' matches from the workspace folder (\"config/*.py\", \"**/.env\")."),
+    "url": Setting(
+        "model", "url", (str, type(None)), None,
+        "An OpenAI-compatible completion server (vLLM, TGI, llama.cpp), e.g. http://127.0.0.1:8000; with "
+        "backend auto or openai the model runs there. Its API key is read from the server's FIM_LSP_API_KEY "
+        "environment variable."),
+    "apiKey": Setting(
+        "model", "api_key", (str, type(None)), None,
+        "Bearer key for url; better left unset in settings files: the server reads FIM_LSP_API_KEY from its "
+        "environment."),
+    "family": Setting(
+        "model", "family", (str, type(None)), ('starcoder', 'santacoder', None),
+        "FIM token spelling for fim-lsp.url when no local tokenizer (fim-lsp.model) names it."),
+    "remoteModel": Setting(
+        "model", "remote_model", (str, type(None)), None,
+        "Model name sent to fim-lsp.url; empty takes the first one its /v1/models lists."),
+    "remoteTimeoutMs": Setting(
+        "model", "remote_timeout_s", (int, float), None,
+        "How long one request to fim-lsp.url may take to answer."),
+    "speculate": Setting(
+        "model", "speculate", (int, type(None)), None,
+        "Prompt-lookup draft tokens verified per greedy step; 0 turns it off, empty uses it where it pays (on"
+        " the CPU)."),
 }
 _IGNORED = {"token"}  # read elsewhere (the TCP shared secret)
+RENAMED = {"branches": "beam"}  # old wire key -> its name now (accepted, with a note that says so)
 
 
-def apply_settings(config: ServerConfig, raw: Any) -> ServerConfig:
+def apply_settings(config: ServerConfig, raw: Any, notes: list[str] | None = None) -> ServerConfig:
     """`config` with the wire settings in `raw` applied; raise ConfigError on any bad value.
 
     `raw` is the client's JSON: flat (`{"maxNewTokens": 32}`) or nested under a section name
-    (`{"fim-lsp": {...}}`, as VS Code sends it). Unknown keys are an error, so a typo is seen.
+    (`{"fim-lsp": {...}}`, as VS Code sends it). Unknown keys are an error, so a typo is seen;
+    a renamed key still applies and a line saying so is appended to `notes`.
     """
     if raw is None:
         return config
@@ -124,9 +202,14 @@ def apply_settings(config: ServerConfig, raw: Any) -> ServerConfig:
     for key, value in raw.items():
         if key in _IGNORED:
             continue
-        if key not in _KEYS:
-            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(_KEYS))}")
-        component, name, types, allowed = _KEYS[key]
+        if key in RENAMED:
+            if notes is not None:
+                notes.append(f"setting {key!r} is now called {RENAMED[key]!r}; the old name still works for now")
+            key = RENAMED[key]
+        if key not in SETTINGS:
+            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(SETTINGS))}")
+        setting = SETTINGS[key]
+        component, name, types, allowed = setting.component, setting.field, setting.types, setting.allowed
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise ConfigError(f"setting {key!r} must be {wanted}, got {value!r}")
@@ -160,8 +243,8 @@ def check(config: ServerConfig) -> None:
         raise ConfigError(f"prefixSuffixRatio must be > 0, got {c.prefix_suffix_ratio}")
     if not 0 <= c.min_token_probability < 1:
         raise ConfigError(f"minTokenProbability must be >= 0 and < 1, got {c.min_token_probability}")
-    if c.branches is not None and not 1 <= c.branches <= 8:
-        raise ConfigError(f"branches must be between 1 and 8, got {c.branches}")
+    if c.beam is not None and not 1 <= c.beam <= 8:
+        raise ConfigError(f"beam must be between 1 and 8, got {c.beam}")
     if c.time_budget_s is not None and c.time_budget_s <= 0:
         raise ConfigError(f"timeBudgetMs must be > 0, got {c.time_budget_s * 1000}")
     if config.debounce_ms < 0:
@@ -196,10 +279,31 @@ def config_from_args(args: Any) -> ServerConfig:
         completion = replace(completion, max_new_tokens=args.max_new_tokens)
     if getattr(args, "temperature", None) is not None:
         completion = replace(completion, temperature=args.temperature)
-    if getattr(args, "branches", None) is not None:
-        completion = replace(completion, branches=args.branches)
+    if getattr(args, "beam", None) is not None:
+        completion = replace(completion, beam=args.beam)
     if getattr(args, "fim_mode", None) is not None:
         completion = replace(completion, fim_mode=args.fim_mode)
     config = ServerConfig(model=model, completion=completion)
     check(config)
     return config
+
+
+def default_of(key: str) -> Any:
+    """A setting's default, as its wire value (milliseconds where the key says Ms)."""
+    setting = SETTINGS[key]
+    owner = {"model": ModelConfig(), "completion": CompletionSettings(), "server": ServerConfig()}[setting.component]
+    value = getattr(owner, setting.field)
+    if key.endswith("Ms") and isinstance(value, float):
+        value = round(value * 1000)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (docs/settings.md holds exactly this; a test checks it)."""
+    rows = ["| setting | default | what it does |", "| --- | --- | --- |"]
+    for key, setting in SETTINGS.items():
+        default = default_of(key)
+        shown = "empty" if default is None else f"`{json.dumps(default)}`"
+        values = f" One of: {', '.join(f'`{v}`' for v in setting.allowed if v is not None)}." if setting.allowed else ""
+        rows.append(f"| `{key}` | {shown} | {setting.doc}{values} |")
+    return "\n".join(rows) + "\n"

@@ -38,15 +38,15 @@ class PipelineConfig:
     heal: bool = True  # re-spell the token at the cursor (engine.healing); backends without it ignore it
     min_token_probability: float = 0.0  # hide suggestions with a token the model was less sure of
     # one-line suggestions: how many lines to compare (a beam search, or first tokens continued
-    # greedily), showing the likeliest (None: `AUTO_BRANCHES` where a decode is cheap, `branches_for`)
-    branches: int | None = None
+    # greedily), showing the likeliest (None: `AUTO_BEAM` where a decode is cheap, `beam_for`)
+    beam: int | None = None
 
 
-AUTO_BRANCHES = 3  # lines compared for a one-line suggestion where decoding is cheap
+AUTO_BEAM = 3  # lines compared for a one-line suggestion where decoding is cheap
 CHEAP_DECODE_PARAMS = 100_000_000  # smaller models decode a line in tens of ms on a CPU (the bundled one: ~30 ms)
 
 
-def branches_for(backend: Backend, config: PipelineConfig) -> int:
+def beam_for(backend: Backend, config: PipelineConfig) -> int:
     """How many lines to compare for a greedy one-line suggestion.
 
     A small model's greedy line often copies the line above (dropped by post-processing) or takes a
@@ -57,9 +57,9 @@ def branches_for(backend: Backend, config: PipelineConfig) -> int:
     """
     if config.temperature > 0 or not (backend.ranks_first_token or backend.searches_lines):
         return 1
-    if config.branches is not None:
-        return config.branches
-    return AUTO_BRANCHES if 0 < backend.info.params < CHEAP_DECODE_PARAMS else 1
+    if config.beam is not None:
+        return config.beam
+    return AUTO_BEAM if 0 < backend.info.params < CHEAP_DECODE_PARAMS else 1
 
 
 def pipeline_config(settings: CompletionSettings) -> PipelineConfig:
@@ -74,7 +74,7 @@ def pipeline_config(settings: CompletionSettings) -> PipelineConfig:
         time_budget_s=settings.time_budget_s,
         heal=settings.token_healing,
         min_token_probability=settings.min_token_probability,
-        branches=settings.branches,
+        beam=settings.beam,
     )
 
 
@@ -90,10 +90,10 @@ class Outcome:
     # the lowest probability the model gave a token of the suggestion (of the generation when none
     # is shown); None when reused or the backend does not report it
     confidence: float | None = None
-    # branches: the other lines compared that would be shown, likeliest first (alternatives for a
-    # request made by hand), and how many lines were compared (a beam's, or first-token ranks decoded)
-    runners_up: tuple[Outcome, ...] = ()
-    ranks: int = 1
+    # the beam: the other lines compared that would be shown, likeliest first (offered beside the
+    # suggestion to a request made by hand), and how many lines were compared (a beam's, or first-token ranks decoded)
+    other_lines: tuple[Outcome, ...] = ()
+    beam: int = 1
 
     @property
     def raw(self) -> str:
@@ -139,7 +139,7 @@ def complete(
         ))
     prompt = build_prompt(ctx, backend.fim, count_tokens, backend.info.n_ctx, config.prompt, path=path, snippets=snippets)
     one_line = not takes_block(ctx, config.postprocess)
-    branches = branches_for(backend, config) if one_line and first_token_rank == 0 else 1
+    beam = beam_for(backend, config) if one_line and first_token_rank == 0 else 1
     request = CompletionRequest(
         doc_id=DocId(doc_id), prompt=prompt.text, max_new_tokens=config.prompt.max_new_tokens,
         temperature=config.temperature, seed=config.seed,
@@ -148,17 +148,17 @@ def complete(
         stop_at_line_end=one_line,  # one line: the tokens after its end would be decoded only to be cut
         stop_at_dedent=block_floor(ctx, config.postprocess),  # a block: the lines after it likewise
         stop_at_loop=True,  # a line repeating itself shows its first copy, not the token budget's worth
-        token_probabilities=config.min_token_probability > 0 or branches > 1, first_token_rank=first_token_rank,
+        token_probabilities=config.min_token_probability > 0 or beam > 1, first_token_rank=first_token_rank,
     )
-    if branches > 1 and backend.searches_lines:  # one beam search finds the likeliest lines
-        found = backend.complete(replace(request, beam=branches), cancel)
-        runs = [_Branch(rank, _score(result, suggestion), suggestion, result, confidence)
-                for rank, result in enumerate([found, *found.alternatives])
+    if beam > 1 and backend.searches_lines:  # one beam search finds the likeliest lines
+        found = backend.complete(replace(request, beam=beam), cancel)
+        runs = [_Line(rank, _score(result, suggestion), suggestion, result, confidence)
+                for rank, result in enumerate([found, *found.other_lines])
                 for suggestion, confidence in [_checked(result, ctx, config, backend)]]
         calls = [found]
     else:
-        ranks = range(first_token_rank, first_token_rank + branches)
-        runs = _first_token_branches(backend, request, ctx, config, ranks, cancel)
+        ranks = range(first_token_rank, first_token_rank + beam)
+        runs = _first_token_lines(backend, request, ctx, config, ranks, cancel)
         calls = [run.result for run in runs]
     ranked = sorted(runs, key=lambda run: (-run.logprob, run.rank))  # likeliest first; a tie: the likelier first token
     best = ranked[0]
@@ -167,36 +167,36 @@ def complete(
         first = calls[0]
         result = replace(result, reused_tokens=first.reused_tokens, prefill_tokens=first.prefill_tokens,
                          latency_ms=sum(call.latency_ms for call in calls),
-                         extra={**result.extra, "branches": float(len(runs)),
-                                "branch_tokens": float(sum(run.result.generated_tokens for run in runs))})
-    runners_up = tuple(Outcome(suggestion=run.suggestion, context=ctx, prompt=prompt, result=run.result,
+                         extra={**result.extra, "beam": float(len(runs)),
+                                "beam_tokens": float(sum(run.result.generated_tokens for run in runs))})
+    other_lines = tuple(Outcome(suggestion=run.suggestion, context=ctx, prompt=prompt, result=run.result,
                                snippets=snippets, confidence=run.confidence)
                        for run in ranked[1:] if run.suggestion is not None)
     return Outcome(suggestion=best.suggestion, context=ctx, prompt=prompt, result=result, snippets=snippets,
-                   confidence=best.confidence, runners_up=runners_up, ranks=len(runs))
+                   confidence=best.confidence, other_lines=other_lines, beam=len(runs))
 
 
-def _first_token_branches(backend: Backend, request: CompletionRequest, ctx: CursorContext, config: PipelineConfig,
-                          ranks: range, cancel: CancelToken | None) -> list[_Branch]:
+def _first_token_lines(backend: Backend, request: CompletionRequest, ctx: CursorContext, config: PipelineConfig,
+                          ranks: range, cancel: CancelToken | None) -> list[_Line]:
     """Greedy lines from each of the first tokens of these `ranks`, one backend call each, within
     the request's time budget (a backend without a beam search)."""
-    runs: list[_Branch] = []
+    runs: list[_Line] = []
     budget_ms = config.time_budget_s * 1000 if config.time_budget_s is not None else None
     for rank in ranks:
         left_ms = budget_ms - sum(run.result.latency_ms for run in runs) if budget_ms is not None else None
         if left_ms is not None and runs and left_ms <= 0:
-            break  # the time budget covers all the branches
+            break  # the time budget covers all the lines
         result = backend.complete(replace(request, first_token_rank=rank,
                                           time_budget_s=left_ms / 1000 if left_ms is not None else None), cancel)
         suggestion, confidence = _checked(result, ctx, config, backend)
-        runs.append(_Branch(rank, _score(result, suggestion), suggestion, result, confidence))
+        runs.append(_Line(rank, _score(result, suggestion), suggestion, result, confidence))
         if result.stop_reason == "time_budget":
-            break  # out of time: the branches after it would be too
+            break  # out of time: the lines after it would be too
     return runs
 
 
 @dataclass(frozen=True, slots=True)
-class _Branch:
+class _Line:
     """One line compared (a beam's, or a first token's greedy line) and what post-processing made of it."""
 
     rank: int  # its place: in the beam's order, or its first token's among the model's choices (0: the likeliest)

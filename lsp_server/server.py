@@ -116,10 +116,13 @@ def initialize(ls: FimServer, params: types.InitializeParams) -> None:
         if given != ls.required_token:
             ls.authorized = False
             raise JsonRpcInvalidRequest("this server needs initializationOptions.token (its --token)")
+    notes: list[str] = []
     try:
-        ls.config = apply_settings(ls.config, options)
+        ls.config = apply_settings(ls.config, options, notes)
     except ConfigError as exc:
         ls.log(types.MessageType.Error, f"fim-lsp: initializationOptions ignored: {exc}")
+    for note in notes:
+        ls.log(types.MessageType.Warning, f"fim-lsp: {note}")
     ls.scheduler.debounce_s = ls.config.debounce_ms / 1000
 
 
@@ -140,11 +143,14 @@ def shutdown(ls: FimServer, params: None) -> None:
 async def workspace_did_change_configuration(ls: FimServer, params: types.DidChangeConfigurationParams) -> None:
     if not ls.authorized:
         return
+    notes: list[str] = []
     try:
-        new = apply_settings(ls.config, params.settings)
+        new = apply_settings(ls.config, params.settings, notes)
     except ConfigError as exc:
         ls.show(types.MessageType.Error, f"fim-lsp: settings not applied: {exc}")
         return
+    for note in notes:
+        ls.log(types.MessageType.Warning, f"fim-lsp: {note}")
     old, ls.config = ls.config, new
     ls.scheduler.debounce_s = new.debounce_ms / 1000
     if (new.completion, new.exclude) != (old.completion, old.exclude):

@@ -58,7 +58,7 @@ def recomputed_logprobs(loaded, ids: list[int], continuation: list[int]) -> list
 def test_each_line_is_scored_exactly_and_they_come_likeliest_first(loaded, prefix, suffix):
     b = backend(loaded)
     result = b.complete(line_request(b, prefix, suffix, beam=4))
-    lines = [result, *result.alternatives]
+    lines = [result, *result.other_lines]
     assert 2 <= len(lines) <= 4
     ids = b.tokenizer.encode(fim(b, prefix, suffix))
     for line in lines:
@@ -87,7 +87,7 @@ def test_the_best_line_is_at_least_as_likely_as_the_greedy_one(loaded, prefix, s
     if greedy.stop_reason in ("eos", "stop_token"):  # greedy took the likeliest stop token of its kind
         stops = [b.tokenizer.eod_id] if greedy.stop_reason == "eos" else sorted(b.stop_ids - {b.tokenizer.eod_id})
         greedy_score += max(recomputed_logprobs(loaded, ids, [*greedy.token_ids, stop])[-1] for stop in stops)
-    assert greedy.score is None and greedy.alternatives == []  # width 1 is plain greedy decoding
+    assert greedy.score is None and greedy.other_lines == []  # width 1 is plain greedy decoding
     best = backend(loaded).complete(line_request(b, prefix, suffix, beam=4))
     assert best.score >= greedy_score - 1e-4
 
@@ -118,7 +118,7 @@ def test_lines_that_show_the_same_text_come_once(loaded):
     for prefix, suffix in PROMPTS:
         for stops in ((), ("\n",), (" ",)):  # "\n": the pipeline's mid-line stop; " ": most lines stop early
             result = b.complete(line_request(b, prefix, suffix, beam=4, stop_strings=stops))
-            texts = [r.text for r in [result, *result.alternatives]]
+            texts = [r.text for r in [result, *result.other_lines]]
             assert len(set(texts)) == len(texts), texts
             assert not any(s in text for s in stops for text in texts)
 
@@ -132,8 +132,8 @@ def test_the_slot_keeps_the_prompt_and_the_next_keystroke_is_exact(loaded):
     again = b.complete(typed)
     fresh = backend(loaded).complete(typed)
     assert again.reused_tokens > 0 and again.prefill_tokens < fresh.prefill_tokens
-    assert [(r.token_ids, r.score) for r in [again, *again.alternatives]] == \
-        [(r.token_ids, pytest.approx(r.score, abs=1e-4)) for r in [fresh, *fresh.alternatives]]
+    assert [(r.token_ids, r.score) for r in [again, *again.other_lines]] == \
+        [(r.token_ids, pytest.approx(r.score, abs=1e-4)) for r in [fresh, *fresh.other_lines]]
     greedy = b.complete(line_request(b, prefix + "self.", suffix, beam=1))  # the beam left the slot sound
     assert greedy.token_ids == backend(loaded).complete(line_request(b, prefix + "self.", suffix, beam=1)).token_ids
 
@@ -144,7 +144,7 @@ def test_healing_lines_re_spell_the_backed_off_text(loaded):
     result = b.complete(line_request(b, prefix, suffix, beam=3, heal=True))
     whole = b.tokenizer.encode(fim(b, prefix, suffix))
     backed_off = b.tokenizer.decode(whole[-1:])
-    for line in [result, *result.alternatives]:
+    for line in [result, *result.other_lines]:
         written = b.tokenizer.decode(line.token_ids)
         assert written.startswith(backed_off) and line.text == written[len(backed_off):][:len(line.text)]
         expected = recomputed_logprobs(loaded, whole[:-1], line.token_ids)
@@ -156,9 +156,9 @@ def test_only_greedy_one_line_requests_search(loaded):
     prefix, suffix = PROMPTS[1]
     sampled = b.complete(line_request(b, prefix, suffix, beam=3, temperature=0.8, seed=1))
     block = b.complete(CompletionRequest(DOC, fim(b, prefix, suffix), max_new_tokens=8, beam=3))
-    assert sampled.score is None and block.score is None and not sampled.alternatives and not block.alternatives
+    assert sampled.score is None and block.score is None and not sampled.other_lines and not block.other_lines
     empty = b.complete(replace(line_request(b, prefix, suffix, beam=3), max_new_tokens=0))  # caches the prompt
-    assert (empty.text, empty.token_ids, empty.alternatives) == ("", [], [])
+    assert (empty.text, empty.token_ids, empty.other_lines) == ("", [], [])
     with pytest.raises(ValueError, match="beam"):
         b.complete(line_request(b, prefix, suffix, beam=0))
 
@@ -168,7 +168,7 @@ def test_a_deadline_returns_the_partial_lines_and_a_cancel_raises(loaded):
     b = backend(loaded, clock=lambda: float(next(ticks)))  # every reading is a second later
     prefix, suffix = PROMPTS[0]
     result = b.complete(line_request(b, prefix, suffix, beam=3, time_budget_s=3.5))
-    lines = [result, *result.alternatives]
+    lines = [result, *result.other_lines]
     assert any(line.stop_reason == "time_budget" for line in lines)
     assert all(len(line.token_ids) <= 2 for line in lines)
     with pytest.raises(Cancelled):

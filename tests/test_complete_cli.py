@@ -11,6 +11,8 @@ import pytest
 
 from lsp_server import pipeline
 from fim_lsp.cli import main
+from fim_lsp.complete import prompt_path
+from lsp_server.documents import uri_to_path
 from lsp_server.config import CompletionSettings, ModelConfig
 
 SOURCE = "# café ☕ menu\ndef price(item):\n    return PRICES[item] * \n\nprint(price('tea'))\n"
@@ -37,7 +39,7 @@ def test_json_output_at_two_positions_matches_the_pipeline(tmp_path, tiny_starco
         assert (row["device"], row["dtype"]) == ("cpu", "float32")
         # characters are code points: (0, 12) sits after "# café ☕ men", whatever the encoding's units
         outcome = pipeline.complete(engine, str(source), SOURCE, row["line"], row["character"], encoding="utf-32",
-                                    config=config, path=str(source))
+                                    config=config, path="menu.py")  # outside a repository and the cwd: its name
         assert row["prompt"] == outcome.prompt.text
         assert row["raw"] == outcome.raw
         assert row["text"] == (outcome.suggestion.text if outcome.suggestion else "")
@@ -45,8 +47,27 @@ def test_json_output_at_two_positions_matches_the_pipeline(tmp_path, tiny_starco
         assert row["generated_tokens"] == len(outcome.result.token_ids) <= 8
         assert row["min_token_probability"] == pytest.approx(outcome.confidence, rel=1e-5)
         # a small model: a beam of 3, which returns the lines it finished by the time it settled
-        assert row["branches"] == outcome.ranks and 1 <= outcome.ranks <= 3
+        assert row["beam"] == outcome.beam and 1 <= outcome.beam <= 3
     assert rows[1]["prompt"].endswith("# café ☕ men")  # SPM: the prefix ends the prompt
+
+
+def test_the_cli_names_a_file_as_the_server_names_it(tmp_path):
+    """Relative to the enclosing git repository (the workspace folder an editor opens), else to the
+    current directory, else by its name: the `<filename>` the server's prompt carries."""
+    repo = tmp_path / "shop"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "src" / "menu").mkdir(parents=True)
+    file = repo / "src" / "menu" / "prices.py"
+    file.write_text("x = 1\n")
+    server_name = uri_to_path(file.as_uri(), [repo.as_uri()])
+    assert server_name == "src/menu/prices.py"
+    assert prompt_path(file, cwd=tmp_path) == server_name  # the repository wins over a cwd above it
+    assert prompt_path(file, cwd=repo / "src") == "menu/prices.py"  # a folder inside it is the innermost root
+    loose = tmp_path / "notes" / "todo.py"
+    loose.parent.mkdir()
+    loose.write_text("")
+    assert prompt_path(loose, cwd=tmp_path) == "notes/todo.py"
+    assert prompt_path(loose, cwd=repo) == "todo.py"
 
 
 def broken_copy(tmp_path: Path, model: Path, edit) -> Path:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lsp_server.config import (_KEYS, CompletionSettings, ConfigError, ModelConfig, ServerConfig, apply_settings,
-                               config_from_args)
+from lsp_server.config import (SETTINGS, CompletionSettings, ConfigError, ModelConfig, ServerConfig, apply_settings,
+                               config_from_args, settings_table)
 
 VSCODE = Path(__file__).resolve().parent.parent / "editor-clients" / "vscode"
 
@@ -19,14 +19,14 @@ def test_flat_settings_apply_to_their_components():
         "model": "/models/santacoder", "revision": "main", "backend": "torch", "device": "cpu", "dtype": "bfloat16",
         "cacheBytes": 1 << 30, "maxNewTokens": 32, "temperature": 0.2, "multiline": "never",
         "prefixSuffixRatio": 2, "neighbours": False, "fimMode": "psm", "timeBudgetMs": 500, "debounceMs": 30,
-        "tokenHealing": False, "minTokenProbability": 0.2, "alternatives": 2, "exclude": ["**/.env", "*.pem"], "branches": 2,
+        "tokenHealing": False, "minTokenProbability": 0.2, "alternatives": 2, "exclude": ["**/.env", "*.pem"], "beam": 2,
     })
     assert config == ServerConfig(
         model=ModelConfig(model="/models/santacoder", revision="main", backend="torch", device="cpu",
                           dtype="bfloat16", cache_bytes=1 << 30),
         completion=CompletionSettings(max_new_tokens=32, temperature=0.2, multiline="never", prefix_suffix_ratio=2,
                                       neighbours=False, fim_mode="psm", time_budget_s=0.5, token_healing=False,
-                                      min_token_probability=0.2, branches=2),
+                                      min_token_probability=0.2, beam=2),
         debounce_ms=30, alternatives=2, exclude=("**/.env", "*.pem"),
     )
 
@@ -52,9 +52,9 @@ def test_none_and_empty_leave_the_configuration_unchanged():
     ({"temperature": -1}, "temperature must be >= 0"),
     ({"debounceMs": -5}, "debounceMs must be >= 0"),
     ({"alternatives": 0}, "alternatives must be between 1 and 8"),
-    ({"branches": 0}, "branches must be between 1 and 8"),
-    ({"branches": 9}, "branches must be between 1 and 8"),
-    ({"branches": 2.5}, "'branches' must be int or null"),
+    ({"beam": 0}, "beam must be between 1 and 8"),
+    ({"beam": 9}, "beam must be between 1 and 8"),
+    ({"beam": 2.5}, "'beam' must be int or null"),
     ({"exclude": "**/.env"}, "'exclude' must be list"),
     ({"exclude": ["*.pem", 3]}, "'exclude' must be a list of glob patterns"),
     ({"exclude": [" "]}, "'exclude' must be a list of glob patterns"),
@@ -70,10 +70,10 @@ def test_bad_settings_raise_a_clear_error(raw, message):
 
 def test_command_line_flags():
     args = argparse.Namespace(model="m", revision=None, backend="auto", device="cpu", dtype="float32", threads=2,
-                              max_new_tokens=16, temperature=0.0, fim_mode="spm", branches=1)
+                              max_new_tokens=16, temperature=0.0, fim_mode="spm", beam=1)
     config = config_from_args(args)
     assert config.model == ModelConfig(model="m", device="cpu", dtype="float32", threads=2)
-    assert config.completion == CompletionSettings(max_new_tokens=16, fim_mode="spm", branches=1)
+    assert config.completion == CompletionSettings(max_new_tokens=16, fim_mode="spm", beam=1)
 
 
 def test_a_url_with_backend_auto_runs_remotely_from_the_wire_and_the_command_line():
@@ -95,10 +95,31 @@ def test_the_vscode_extension_offers_every_server_setting_with_the_servers_value
     props = json.loads((VSCODE / "package.json").read_text())["contributes"]["configuration"]["properties"]
     source = (VSCODE / "src" / "extension.ts").read_text()
     sent = re.findall(r"'(\w+)'", re.search(r"const SERVER_KEYS = \[(.*?)\]", source, re.S).group(1))
-    assert sorted(sent) == sorted(set(_KEYS) - {"apiKey"}), "apiKey comes from the environment, never settings.json"
+    assert sorted(sent) == sorted(set(SETTINGS) - {"apiKey"}), "apiKey comes from the environment, never settings.json"
     for key in sent:
         prop = props[f"fim-lsp.{key}"]
-        allowed = _KEYS[key][3]
+        allowed = SETTINGS[key].allowed
+        assert prop["description"] == SETTINGS[key].doc, f"package.json's {key} says what SETTINGS says"
         if allowed is not None:
             assert prop["enum"] == list(allowed), key
         assert apply_settings(ServerConfig(), {key: prop["default"]}) == ServerConfig(), (key, prop["default"])
+
+
+def test_the_old_name_of_a_renamed_setting_still_applies_and_says_so():
+    notes: list[str] = []
+    config = apply_settings(ServerConfig(), {"branches": 2}, notes)
+    assert config.completion.beam == 2
+    assert notes == ["setting 'branches' is now called 'beam'; the old name still works for now"]
+
+
+def test_the_settings_page_is_the_generated_table_and_every_client_points_to_it():
+    root = VSCODE.parent.parent
+    page = (root / "docs" / "settings.md").read_text()
+    table = page.split("<!-- generated: settings_table() -->\n")[1].split("<!-- end generated -->")[0]
+    assert table == settings_table(), "regenerate docs/settings.md from lsp_server.config.settings_table()"
+    assert all(f"| `{key}` |" in table for key in SETTINGS)
+    for readme in ("README.md", "editor-clients/neovim/README.md", "editor-clients/jupyterlab/README.md",
+                   "editor-clients/vscode/README.md"):
+        text = (root / readme).read_text()
+        assert "docs/settings.md" in text, f"{readme} sends readers to the one settings list"
+        assert "`branches`" not in text.replace("`branches` is now `beam`", ""), f"{readme} uses the setting's name"

@@ -149,9 +149,9 @@ def test_the_token_is_required_and_bad_requests_get_clear_errors(local_engine):
         code, searched = post(url, "/v1/fim-lsp/completions", json.dumps(lines).encode(), auth)
         local = local_engine.complete(CompletionRequest(DocId("local-beam"), lines["prompt"], max_new_tokens=4,
                                                         stop_at_line_end=True, beam=3))
-        assert code == 200 and [searched["token_ids"], *(a["token_ids"] for a in searched["alternatives"])] == \
-            [local.token_ids, *(a.token_ids for a in local.alternatives)]  # the same beam search, as in process
-        assert searched["score"] == pytest.approx(local.score) and len(searched["alternatives"]) >= 1
+        assert code == 200 and [searched["token_ids"], *(a["token_ids"] for a in searched["other_lines"])] == \
+            [local.token_ids, *(a.token_ids for a in local.other_lines)]  # the same beam search, as in process
+        assert searched["score"] == pytest.approx(local.score) and len(searched["other_lines"]) >= 1
         too_long = {"client": "c1", "doc_id": "d", "prompt": "x = 1\n" * 2000, "max_tokens": 4}
         cases = {
             b"{not json": "the body is not JSON",

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 DEFAULT = Path(__file__).resolve().parent.parent / "engine" / "default_model"
 MAX_BYTES = 25 * 1024 * 1024

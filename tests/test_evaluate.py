@@ -211,16 +211,16 @@ def test_cli_eval_json_on_a_kit_checkpoint(tiny_starcoder, capsys):
     assert "eval single-line" in out.err  # the progress bar
 
 
-def test_cli_eval_says_how_many_branches_each_one_line_suggestion_took(tiny_starcoder, capsys):
+def test_cli_eval_says_how_many_lines_each_one_line_suggestion_took(tiny_starcoder, capsys):
     base = ["eval", "--model", str(tiny_starcoder), "--limit", "2", "--max-new-tokens", "8", "--json"]
     summaries = {}
-    for name, extra in {"auto": [], "one": ["--branches", "1"], "block": ["--benchmark", "multi-line"]}.items():
+    for name, extra in {"auto": [], "one": ["--beam", "1"], "block": ["--benchmark", "multi-line"]}.items():
         assert cli.main([*base, *extra]) == 0
         summaries[name] = json.loads(capsys.readouterr().out)
-    # the kit model is small (auto branches); a block suggestion never branches
-    assert [summaries[k]["branches"] for k in ("auto", "one", "block")] == [3, 1, 1]
-    assert cli.main([*base, "--branches", "0"]) == 2
-    assert "branches must be between 1 and 8, got 0" in capsys.readouterr().err
+    # the kit model is small (auto beam); a block suggestion compares one line
+    assert [summaries[k]["beam"] for k in ("auto", "one", "block")] == [3, 1, 1]
+    assert cli.main([*base, "--beam", "0"]) == 2
+    assert "beam must be between 1 and 8, got 0" in capsys.readouterr().err
 
 
 def test_cli_eval_results_file_has_each_problems_suggestion(tiny_starcoder, tmp_path, capsys):
@@ -239,7 +239,7 @@ def test_cli_eval_results_file_has_each_problems_suggestion(tiny_starcoder, tmp_
 def test_cli_eval_hides_suggestions_the_model_was_unsure_of(tiny_starcoder, tmp_path, capsys):
     # one branch: each problem has one candidate, so the threshold decides exactly which are shown
     args = ["eval", "--model", str(tiny_starcoder), "--benchmark", "idioms", "--limit", "12",
-            "--max-new-tokens", "6", "--branches", "1", "--json", "--results"]
+            "--max-new-tokens", "6", "--beam", "1", "--json", "--results"]
     assert cli.main([*args, str(tmp_path / "all.jsonl")]) == 0
     everything = json.loads(capsys.readouterr().out)
     rows = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]

@@ -13,7 +13,7 @@ from engine.backends.torch_backend import TorchBackend
 from engine.cache import CacheConfig
 from engine.loading import load_model
 from engine.onnx_format import FP32_FILE, MANIFEST, Manifest, checkpoint_hash
-from engine import hardware, select
+from engine import hardware
 from engine.select import load_backend
 from tests.conftest import kit
 
@@ -61,7 +61,7 @@ def test_a_beam_search_finds_the_torch_backends_lines_and_leaves_the_slot_as_the
             result = backend.complete(CompletionRequest(DocId(f"b{i}"), prompt(backend, text), max_new_tokens=6,
                                                         stop_at_line_end=True, stop_strings=(")", " "), beam=3,
                                                         heal=True))
-            lines.append([(r.token_ids, r.score) for r in [result, *result.alternatives]])
+            lines.append([(r.token_ids, r.score) for r in [result, *result.other_lines]])
         assert len(lines[1]) >= 2
         assert [ids for ids, _ in lines[1]] == [ids for ids, _ in lines[0]]
         assert [score for _, score in lines[1]] == pytest.approx([score for _, score in lines[0]], abs=1e-3)

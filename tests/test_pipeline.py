@@ -268,7 +268,7 @@ def test_without_token_probabilities_nothing_is_hidden():
     assert pipeline.pipeline_config(CompletionSettings(min_token_probability=0.3)).min_token_probability == 0.3
 
 
-# -- branches: the likeliest of a few first tokens' greedy lines ------------------------------------
+# -- the beam: the likeliest of a few first tokens' greedy lines ------------------------------------
 
 CLASS = "class P:\n    def __init__(self, name, age):\n        self.name = name\n        \n\n    def greet(self):\n        pass\n"
 
@@ -282,7 +282,7 @@ class RankedBackend:
     params: int = 7_000_000
     stop_reason: str = "line_end"
     fim: object = STARCODER
-    searches_lines: bool = False  # first-token branches (the beam is engine.beam's, tested there)
+    searches_lines: bool = False  # first-token lines (the beam search is engine.beam's, tested there)
     ranks_first_token: bool = True
     requests: list[CompletionRequest] = field(default_factory=list)
 
@@ -310,9 +310,9 @@ LINES = {0: ("self.name = name\n", [-0.1, -0.1, -0.1]),  # the likeliest, but it
          2: ("self.age = age\n", [-1.0, -0.3, -0.2])}
 
 
-def test_branches_show_the_likeliest_line_that_post_processing_keeps():
+def test_a_beam_shows_the_likeliest_line_that_post_processing_keeps():
     backend = RankedBackend(LINES)
-    outcome = pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=3))
+    outcome = pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, beam=3))
     assert [r.first_token_rank for r in backend.requests] == [0, 1, 2]
     assert all(r.token_probabilities for r in backend.requests), "the lines are compared by their probability"
     assert len({r.prompt for r in backend.requests}) == 1
@@ -320,38 +320,38 @@ def test_branches_show_the_likeliest_line_that_post_processing_keeps():
     assert outcome.confidence == pytest.approx(math.exp(-1.0))
     # the request's cost: the first run's prefill, all three runs' time
     assert (outcome.result.prefill_tokens, outcome.result.reused_tokens) == (40, 0)
-    assert outcome.result.latency_ms == 6.0 and outcome.result.extra["branches"] == 3
+    assert outcome.result.latency_ms == 6.0 and outcome.result.extra["beam"] == 3
     assert outcome.result.extra["branch_tokens"] == 8
 
 
 def test_one_branch_is_plain_greedy():
     backend = RankedBackend(LINES)
-    outcome = pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=1))
+    outcome = pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, beam=1))
     assert [r.first_token_rank for r in backend.requests] == [0]
     assert outcome.suggestion is None, "the greedy line repeats the line above"
 
 
 def test_a_tie_keeps_the_likelier_first_token():
     backend = RankedBackend({0: ("self.x = 1\n", [-1.0, -1.0]), 1: ("self.y = 2\n", [-0.5, -1.5])})
-    outcome = pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=2))
+    outcome = pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, beam=2))
     assert outcome.suggestion == Suggestion("self.x = 1")
 
 
 def test_a_branch_with_a_doubted_token_is_not_shown_but_the_others_still_compete():
     lines = {**LINES, 2: ("self.age = age\n", [-3.0, 0.0, 0.0])}  # sum -3.0 still beats -4.0, but one token is doubted
-    config = replace(ONE_LINE, branches=3, min_token_probability=0.1)  # exp(-3.0) = 0.05 < 0.1 <= exp(-2.0)
+    config = replace(ONE_LINE, beam=3, min_token_probability=0.1)  # exp(-3.0) = 0.05 < 0.1 <= exp(-2.0)
     outcome = pipeline.complete(RankedBackend(lines), "d", CLASS, 3, 8, config=config)
     assert outcome.suggestion == Suggestion("# type: ignore")
 
 
-def test_no_more_branches_once_out_of_time():
+def test_no_more_lines_once_out_of_time():
     backend = RankedBackend(LINES, stop_reason="time_budget")
-    pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=3))
+    pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, beam=3))
     assert len(backend.requests) == 1
 
 
 @pytest.mark.parametrize("params, temperature, ranks, multiline, rank, requests", [
-    (7_000_000, 0.0, True, "never", 0, 3),  # auto: a small model branches
+    (7_000_000, 0.0, True, "never", 0, 3),  # auto: a small model compares lines
     (1_100_000_000, 0.0, True, "never", 0, 1),  # a 1B model decodes too slowly for it
     (0, 0.0, True, "never", 0, 1),  # unknown size (a remote server)
     (7_000_000, 0.4, True, "never", 0, 1),  # sampling: no ranks to branch on
@@ -359,18 +359,18 @@ def test_no_more_branches_once_out_of_time():
     (7_000_000, 0.0, True, "always", 0, 1),  # a block: a sum over lines would favour the shortest
     (7_000_000, 0.0, True, "never", 1, 1),  # an alternative the user cycles to is that rank's line
 ])
-def test_auto_branches_only_where_they_are_cheap_and_meaningful(params, temperature, ranks, multiline, rank, requests):
+def test_auto_beam_only_where_they_are_cheap_and_meaningful(params, temperature, ranks, multiline, rank, requests):
     backend = RankedBackend(LINES, params=params, ranks_first_token=ranks)
     config = pipeline.PipelineConfig(postprocess=PostprocessConfig(multiline=multiline), temperature=temperature)
-    assert config.branches is None
+    assert config.beam is None
     pipeline.complete(backend, "d", CLASS, 3, 8, config=config, first_token_rank=rank)
     assert len(backend.requests) == requests
     assert [r.first_token_rank for r in backend.requests] == list(range(rank, rank + requests))
 
 
-def test_the_branches_setting_reaches_the_pipeline():
-    assert pipeline.pipeline_config(CompletionSettings(branches=2)).branches == 2
-    assert pipeline.pipeline_config(CompletionSettings()).branches is None
+def test_the_beam_setting_reaches_the_pipeline():
+    assert pipeline.pipeline_config(CompletionSettings(beam=2)).beam == 2
+    assert pipeline.pipeline_config(CompletionSettings()).beam is None
 
 
 @dataclass
@@ -391,25 +391,25 @@ class SearchingBackend(RankedBackend):
                                           prompt_tokens=40, reused_tokens=0, prefill_tokens=40, generated_tokens=n,
                                           latency_ms=5.0, token_logprobs=logprobs,
                                           token_ends=[len(text) * (i + 1) // n for i in range(n)], score=score))
-        found[0].alternatives = found[1:]
+        found[0].other_lines = found[1:]
         return found[0]
 
 
 def test_a_beam_is_one_request_and_its_likeliest_shown_line_wins():
     backend = SearchingBackend(LINES, scores=(-0.3, -2.5, -1.2))  # rank 1's comment line is the least likely
-    outcome = pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=3))
+    outcome = pipeline.complete(backend, "d", CLASS, 3, 8, config=replace(ONE_LINE, beam=3))
     assert [(r.beam, r.first_token_rank) for r in backend.requests] == [(3, 0)]
     assert outcome.suggestion == Suggestion("self.age = age")  # the copy of the line above (-0.3) is out
     # by the beam's scores, not the shown tokens' sums (which would put "# type: ignore" at -4.0 last too,
     # but "self.age = age" at -1.5)
-    assert [o.suggestion.text for o in outcome.runners_up] == ["# type: ignore"]
-    assert outcome.ranks == 3 and outcome.result.latency_ms == 5.0 and outcome.result.extra["branches"] == 3
+    assert [o.suggestion.text for o in outcome.other_lines] == ["# type: ignore"]
+    assert outcome.beam == 3 and outcome.result.latency_ms == 5.0 and outcome.result.extra["beam"] == 3
     one = SearchingBackend(LINES)
-    pipeline.complete(one, "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=1))
+    pipeline.complete(one, "d", CLASS, 3, 8, config=replace(ONE_LINE, beam=1))
     assert [r.beam for r in one.requests] == [1]  # one line: plain greedy decoding
     hidden = pipeline.complete(SearchingBackend(LINES), "d", CLASS, 3, 8,
-                               config=replace(ONE_LINE, branches=3, min_token_probability=0.2))
-    assert hidden.suggestion == Suggestion("self.age = age") and hidden.runners_up == ()  # exp(-2) < 0.2
+                               config=replace(ONE_LINE, beam=3, min_token_probability=0.2))
+    assert hidden.suggestion == Suggestion("self.age = age") and hidden.other_lines == ()  # exp(-2) < 0.2
 
 
 def test_a_beam_on_a_real_model_is_one_call_and_shows_its_likeliest_line_that_survives():
@@ -423,29 +423,29 @@ def test_a_beam_on_a_real_model_is_one_call_and_shows_its_likeliest_line_that_su
         return calls[-1][1]
 
     backend.complete = recorded
-    branched = pipeline.complete(backend, "b", CLASS, 3, 8, config=replace(ONE_LINE, branches=3))
+    branched = pipeline.complete(backend, "b", CLASS, 3, 8, config=replace(ONE_LINE, beam=3))
     assert [request.beam for request, _ in calls] == [3]
-    found = [calls[0][1], *calls[0][1].alternatives]
+    found = [calls[0][1], *calls[0][1].other_lines]
     assert len(found) >= 2 and [r.score for r in found] == sorted((r.score for r in found), reverse=True)
     ctx = branched.context
     kept = [text for r in found if (text := postprocess(r.text, ctx, ONE_LINE.postprocess,
                                                         stop_tokens=backend.fim.stop_tokens())) is not None]
-    assert branched.suggestion == kept[0] and [o.suggestion for o in branched.runners_up] == kept[1:]
-    assert branched.ranks == len(found) and branched.result.latency_ms == calls[0][1].latency_ms
+    assert branched.suggestion == kept[0] and [o.suggestion for o in branched.other_lines] == kept[1:]
+    assert branched.beam == len(found) and branched.result.latency_ms == calls[0][1].latency_ms
 
 
-def test_the_other_branches_are_the_runners_up_likeliest_first():
+def test_the_other_lines_compared_come_likeliest_first():
     lines = {**LINES, 3: ("self.age = None\n", [-1.0, -1.0, -0.5])}  # -2.5: between -1.5 and -4.0
-    outcome = pipeline.complete(RankedBackend(lines), "d", CLASS, 3, 8, config=replace(ONE_LINE, branches=4))
-    assert outcome.suggestion == Suggestion("self.age = age") and outcome.ranks == 4
+    outcome = pipeline.complete(RankedBackend(lines), "d", CLASS, 3, 8, config=replace(ONE_LINE, beam=4))
+    assert outcome.suggestion == Suggestion("self.age = age") and outcome.beam == 4
     # rank 0 repeats the line above: no runner-up; the rest by their lines' total log-probability
-    assert [o.suggestion.text for o in outcome.runners_up] == ["self.age = None", "# type: ignore"]
-    assert [o.confidence for o in outcome.runners_up] == pytest.approx([math.exp(-1.0), math.exp(-2.0)])
+    assert [o.suggestion.text for o in outcome.other_lines] == ["self.age = None", "# type: ignore"]
+    assert [o.confidence for o in outcome.other_lines] == pytest.approx([math.exp(-1.0), math.exp(-2.0)])
 
 
-def test_the_branches_share_the_time_budget():
+def test_the_lines_compared_share_the_time_budget():
     backend = RankedBackend(LINES)  # each run reports 2 ms
-    config = replace(ONE_LINE, branches=3, time_budget_s=0.005)
+    config = replace(ONE_LINE, beam=3, time_budget_s=0.005)
     pipeline.complete(backend, "d", CLASS, 3, 8, config=config)
     budgets = [r.time_budget_s for r in backend.requests]
     assert budgets == pytest.approx([0.005, 0.003, 0.001])

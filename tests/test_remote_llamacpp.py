@@ -174,7 +174,7 @@ def test_llama_cpp_reports_the_models_token_probabilities_when_asked(llama: Llam
 
     config = replace(pipeline.pipeline_config(CompletionSettings(max_new_tokens=8, neighbours=False,
                                                                  min_token_probability=0.01)), heal=False,
-                     branches=1)  # greedy on both sides (the server is asked once; in process a beam would run)
+                     beam=1)  # greedy on both sides (the server is asked once; in process a beam would run)
     remote = load_backend(model=TINY, url=llama.url, remote=RemoteConfig(stream=stream), environ={})
     local = pipeline.load_model(ModelConfig(model=TINY, dtype="float32"))
     theirs = pipeline.complete(remote, URI, TEXT, 1, 11, config=config).result

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from dataclasses import replace
 
 import pytest
 import pytest_asyncio
@@ -233,7 +232,7 @@ async def test_typing_inline_completion_fallback_and_acceptance(client: Language
     assert status["last"]["prompt_tokens"] > status["last"]["prefill_tokens"] >= 1  # the cache served the rest
     assert 0 < status["last"]["min_token_probability"] <= 1  # what minTokenProbability is compared with
     # the kit model is small: a beam of 3, settled once two finished lines beat the partial ones
-    assert 2 <= status["last"]["branches"] <= 3
+    assert 2 <= status["last"]["beam"] <= 3
     mirror.close_all()
 
 
@@ -412,9 +411,9 @@ async def test_asking_by_hand_offers_the_other_lines_the_beam_found_then_the_nex
                                  config=mirror.config, path=uri_to_path(uri), first_token_rank=rank)
 
     best = expected()
-    assert 2 <= best.ranks <= 3, "auto branches for a small model: a beam of 3 lines, settled at 2 or more"
-    more = [o for o in best.runners_up if o.suggestion.text != best.suggestion.text][:2]
-    further = [expected(rank) for rank in range(best.ranks, best.ranks + 2 - len(more))]
+    assert 2 <= best.beam <= 3, "auto beam for a small model: a beam of 3 lines, settled at 2 or more"
+    more = [o for o in best.other_lines if o.suggestion.text != best.suggestion.text][:2]
+    further = [expected(rank) for rank in range(best.beam, best.beam + 2 - len(more))]
     texts = list(dict.fromkeys(o.suggestion.text for o in (best, *more, *further) if o.suggestion is not None))
     assert [i.insert_text for i in invoked] == texts and len(texts) >= 2, "the kit model starts differently"
     assert invoked[0].insert_text == automatic[0].insert_text

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from engine.fim import family_tokens
+
 from fim_lsp.training.trainer import (
-    FimPolicy, FimTokenStrings, TrainConfig, display_path, fim_sample, lr_at, packed_sequences,
+    FimPolicy, TrainConfig, display_path, fim_sample, lr_at, packed_sequences,
     split_points, windows,
 )
 
@@ -21,7 +23,7 @@ TEXT = (
     "    def norm(self):\n"
     "        return (self.x ** 2 + self.y ** 2) ** 0.5\n"
 )
-TOKENS = FimTokenStrings()
+TOKENS = family_tokens("starcoder")
 
 
 def unpack(sample: str, order: str) -> tuple[str, str, str]:

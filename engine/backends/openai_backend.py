@@ -35,7 +35,8 @@ from engine.api import (
     BackendError, BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, StopReason,
     end_of_use,
 )
-from engine.fim import EOD_TOKEN, Family, FimTokens, fim_tokens_from_vocab
+from engine import fim
+from engine.fim import Family, FimTokens, fim_tokens_from_vocab
 
 log = logging.getLogger("fim-lsp.openai")
 
@@ -398,7 +399,7 @@ class OpenAIBackend:
                 token_logprobs=optional_list(answer.get("token_logprobs"), float),
                 token_ends=optional_list(answer.get("token_ends"), int),
                 score=None if answer.get("score") is None else float(answer["score"]),
-                alternatives=[self.daemon_result(other, start) for other in answer.get("alternatives") or ()],
+                other_lines=[self.daemon_result(other, start) for other in answer.get("other_lines") or ()],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BackendError(f"the engine daemon at {self.endpoint.shown} sent an answer without "
@@ -501,7 +502,7 @@ def load_backend(model: str | None = None, device: str = "auto", dtype: str = "a
             notes.append("tokens counted with the engine daemon's tokenizer")
         backend.served_model = backend.served_model or info.get("model")
         n_ctx = n_ctx or int(info.get("n_ctx") or 0) or None
-        params = int(info.get("params") or 0)  # the engine daemon's model size (pipeline.branches_for)
+        params = int(info.get("params") or 0)  # the engine daemon's model size (pipeline.beam_for)
     else:
         params = 0
     if backend.tokenizer is None:
@@ -520,13 +521,10 @@ def load_backend(model: str | None = None, device: str = "auto", dtype: str = "a
 
 def family_tokens(family: str) -> FimTokens:
     """The FIM tokens of a family named in configuration."""
-    if family == "starcoder":
-        vocab = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>", "<file_sep>")
-    elif family == "santacoder":
-        vocab = ("<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>")
-    else:
-        raise BackendError(f"family {family!r}: choose starcoder or santacoder")
-    return fim_tokens_from_vocab((EOD_TOKEN, *vocab))
+    try:
+        return fim.family_tokens(family)
+    except ValueError as exc:
+        raise BackendError(str(exc)) from None
 
 
 def tokenizer_from_json(text: Any) -> tuple[Any, FimTokens]:

@@ -114,7 +114,7 @@ class TorchBackend:
                 raise
         latency_ms = (self.clock() - start) * 1e3
         results = [self.result_of(gen, rules, decode, len(ids), plan, latency_ms, beam) for gen in gens]
-        results[0].alternatives = results[1:]
+        results[0].other_lines = results[1:]
         return results[0]
 
     @staticmethod

@@ -77,7 +77,7 @@ class Report:
     passed: int | None = None
     results: list[ProblemResult] = field(default_factory=list)
     min_token_probability: float = 0.0  # suggestions less sure than this were hidden
-    branches: int = 1  # the most lines a suggestion compared (the pipeline's `branches_for`)
+    beam: int = 1  # the most lines a suggestion compared (the pipeline's `beam_for`)
 
     @property
     def shown(self) -> int:
@@ -101,7 +101,7 @@ class Report:
             "exact_match": round(self.exact_match, 4), "exact_matches": self.exact_matches,
             "model": self.model, "backend": self.backend, "seconds": round(self.seconds, 1),
             "ms_per_problem": round(1000 * self.seconds / self.problems, 1) if self.problems else 0.0,
-            "shown": self.shown, "branches": self.branches,
+            "shown": self.shown, "beam": self.beam,
         }
         if self.min_token_probability:
             out["min_token_probability"] = self.min_token_probability
@@ -146,15 +146,15 @@ def program_for(problem: Problem, middle: str) -> str:
 
 
 def pipeline_config_for(benchmark: Benchmark, max_new_tokens: int, min_token_probability: float = 0.0,
-                        branches: int | None = None):
+                        beam: int | None = None):
     """Greedy, no neighbours or file name; one line for single-line and idioms, a block for multi-line;
-    `branches` as the server's setting (None: the pipeline's default for the model)."""
+    `beam` as the server's setting (None: the pipeline's default for the model)."""
     from lsp_server.pipeline import PipelineConfig
 
     return PipelineConfig(
         prompt=PromptConfig(max_new_tokens=max_new_tokens, neighbours=False, include_filename=False),
         postprocess=PostprocessConfig(multiline="never" if benchmark in ONE_LINE else "always", max_lines=64),
-        temperature=0.0, min_token_probability=min_token_probability, branches=branches,
+        temperature=0.0, min_token_probability=min_token_probability, beam=beam,
     )
 
 
@@ -170,16 +170,16 @@ def complete_problem(backend, problem: Problem, config) -> tuple[str, float, flo
     latency_ms = (time.perf_counter() - start) * 1000
     backend.drop(problem.task_id)  # each problem is its own document; free its cache slot
     text = outcome.suggestion.text if outcome.suggestion is not None else ""
-    return text, latency_ms, outcome.confidence, outcome.ranks
+    return text, latency_ms, outcome.confidence, outcome.beam
 
 
 def evaluate(backend, problems: Iterable[Problem], benchmark: Benchmark, *, max_new_tokens: int = 128,
              pass_at_1: bool = False, run_program: Callable | None = None, progress=None,
-             min_token_probability: float = 0.0, branches: int | None = None) -> Report:
+             min_token_probability: float = 0.0, beam: int | None = None) -> Report:
     """Score `backend` on `problems`; `progress` wraps the iterable (e.g. tqdm) when given."""
     problems = list(problems)
     # one-line benchmarks stop decoding at the line end
-    config = pipeline_config_for(benchmark, max_new_tokens, min_token_probability, branches)
+    config = pipeline_config_for(benchmark, max_new_tokens, min_token_probability, beam)
     if pass_at_1 and run_program is None:
         from fim_lsp.evaluation.sandbox import run_program
     report = Report(benchmark=benchmark, model=backend.info.model, backend=backend.info.backend,
@@ -188,8 +188,8 @@ def evaluate(backend, problems: Iterable[Problem], benchmark: Benchmark, *, max_
     start = time.perf_counter()
     iterator = progress(problems) if progress is not None else problems
     for problem in iterator:
-        middle, latency_ms, confidence, ranks = complete_problem(backend, problem, config)
-        report.branches = max(report.branches, ranks)
+        middle, latency_ms, confidence, beam = complete_problem(backend, problem, config)
+        report.beam = max(report.beam, beam)
         exact = exact_match(middle, problem.canonical_solution)
         passed, detail = None, ""
         if pass_at_1:
@@ -211,7 +211,7 @@ def format_report(report: Report) -> str:
             ("exact match", f"{report.exact_match:.1%} ({report.exact_matches}/{report.problems})"),
             ("shown", f"{report.shown}/{report.problems}" + (f" (min token probability {report.min_token_probability})"
                                                               if report.min_token_probability else "")),
-            ("branches", str(report.branches))]
+            ("beam", str(report.beam))]
     if report.passed is not None:
         rows.append(("pass@1", f"{report.pass_at_1:.1%} ({report.passed}/{report.problems})"))
     per = 1000 * report.seconds / report.problems if report.problems else 0.0
@@ -251,7 +251,7 @@ def main_eval(args: argparse.Namespace) -> int:
     try:
         report = evaluate(backend, problems, args.benchmark, max_new_tokens=args.max_new_tokens,
                           pass_at_1=args.pass_at_1, progress=bar, min_token_probability=args.min_token_probability,
-                          branches=args.branches)
+                          beam=args.beam)
     except Exception as exc:  # a model or prompt failure: say what, no traceback
         return fail(f"{type(exc).__name__}: {exc}")
     if args.results:

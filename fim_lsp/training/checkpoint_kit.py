@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from engine.fim import EOD_TOKEN, SPELLINGS
+
 Layout = Literal["gpt_bigcode", "santacoder-remote-code"]
 FamilyName = Literal["santacoder", "starcoder"]
 
@@ -44,9 +46,10 @@ SHAPES: dict[str, Shape] = {
     "starcoderbase-1b": Shape(24, 2048, 16, 8192, 49152, 49152, 0.02),
 }
 
-SANTACODER_SPECIALS = ["<|endoftext|>", "<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>"]
+# the published tokenizers' special tokens, in their id order (FIM spellings from engine.fim)
+SANTACODER_SPECIALS = [EOD_TOKEN, *SPELLINGS["santacoder"]]
 STARCODER_SPECIALS = [
-    "<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>",
+    EOD_TOKEN, *SPELLINGS["starcoder"], "<filename>",
     "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>", "<jupyter_start>",
     "<jupyter_text>", "<jupyter_code>", "<jupyter_output>", "<empty_output>", "<commit_before>",
     "<commit_msg>", "<commit_after>", "<reponame>",

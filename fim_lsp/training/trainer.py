@@ -25,20 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from engine.fim import FimTokens, family_tokens, fim_prompt
 from fim_lsp.training.checkpoint_kit import corpus_files, save_tokenizer, specials_for, train_tokenizer
 
 FimOrder = Literal["spm", "psm"]
-
-
-@dataclass(frozen=True, slots=True)
-class FimTokenStrings:
-    """The special-token strings the samples are written with (StarCoder's spelling)."""
-
-    prefix: str = "<fim_prefix>"
-    middle: str = "<fim_middle>"
-    suffix: str = "<fim_suffix>"
-    eod: str = "<|endoftext|>"
-    filename: str = "<filename>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,22 +189,21 @@ def split_points(text: str, rng: random.Random, policy: FimPolicy) -> tuple[int,
     return start, starts[end]
 
 
-def fim_sample(text: str, rng: random.Random, policy: FimPolicy, tokens: FimTokenStrings,
+def fim_sample(text: str, rng: random.Random, policy: FimPolicy, tokens: FimTokens,
                path: str | None = None) -> str:
     """`text` as a training sample: left to right, or FIM in SPM or PSM order; ends with EOD.
 
-    SPM is StarCoder's training ordering: `<fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}{middle}`.
-    PSM: `<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>{middle}`. Some samples are headed
-    by `<filename>{path}\n`, the head the product's prompts carry.
+    The prompt part is `engine.fim.fim_prompt`, the template the server serves (SPM or PSM), and
+    the middle follows it. Some samples are headed by `<filename>{path}\n`, the head the
+    product's prompts carry.
     """
     head = f"{tokens.filename}{path}\n" if path and rng.random() < policy.filename_rate else ""
     if rng.random() >= policy.fim_rate:
         return head + text + tokens.eod
     a, b = split_points(text, rng, policy)
     prefix, middle, suffix = text[:a], text[a:b], text[b:]
-    if rng.random() < policy.spm_rate:
-        return f"{head}{tokens.prefix}{tokens.suffix}{suffix}{tokens.middle}{prefix}{middle}{tokens.eod}"
-    return f"{head}{tokens.prefix}{prefix}{tokens.suffix}{suffix}{tokens.middle}{middle}{tokens.eod}"
+    order = "spm" if rng.random() < policy.spm_rate else "psm"
+    return fim_prompt(tokens, order, prefix, suffix, head) + middle + tokens.eod
 
 
 def display_path(path: Path, parts: int = 3) -> str:
@@ -225,7 +214,7 @@ def display_path(path: Path, parts: int = 3) -> str:
 def sample_stream(files: list[Path], rng: random.Random, policy: FimPolicy, max_chars: int,
                   shuffle_buffer: int = 4096) -> Iterator[str]:
     """Endless FIM samples from windows of `files`, shuffled through a buffer, epoch after epoch."""
-    tokens = FimTokenStrings()
+    tokens = family_tokens("starcoder")
     buffer: list[tuple[str, str]] = []
     while True:
         order = list(files)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from engine.fim import FimTokens
+from engine.fim import FimTokens, fim_prompt
 from lsp_server.core.context import CursorContext
 from lsp_server.core.memo import ByteLRU, text_bytes
 from lsp_server.core.languages import language_of, line_comment
@@ -350,11 +350,6 @@ def build_prompt(ctx: CursorContext, fim: FimTokens, count_tokens: CountTokens, 
         available -= count(suffix) if suffix else 0
     chunk = chunk_lines_for(available, config.chunk_lines)
     prefix, start_line = window_prefix(ctx.prefix, ctx.line, available, chunk, count)
-    if mode == "spm":
-        text = f"{head}{fim.prefix}{fim.suffix}{suffix}{fim.middle}{prefix}"
-    elif mode == "psm":
-        text = f"{head}{fim.prefix}{prefix}{fim.suffix}{suffix}{fim.middle}"
-    else:
-        text = f"{head}{prefix}"
+    text = f"{head}{prefix}" if mode == "l2r" else fim_prompt(fim, mode, prefix, suffix, head)
     return Prompt(text=text, mode=mode, prefix=prefix, suffix=suffix, note=note,
                   prefix_start_line=start_line, chunk_lines=chunk, snippets=len(kept))
