@@ -12,7 +12,7 @@ the activations are quantised per call (one scale for the rows fed together), mu
 int8 x int8 with int32 sums, and scaled back, bias fused. It streams the weight at the memory
 bandwidth: SantaCoder's four matrices of one layer take 1.3 ms at 1 to 4 rows against 2.7-3.6 ms
 for the weight-only GEMV below, and 70 ms at 512 rows against 99 for the int8 x int8 GEMM
-(2 threads, weights rotated beyond the caches; docs/cpu-decode.md). Full-range activations need
+(2 threads, weights rotated beyond the caches; docs/benchmarks/cpu-decode.md). Full-range activations need
 int8 dot-product instructions (VNNI, AMX) that add without saturating; elsewhere FBGEMM's 7-bit
 range is used.
 
@@ -21,7 +21,7 @@ Without FBGEMM an `Int8Linear` keeps the int8 weight and runs two kernels of its
   `aten._weight_int8pack_mm` with bf16 activations;
 - many rows (prefill): activations quantised per row too, `torch._int_mm` (int8 x int8 -> int32)
   then both scales.
-docs/cpu-decode.md has the measurements behind these choices and the greedy agreement with fp32.
+docs/benchmarks/cpu-decode.md has the measurements behind these choices and the greedy agreement with fp32.
 """
 from __future__ import annotations
 

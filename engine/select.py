@@ -3,7 +3,7 @@
 `auto` means: torch on CUDA when present (bf16 where supported, else fp16); otherwise, on a CPU
 with int8 dot-product instructions (AVX-512 VNNI / AVX-VNNI / AMX) and a model of INT8_MIN_PARAMS
 or more, torch with int8 weights (`--dtype int8`, engine.quantize: the fastest CPU decode
-measured, docs/cpu-decode.md) unless `--model` is an ONNX export directory; otherwise ONNX
+measured, docs/benchmarks/cpu-decode.md) unless `--model` is an ONNX export directory; otherwise ONNX
 Runtime when an export of this checkpoint exists (or is made on first use, if configured);
 otherwise torch on the CPU in bf16 when it has native bf16 matrix instructions (AVX-512 BF16 /
 AMX) and fp32 otherwise. ONNX Runtime that cannot serve (not installed, no or a stale or corrupt
@@ -28,9 +28,8 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INT8 = "int8"  # --dtype int8: int8 weights (engine.quantize), bf16 activations and K/V; CPU only
 INT8_MIN_PARAMS = 100_000_000  # below this a step is call overhead, not weight reads: int8 measured slower
-INT8_WHY = ("CPU with int8 dot-product instructions: int8 weights (engine.quantize), measured the fastest CPU "
-            "decode (SantaCoder shape, 1k context: 0.047 s/token with FBGEMM, 0.12 with torch's GEMV, against 0.28 "
-            "bf16 and 0.19 ONNX Runtime int8)")
+INT8_WHY = ("CPU with int8 dot-product instructions: int8 weights (engine.quantize), the fastest CPU decode "
+            "measured (docs/benchmarks/cpu-decode.md)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +93,7 @@ def choose_placement(device: str = "auto", dtype: str = "auto", params: int | No
         return Placement(dev, torch.bfloat16, torch.bfloat16, INT8_WHY, quantize=True)
     if hardware.cpu_has_bf16():
         return Placement(dev, torch.bfloat16, kv_dtype_for(dev, torch.bfloat16),
-                         "CPU with AVX-512 BF16/AMX: bf16 measured 2.1x faster prefill and 1.3x faster decode than fp32")
+                         "CPU with AVX-512 BF16/AMX: bf16 measured faster than fp32 (docs/benchmarks/cpu-decode.md)")
     return Placement(dev, torch.float32, torch.float32, "CPU without native bf16: fp32")
 
 

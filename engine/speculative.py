@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 DEFAULT_DRAFT = 4  # tokens proposed per step when the caller does not say
 # The engine matches tails of 2 or 3 tokens: a single recurring token predicts little, and a wrong
-# draft still widens the forward (`fim-lsp bench speculative`, docs/speculative.md).
+# draft still widens the forward (`fim-lsp bench speculative`, docs/benchmarks/speculative.md).
 ENGINE_NGRAM_MIN = 2
 
 
@@ -108,7 +108,7 @@ def default_speculate(runtime: str, device: str) -> int:
 
     On for the CPU runtimes (torch in fp32 or bf16, ONNX Runtime), where `fim-lsp bench
     speculative` measured the trained default model 1.7-2.2x faster per keystroke; off on CUDA,
-    where it was not measured (docs/speculative.md).
+    where it was not measured (docs/benchmarks/speculative.md).
     """
     assert runtime in ("torch", "onnx"), f"no speculation default for runtime {runtime!r}"
     return DEFAULT_DRAFT if device == "cpu" else 0

@@ -40,12 +40,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="runtime; auto picks the fastest available (see `fim-lsp status`)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8"],
-                   help="int8: int8 weights on the CPU (docs/cpu-decode.md); auto picks per device")
+                   help="int8: int8 weights on the CPU (docs/benchmarks/cpu-decode.md); auto picks per device")
     p.add_argument("--url", default=None, help="OpenAI-compatible server URL for --backend openai")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--speculate", type=int, default=None, metavar="N",
                    help="prompt-lookup draft tokens verified per greedy step; 0 = off (default: where it pays, "
-                        "see docs/speculative.md)")
+                        "see docs/benchmarks/speculative.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

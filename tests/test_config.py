@@ -123,3 +123,5 @@ def test_the_settings_page_is_the_generated_table_and_every_client_points_to_it(
         text = (root / readme).read_text()
         assert "docs/settings.md" in text, f"{readme} sends readers to the one settings list"
         assert "`branches`" not in text.replace("`branches` is now `beam`", ""), f"{readme} uses the setting's name"
+    readme = (root / "README.md").read_text()
+    assert [key for key in SETTINGS if f"`{key}`" not in readme] == [], "the README names every setting"
