@@ -321,7 +321,7 @@ def test_a_beam_shows_the_likeliest_line_that_post_processing_keeps():
     # the request's cost: the first run's prefill, all three runs' time
     assert (outcome.result.prefill_tokens, outcome.result.reused_tokens) == (40, 0)
     assert outcome.result.latency_ms == 6.0 and outcome.result.extra["beam"] == 3
-    assert outcome.result.extra["branch_tokens"] == 8
+    assert outcome.result.extra["beam_tokens"] == 8
 
 
 def test_one_branch_is_plain_greedy():
