@@ -7,14 +7,17 @@ window keep hitting. When the server is our own engine daemon (`fim-lsp engine`)
 its richer endpoint instead, carrying this process's client id and the document id, so the
 daemon's per-document KV slots line up with the editor's documents.
 
-Token counts come from a local tokenizer copy (`--model DIR`), else from the daemon's tokenizer,
-else from a conservative characters-per-token estimate. Failures become `BackendError` with a
-message naming the server and what to do; a cancelled request closes its connection. The API
-key is read at call time (configuration first, then the environment) and never logged.
+HTTP is httpx's: one pooled keep-alive connection, timeouts per phase, `HTTPS_PROXY`/`HTTP_PROXY`/
+`NO_PROXY` from the environment as every Python HTTP tool reads them, TLS trusting `caBundle`, else
+`SSL_CERT_FILE`/`SSL_CERT_DIR`, else the system's store and certifi's; streamed answers are read
+with httpx-sse. Token counts come from a local tokenizer copy (`--model DIR`), else from the
+daemon's tokenizer, else from a conservative characters-per-token estimate. Failures become
+`BackendError` with a message naming the server and what to do; a cancelled request shuts its
+connection down, which stops the generation on servers that notice. The API key is read at call
+time (configuration first, then the environment) and never logged.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import math
@@ -25,11 +28,14 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+
+import certifi
+import httpx
+from httpx_sse import EventSource, SSEError
 
 from engine.api import (
     BackendError, BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, StopReason,
@@ -51,6 +57,7 @@ DAEMON_DROP = "/v1/fim-lsp/drop"
 OPENAI_COMPLETIONS = "/v1/completions"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 Mode = Literal["unknown", "daemon", "openai"]
+Scored = list[tuple[str, float]]  # (token text, log-probability) per generated token
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,40 +69,39 @@ class RemoteConfig:
     family: Family | None = None  # FIM spelling when no tokenizer is at hand; None = starcoder
     served_model: str | None = None  # the `model` field sent; None = the first of the server's /v1/models
     n_ctx: int | None = None  # the model's window; None = from config.json or the server
-    connect_timeout_s: float = 3.0  # to open the TCP connection
+    connect_timeout_s: float = 3.0  # to open the TCP connection (and the TLS handshake)
     read_timeout_s: float = 30.0  # for the whole answer of one request
     retries: int = 2  # extra attempts after a refused connection or a 429/5xx
     backoff_s: float = 0.25  # first wait before a retry; doubles each time
     stream: bool = False  # read the answer as server-sent events (stops early on a stop string)
     client_id: str | None = None  # this process's namespace in a shared daemon; None = a random one
+    ca_bundle: str | None = None  # PEM file (or directory) of the CAs trusted for https; None = see tls_trust
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """The server's address, split once."""
 
-    scheme: str
-    host: str
-    port: int
-    base_path: str  # prefix before /v1/..., without a trailing slash
+    base: str  # scheme://host:port/prefix, the prefix before /v1/... without a trailing slash
 
     @classmethod
     def parse(cls, url: str) -> "Endpoint":
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BackendError(f"url {redact_url(url)!r} is not an http(s) address; use e.g. http://127.0.0.1:8000")
         try:
+            parts = httpx.URL(url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
+        except (httpx.InvalidURL, ValueError):
             raise BackendError(f"url {redact_url(url)!r} has a bad port") from None
+        if parts.scheme not in ("http", "https") or not parts.host:
+            raise BackendError(f"url {redact_url(url)!r} is not an http(s) address; use e.g. http://127.0.0.1:8000")
         base = parts.path.rstrip("/")
         base = base[: -len("/v1")] if base.endswith("/v1") else base  # accept both .../ and .../v1
-        return cls(parts.scheme, parts.hostname, port, base)
+        host = f"[{parts.host}]" if ":" in parts.host else parts.host
+        return cls(f"{parts.scheme}://{host}:{port}{base}")
 
     @property
     def shown(self) -> str:
         """The address as messages print it (never with credentials)."""
-        return f"{self.scheme}://{self.host}:{self.port}{self.base_path}"
+        return self.base
 
 
 class _Retry(Exception):
@@ -106,34 +112,8 @@ class _Retry(Exception):
         self.before_response = before_response  # no status line was read
 
 
-class _Watch:
-    """Closes a request's connection when its CancelToken fires or its deadline passes."""
-
-    def __init__(self, conn: http.client.HTTPConnection, cancel: CancelToken | None, deadline: float,
-                 clock: Callable[[], float]) -> None:
-        self.conn, self.cancel, self.deadline, self.clock = conn, cancel, deadline, clock
-        self.reason: Literal["", "cancelled", "timeout"] = ""
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.run, name="fim-remote-watch", daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        while not self.done.wait(WATCH_POLL_S):
-            if not self.reason and self.cancel is not None and self.cancel.cancelled:
-                self.reason = "cancelled"
-            elif not self.reason and self.clock() > self.deadline:
-                self.reason = "timeout"
-            sock = self.conn.sock
-            if self.reason and sock is not None:  # still connecting: wait for the socket to exist
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in recv()
-                except OSError:
-                    pass
-                return
-
-    def stop(self) -> None:
-        self.done.set()
-        self.thread.join()
+class _NotFound(BackendError):
+    """HTTP 404: the path does not exist on this server."""
 
 
 class OpenAIBackend:
@@ -152,7 +132,8 @@ class OpenAIBackend:
         self.mode: Mode = "unknown"
         self.daemon_searches = False  # the daemon's engine runs beam searches (its info says)
         self.served_model = config.served_model
-        self.conn: http.client.HTTPConnection | None = None  # kept alive between requests
+        self.client = http_client(config)
+        self.conn: Any = None  # the network stream (httpcore's) of the pool's one connection, while open
         self.counters = {"requests": 0, "errors": 0, "retries": 0, "cancelled": 0}
         self.info = BackendInfo(backend="openai", model=f"{self.served_model or 'model'} at {self.endpoint.shown}",
                                 device="remote", dtype="remote", n_ctx=n_ctx or config.n_ctx or DEFAULT_N_CTX,
@@ -282,44 +263,58 @@ class OpenAIBackend:
 
     def post_streaming(self, path: str, body: dict[str, Any], stops: tuple[str, ...],
                        cancel: CancelToken | None, used: Callable[[str], Any] = lambda _: None,
-                       ) -> tuple[str, str | None, dict[str, Any], list[tuple[str, float]] | None]:
+                       ) -> tuple[str, str | None, dict[str, Any], Scored | None]:
         """Read a server-sent-event answer; stop reading (closing the connection) at a stop string,
         or once `used(text so far)` says the suggestion is complete."""
         where = self.endpoint.shown
 
-        def read(response: http.client.HTTPResponse, path: str):
-            if response.status != 200:
-                self.decode(response, path)  # raises the status's error
+        def read(response: httpx.Response, path: str):
+            if response.status_code != 200 or "text/event-stream" not in response.headers.get("content-type", ""):
+                return parse_completion(self.decode(response, path), where)  # an error, or `stream` ignored
             parts, finish, usage, scored = [], None, {}, []
-            for event in server_sent_events(response, where):
-                text, f, u, pairs = parse_completion(event, where, streamed=True)
+            for event in EventSource(response).iter_sse():
+                if event.data.strip() == "[DONE]":
+                    break
+                try:
+                    answer = json.loads(event.data)
+                except ValueError:
+                    raise BackendError(f"the completion server at {where} streamed an event that is not JSON: "
+                                       f"{event.data[:200]!r}") from None
+                text, f, u, pairs = parse_completion(answer, where, streamed=True)
                 parts.append(text)
                 finish, usage = f or finish, u or usage
                 if scored is not None and (pairs is not None or text):  # kept only when every token has one
                     scored = None if pairs is None else scored + pairs
                 sofar = "".join(parts)
                 if any(s in sofar for s in stops) or used(sofar) is not None:
-                    self.close()  # the server stops generating when the client hangs up
+                    response.close()  # a half-read answer closes the connection: the server stops generating
+                    self.conn = None
                     break
             return "".join(parts), finish, usage, scored
 
         return self.request("POST", path, body, cancel, read=read)
 
     def request(self, method: str, path: str, body: dict[str, Any] | None, cancel: CancelToken | None,
-                retries: int | None = None, read: Callable[[http.client.HTTPResponse, str], Any] | None = None) -> Any:
+                retries: int | None = None, read: Callable[[httpx.Response, str], Any] | None = None) -> Any:
         """Send one request with bounded retries and backoff; `read` the response (default: its JSON)."""
         retries = self.config.retries if retries is None else retries
-        read = read or self.decode
         attempt = 0
         while True:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("cancelled before the request was sent")
-            reused = self.conn is not None and self.conn.sock is not None
+            exchange = _Exchange(self, cancel)
             try:
-                with _Exchange(self, method, path, body, cancel) as response:
-                    return read(response, path)
+                with exchange:
+                    sent = self.client.build_request(method, self.endpoint.base + path, json=body,
+                                                     headers=self.headers(), extensions={"trace": exchange.trace})
+                    response = self.client.send(sent, stream=True)
+                    exchange.answered = True
+                    try:
+                        return (read or self.decode)(response, path)
+                    finally:
+                        response.close()
             except _Retry as exc:
-                if reused and exc.before_response:
+                if exc.before_response and not exchange.connected:
                     continue  # a kept-alive connection the server had closed meanwhile: reconnect at once
                 if attempt == retries:
                     raise BackendError(f"{exc}{f' (tried {retries + 1} times)' if retries else ''}") from None
@@ -328,32 +323,31 @@ class OpenAIBackend:
                 attempt += 1
 
     def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
         key = self.config.api_key or self.environ.get(self.config.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def connection(self) -> http.client.HTTPConnection:
-        if self.conn is None:
-            e = self.endpoint
-            if e.scheme == "https":
-                self.conn = http.client.HTTPSConnection(e.host, e.port, timeout=self.config.connect_timeout_s,
-                                                        context=ssl.create_default_context())
-            else:
-                self.conn = http.client.HTTPConnection(e.host, e.port, timeout=self.config.connect_timeout_s)
-        return self.conn
+    def hang_up(self) -> None:
+        """Shut the open connection down, which wakes a read blocked in it (closing would not)."""
+        stream, self.conn = self.conn, None
+        if stream is not None:
+            try:
+                stream.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass  # closed meanwhile
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        """Close the connection pool (a later request opens a new connection)."""
+        self.client.close()
+        self.conn = None
 
-    def decode(self, response: http.client.HTTPResponse, path: str) -> Any:
+    def decode(self, response: httpx.Response, path: str) -> Any:
         """The JSON of a response; BackendError (or _Retry) for an error status or a body that is not JSON."""
         raw = response.read()
         where = self.endpoint.shown
-        status = response.status
+        status = response.status_code
         if status in (404, 405):
             raise _NotFound(f"the completion server at {where} has no {path} (HTTP {status}); "
                             f"is url the address of an OpenAI-compatible server?")
@@ -410,61 +404,99 @@ def optional_list(values: Any, kind: type) -> list | None:
     """`values` as a list of `kind`, or None when absent (a daemon from before the field)."""
     return None if values is None else [kind(v) for v in values]
 
-
-class _NotFound(BackendError):
-    """HTTP 404: the path does not exist on this server."""
-
-
 class _Exchange:
-    """One request/response on the backend's connection, watched for cancellation and the deadline."""
+    """One request on the backend's connection, watched: when its CancelToken fires or its deadline
+    passes, the connection is shut down, and the failure that follows is told as that."""
 
-    def __init__(self, backend: OpenAIBackend, method: str, path: str, body: dict[str, Any] | None,
-                 cancel: CancelToken | None) -> None:
-        self.backend, self.method, self.path, self.body, self.cancel = backend, method, path, body, cancel
-        self.watch: _Watch | None = None
+    def __init__(self, backend: OpenAIBackend, cancel: CancelToken | None) -> None:
+        self.backend, self.cancel = backend, cancel
+        self.deadline = backend.clock() + backend.config.read_timeout_s
+        self.connected = False  # a connection was opened for this request (rather than one kept alive)
+        self.answered = False  # the status line and headers arrived
+        self.reason: Literal["", "cancelled", "timeout"] = ""
+        self.done = threading.Event()
+        self.watcher = threading.Thread(target=self.watch, name="fim-remote-watch", daemon=True)
 
-    def __enter__(self) -> http.client.HTTPResponse:
-        b = self.backend
-        conn = b.connection()
-        self.watch = _Watch(conn, self.cancel, b.clock() + b.config.read_timeout_s, b.clock)
-        payload = json.dumps(self.body).encode() if self.body is not None else None
-        try:
-            conn.request(self.method, b.endpoint.base_path + self.path, body=payload, headers=b.headers())
-            if conn.sock is not None:
-                conn.sock.settimeout(b.config.read_timeout_s)  # a read idle this long fails, even between events
-            return conn.getresponse()
-        except Exception as exc:
-            raise self.translate(exc, self.finish(failed=True), before_response=True) from None
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's trace hook: the network stream of a connection opened for this request."""
+        if event == "connection.connect_tcp.complete":
+            self.connected = True
+            self.backend.conn = info["return_value"]
+
+    def watch(self) -> None:
+        while not self.done.wait(WATCH_POLL_S):
+            if not self.reason and self.cancel is not None and self.cancel.cancelled:
+                self.reason = "cancelled"
+            elif not self.reason and self.backend.clock() > self.deadline:
+                self.reason = "timeout"
+            if self.reason:
+                self.backend.hang_up()  # again if a connection opens later: still connecting now
+
+    def __enter__(self) -> "_Exchange":
+        self.watcher.start()
+        return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        reason = self.finish(failed=exc is not None)
-        if exc is not None and (reason or isinstance(exc, (OSError, http.client.HTTPException))):
-            raise self.translate(exc, reason, before_response=False) from None
+        self.done.set()
+        self.watcher.join()
+        if exc is not None and (self.reason or isinstance(exc, httpx.TransportError)):
+            self.backend.conn = None  # httpx drops a failed or half-read connection from its pool
+            raise self.translate(exc) from None
 
-    def finish(self, failed: bool) -> str:
-        """Stop the watcher; drop a connection that failed or was interrupted. Returns why it fired, if it did."""
-        assert self.watch is not None, "finish() before __enter__"
-        self.watch.stop()
-        reason = self.watch.reason
-        if failed or reason:
-            self.backend.close()  # a half-read or interrupted connection is never reused
-        return reason
-
-    def translate(self, exc: BaseException, reason: str, before_response: bool) -> BaseException:
-        """A transport failure as Cancelled, BackendError or _Retry; other exceptions unchanged."""
-        b = self.backend
-        where, timeout = b.endpoint.shown, b.config.read_timeout_s
-        if reason == "cancelled":
+    def translate(self, exc: BaseException) -> BaseException:
+        """A transport failure as Cancelled, BackendError or _Retry."""
+        where, timeout = self.backend.endpoint.shown, self.backend.config.read_timeout_s
+        if self.reason == "cancelled":
             return Cancelled("cancelled while the server was answering")
-        if reason == "timeout" or isinstance(exc, (socket.timeout, TimeoutError)):
+        if self.reason == "timeout" or isinstance(exc, httpx.TimeoutException):
             return BackendError(f"the completion server at {where} did not answer within {timeout:g} s; "
                                 f"check that it is not overloaded, or raise remoteTimeoutMs")
-        if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):
-            return _Retry(f"cannot reach the completion server at {where}: {exc.strerror or exc}; is it running?")
-        if isinstance(exc, (OSError, http.client.HTTPException)):
-            return _Retry(f"the completion server at {where} closed the connection ({type(exc).__name__})",
-                          before_response=before_response and not isinstance(exc, ConnectionRefusedError))
-        return exc
+        cause = os_error(exc)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return BackendError(f"the completion server at {where} has a certificate this machine does not trust "
+                                f"({cause.verify_message}); set caBundle to its CA's PEM file, or $SSL_CERT_FILE")
+        if isinstance(exc, httpx.ConnectError):
+            reason = (cause.strerror if cause is not None else None) or cause or exc
+            return _Retry(f"cannot reach the completion server at {where}: {reason}; is it running?")
+        # the server hung up, before any answer (http.client's name for that, which users search for) or during one
+        name = type(cause).__name__ if cause is not None else (
+            "RemoteDisconnected" if isinstance(exc, httpx.RemoteProtocolError) else type(exc).__name__)
+        return _Retry(f"the completion server at {where} closed the connection ({name})",
+                      before_response=not self.answered)
+
+
+def http_client(config: RemoteConfig) -> httpx.Client:
+    """A client with one keep-alive connection (the engine thread asks one question at a time, and a
+    watcher shuts down the one connection there is), proxies as the environment says."""
+    timeout = httpx.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
+                            write=config.read_timeout_s, pool=config.read_timeout_s)
+    return httpx.Client(timeout=timeout, verify=tls_trust(config.ca_bundle), trust_env=True,
+                        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+
+
+def tls_trust(ca_bundle: str | None) -> ssl.SSLContext | bool:
+    """The CAs trusted for https: `ca_bundle` (a PEM file or a directory of them) alone when given;
+    else `$SSL_CERT_FILE` / `$SSL_CERT_DIR` (httpx reads them: True); else the system's store and
+    certifi's bundle (a company CA installed system-wide is trusted, as is the public web)."""
+    if ca_bundle:
+        path = Path(ca_bundle).expanduser()
+        try:
+            return ssl.create_default_context(**{"capath" if path.is_dir() else "cafile": str(path)})
+        except (OSError, ssl.SSLError) as exc:
+            raise BackendError(f"caBundle {ca_bundle!r}: {exc.strerror or exc}; give a PEM file of the CA "
+                               f"certificates the server's certificate is signed with") from None
+    if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        return True
+    context = ssl.create_default_context()
+    context.load_verify_locations(certifi.where())
+    return context
+
+
+def os_error(exc: BaseException | None) -> OSError | None:
+    """The operating system's error under an httpx exception (refused, reset, certificate), if any."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 def load_backend(model: str | None = None, device: str = "auto", dtype: str = "auto", revision: str | None = None,
@@ -585,22 +617,6 @@ def token_scores(logprobs: Any) -> list[tuple[str, float]] | None:
     if not all(isinstance(t, str) for t in tokens) or not all(isinstance(v, (int, float)) for v in values):
         return None
     return [(t, float(v)) for t, v in zip(tokens, values)]
-
-
-def server_sent_events(response: http.client.HTTPResponse, where: str) -> Iterator[Any]:
-    """The JSON payloads of `data:` lines until `data: [DONE]` or the end of the stream."""
-    for raw in response:
-        line = raw.decode("utf-8", "replace").strip()
-        if not line.startswith("data:"):
-            continue
-        data = line[len("data:"):].strip()
-        if data == "[DONE]":
-            return
-        try:
-            yield json.loads(data)
-        except ValueError:
-            raise BackendError(f"the completion server at {where} streamed an event that is not JSON: "
-                               f"{data[:200]!r}") from None
 
 
 def error_detail(raw: bytes) -> str:
