@@ -78,32 +78,6 @@ class RemoteConfig:
     ca_bundle: str | None = None  # PEM file (or directory) of the CAs trusted for https; None = see tls_trust
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """The server's address, split once."""
-
-    base: str  # scheme://host:port/prefix, the prefix before /v1/... without a trailing slash
-
-    @classmethod
-    def parse(cls, url: str) -> "Endpoint":
-        try:
-            parts = httpx.URL(url)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except (httpx.InvalidURL, ValueError):
-            raise BackendError(f"url {redact_url(url)!r} has a bad port") from None
-        if parts.scheme not in ("http", "https") or not parts.host:
-            raise BackendError(f"url {redact_url(url)!r} is not an http(s) address; use e.g. http://127.0.0.1:8000")
-        base = parts.path.rstrip("/")
-        base = base[: -len("/v1")] if base.endswith("/v1") else base  # accept both .../ and .../v1
-        host = f"[{parts.host}]" if ":" in parts.host else parts.host
-        return cls(f"{parts.scheme}://{host}:{port}{base}")
-
-    @property
-    def shown(self) -> str:
-        """The address as messages print it (never with credentials)."""
-        return self.base
-
-
 class _Retry(Exception):
     """An attempt that may succeed if repeated (connection refused or reset, 429, 5xx)."""
 
@@ -123,7 +97,7 @@ class OpenAIBackend:
                  fim: FimTokens | None = None, n_ctx: int | None = None, why: str = "",
                  environ: Mapping[str, str] = os.environ, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self.endpoint = Endpoint.parse(url)
+        self.base = base_url(url)  # scheme://host:port/prefix: what messages name, and where /v1/... goes
         self.config = config
         self.tokenizer = tokenizer  # a tokenizers.Tokenizer, or None to estimate counts
         self.fim = fim or family_tokens(config.family or "starcoder")
@@ -135,7 +109,7 @@ class OpenAIBackend:
         self.client = http_client(config)
         self.conn: Any = None  # the network stream (httpcore's) of the pool's one connection, while open
         self.counters = {"requests": 0, "errors": 0, "retries": 0, "cancelled": 0}
-        self.info = BackendInfo(backend="openai", model=f"{self.served_model or 'model'} at {self.endpoint.shown}",
+        self.info = BackendInfo(backend="openai", model=f"{self.served_model or 'model'} at {self.base}",
                                 device="remote", dtype="remote", n_ctx=n_ctx or config.n_ctx or DEFAULT_N_CTX,
                                 why=why)
 
@@ -170,7 +144,7 @@ class OpenAIBackend:
                 text, finish, usage, scored = self.post_streaming(path, body, stops, cancel,
                                                                   lambda sofar: end_of_use(request, sofar))
             else:
-                text, finish, usage, scored = parse_completion(self.post(path, body, cancel), self.endpoint.shown)
+                text, finish, usage, scored = parse_completion(self.post(path, body, cancel), self.base)
         except Cancelled:
             self.counters["cancelled"] += 1
             raise
@@ -226,7 +200,7 @@ class OpenAIBackend:
         try:
             self.post(DAEMON_DROP, {"client": self.client_id, "doc_id": doc_id}, None, retries=0)
         except BackendError as exc:  # the daemon evicts by LRU anyway
-            log.info("could not drop %s on %s: %s", doc_id, self.endpoint.shown, exc)
+            log.info("could not drop %s on %s: %s", doc_id, self.base, exc)
 
     def cache_stats(self) -> dict[str, int]:
         """This process's request counters (the server's cache is its own; never asked from here)."""
@@ -266,7 +240,7 @@ class OpenAIBackend:
                        ) -> tuple[str, str | None, dict[str, Any], Scored | None]:
         """Read a server-sent-event answer; stop reading (closing the connection) at a stop string,
         or once `used(text so far)` says the suggestion is complete."""
-        where = self.endpoint.shown
+        where = self.base
 
         def read(response: httpx.Response, path: str):
             if response.status_code != 200 or "text/event-stream" not in response.headers.get("content-type", ""):
@@ -305,7 +279,7 @@ class OpenAIBackend:
             exchange = _Exchange(self, cancel)
             try:
                 with exchange:
-                    sent = self.client.build_request(method, self.endpoint.base + path, json=body,
+                    sent = self.client.build_request(method, self.base + path, json=body,
                                                      headers=self.headers(), extensions={"trace": exchange.trace})
                     response = self.client.send(sent, stream=True)
                     exchange.answered = True
@@ -346,7 +320,7 @@ class OpenAIBackend:
     def decode(self, response: httpx.Response, path: str) -> Any:
         """The JSON of a response; BackendError (or _Retry) for an error status or a body that is not JSON."""
         raw = response.read()
-        where = self.endpoint.shown
+        where = self.base
         status = response.status_code
         if status in (404, 405):
             raise _NotFound(f"the completion server at {where} has no {path} (HTTP {status}); "
@@ -396,7 +370,7 @@ class OpenAIBackend:
                 other_lines=[self.daemon_result(other, start) for other in answer.get("other_lines") or ()],
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise BackendError(f"the engine daemon at {self.endpoint.shown} sent an answer without "
+            raise BackendError(f"the engine daemon at {self.base} sent an answer without "
                                f"{exc}: {excerpt(json.dumps(answer).encode())!r}") from None
 
 
@@ -445,7 +419,7 @@ class _Exchange:
 
     def translate(self, exc: BaseException) -> BaseException:
         """A transport failure as Cancelled, BackendError or _Retry."""
-        where, timeout = self.backend.endpoint.shown, self.backend.config.read_timeout_s
+        where, timeout = self.backend.base, self.backend.config.read_timeout_s
         if self.reason == "cancelled":
             return Cancelled("cancelled while the server was answering")
         if self.reason == "timeout" or isinstance(exc, httpx.TimeoutException):
@@ -490,6 +464,19 @@ def tls_trust(ca_bundle: str | None) -> ssl.SSLContext | bool:
     context = ssl.create_default_context()
     context.load_verify_locations(certifi.where())
     return context
+
+
+def base_url(url: str) -> str:
+    """`url` as scheme://host:port/prefix, without credentials nor a trailing `/v1`."""
+    try:
+        parts = httpx.URL(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except (httpx.InvalidURL, ValueError):
+        raise BackendError(f"url {redact_url(url)!r} has a bad port") from None
+    if parts.scheme not in ("http", "https") or not parts.host:
+        raise BackendError(f"url {redact_url(url)!r} is not an http(s) address; use e.g. http://127.0.0.1:8000")
+    host = f"[{parts.host}]" if ":" in parts.host else parts.host
+    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/').removesuffix('/v1')}"
 
 
 def os_error(exc: BaseException | None) -> OSError | None:
@@ -542,7 +529,7 @@ def load_backend(model: str | None = None, device: str = "auto", dtype: str = "a
         notes.append(f"no local tokenizer: {family} FIM tokens{'' if config.family else ' (the default family)'}, "
                      f"tokens estimated at {CHARS_PER_TOKEN_ESTIMATE:g} characters each")
     kind = {"daemon": "engine daemon", "openai": "OpenAI-compatible server", "unknown": "server"}[backend.mode]
-    backend.info = BackendInfo(backend="openai", model=f"{backend.served_model or 'model'} at {backend.endpoint.shown}",
+    backend.info = BackendInfo(backend="openai", model=f"{backend.served_model or 'model'} at {backend.base}",
                                device="remote", dtype="remote", n_ctx=n_ctx or DEFAULT_N_CTX,
                                why=f"{kind}; " + "; ".join(notes), params=params)
     return backend
