@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import certifi
 import httpx
-from httpx_sse import EventSource, SSEError
+from httpx_sse import EventSource
 
 from engine.api import (
     BackendError, BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, StopReason,
