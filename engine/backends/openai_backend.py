@@ -18,17 +18,18 @@ time (configuration first, then the environment) and never logged.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import math
 import os
 import re
-import socket
 import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -106,8 +107,8 @@ class OpenAIBackend:
         self.mode: Mode = "unknown"
         self.daemon_searches = False  # the daemon's engine runs beam searches (its info says)
         self.served_model = config.served_model
-        self.client = http_client(config)
-        self.conn: Any = None  # the network stream (httpcore's) of the pool's one connection, while open
+        self.client, self.loop = http_client(config), http_loop()  # httpx's, on the one event loop of remote HTTP
+        self.conn: httpx.Response | None = None  # the answer being read, while one is
         self.counters = {"requests": 0, "errors": 0, "retries": 0, "cancelled": 0}
         self.info = BackendInfo(backend="openai", model=f"{self.served_model or 'model'} at {self.base}",
                                 device="remote", dtype="remote", n_ctx=n_ctx or config.n_ctx or DEFAULT_N_CTX,
@@ -242,28 +243,27 @@ class OpenAIBackend:
         or once `used(text so far)` says the suggestion is complete."""
         where = self.base
 
-        def read(response: httpx.Response, path: str):
+        async def read(response: httpx.Response, path: str):
             if response.status_code != 200 or "text/event-stream" not in response.headers.get("content-type", ""):
-                return parse_completion(self.decode(response, path), where)  # an error, or `stream` ignored
+                return parse_completion(await self.decode(response, path), where)  # an error, or `stream` ignored
             parts, finish, usage, scored = [], None, {}, []
-            for event in EventSource(response).iter_sse():
-                if event.data.strip() == "[DONE]":
-                    break
-                try:
-                    answer = json.loads(event.data)
-                except ValueError:
-                    raise BackendError(f"the completion server at {where} streamed an event that is not JSON: "
-                                       f"{event.data[:200]!r}") from None
-                text, f, u, pairs = parse_completion(answer, where, streamed=True)
-                parts.append(text)
-                finish, usage = f or finish, u or usage
-                if scored is not None and (pairs is not None or text):  # kept only when every token has one
-                    scored = None if pairs is None else scored + pairs
-                sofar = "".join(parts)
-                if any(s in sofar for s in stops) or used(sofar) is not None:
-                    response.close()  # a half-read answer closes the connection: the server stops generating
-                    self.conn = None
-                    break
+            async with contextlib.aclosing(EventSource(response).aiter_sse()) as events:
+                async for event in events:
+                    if event.data.strip() == "[DONE]":
+                        break
+                    try:
+                        answer = json.loads(event.data)
+                    except ValueError:
+                        raise BackendError(f"the completion server at {where} streamed an event that is not JSON: "
+                                           f"{event.data[:200]!r}") from None
+                    text, f, u, pairs = parse_completion(answer, where, streamed=True)
+                    parts.append(text)
+                    finish, usage = f or finish, u or usage
+                    if scored is not None and (pairs is not None or text):  # kept only when every token has one
+                        scored = None if pairs is None else scored + pairs
+                    sofar = "".join(parts)
+                    if any(s in sofar for s in stops) or used(sofar) is not None:
+                        break  # the answer closes half-read, and so does its connection: the server stops generating
             return "".join(parts), finish, usage, scored
 
         return self.request("POST", path, body, cancel, read=read)
@@ -276,17 +276,11 @@ class OpenAIBackend:
         while True:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("cancelled before the request was sent")
-            exchange = _Exchange(self, cancel)
+            exchange = _Exchange()
             try:
-                with exchange:
-                    sent = self.client.build_request(method, self.base + path, json=body,
-                                                     headers=self.headers(), extensions={"trace": exchange.trace})
-                    response = self.client.send(sent, stream=True)
-                    exchange.answered = True
-                    try:
-                        return (read or self.decode)(response, path)
-                    finally:
-                        response.close()
+                return asyncio.run_coroutine_threadsafe(
+                    self.watched(self.send(method, path, body, read or self.decode, exchange), cancel), self.loop,
+                ).result()
             except _Retry as exc:
                 if exc.before_response and not exchange.connected:
                     continue  # a kept-alive connection the server had closed meanwhile: reconnect at once
@@ -296,6 +290,53 @@ class OpenAIBackend:
                 self.wait(self.config.backoff_s * 2**attempt, cancel)
                 attempt += 1
 
+    async def watched(self, attempt: Coroutine[Any, Any, Any], cancel: CancelToken | None) -> Any:
+        """`attempt`, cancelled when `cancel` fires or the answer takes longer than read_timeout_s in all;
+        httpx closes the connection of a cancelled request, which stops the server's generation."""
+        task = asyncio.ensure_future(attempt)
+        deadline = self.clock() + self.config.read_timeout_s
+        while not task.done():
+            await asyncio.wait([task], timeout=WATCH_POLL_S)
+            cancelled = cancel is not None and cancel.cancelled
+            if not task.done() and (cancelled or self.clock() > deadline):
+                task.cancel()
+                await asyncio.wait([task])  # its connection is closed once it is done
+                raise Cancelled("cancelled while the server was answering") if cancelled else self.timed_out()
+        return task.result()
+
+    async def send(self, method: str, path: str, body: dict[str, Any] | None, read: Callable[..., Any],
+                   exchange: "_Exchange") -> Any:
+        """One attempt: the request, and `read` of its response; transport failures told as what they mean."""
+        try:
+            async with self.client.stream(method, self.base + path, json=body, headers=self.headers(),
+                                          extensions={"trace": exchange.trace}) as response:
+                exchange.answered, self.conn = True, response
+                return await read(response, path)
+        except httpx.TransportError as exc:
+            raise self.translate(exc, exchange.answered) from None
+        finally:
+            self.conn = None
+
+    def translate(self, exc: httpx.TransportError, answered: bool) -> Exception:
+        """A transport failure as BackendError or _Retry."""
+        if isinstance(exc, httpx.TimeoutException):
+            return self.timed_out()
+        where, cause = self.base, os_error(exc)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return BackendError(f"the completion server at {where} has a certificate this machine does not trust "
+                                f"({cause.verify_message}); set caBundle to its CA's PEM file, or $SSL_CERT_FILE")
+        if isinstance(exc, httpx.ConnectError):
+            reason = os.strerror(cause.errno) if cause is not None and cause.errno else cause or exc
+            return _Retry(f"cannot reach the completion server at {where}: {reason}; is it running?")
+        # the server hung up, before any answer (http.client's name for that, which users search for) or during one
+        name = type(cause).__name__ if cause is not None else (
+            "RemoteDisconnected" if isinstance(exc, httpx.RemoteProtocolError) else type(exc).__name__)
+        return _Retry(f"the completion server at {where} closed the connection ({name})", before_response=not answered)
+
+    def timed_out(self) -> BackendError:
+        return BackendError(f"the completion server at {self.base} did not answer within "
+                            f"{self.config.read_timeout_s:g} s; check that it is not overloaded, or raise remoteTimeoutMs")
+
     def headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         key = self.config.api_key or self.environ.get(self.config.api_key_env)
@@ -303,23 +344,9 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def hang_up(self) -> None:
-        """Shut the open connection down, which wakes a read blocked in it (closing would not)."""
-        stream, self.conn = self.conn, None
-        if stream is not None:
-            try:
-                stream.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
-            except (OSError, AttributeError):
-                pass  # closed meanwhile
-
-    def close(self) -> None:
-        """Close the connection pool (a later request opens a new connection)."""
-        self.client.close()
-        self.conn = None
-
-    def decode(self, response: httpx.Response, path: str) -> Any:
+    async def decode(self, response: httpx.Response, path: str) -> Any:
         """The JSON of a response; BackendError (or _Retry) for an error status or a body that is not JSON."""
-        raw = response.read()
+        raw = await response.aread()
         where = self.base
         status = response.status_code
         if status in (404, 405):
@@ -379,73 +406,37 @@ def optional_list(values: Any, kind: type) -> list | None:
     return None if values is None else [kind(v) for v in values]
 
 class _Exchange:
-    """One request on the backend's connection, watched: when its CancelToken fires or its deadline
-    passes, the connection is shut down, and the failure that follows is told as that."""
+    """What one attempt learnt: whether it opened a connection, whether an answer began."""
 
-    def __init__(self, backend: OpenAIBackend, cancel: CancelToken | None) -> None:
-        self.backend, self.cancel = backend, cancel
-        self.deadline = backend.clock() + backend.config.read_timeout_s
-        self.connected = False  # a connection was opened for this request (rather than one kept alive)
+    def __init__(self) -> None:
+        self.connected = False  # a connection was opened for it (rather than one kept alive)
         self.answered = False  # the status line and headers arrived
-        self.reason: Literal["", "cancelled", "timeout"] = ""
-        self.done = threading.Event()
-        self.watcher = threading.Thread(target=self.watch, name="fim-remote-watch", daemon=True)
 
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpx's trace hook: the network stream of a connection opened for this request."""
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's trace hook."""
         if event == "connection.connect_tcp.complete":
             self.connected = True
-            self.backend.conn = info["return_value"]
-
-    def watch(self) -> None:
-        while not self.done.wait(WATCH_POLL_S):
-            if not self.reason and self.cancel is not None and self.cancel.cancelled:
-                self.reason = "cancelled"
-            elif not self.reason and self.backend.clock() > self.deadline:
-                self.reason = "timeout"
-            if self.reason:
-                self.backend.hang_up()  # again if a connection opens later: still connecting now
-
-    def __enter__(self) -> "_Exchange":
-        self.watcher.start()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.done.set()
-        self.watcher.join()
-        if exc is not None and (self.reason or isinstance(exc, httpx.TransportError)):
-            self.backend.conn = None  # httpx drops a failed or half-read connection from its pool
-            raise self.translate(exc) from None
-
-    def translate(self, exc: BaseException) -> BaseException:
-        """A transport failure as Cancelled, BackendError or _Retry."""
-        where, timeout = self.backend.base, self.backend.config.read_timeout_s
-        if self.reason == "cancelled":
-            return Cancelled("cancelled while the server was answering")
-        if self.reason == "timeout" or isinstance(exc, httpx.TimeoutException):
-            return BackendError(f"the completion server at {where} did not answer within {timeout:g} s; "
-                                f"check that it is not overloaded, or raise remoteTimeoutMs")
-        cause = os_error(exc)
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return BackendError(f"the completion server at {where} has a certificate this machine does not trust "
-                                f"({cause.verify_message}); set caBundle to its CA's PEM file, or $SSL_CERT_FILE")
-        if isinstance(exc, httpx.ConnectError):
-            reason = (cause.strerror if cause is not None else None) or cause or exc
-            return _Retry(f"cannot reach the completion server at {where}: {reason}; is it running?")
-        # the server hung up, before any answer (http.client's name for that, which users search for) or during one
-        name = type(cause).__name__ if cause is not None else (
-            "RemoteDisconnected" if isinstance(exc, httpx.RemoteProtocolError) else type(exc).__name__)
-        return _Retry(f"the completion server at {where} closed the connection ({name})",
-                      before_response=not self.answered)
 
 
-def http_client(config: RemoteConfig) -> httpx.Client:
-    """A client with one keep-alive connection (the engine thread asks one question at a time, and a
-    watcher shuts down the one connection there is), proxies as the environment says."""
+def http_client(config: RemoteConfig) -> httpx.AsyncClient:
+    """A pooled client with per-phase timeouts; proxies as the environment says."""
     timeout = httpx.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
                             write=config.read_timeout_s, pool=config.read_timeout_s)
-    return httpx.Client(timeout=timeout, verify=tls_trust(config.ca_bundle), trust_env=True,
-                        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+    return httpx.AsyncClient(timeout=timeout, verify=tls_trust(config.ca_bundle), trust_env=True)
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def http_loop() -> asyncio.AbstractEventLoop:
+    """The event loop every remote backend's HTTP runs on: one thread, started on first use."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="fim-remote-http", daemon=True).start()
+        return _loop
 
 
 def tls_trust(ca_bundle: str | None) -> ssl.SSLContext | bool:
@@ -480,10 +471,12 @@ def base_url(url: str) -> str:
 
 
 def os_error(exc: BaseException | None) -> OSError | None:
-    """The operating system's error under an httpx exception (refused, reset, certificate), if any."""
-    while exc is not None and not isinstance(exc, OSError):
+    """The operating system's error at the root of an httpx exception (refused, reset, certificate), if any."""
+    found = None
+    while exc is not None:
+        found = exc if isinstance(exc, OSError) else found
         exc = exc.__cause__ or exc.__context__
-    return exc
+    return found
 
 
 def load_backend(model: str | None = None, device: str = "auto", dtype: str = "auto", revision: str | None = None,
