@@ -22,8 +22,9 @@ import trustme
 
 from engine.api import BackendError, Cancelled, CancelToken
 from engine.backends.openai_backend import RemoteConfig, load_backend
-from lsp_server.config import ModelConfig
+from fim_lsp.cli import build_parser
 from lsp_server import pipeline
+from lsp_server.config import ModelConfig, ServerConfig, apply_settings, config_from_args
 from tests.test_openai_backend import FakeServer, Seen, answer, request, send
 
 PROXY_VARIABLES = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR"]
@@ -237,3 +238,9 @@ def test_a_server_that_ignores_stream_is_read_as_one_answer(fake: FakeServer):
                                                            "usage": {"prompt_tokens": 5, "completion_tokens": 3}})
     result = load_backend(url=fake.url, remote=RemoteConfig(stream=True), environ={}).complete(request())
     assert (result.text, result.prompt_tokens) == ("r * r", 5)
+
+
+def test_the_ca_bundle_comes_from_the_command_line_as_from_the_settings():
+    args = build_parser().parse_args(["serve", "--url", "https://team-box:8000", "--ca-bundle", "/etc/team/ca.pem"])
+    assert config_from_args(args).model == ModelConfig(url="https://team-box:8000", ca_bundle="/etc/team/ca.pem")
+    assert apply_settings(ServerConfig(), {"caBundle": "/etc/team/ca.pem"}).model.ca_bundle == "/etc/team/ca.pem"

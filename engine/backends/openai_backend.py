@@ -7,14 +7,15 @@ window keep hitting. When the server is our own engine daemon (`fim-lsp engine`)
 its richer endpoint instead, carrying this process's client id and the document id, so the
 daemon's per-document KV slots line up with the editor's documents.
 
-HTTP is httpx's: one pooled keep-alive connection, timeouts per phase, `HTTPS_PROXY`/`HTTP_PROXY`/
-`NO_PROXY` from the environment as every Python HTTP tool reads them, TLS trusting `caBundle`, else
-`SSL_CERT_FILE`/`SSL_CERT_DIR`, else the system's store and certifi's; streamed answers are read
-with httpx-sse. Token counts come from a local tokenizer copy (`--model DIR`), else from the
-daemon's tokenizer, else from a conservative characters-per-token estimate. Failures become
-`BackendError` with a message naming the server and what to do; a cancelled request shuts its
-connection down, which stops the generation on servers that notice. The API key is read at call
-time (configuration first, then the environment) and never logged.
+HTTP is httpx's, run on one event loop thread for the process: pooled keep-alive connections,
+timeouts per phase, `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment as every Python HTTP
+tool reads them, TLS trusting `caBundle`, else `SSL_CERT_FILE`/`SSL_CERT_DIR`, else the system's
+store and certifi's; streamed answers are read with httpx-sse. A cancelled request is a cancelled
+task, whose connection httpx closes: servers that notice stop generating. Token counts come from a
+local tokenizer copy (`--model DIR`), else from the daemon's tokenizer, else from a conservative
+characters-per-token estimate. Failures become `BackendError` with a message naming the server and
+what to do. The API key is read at call time (configuration first, then the environment) and
+never logged.
 """
 from __future__ import annotations
 
@@ -334,8 +335,8 @@ class OpenAIBackend:
         return _Retry(f"the completion server at {where} closed the connection ({name})", before_response=not answered)
 
     def timed_out(self) -> BackendError:
-        return BackendError(f"the completion server at {self.base} did not answer within "
-                            f"{self.config.read_timeout_s:g} s; check that it is not overloaded, or raise remoteTimeoutMs")
+        return BackendError(f"the completion server at {self.base} did not answer within {self.config.read_timeout_s:g}"
+                            f" s; check that it is not overloaded, or raise remoteTimeoutMs")
 
     def headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
