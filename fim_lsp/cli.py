@@ -42,6 +42,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8"],
                    help="int8: int8 weights on the CPU (docs/benchmarks/cpu-decode.md); auto picks per device")
     p.add_argument("--url", default=None, help="OpenAI-compatible server URL for --backend openai")
+    p.add_argument("--ca-bundle", default=None, metavar="PEM",
+                   help="CA certificates trusted for an https --url (default: the system's, or $SSL_CERT_FILE)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--speculate", type=int, default=None, metavar="N",
                    help="prompt-lookup draft tokens verified per greedy step; 0 = off (default: where it pays, "

@@ -23,7 +23,8 @@ from lsp_server.config import ServerConfig
 from lsp_server.core.context import Encoding, offset_to_position, position_to_offset
 from lsp_server.core.notebook import Cell, map_cell_position, notebook_text
 from lsp_server.core.postprocess import ShownSuggestion
-from lsp_server.documents import DocumentStore, excluded, uri_to_path
+from lsp_server.documents import DocumentStore, excluded, uri_to_path, workspace_file
+from lsp_server.ignore import GitignoreFiles
 from lsp_server.model_host import ModelHost
 from lsp_server.scheduler import LatencyWindow, Scheduler, Superseded
 
@@ -63,11 +64,17 @@ class CompletionService:
         self.snippets: dict[str, tuple] = {}  # doc key -> the neighbour snippets its last prompt quoted
         self.suggestions = 0  # suggestions placed so far (each carries its number to the accept command)
         self.last: dict[str, Any] = {}  # the latest completion's token figures
+        self.gitignores = GitignoreFiles()  # the workspace's .gitignore files, for excludeGitignored
 
     def forget_shown(self) -> None:
         """What was shown and quoted was made under other settings or another model: ask again."""
         self.shown.clear()
         self.snippets.clear()
+
+    def gitignored(self, uri: str, roots: list[str]) -> bool:
+        """Whether the .gitignore files of the workspace folder holding `uri` exclude it."""
+        found = workspace_file(uri, roots)
+        return found is not None and self.gitignores.ignores(*found)
 
     def forget(self, doc_key: str) -> None:
         """A document closed: cancel its request and drop its cache slot (on the engine thread)."""
@@ -120,7 +127,8 @@ class CompletionService:
             pipeline_config = replace(pipeline_config, min_token_probability=0.0)
         if pipeline_config.temperature > 0 or not backend.ranks_first_token:
             alternatives = 1  # a first-token rank means nothing to sampling, or to a plain OpenAI server
-        others = self.store.others(uri, roots, config.exclude) if pipeline_config.prompt.neighbours else []
+        hidden = (lambda other: self.gitignored(other, roots)) if config.exclude_gitignored else None
+        others = self.store.others(uri, roots, config.exclude, hidden) if pipeline_config.prompt.neighbours else []
 
         def run(shown: ShownSuggestion | None, token, rank: int = 0) -> pipeline.Outcome:
             return pipeline.complete(

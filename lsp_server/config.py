@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from lsp_server.ignore import gitignore_rules
+
 Multiline = Literal["auto", "never", "always"]
 FimMode = Literal["auto", "spm", "psm"]
 
@@ -37,6 +39,7 @@ class ModelConfig:
     family: str | None = None  # FIM spelling for "openai" without a local tokenizer: starcoder, santacoder
     remote_model: str | None = None  # model name sent to `url`; None = the first one its /v1/models lists
     remote_timeout_s: float = 30.0  # how long one request to `url` may take to answer
+    ca_bundle: str | None = None  # PEM file (or directory) of the CAs trusted for an https `url`; None = the system's
     speculate: int | None = None  # prompt-lookup draft tokens per greedy step; 0 = off, None = where it pays
 
     @property
@@ -72,8 +75,10 @@ class ServerConfig:
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     debounce_ms: int = 0  # wait this long for a newer request before running the model
     alternatives: int = 3  # suggestions offered for a request made by hand (each one more decode)
-    # documents never completed nor read for other documents' prompts (gitignore-like globs, e.g. "**/.env")
+    # documents never completed nor read for other documents' prompts (.gitignore patterns, e.g. ".env", "/config/*.py")
     exclude: tuple[str, ...] = ()
+    # also leave out of other documents' prompts what the workspace's .gitignore files exclude
+    exclude_gitignored: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +159,13 @@ SETTINGS: dict[str, Setting] = {
     "exclude": Setting(
         "server", "exclude", (list,), None,
         "Files the model never sees: not completed, and never quoted as context in other files' prompts. "
-        "Patterns as in .gitignore: a name without '/' matches at any depth (\".env\", \"*.pem\", \"secrets\"); one"
-        " with '/' matches from the workspace folder (\"config/*.py\", \"**/.env\")."),
+        "Patterns as in .gitignore, from the workspace folder: a name without '/' matches at any depth (\".env\", "
+        "\"*.pem\", \"secrets/\"); a leading or inner '/' anchors (\"/config/*.py\"); '**' crosses directories; "
+        "'!' re-includes."),
+    "excludeGitignored": Setting(
+        "server", "exclude_gitignored", (bool,), None,
+        "Also keep what the workspace's .gitignore files exclude (build output, local configuration) out of "
+        "other files' prompts."),
     "url": Setting(
         "model", "url", (str, type(None)), None,
         "An OpenAI-compatible completion server (vLLM, TGI, llama.cpp), e.g. http://127.0.0.1:8000; with "
@@ -174,6 +184,11 @@ SETTINGS: dict[str, Setting] = {
     "remoteTimeoutMs": Setting(
         "model", "remote_timeout_s", (int, float), None,
         "How long one request to fim-lsp.url may take to answer."),
+    "caBundle": Setting(
+        "model", "ca_bundle", (str, type(None)), None,
+        "A PEM file (or a directory of them) of the CA certificates trusted for an https fim-lsp.url, for a "
+        "server whose certificate a private CA signed; empty: the system's CAs, or $SSL_CERT_FILE / "
+        "$SSL_CERT_DIR. Proxies come from $HTTPS_PROXY / $HTTP_PROXY / $NO_PROXY."),
     "speculate": Setting(
         "model", "speculate", (int, type(None)), None,
         "Prompt-lookup draft tokens verified per greedy step; 0 turns it off, empty uses it where it pays (on"
@@ -219,8 +234,13 @@ def apply_settings(config: ServerConfig, raw: Any, notes: list[str] | None = Non
             value = value / 1000
         if key == "exclude":
             if not all(isinstance(pattern, str) and pattern.strip() for pattern in value):
-                raise ConfigError(f"setting 'exclude' must be a list of glob patterns such as \"**/.env\", got {value!r}")
+                raise ConfigError(f"setting 'exclude' must be a list of glob patterns as in .gitignore, such as "
+                                  f"\".env\", got {value!r}")
             value = tuple(value)
+            try:
+                gitignore_rules(value)
+            except ValueError as exc:
+                raise ConfigError(f"setting 'exclude': {exc}") from None
         changes[component][name] = value
     merged = replace(
         config,
@@ -272,7 +292,7 @@ def config_from_args(args: Any) -> ServerConfig:
         model=getattr(args, "model", None), revision=getattr(args, "revision", None),
         backend=backend, device=getattr(args, "device", "auto"),
         dtype=getattr(args, "dtype", "auto"), threads=getattr(args, "threads", None), url=url,
-        speculate=getattr(args, "speculate", None),
+        speculate=getattr(args, "speculate", None), ca_bundle=getattr(args, "ca_bundle", None),
     )
     completion = CompletionSettings()
     if getattr(args, "max_new_tokens", None) is not None:

@@ -9,14 +9,15 @@ cursor, so an edit and a completion always agree on where a position is.
 """
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Sequence
+import posixpath
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
 from lsp_server.core.context import Encoding, position_to_offset
+from lsp_server.ignore import gitignore_rules, ignored
 
 CellKind = Literal["code", "markdown"]
 
@@ -99,16 +100,18 @@ class DocumentStore:
             for cell_uri, _ in notebook.cells:
                 self.close(cell_uri)
 
-    def others(self, uri: str, roots: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
+    def others(self, uri: str, roots: Sequence[str] = (), exclude: Sequence[str] = (),
+               hidden: Callable[[str], bool] | None = None) -> list[tuple[str, str]]:
         """(path, text) of the other open documents in the same language, for neighbour snippets;
         paths as `uri_to_path` names them under the workspace folders `roots`; documents whose path
-        matches an `exclude` pattern are left out."""
+        matches an `exclude` pattern, or whose URI `hidden` says to keep out, are left out."""
         doc = self.documents.get(uri)
         if doc is None:
             return []
         named = [(uri_to_path(other.uri, roots), other) for other in self.documents.values()
                  if other.uri != uri and other.notebook_uri is None and other.language_id == doc.language_id]
-        return [(path, other.text) for path, other in named if not excluded(path, exclude)]
+        return [(path, other.text) for path, other in named
+                if not excluded(path, exclude) and not (hidden is not None and hidden(other.uri))]
 
 
 def apply_edit(text: str, edit: Edit, encoding: Encoding) -> str:
@@ -124,22 +127,11 @@ def apply_edit(text: str, edit: Edit, encoding: Encoding) -> str:
 
 
 def excluded(path: str, patterns: Sequence[str]) -> bool:
-    """Whether a document's path (as `uri_to_path` names it) matches one of the exclude patterns.
-
-    As in .gitignore: a pattern without "/" matches a file or directory name at any depth
-    (`.env`, `*.pem`, `secrets`); one with "/" matches the path from the workspace folder, where
-    `*` also crosses directories and a leading `**/` may match none (`**/.env`, `config/*.py`).
-    """
-    parts = path.replace("\\", "/").split("/")
-    for pattern in patterns:
-        pattern = pattern.strip().rstrip("/")
-        if "/" not in pattern:
-            if any(fnmatch.fnmatchcase(part, pattern) for part in parts):
-                return True
-        elif any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path, p + "/*")
-                 for p in {pattern, pattern.removeprefix("**/")}):
-            return True
-    return False
+    """Whether git would ignore a document's path (as `uri_to_path` names it) under the exclude
+    patterns, read as one .gitignore in the workspace folder (`lsp_server.ignore`): a pattern
+    without "/" matches a name at any depth (`.env`, `*.pem`, `secrets`), a leading or inner "/"
+    anchors it (`/config/*.py`), `**` crosses directories, `!` re-includes."""
+    return bool(patterns) and ignored(path, [gitignore_rules(tuple(patterns))])
 
 
 def uri_to_path(uri: str, roots: Sequence[str] = ()) -> str:
@@ -151,13 +143,35 @@ def uri_to_path(uri: str, roots: Sequence[str] = ()) -> str:
     parsed = urlparse(uri)
     if parsed.scheme != "file":
         return uri
-    path = PurePosixPath(unquote(parsed.path))
+    path = file_path(parsed.path)
     best: PurePosixPath | None = None
     for root in roots:
         r = urlparse(root)
         if r.scheme != "file":
             continue
-        base = PurePosixPath(unquote(r.path))
+        base = file_path(r.path)
         if path != base and path.is_relative_to(base) and (best is None or len(base.parts) > len(best.parts)):
             best = base
     return str(path.relative_to(best)) if best is not None else path.name
+
+
+def file_path(uri_path: str) -> PurePosixPath:
+    """A file URI's path, percent-decoded and normalised: no `.`, `..` (`%2e%2e` included) or
+    repeated slashes, so that no spelling of a path escapes its workspace folder or an exclude
+    pattern."""
+    return PurePosixPath(posixpath.normpath("/" + unquote(uri_path)).replace("//", "/"))
+
+
+def workspace_file(uri: str, roots: Sequence[str]) -> tuple[Path, str] | None:
+    """The outermost workspace folder (`roots`, as URIs) holding a file URI's document, as a local
+    directory, and the document's path in it; None for other URIs and files outside every folder."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        return None
+    path = file_path(parsed.path)
+    folders = [file_path(r.path) for r in map(urlparse, roots) if r.scheme == "file"]
+    holding = [folder for folder in folders if path != folder and path.is_relative_to(folder)]
+    if not holding:
+        return None
+    folder = min(holding, key=lambda f: len(f.parts))
+    return Path(folder), str(path.relative_to(folder))

@@ -284,7 +284,7 @@ def load_model(config: ModelConfig, progress: Progress | None = None) -> Backend
         from engine.backends.openai_backend import RemoteConfig
 
         remote = RemoteConfig(api_key=config.api_key, family=config.family, served_model=config.remote_model,
-                              read_timeout_s=config.remote_timeout_s)
+                              read_timeout_s=config.remote_timeout_s, ca_bundle=config.ca_bundle)
         return load("openai", model=config.model, url=config.url, remote=remote)
     if config.runtime == "reference":
         return load("reference", model=config.model)

@@ -153,7 +153,7 @@ async def workspace_did_change_configuration(ls: FimServer, params: types.DidCha
         ls.log(types.MessageType.Warning, f"fim-lsp: {note}")
     old, ls.config = ls.config, new
     ls.scheduler.debounce_s = new.debounce_ms / 1000
-    if (new.completion, new.exclude) != (old.completion, old.exclude):
+    if (new.completion, new.exclude, new.exclude_gitignored) != (old.completion, old.exclude, old.exclude_gitignored):
         # the suggestions shown and the snippets quoted were made under the old settings (with a
         # document now excluded, say): the next request asks the model again
         ls.completions.forget_shown()

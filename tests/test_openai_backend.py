@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -61,10 +62,11 @@ class FakeServer:
     reply: Reply | None = None
     requests: list[Seen] = field(default_factory=list)
     httpd: ThreadingHTTPServer | None = None
+    tls: ssl.SSLContext | None = None  # serve https with this context (tests/test_remote_transport.py)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.httpd.server_address[1]}"
 
     def completions(self) -> list[Seen]:
         return [r for r in self.requests if r.path == "/v1/completions"]
@@ -98,6 +100,8 @@ class FakeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if self.tls is not None:
+            self.httpd.socket = self.tls.wrap_socket(self.httpd.socket, server_side=True)
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 

@@ -7,29 +7,37 @@ window keep hitting. When the server is our own engine daemon (`fim-lsp engine`)
 its richer endpoint instead, carrying this process's client id and the document id, so the
 daemon's per-document KV slots line up with the editor's documents.
 
-Token counts come from a local tokenizer copy (`--model DIR`), else from the daemon's tokenizer,
-else from a conservative characters-per-token estimate. Failures become `BackendError` with a
-message naming the server and what to do; a cancelled request closes its connection. The API
-key is read at call time (configuration first, then the environment) and never logged.
+HTTP is httpx's, run on one event loop thread for the process: pooled keep-alive connections,
+timeouts per phase, `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment as every Python HTTP
+tool reads them, TLS trusting `caBundle`, else `SSL_CERT_FILE`/`SSL_CERT_DIR`, else the system's
+store and certifi's; streamed answers are read with httpx-sse. A cancelled request is a cancelled
+task, whose connection httpx closes: servers that notice stop generating. Token counts come from a
+local tokenizer copy (`--model DIR`), else from the daemon's tokenizer, else from a conservative
+characters-per-token estimate. Failures become `BackendError` with a message naming the server and
+what to do. The API key is read at call time (configuration first, then the environment) and
+never logged.
 """
 from __future__ import annotations
 
-import http.client
+import asyncio
+import contextlib
 import json
 import logging
 import math
 import os
 import re
-import socket
 import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+
+import certifi
+import httpx
+from httpx_sse import EventSource
 
 from engine.api import (
     BackendError, BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId, StopReason,
@@ -51,6 +59,7 @@ DAEMON_DROP = "/v1/fim-lsp/drop"
 OPENAI_COMPLETIONS = "/v1/completions"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 Mode = Literal["unknown", "daemon", "openai"]
+Scored = list[tuple[str, float]]  # (token text, log-probability) per generated token
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,40 +71,13 @@ class RemoteConfig:
     family: Family | None = None  # FIM spelling when no tokenizer is at hand; None = starcoder
     served_model: str | None = None  # the `model` field sent; None = the first of the server's /v1/models
     n_ctx: int | None = None  # the model's window; None = from config.json or the server
-    connect_timeout_s: float = 3.0  # to open the TCP connection
+    connect_timeout_s: float = 3.0  # to open the TCP connection (and the TLS handshake)
     read_timeout_s: float = 30.0  # for the whole answer of one request
     retries: int = 2  # extra attempts after a refused connection or a 429/5xx
     backoff_s: float = 0.25  # first wait before a retry; doubles each time
     stream: bool = False  # read the answer as server-sent events (stops early on a stop string)
     client_id: str | None = None  # this process's namespace in a shared daemon; None = a random one
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """The server's address, split once."""
-
-    scheme: str
-    host: str
-    port: int
-    base_path: str  # prefix before /v1/..., without a trailing slash
-
-    @classmethod
-    def parse(cls, url: str) -> "Endpoint":
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BackendError(f"url {redact_url(url)!r} is not an http(s) address; use e.g. http://127.0.0.1:8000")
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise BackendError(f"url {redact_url(url)!r} has a bad port") from None
-        base = parts.path.rstrip("/")
-        base = base[: -len("/v1")] if base.endswith("/v1") else base  # accept both .../ and .../v1
-        return cls(parts.scheme, parts.hostname, port, base)
-
-    @property
-    def shown(self) -> str:
-        """The address as messages print it (never with credentials)."""
-        return f"{self.scheme}://{self.host}:{self.port}{self.base_path}"
+    ca_bundle: str | None = None  # PEM file (or directory) of the CAs trusted for https; None = see tls_trust
 
 
 class _Retry(Exception):
@@ -106,34 +88,8 @@ class _Retry(Exception):
         self.before_response = before_response  # no status line was read
 
 
-class _Watch:
-    """Closes a request's connection when its CancelToken fires or its deadline passes."""
-
-    def __init__(self, conn: http.client.HTTPConnection, cancel: CancelToken | None, deadline: float,
-                 clock: Callable[[], float]) -> None:
-        self.conn, self.cancel, self.deadline, self.clock = conn, cancel, deadline, clock
-        self.reason: Literal["", "cancelled", "timeout"] = ""
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.run, name="fim-remote-watch", daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        while not self.done.wait(WATCH_POLL_S):
-            if not self.reason and self.cancel is not None and self.cancel.cancelled:
-                self.reason = "cancelled"
-            elif not self.reason and self.clock() > self.deadline:
-                self.reason = "timeout"
-            sock = self.conn.sock
-            if self.reason and sock is not None:  # still connecting: wait for the socket to exist
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in recv()
-                except OSError:
-                    pass
-                return
-
-    def stop(self) -> None:
-        self.done.set()
-        self.thread.join()
+class _NotFound(BackendError):
+    """HTTP 404: the path does not exist on this server."""
 
 
 class OpenAIBackend:
@@ -143,7 +99,7 @@ class OpenAIBackend:
                  fim: FimTokens | None = None, n_ctx: int | None = None, why: str = "",
                  environ: Mapping[str, str] = os.environ, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self.endpoint = Endpoint.parse(url)
+        self.base = base_url(url)  # scheme://host:port/prefix: what messages name, and where /v1/... goes
         self.config = config
         self.tokenizer = tokenizer  # a tokenizers.Tokenizer, or None to estimate counts
         self.fim = fim or family_tokens(config.family or "starcoder")
@@ -152,9 +108,10 @@ class OpenAIBackend:
         self.mode: Mode = "unknown"
         self.daemon_searches = False  # the daemon's engine runs beam searches (its info says)
         self.served_model = config.served_model
-        self.conn: http.client.HTTPConnection | None = None  # kept alive between requests
+        self.client, self.loop = http_client(config), http_loop()  # httpx's, on the one event loop of remote HTTP
+        self.conn: httpx.Response | None = None  # the answer being read, while one is
         self.counters = {"requests": 0, "errors": 0, "retries": 0, "cancelled": 0}
-        self.info = BackendInfo(backend="openai", model=f"{self.served_model or 'model'} at {self.endpoint.shown}",
+        self.info = BackendInfo(backend="openai", model=f"{self.served_model or 'model'} at {self.base}",
                                 device="remote", dtype="remote", n_ctx=n_ctx or config.n_ctx or DEFAULT_N_CTX,
                                 why=why)
 
@@ -189,7 +146,7 @@ class OpenAIBackend:
                 text, finish, usage, scored = self.post_streaming(path, body, stops, cancel,
                                                                   lambda sofar: end_of_use(request, sofar))
             else:
-                text, finish, usage, scored = parse_completion(self.post(path, body, cancel), self.endpoint.shown)
+                text, finish, usage, scored = parse_completion(self.post(path, body, cancel), self.base)
         except Cancelled:
             self.counters["cancelled"] += 1
             raise
@@ -245,7 +202,7 @@ class OpenAIBackend:
         try:
             self.post(DAEMON_DROP, {"client": self.client_id, "doc_id": doc_id}, None, retries=0)
         except BackendError as exc:  # the daemon evicts by LRU anyway
-            log.info("could not drop %s on %s: %s", doc_id, self.endpoint.shown, exc)
+            log.info("could not drop %s on %s: %s", doc_id, self.base, exc)
 
     def cache_stats(self) -> dict[str, int]:
         """This process's request counters (the server's cache is its own; never asked from here)."""
@@ -282,44 +239,51 @@ class OpenAIBackend:
 
     def post_streaming(self, path: str, body: dict[str, Any], stops: tuple[str, ...],
                        cancel: CancelToken | None, used: Callable[[str], Any] = lambda _: None,
-                       ) -> tuple[str, str | None, dict[str, Any], list[tuple[str, float]] | None]:
+                       ) -> tuple[str, str | None, dict[str, Any], Scored | None]:
         """Read a server-sent-event answer; stop reading (closing the connection) at a stop string,
         or once `used(text so far)` says the suggestion is complete."""
-        where = self.endpoint.shown
+        where = self.base
 
-        def read(response: http.client.HTTPResponse, path: str):
-            if response.status != 200:
-                self.decode(response, path)  # raises the status's error
+        async def read(response: httpx.Response, path: str):
+            if response.status_code != 200 or "text/event-stream" not in response.headers.get("content-type", ""):
+                return parse_completion(await self.decode(response, path), where)  # an error, or `stream` ignored
             parts, finish, usage, scored = [], None, {}, []
-            for event in server_sent_events(response, where):
-                text, f, u, pairs = parse_completion(event, where, streamed=True)
-                parts.append(text)
-                finish, usage = f or finish, u or usage
-                if scored is not None and (pairs is not None or text):  # kept only when every token has one
-                    scored = None if pairs is None else scored + pairs
-                sofar = "".join(parts)
-                if any(s in sofar for s in stops) or used(sofar) is not None:
-                    self.close()  # the server stops generating when the client hangs up
-                    break
+            async with contextlib.aclosing(EventSource(response).aiter_sse()) as events:
+                async for event in events:
+                    if event.data.strip() == "[DONE]":
+                        break
+                    try:
+                        answer = json.loads(event.data)
+                    except ValueError:
+                        raise BackendError(f"the completion server at {where} streamed an event that is not JSON: "
+                                           f"{event.data[:200]!r}") from None
+                    text, f, u, pairs = parse_completion(answer, where, streamed=True)
+                    parts.append(text)
+                    finish, usage = f or finish, u or usage
+                    if scored is not None and (pairs is not None or text):  # kept only when every token has one
+                        scored = None if pairs is None else scored + pairs
+                    sofar = "".join(parts)
+                    if any(s in sofar for s in stops) or used(sofar) is not None:
+                        break  # the answer closes half-read, and so does its connection: the server stops generating
             return "".join(parts), finish, usage, scored
 
         return self.request("POST", path, body, cancel, read=read)
 
     def request(self, method: str, path: str, body: dict[str, Any] | None, cancel: CancelToken | None,
-                retries: int | None = None, read: Callable[[http.client.HTTPResponse, str], Any] | None = None) -> Any:
+                retries: int | None = None, read: Callable[[httpx.Response, str], Any] | None = None) -> Any:
         """Send one request with bounded retries and backoff; `read` the response (default: its JSON)."""
         retries = self.config.retries if retries is None else retries
-        read = read or self.decode
         attempt = 0
         while True:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("cancelled before the request was sent")
-            reused = self.conn is not None and self.conn.sock is not None
+            exchange = _Exchange()
             try:
-                with _Exchange(self, method, path, body, cancel) as response:
-                    return read(response, path)
+                return asyncio.run_coroutine_threadsafe(
+                    self.watched(self.send(method, path, body, read or self.decode, exchange), cancel), self.loop,
+                ).result()
             except _Retry as exc:
-                if reused and exc.before_response:
+                if exc.before_response and not exchange.connected:
                     continue  # a kept-alive connection the server had closed meanwhile: reconnect at once
                 if attempt == retries:
                     raise BackendError(f"{exc}{f' (tried {retries + 1} times)' if retries else ''}") from None
@@ -327,33 +291,65 @@ class OpenAIBackend:
                 self.wait(self.config.backoff_s * 2**attempt, cancel)
                 attempt += 1
 
+    async def watched(self, attempt: Coroutine[Any, Any, Any], cancel: CancelToken | None) -> Any:
+        """`attempt`, cancelled when `cancel` fires or the answer takes longer than read_timeout_s in all;
+        httpx closes the connection of a cancelled request, which stops the server's generation."""
+        task = asyncio.ensure_future(attempt)
+        deadline = self.clock() + self.config.read_timeout_s
+        while not task.done():
+            await asyncio.wait([task], timeout=WATCH_POLL_S)
+            cancelled = cancel is not None and cancel.cancelled
+            if not task.done() and (cancelled or self.clock() > deadline):
+                task.cancel()
+                await asyncio.wait([task])  # its connection is closed once it is done
+                raise Cancelled("cancelled while the server was answering") if cancelled else self.timed_out()
+        return task.result()
+
+    async def send(self, method: str, path: str, body: dict[str, Any] | None, read: Callable[..., Any],
+                   exchange: "_Exchange") -> Any:
+        """One attempt: the request, and `read` of its response; transport failures told as what they mean."""
+        try:
+            async with self.client.stream(method, self.base + path, json=body, headers=self.headers(),
+                                          extensions={"trace": exchange.trace}) as response:
+                exchange.answered, self.conn = True, response
+                return await read(response, path)
+        except httpx.TransportError as exc:
+            raise self.translate(exc, exchange.answered) from None
+        finally:
+            self.conn = None
+
+    def translate(self, exc: httpx.TransportError, answered: bool) -> Exception:
+        """A transport failure as BackendError or _Retry."""
+        if isinstance(exc, httpx.TimeoutException):
+            return self.timed_out()
+        where, cause = self.base, os_error(exc)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return BackendError(f"the completion server at {where} has a certificate this machine does not trust "
+                                f"({cause.verify_message}); set caBundle to its CA's PEM file, or $SSL_CERT_FILE")
+        if isinstance(exc, httpx.ConnectError):
+            reason = os.strerror(cause.errno) if cause is not None and cause.errno else cause or exc
+            return _Retry(f"cannot reach the completion server at {where}: {reason}; is it running?")
+        # the server hung up, before any answer (http.client's name for that, which users search for) or during one
+        name = type(cause).__name__ if cause is not None else (
+            "RemoteDisconnected" if isinstance(exc, httpx.RemoteProtocolError) else type(exc).__name__)
+        return _Retry(f"the completion server at {where} closed the connection ({name})", before_response=not answered)
+
+    def timed_out(self) -> BackendError:
+        return BackendError(f"the completion server at {self.base} did not answer within {self.config.read_timeout_s:g}"
+                            f" s; check that it is not overloaded, or raise remoteTimeoutMs")
+
     def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
         key = self.config.api_key or self.environ.get(self.config.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def connection(self) -> http.client.HTTPConnection:
-        if self.conn is None:
-            e = self.endpoint
-            if e.scheme == "https":
-                self.conn = http.client.HTTPSConnection(e.host, e.port, timeout=self.config.connect_timeout_s,
-                                                        context=ssl.create_default_context())
-            else:
-                self.conn = http.client.HTTPConnection(e.host, e.port, timeout=self.config.connect_timeout_s)
-        return self.conn
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-    def decode(self, response: http.client.HTTPResponse, path: str) -> Any:
+    async def decode(self, response: httpx.Response, path: str) -> Any:
         """The JSON of a response; BackendError (or _Retry) for an error status or a body that is not JSON."""
-        raw = response.read()
-        where = self.endpoint.shown
-        status = response.status
+        raw = await response.aread()
+        where = self.base
+        status = response.status_code
         if status in (404, 405):
             raise _NotFound(f"the completion server at {where} has no {path} (HTTP {status}); "
                             f"is url the address of an OpenAI-compatible server?")
@@ -402,7 +398,7 @@ class OpenAIBackend:
                 other_lines=[self.daemon_result(other, start) for other in answer.get("other_lines") or ()],
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise BackendError(f"the engine daemon at {self.endpoint.shown} sent an answer without "
+            raise BackendError(f"the engine daemon at {self.base} sent an answer without "
                                f"{exc}: {excerpt(json.dumps(answer).encode())!r}") from None
 
 
@@ -410,61 +406,78 @@ def optional_list(values: Any, kind: type) -> list | None:
     """`values` as a list of `kind`, or None when absent (a daemon from before the field)."""
     return None if values is None else [kind(v) for v in values]
 
-
-class _NotFound(BackendError):
-    """HTTP 404: the path does not exist on this server."""
-
-
 class _Exchange:
-    """One request/response on the backend's connection, watched for cancellation and the deadline."""
+    """What one attempt learnt: whether it opened a connection, whether an answer began."""
 
-    def __init__(self, backend: OpenAIBackend, method: str, path: str, body: dict[str, Any] | None,
-                 cancel: CancelToken | None) -> None:
-        self.backend, self.method, self.path, self.body, self.cancel = backend, method, path, body, cancel
-        self.watch: _Watch | None = None
+    def __init__(self) -> None:
+        self.connected = False  # a connection was opened for it (rather than one kept alive)
+        self.answered = False  # the status line and headers arrived
 
-    def __enter__(self) -> http.client.HTTPResponse:
-        b = self.backend
-        conn = b.connection()
-        self.watch = _Watch(conn, self.cancel, b.clock() + b.config.read_timeout_s, b.clock)
-        payload = json.dumps(self.body).encode() if self.body is not None else None
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's trace hook."""
+        if event == "connection.connect_tcp.complete":
+            self.connected = True
+
+
+def http_client(config: RemoteConfig) -> httpx.AsyncClient:
+    """A pooled client with per-phase timeouts; proxies as the environment says."""
+    timeout = httpx.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
+                            write=config.read_timeout_s, pool=config.read_timeout_s)
+    return httpx.AsyncClient(timeout=timeout, verify=tls_trust(config.ca_bundle), trust_env=True)
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def http_loop() -> asyncio.AbstractEventLoop:
+    """The event loop every remote backend's HTTP runs on: one thread, started on first use."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="fim-remote-http", daemon=True).start()
+        return _loop
+
+
+def tls_trust(ca_bundle: str | None) -> ssl.SSLContext | bool:
+    """The CAs trusted for https: `ca_bundle` (a PEM file or a directory of them) alone when given;
+    else `$SSL_CERT_FILE` / `$SSL_CERT_DIR` (httpx reads them: True); else the system's store and
+    certifi's bundle (a company CA installed system-wide is trusted, as is the public web)."""
+    if ca_bundle:
+        path = Path(ca_bundle).expanduser()
         try:
-            conn.request(self.method, b.endpoint.base_path + self.path, body=payload, headers=b.headers())
-            if conn.sock is not None:
-                conn.sock.settimeout(b.config.read_timeout_s)  # a read idle this long fails, even between events
-            return conn.getresponse()
-        except Exception as exc:
-            raise self.translate(exc, self.finish(failed=True), before_response=True) from None
+            return ssl.create_default_context(**{"capath" if path.is_dir() else "cafile": str(path)})
+        except (OSError, ssl.SSLError) as exc:
+            raise BackendError(f"caBundle {ca_bundle!r}: {exc.strerror or exc}; give a PEM file of the CA "
+                               f"certificates the server's certificate is signed with") from None
+    if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        return True
+    context = ssl.create_default_context()
+    context.load_verify_locations(certifi.where())
+    return context
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        reason = self.finish(failed=exc is not None)
-        if exc is not None and (reason or isinstance(exc, (OSError, http.client.HTTPException))):
-            raise self.translate(exc, reason, before_response=False) from None
 
-    def finish(self, failed: bool) -> str:
-        """Stop the watcher; drop a connection that failed or was interrupted. Returns why it fired, if it did."""
-        assert self.watch is not None, "finish() before __enter__"
-        self.watch.stop()
-        reason = self.watch.reason
-        if failed or reason:
-            self.backend.close()  # a half-read or interrupted connection is never reused
-        return reason
+def base_url(url: str) -> str:
+    """`url` as scheme://host:port/prefix, without credentials nor a trailing `/v1`."""
+    try:
+        parts = httpx.URL(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except (httpx.InvalidURL, ValueError):
+        raise BackendError(f"url {redact_url(url)!r} has a bad port") from None
+    if parts.scheme not in ("http", "https") or not parts.host:
+        raise BackendError(f"url {redact_url(url)!r} is not an http(s) address; use e.g. http://127.0.0.1:8000")
+    host = f"[{parts.host}]" if ":" in parts.host else parts.host
+    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/').removesuffix('/v1')}"
 
-    def translate(self, exc: BaseException, reason: str, before_response: bool) -> BaseException:
-        """A transport failure as Cancelled, BackendError or _Retry; other exceptions unchanged."""
-        b = self.backend
-        where, timeout = b.endpoint.shown, b.config.read_timeout_s
-        if reason == "cancelled":
-            return Cancelled("cancelled while the server was answering")
-        if reason == "timeout" or isinstance(exc, (socket.timeout, TimeoutError)):
-            return BackendError(f"the completion server at {where} did not answer within {timeout:g} s; "
-                                f"check that it is not overloaded, or raise remoteTimeoutMs")
-        if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):
-            return _Retry(f"cannot reach the completion server at {where}: {exc.strerror or exc}; is it running?")
-        if isinstance(exc, (OSError, http.client.HTTPException)):
-            return _Retry(f"the completion server at {where} closed the connection ({type(exc).__name__})",
-                          before_response=before_response and not isinstance(exc, ConnectionRefusedError))
-        return exc
+
+def os_error(exc: BaseException | None) -> OSError | None:
+    """The operating system's error at the root of an httpx exception (refused, reset, certificate), if any."""
+    found = None
+    while exc is not None:
+        found = exc if isinstance(exc, OSError) else found
+        exc = exc.__cause__ or exc.__context__
+    return found
 
 
 def load_backend(model: str | None = None, device: str = "auto", dtype: str = "auto", revision: str | None = None,
@@ -510,7 +523,7 @@ def load_backend(model: str | None = None, device: str = "auto", dtype: str = "a
         notes.append(f"no local tokenizer: {family} FIM tokens{'' if config.family else ' (the default family)'}, "
                      f"tokens estimated at {CHARS_PER_TOKEN_ESTIMATE:g} characters each")
     kind = {"daemon": "engine daemon", "openai": "OpenAI-compatible server", "unknown": "server"}[backend.mode]
-    backend.info = BackendInfo(backend="openai", model=f"{backend.served_model or 'model'} at {backend.endpoint.shown}",
+    backend.info = BackendInfo(backend="openai", model=f"{backend.served_model or 'model'} at {backend.base}",
                                device="remote", dtype="remote", n_ctx=n_ctx or DEFAULT_N_CTX,
                                why=f"{kind}; " + "; ".join(notes), params=params)
     return backend
@@ -585,22 +598,6 @@ def token_scores(logprobs: Any) -> list[tuple[str, float]] | None:
     if not all(isinstance(t, str) for t in tokens) or not all(isinstance(v, (int, float)) for v in values):
         return None
     return [(t, float(v)) for t, v in zip(tokens, values)]
-
-
-def server_sent_events(response: http.client.HTTPResponse, where: str) -> Iterator[Any]:
-    """The JSON payloads of `data:` lines until `data: [DONE]` or the end of the stream."""
-    for raw in response:
-        line = raw.decode("utf-8", "replace").strip()
-        if not line.startswith("data:"):
-            continue
-        data = line[len("data:"):].strip()
-        if data == "[DONE]":
-            return
-        try:
-            yield json.loads(data)
-        except ValueError:
-            raise BackendError(f"the completion server at {where} streamed an event that is not JSON: "
-                               f"{data[:200]!r}") from None
 
 
 def error_detail(raw: bytes) -> str:

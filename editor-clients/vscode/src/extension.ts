@@ -16,7 +16,8 @@ const STATUS_REQUEST = 'fim-lsp/status';
 // Settings the server understands (its wire names); the rest only concern how it is started.
 const SERVER_KEYS = ['model', 'revision', 'backend', 'device', 'dtype', 'maxNewTokens', 'temperature', 'multiline',
   'debounceMs', 'neighbours', 'tokenHealing', 'minTokenProbability', 'beam', 'fimMode', 'prefixSuffixRatio', 'timeBudgetMs',
-  'cacheBytes', 'speculate', 'alternatives', 'exclude', 'url', 'remoteModel', 'family', 'remoteTimeoutMs'] as const;
+  'cacheBytes', 'speculate', 'alternatives', 'exclude', 'excludeGitignored', 'url', 'remoteModel', 'family', 'remoteTimeoutMs',
+  'caBundle'] as const;
 const LAUNCH_KEYS = ['command', 'pythonPath', 'extraArgs'];
 const ENABLE_KEY = 'enable'; // language id -> boolean; '*' for the rest (read here, never sent)
 
