@@ -2,7 +2,8 @@
 
 `keystrokes` replays typing HumanEval spans through three modes on one checkpoint (see
 `benchmarks.keystroke_replay`). Without `--model` it uses a random-weight checkpoint-kit model of
-`--shape`: latency depends on the shape, not on the weights' values.
+`--shape`: latency depends on the shape, not on the weights' values. `session` drives the real
+server through a scripted editing session in wall-clock time (see `benchmarks.session`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "soak": ("benchmarks.soak", "main"),
     "speculative": ("benchmarks.speculative", "main"),
     "beam": ("benchmarks.beam", "main"),
+    "session": ("benchmarks.session", "main"),
 }
 MAX_NEW_TOKENS = 16
 

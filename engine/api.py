@@ -48,6 +48,11 @@ class CancelToken:
         """True once cancel() was called."""
         return self._event.is_set()
 
+    @property
+    def fired(self) -> bool:
+        """True once cancel() was called; read for bookkeeping, never a step at which the engine stops."""
+        return self._event.is_set()
+
 
 def through_line_end(text: str) -> int | None:
     """Length of `text` up to and including its first line break after non-blank text; None when

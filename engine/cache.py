@@ -4,8 +4,9 @@ Pure bookkeeping in the manner of vLLM's prefix cache: no tensors here. The engi
 `Plan` (how many cached tokens to keep, whether to seed the slot by copying another slot's K/V,
 which slots to evict and how large the slot must be), carries it out on its buffers, and reports
 every token whose K/V it writes with `append`. Life cycle verbs: match, reuse, truncate, append,
-evict. Memory is counted in slot capacity (positions allocated) times bytes per token, and the
-sum never exceeds the budget: least recently used slots go first.
+evict, and set aside (a document keeps the prompt of the cursor region it left in a second slot).
+Memory is counted in slot capacity (positions allocated) times bytes per token, and the sum never
+exceeds the budget: least recently used slots go first.
 
 Block hashes: a slot's tokens are cut into `block_size`-token blocks, each hashed together with
 its parent block's hash (so a hash names a whole prefix). A document whose prompt starts like
@@ -37,6 +38,9 @@ class CacheConfig:
     chunk_tokens: int = 256  # slot buffers grow in steps of this many positions
     reuse: bool = True  # False: every request prefills its whole prompt (a benchmark baseline)
     share_blocks: bool = True  # seed a slot from another document's identical leading blocks
+    # cursor regions a document keeps: 2 keeps the prompt of the place the cursor left beside the
+    # current one (jumping back and forth stays warm); 1: one prompt per document
+    regions: int = 2
 
 
 @dataclass(slots=True)
@@ -47,6 +51,7 @@ class SlotStats:
     reused: int = 0  # prompt tokens served from the slot's own K/V
     seeded: int = 0  # prompt tokens copied from another slot's K/V
     prefilled: int = 0  # prompt tokens computed
+    warmed: int = 0  # prompt tokens computed ahead of a request (engine warm: idle prefill)
     evicted: int = 0  # times the slot was evicted for memory
 
 
@@ -141,12 +146,13 @@ class SlotTable:
 
     # -- verbs -----------------------------------------------------------------------------------
 
-    def plan(self, doc_id: DocId, tokens: Sequence[int], total_tokens: int) -> Plan:
+    def plan(self, doc_id: DocId, tokens: Sequence[int], total_tokens: int, warming: bool = False) -> Plan:
         """Decide reuse, seeding, eviction and capacity for a request; updates the bookkeeping.
 
         `total_tokens` is the prompt plus the most tokens decoding may write. After this call the
         slot exists with `Plan.keep` cached tokens; the engine then copies (if seeding), prefills
-        `tokens[keep:]` and reports what it writes with `append`.
+        `tokens[keep:]` and reports what it writes with `append`. `warming`: no request, work ahead
+        of one (the engine prefills `tokens[keep:-1]`); counted as `warmed`, not as a request.
         """
         assert len(tokens) <= total_tokens <= self.max_tokens, (
             f"a request of {total_tokens} tokens (prompt {len(tokens)}) exceeds the {self.max_tokens}-token window"
@@ -175,7 +181,7 @@ class SlotTable:
         slot.capacity = capacity
         slot.last_used = self.tick
         stats = self.stats.setdefault(doc_id, SlotStats())
-        stats.requests += 1
+        stats.requests += not warming
         if source is not None:
             self.truncate(doc_id, 0)
             self.append(doc_id, self.slots[source].cached_tokens[:keep])
@@ -183,7 +189,10 @@ class SlotTable:
             stats.seeded += keep
         else:
             self.reuse(doc_id, keep)
-        stats.prefilled += len(tokens) - keep
+        if warming:
+            stats.warmed += max(len(tokens) - 1 - keep, 0)
+        else:
+            stats.prefilled += len(tokens) - keep
         return Plan(doc_id=doc_id, keep=keep, reused=own if source is None else 0, seed_from=source,
                     capacity=capacity, evict=tuple(victims))
 
@@ -215,6 +224,44 @@ class SlotTable:
         for h in block_hashes(slot.cached_tokens[done:], size, self.hash_fn, parent):
             slot.block_hashes.append(h)
             self.index.setdefault(h, set()).add(doc_id)
+
+    def set_aside(self, doc_id: DocId, region: DocId, tokens: Sequence[int]) -> bool:
+        """Before a request for `tokens`: keep the document's other cursor region warm.
+
+        `region` names the document's second slot. When it matches `tokens` better than the slot,
+        the two swap (jumping back costs nothing); when `tokens` share less than half of the slot
+        (the cursor jumped) and the slot holds at least a block, the slot becomes the region (the
+        old region is evicted) and the document starts afresh, seeded where blocks match. Returns
+        True when the slots changed, so the engine moves their buffers alike (`swap`).
+        """
+        if self.config.regions < 2 or not self.config.reuse:
+            return False
+        slot, other = self.slots.get(doc_id), self.slots.get(region)
+        own = common_prefix(slot.cached_tokens, tokens) if slot else 0
+        theirs = common_prefix(other.cached_tokens, tokens) if other else 0
+        if theirs > own:
+            self.swap(doc_id, region)
+            return True
+        if slot is not None and len(slot.cached_tokens) >= self.config.block_size and own < len(slot.cached_tokens) // 2:
+            self.evict(region)
+            self.swap(doc_id, region)
+            return True
+        return False
+
+    def swap(self, a: DocId, b: DocId) -> None:
+        """Exchange what two slot names hold (either may hold nothing)."""
+        slot_a, slot_b = self.slots.pop(a, None), self.slots.pop(b, None)
+        for slot, old, new in ((slot_a, a, b), (slot_b, b, a)):
+            if slot is None:
+                continue
+            for h in slot.block_hashes:
+                self._unindex(h, old)
+            slot.doc_id = new
+            self.slots[new] = slot
+        for slot in (slot_a, slot_b):
+            if slot is not None:
+                for h in slot.block_hashes:
+                    self.index.setdefault(h, set()).add(slot.doc_id)
 
     def evict(self, doc_id: DocId) -> None:
         """Free a slot (its document stays known; its next request prefills from scratch)."""

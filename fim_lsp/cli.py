@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per position")
 
     p = parsers["bench"]
-    p.add_argument("which", choices=["keystrokes", "backends", "remote", "peer", "soak", "speculative", "beam"])
+    p.add_argument("which", choices=["keystrokes", "backends", "remote", "peer", "soak", "speculative", "beam",
+                                        "session"])
     add_model_options(p)
     p.add_argument("--shape", default="small", help="checkpoint-kit shape when no --model is given")
     p.add_argument("--problems", type=int, default=20, help="HumanEval problems to replay")
@@ -90,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", type=int, default=50, help="soak: open documents")
     p.add_argument("--cache-mib", type=int, default=64, help="soak: K/V cache budget (MiB)")
     p.add_argument("--plot", default="soak.png", help="soak: where to save the latency/RSS plot (PNG)")
-    p.add_argument("--seed", type=int, default=0, help="soak: random seed")
+    p.add_argument("--seed", type=int, default=0, help="soak, session: random seed")
+    p.add_argument("--modes", default=None,
+                   help="session: comma-separated modes to run (default: all, today's behaviour first)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="session: tokens per suggestion")
     p.add_argument("--rows", default=None,
                    help="peer: comma-separated rows to run (e.g. 'torch int8,llama.cpp q8_0'); default: all")
     p.add_argument("--json", action="store_true")

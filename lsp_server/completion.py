@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
@@ -29,6 +29,7 @@ from lsp_server.model_host import ModelHost
 from lsp_server.scheduler import LatencyWindow, Scheduler, Superseded
 
 ACCEPTED = "fim-lsp.accepted"  # the command a suggestion carries; the client runs it on accept
+PLACED_KEPT = 16  # suggestions remembered for an accept to find where the cursor went
 
 Log = Callable[[types.MessageType, str], None]
 
@@ -40,6 +41,43 @@ class Acceptance:
     shown: int = 0
     accepted: int = 0
     accepted_chars: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """A cursor resolved against the open documents: what the pipeline runs on for it."""
+
+    uri: str  # the document asked about (a notebook's cell)
+    doc_key: str  # its cache slot and per-document state: the notebook for a cell
+    doc_text: str  # the text of `uri`
+    cursor: int  # the cursor's offset in `doc_text` (code points)
+    text: str  # what the prompt is built from (a notebook as one document)
+    line: int  # the cursor in `text`
+    character: int
+    encoding: Encoding
+    path: str | None  # the prompt's file name
+    others: list[tuple[str, str]]  # (path, text) of other open documents, for neighbour snippets
+    config: pipeline.PipelineConfig
+
+    def same(self, alternatives: int) -> tuple:
+        """What makes two requests identical: they share one engine run (and a prefetched answer)."""
+        return (self.text, self.line, self.character, self.config, alternatives)
+
+
+class Ahead(Protocol):
+    """Work done ahead of requests (`lsp_server.prefill.Background`), as the completion path sees it."""
+
+    def take(self, doc_key: str, same: tuple) -> list[pipeline.Outcome] | None:
+        """The outcomes prefetched for exactly this request, or None (what was prefetched is dropped)."""
+        ...
+
+    def answered(self, doc_key: str, result: Any) -> None:
+        """A request for `doc_key` was answered with `result` (a CompletionResult or None)."""
+        ...
+
+    def forget(self, doc_key: str | None) -> None:
+        """Drop what was computed ahead for `doc_key` (None: for every document)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -65,11 +103,15 @@ class CompletionService:
         self.suggestions = 0  # suggestions placed so far (each carries its number to the accept command)
         self.last: dict[str, Any] = {}  # the latest completion's token figures
         self.gitignores = GitignoreFiles()  # the workspace's .gitignore files, for excludeGitignored
+        self.placed: dict[int, tuple[str, int, str]] = {}  # suggestion number -> (uri, cursor offset, text), latest few
+        self.ahead: Ahead | None = None  # background work that may have answered a request already
 
     def forget_shown(self) -> None:
         """What was shown and quoted was made under other settings or another model: ask again."""
         self.shown.clear()
         self.snippets.clear()
+        if self.ahead is not None:
+            self.ahead.forget(None)
 
     def gitignored(self, uri: str, roots: list[str]) -> bool:
         """Whether the .gitignore files of the workspace folder holding `uri` exclude it."""
@@ -81,6 +123,8 @@ class CompletionService:
         self.scheduler.cancel(doc_key)
         self.shown.pop(doc_key, None)
         self.snippets.pop(doc_key, None)
+        if self.ahead is not None:
+            self.ahead.forget(doc_key)
         backend = self.model.backend
         if backend is not None:
             asyncio.ensure_future(self.scheduler.call(lambda: backend.drop(doc_key)))
@@ -102,58 +146,24 @@ class CompletionService:
         (minTokenProbability applies to automatic requests). `alternatives` > 1 adds the other
         lines the pipeline compared (likeliest first), then greedy suggestions from the next
         first-token ranks (greedy decoding only), each text once."""
-        doc = self.store.get(uri)
-        if doc is None:
-            raise JsonRpcInvalidParams(f"the document {uri} is not open (send textDocument/didOpen first)")
         backend = self.model.backend
-        if backend is None:
+        if self.store.get(uri) is not None and backend is None:
             return []  # still loading (or failed): an empty answer, never a wait
         start = time.perf_counter()
-        doc_text = pipeline.scrub_surrogates(doc.text)
-        try:
-            cursor = position_to_offset(doc_text, position.line, position.character, encoding)
-        except ValueError as exc:
-            raise JsonRpcInvalidParams(f"bad position {position.line}:{position.character}: {exc}") from None
-        doc_key, text, line, character = uri, doc_text, position.line, position.character
-        path = uri_to_path(uri, roots)
-        if doc.notebook_uri is not None:
-            doc_key = doc.notebook_uri
-            text, (line, character) = self.notebook_view(doc.notebook_uri, uri, position, encoding)
-            path = uri_to_path(doc.notebook_uri, roots)
-        if excluded(path, config.exclude):
+        where = self.locate(uri, position, config=config, encoding=encoding, roots=roots, invoked=invoked)
+        if where is None or backend is None:
             return []  # the user keeps this document from the model: not completed, not a snippet elsewhere
-        pipeline_config = pipeline.pipeline_config(config.completion)
-        if invoked:
-            pipeline_config = replace(pipeline_config, min_token_probability=0.0)
-        if pipeline_config.temperature > 0 or not backend.ranks_first_token:
+        if where.config.temperature > 0 or not backend.ranks_first_token:
             alternatives = 1  # a first-token rank means nothing to sampling, or to a plain OpenAI server
-        hidden = (lambda other: self.gitignored(other, roots)) if config.exclude_gitignored else None
-        others = self.store.others(uri, roots, config.exclude, hidden) if pipeline_config.prompt.neighbours else []
-
-        def run(shown: ShownSuggestion | None, token, rank: int = 0) -> pipeline.Outcome:
-            return pipeline.complete(
-                backend, doc_key, text, line, character, encoding=encoding, config=pipeline_config, path=path,
-                others=others, previous_snippets=self.snippets.get(doc_key, ()), shown=shown, cancel=token,
-                first_token_rank=rank)
-
-        def job(token) -> list[pipeline.Outcome]:
-            first = run(None if resample else self.shown.get(doc_key), token)
-            if alternatives == 1:
-                return [first]
-            # the other lines the pipeline compared come first (no further decode; the model is
-            # asked when the first is the suggestion shown, reused), then those of the next
-            # likeliest first tokens
-            compared = first if first.result is not None else run(None, token)
-            more = [o for o in (compared, *compared.other_lines) if o is not first
-                    and (o.suggestion is None or first.suggestion is None or o.suggestion.text != first.suggestion.text)]
-            more = more[:alternatives - 1]
-            return [first, *more, *(run(None, token, rank)
-                                    for rank in range(compared.beam, compared.beam + alternatives - 1 - len(more)))]
-
+        doc_key, doc_text, cursor = where.doc_key, where.doc_text, where.cursor
+        same = where.same(alternatives)
+        outcomes = self.ahead.take(doc_key, same) if self.ahead is not None else None
         try:
-            # the same buffer, cursor and settings (VS Code's inline and completion requests for
-            # one keystroke) share one engine run rather than the second cancelling the first
-            outcomes = await self.scheduler.run(doc_key, job, same=(text, line, character, pipeline_config, alternatives))
+            if outcomes is None:
+                # the same buffer, cursor and settings (VS Code's inline and completion requests for
+                # one keystroke) share one engine run rather than the second cancelling the first
+                outcomes = await self.scheduler.run(doc_key, self.job_for(where, backend, resample, alternatives),
+                                                    same=same)
         except Superseded:
             return []
         except BackendError as exc:
@@ -162,6 +172,8 @@ class CompletionService:
         except Exception as exc:
             self._log(types.MessageType.Error, f"fim-lsp: completion failed: {exc}\n{traceback.format_exc()}")
             raise JsonRpcInternalError(f"completion failed: {type(exc).__name__}: {exc}") from None
+        if self.ahead is not None:
+            self.ahead.answered(doc_key, outcomes[0].result)
         latency_ms = (time.perf_counter() - start) * 1000  # request arrival to answer
         if self.backend_error:
             self.backend_error = ""
@@ -189,7 +201,65 @@ class CompletionService:
                                     arguments=[{"uri": uri, "id": self.suggestions, "chars": len(suggestion.text)}])
             placed.append(Placed(suggestion.text, types.Range(types.Position(*start_pos), types.Position(*end_pos)),
                                  command))
+            self.placed[self.suggestions] = (where.uri, cursor, suggestion.text)
+            while len(self.placed) > PLACED_KEPT:
+                del self.placed[next(iter(self.placed))]
         return placed
+
+    def locate(self, uri: str, position: types.Position, *, config: ServerConfig, encoding: Encoding,
+               roots: list[str], invoked: bool = False) -> Where | None:
+        """Resolve a cursor against the open documents (None: the document is excluded).
+
+        Raises JsonRpcInvalidParams for a document that is not open or a position outside it."""
+        doc = self.store.get(uri)
+        if doc is None:
+            raise JsonRpcInvalidParams(f"the document {uri} is not open (send textDocument/didOpen first)")
+        doc_text = pipeline.scrub_surrogates(doc.text)
+        try:
+            cursor = position_to_offset(doc_text, position.line, position.character, encoding)
+        except ValueError as exc:
+            raise JsonRpcInvalidParams(f"bad position {position.line}:{position.character}: {exc}") from None
+        doc_key, text, line, character = uri, doc_text, position.line, position.character
+        path = uri_to_path(uri, roots)
+        if doc.notebook_uri is not None:
+            doc_key = doc.notebook_uri
+            text, (line, character) = self.notebook_view(doc.notebook_uri, uri, position, encoding)
+            path = uri_to_path(doc.notebook_uri, roots)
+        if excluded(path, config.exclude):
+            return None
+        pipeline_config = pipeline.pipeline_config(config.completion)
+        if invoked:
+            pipeline_config = replace(pipeline_config, min_token_probability=0.0)
+        hidden = (lambda other: self.gitignored(other, roots)) if config.exclude_gitignored else None
+        others = self.store.others(uri, roots, config.exclude, hidden) if pipeline_config.prompt.neighbours else []
+        return Where(uri, doc_key, doc_text, cursor, text, line, character, encoding, path, others, pipeline_config)
+
+    def job_for(self, where: Where, backend, resample: bool = False,
+                alternatives: int = 1) -> Callable[[Any], list[pipeline.Outcome]]:
+        """The engine job that completes at `where`: the outcomes to show, best first."""
+        doc_key = where.doc_key
+
+        def run(shown: ShownSuggestion | None, token, rank: int = 0) -> pipeline.Outcome:
+            return pipeline.complete(
+                backend, doc_key, where.text, where.line, where.character, encoding=where.encoding,
+                config=where.config, path=where.path, others=where.others,
+                previous_snippets=self.snippets.get(doc_key, ()), shown=shown, cancel=token, first_token_rank=rank)
+
+        def job(token) -> list[pipeline.Outcome]:
+            first = run(None if resample else self.shown.get(doc_key), token)
+            if alternatives == 1:
+                return [first]
+            # the other lines the pipeline compared come first (no further decode; the model is
+            # asked when the first is the suggestion shown, reused), then those of the next
+            # likeliest first tokens
+            compared = first if first.result is not None else run(None, token)
+            more = [o for o in (compared, *compared.other_lines) if o is not first
+                    and (o.suggestion is None or first.suggestion is None or o.suggestion.text != first.suggestion.text)]
+            more = more[:alternatives - 1]
+            return [first, *more, *(run(None, token, rank)
+                                    for rank in range(compared.beam, compared.beam + alternatives - 1 - len(more)))]
+
+        return job
 
     def report_backend_error(self, message: str) -> None:
         """Show the first failure of a run (typing on would repeat it at every key); log the rest."""

@@ -33,6 +33,7 @@ class ModelConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto, float32, bfloat16, float16, int8 (int8 weights on the CPU)
     cache_bytes: int | None = None  # KV cache byte budget; None = sized from free memory
+    cache_regions: int = 2  # cursor regions each document keeps cached (2: jumping back and forth stays warm)
     threads: int | None = None  # CPU threads for the engine; None = all cores
     url: str | None = None  # OpenAI-compatible server for backend "openai", e.g. http://127.0.0.1:8000
     api_key: str | None = field(default=None, repr=False)  # bearer key for `url`; None = $FIM_LSP_API_KEY
@@ -74,6 +75,12 @@ class ServerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     debounce_ms: int = 0  # wait this long for a newer request before running the model
+    # no fixed debounce: wait for a newer keystroke only while the model is slower than the typing (lsp_server.pacing)
+    adaptive_wait: bool = True
+    idle_prefill: bool = True  # while idle, prefill the prompt at the cursor a client hints at (lsp_server.prefill)
+    prefetch: bool = True  # after an accept, compute the next suggestion before it is asked for
+    prefill_chunk_tokens: int = 64  # prompt tokens per background engine job: the longest a request waits for one
+    prefill_delay_ms: int = 250  # an edit not followed by a request within this long is taken as a cursor hint
     alternatives: int = 3  # suggestions offered for a request made by hand (each one more decode)
     # documents never completed nor read for other documents' prompts (.gitignore patterns, e.g. ".env", "/config/*.py")
     exclude: tuple[str, ...] = ()
@@ -149,6 +156,28 @@ SETTINGS: dict[str, Setting] = {
         "One-line suggestions: compare this many lines (a beam search in the engine; elsewhere the greedy "
         "lines of this many likeliest first tokens) and show the likeliest; empty uses 3 for models under 100"
         " M parameters (the bundled default model), 1 (greedy) otherwise."),
+    "cacheRegions": Setting(
+        "model", "cache_regions", (int,), (1, 2),
+        "Cursor regions each document keeps cached: 2 keeps the place the cursor left warm beside the current "
+        "one, so jumping back and forth costs no prefill; 1 keeps one prompt per document."),
+    "adaptiveWait": Setting(
+        "server", "adaptive_wait", (bool,), None,
+        "While the model is slower than your typing, wait about one and a half typing intervals for the next "
+        "keystroke before running it (a suggestion nobody would see costs nothing); no wait when the model is "
+        "fast. A debounceMs above 0 replaces it."),
+    "idlePrefill": Setting(
+        "server", "idle_prefill", (bool,), None,
+        "While the model is idle, prefill the prompt where the cursor rests (the clients send fim-lsp/cursor "
+        "hints), so the first suggestion after opening a file, a jump or a file switch is quick."),
+    "prefetch": Setting(
+        "server", "prefetch", (bool,), None,
+        "After you accept a suggestion, compute the next one at the new cursor before it is asked for."),
+    "prefillChunkTokens": Setting(
+        "server", "prefill_chunk_tokens", (int,), None,
+        "Prompt tokens per background prefill step: the longest a keystroke waits for background work."),
+    "prefillDelayMs": Setting(
+        "server", "prefill_delay_ms", (int,), None,
+        "An edit no request follows within this long counts as a cursor hint (idlePrefill)."),
     "debounceMs": Setting(
         "server", "debounce_ms", (int,), None,
         "Server-side wait for a newer keystroke before running the model."),
@@ -269,6 +298,10 @@ def check(config: ServerConfig) -> None:
         raise ConfigError(f"timeBudgetMs must be > 0, got {c.time_budget_s * 1000}")
     if config.debounce_ms < 0:
         raise ConfigError(f"debounceMs must be >= 0, got {config.debounce_ms}")
+    if not 1 <= config.prefill_chunk_tokens <= 4096:
+        raise ConfigError(f"prefillChunkTokens must be between 1 and 4096, got {config.prefill_chunk_tokens}")
+    if config.prefill_delay_ms < 0:
+        raise ConfigError(f"prefillDelayMs must be >= 0, got {config.prefill_delay_ms}")
     if not 1 <= config.alternatives <= 8:
         raise ConfigError(f"alternatives must be between 1 and 8, got {config.alternatives}")
     if config.model.cache_bytes is not None and config.model.cache_bytes <= 0:

@@ -130,26 +130,10 @@ def complete(
     ctx = cursor_context(text, line, character, encoding)
     if shown is not None and (reused := reuse_suggestion(shown, ctx)) is not None:
         return Outcome(suggestion=reused, context=ctx, prompt=None, result=None)
-    count_tokens = token_counter(backend)
-    snippets: tuple[Snippet, ...] = ()
-    if config.prompt.neighbours and others:
-        others = [(other_path, scrub_surrogates(other)) for other_path, other in others]
-        snippets = tuple(select_snippets(
-            text_around_cursor(ctx), others, config.prompt.neighbour_tokens, count_tokens, previous=previous_snippets,
-        ))
-    prompt = build_prompt(ctx, backend.fim, count_tokens, backend.info.n_ctx, config.prompt, path=path, snippets=snippets)
-    one_line = not takes_block(ctx, config.postprocess)
+    prompt, snippets, request = request_for(backend, doc_id, ctx, config=config, path=path, others=others,
+                                            previous_snippets=previous_snippets, first_token_rank=first_token_rank)
+    one_line = request.stop_at_line_end
     beam = beam_for(backend, config) if one_line and first_token_rank == 0 else 1
-    request = CompletionRequest(
-        doc_id=DocId(doc_id), prompt=prompt.text, max_new_tokens=config.prompt.max_new_tokens,
-        temperature=config.temperature, seed=config.seed,
-        stop_strings=(*config.postprocess.stop_strings, *early_stops(ctx, config.postprocess)),
-        time_budget_s=config.time_budget_s, heal=config.heal,
-        stop_at_line_end=one_line,  # one line: the tokens after its end would be decoded only to be cut
-        stop_at_dedent=block_floor(ctx, config.postprocess),  # a block: the lines after it likewise
-        stop_at_loop=True,  # a line repeating itself shows its first copy, not the token budget's worth
-        token_probabilities=config.min_token_probability > 0 or beam > 1, first_token_rank=first_token_rank,
-    )
     if beam > 1 and backend.searches_lines:  # one beam search finds the likeliest lines
         found = backend.complete(replace(request, beam=beam), cancel)
         runs = [_Line(rank, _score(result, suggestion), suggestion, result, confidence)
@@ -174,6 +158,35 @@ def complete(
                        for run in ranked[1:] if run.suggestion is not None)
     return Outcome(suggestion=best.suggestion, context=ctx, prompt=prompt, result=result, snippets=snippets,
                    confidence=best.confidence, other_lines=other_lines, beam=len(runs))
+
+
+def request_for(backend: Backend, doc_id: str, ctx: CursorContext, *, config: PipelineConfig = PipelineConfig(),
+                path: str | None = None, others: list[tuple[str, str]] | None = None,
+                previous_snippets: tuple[Snippet, ...] = (), first_token_rank: int = 0,
+                ) -> tuple[Prompt, tuple[Snippet, ...], CompletionRequest]:
+    """The prompt, its neighbour snippets and the backend request for a cursor: what `complete`
+    sends, and what idle prefill warms (`lsp_server.prefill`), built alike so the warm is the one used."""
+    count_tokens = token_counter(backend)
+    snippets: tuple[Snippet, ...] = ()
+    if config.prompt.neighbours and others:
+        others = [(other_path, scrub_surrogates(other)) for other_path, other in others]
+        snippets = tuple(select_snippets(
+            text_around_cursor(ctx), others, config.prompt.neighbour_tokens, count_tokens, previous=previous_snippets,
+        ))
+    prompt = build_prompt(ctx, backend.fim, count_tokens, backend.info.n_ctx, config.prompt, path=path, snippets=snippets)
+    one_line = not takes_block(ctx, config.postprocess)
+    beam = beam_for(backend, config) if one_line and first_token_rank == 0 else 1
+    request = CompletionRequest(
+        doc_id=DocId(doc_id), prompt=prompt.text, max_new_tokens=config.prompt.max_new_tokens,
+        temperature=config.temperature, seed=config.seed,
+        stop_strings=(*config.postprocess.stop_strings, *early_stops(ctx, config.postprocess)),
+        time_budget_s=config.time_budget_s, heal=config.heal,
+        stop_at_line_end=one_line,  # one line: the tokens after its end would be decoded only to be cut
+        stop_at_dedent=block_floor(ctx, config.postprocess),  # a block: the lines after it likewise
+        stop_at_loop=True,  # a line repeating itself shows its first copy, not the token budget's worth
+        token_probabilities=config.min_token_probability > 0 or beam > 1, first_token_rank=first_token_rank,
+    )
+    return prompt, snippets, request
 
 
 def _first_token_lines(backend: Backend, request: CompletionRequest, ctx: CursorContext, config: PipelineConfig,
@@ -290,7 +303,7 @@ def load_model(config: ModelConfig, progress: Progress | None = None) -> Backend
         return load("reference", model=config.model)
     from engine.cache import CacheConfig
 
-    cache = CacheConfig(budget_bytes=config.cache_bytes) if config.cache_bytes is not None else None
+    cache = CacheConfig(budget_bytes=config.cache_bytes, regions=config.cache_regions)
     return load(config.runtime, model=config.model, device=config.device, dtype=config.dtype,
                 revision=config.revision, progress=progress, threads=config.threads, cache=cache,
                 speculate=config.speculate)

@@ -11,12 +11,17 @@ A request identical to the one in flight (same document text, position and setti
 answer instead of cancelling it: VS Code asks `textDocument/inlineCompletion` and, while the user
 types a word, `textDocument/completion` for the same keystroke, and the second must not take the
 ghost text away from the first. The shared job is cancelled only when all its requests are.
+
+Background work (`lsp_server.prefill`: warming a prompt, prefetching a suggestion) runs on the
+same thread in short jobs through `background`; any request cancels the background job in flight
+at its next step and queues behind at most that one job.
 """
 from __future__ import annotations
 
 import asyncio
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from engine.api import CancelToken, Cancelled
+from lsp_server.pacing import Pacing
 
 T = TypeVar("T")
 
@@ -44,12 +50,42 @@ class _Ticket:
 
 
 class Scheduler:
-    """One engine thread; per-document cancellation of older requests; optional debounce."""
+    """One engine thread; per-document cancellation of older requests; a fixed or adaptive wait
+    for a newer request (`lsp_server.pacing`)."""
 
-    def __init__(self, debounce_s: float = 0.0) -> None:
-        self.debounce_s = debounce_s
+    def __init__(self, debounce_s: float = 0.0, adaptive: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.debounce_s = debounce_s  # a fixed wait (the user's debounceMs); > 0 overrides the adaptive one
+        self.adaptive = adaptive  # wait per `Pacing` (typing rate against model latency)
+        self.pacing = Pacing()
+        self.clock = clock
         self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fim-engine")
         self._latest: dict[str, _Ticket] = {}
+        self._background: set[CancelToken] = set()  # background jobs queued or running
+        self._idle = asyncio.Event()  # set while no request is queued, debounced or running
+        self._idle.set()
+
+    @property
+    def busy(self) -> bool:
+        """A request is queued, waiting out its debounce, or running."""
+        return bool(self._latest)
+
+    async def idle(self) -> None:
+        """Return once no request is queued or running."""
+        while self._latest:
+            await self._idle.wait()
+
+    async def background(self, job: Callable[[CancelToken], T]) -> T:
+        """Run `job(token)` on the engine thread as background work: any request cancels `token`
+        (the job stops at its next step; one cancelled before it began raises Cancelled)."""
+        token = CancelToken()
+        if self._latest:
+            token.cancel()
+        self._background.add(token)
+        try:
+            return await asyncio.wrap_future(self._engine.submit(_unless_cancelled, job, token))
+        finally:
+            self._background.discard(token)
 
     async def run(self, doc_key: str, job: Callable[[CancelToken], T], same: Hashable | None = None) -> T:
         """Run `job(token)` on the engine thread as the newest request for `doc_key`.
@@ -59,29 +95,36 @@ class Scheduler:
         before or while it ran, and asyncio.CancelledError when the awaiting task is cancelled,
         e.g. by `$/cancelRequest` (the token is cancelled once no request awaits the job).
         """
+        for token in self._background:
+            token.cancel()  # what the user asks for now comes first
         older = self._latest.get(doc_key)
         if same is not None and older is not None and older.same == same and not older.token.cancelled:
             return await self._await(older)
+        wait_s = self.pacing.arrived(doc_key, self.clock())
+        if self.debounce_s > 0 or not self.adaptive:
+            wait_s = self.debounce_s
         ticket = _Ticket(CancelToken(), same, asyncio.get_running_loop().create_future())
         ticket.done.add_done_callback(_retrieve)
         if older is not None:
             older.token.cancel()
         self._latest[doc_key] = ticket
-        ticket.task = asyncio.ensure_future(self._execute(doc_key, ticket, job))
+        self._idle.clear()
+        ticket.task = asyncio.ensure_future(self._execute(doc_key, ticket, job, wait_s))
         return await self._await(ticket)
 
-    async def _execute(self, doc_key: str, ticket: _Ticket, job: Callable[[CancelToken], Any]) -> None:
-        """Run the job (after the debounce) and settle `ticket.done` with its outcome."""
+    async def _execute(self, doc_key: str, ticket: _Ticket, job: Callable[[CancelToken], Any], wait_s: float) -> None:
+        """Run the job (after waiting `wait_s` for a newer request) and settle `ticket.done` with its outcome."""
         try:
-            if self.debounce_s > 0:
-                await asyncio.sleep(self.debounce_s)
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
             if ticket.token.cancelled:
                 raise Superseded(doc_key)
-            future = self._engine.submit(_unless_cancelled, job, ticket.token)
+            future = self._engine.submit(_timed, job, ticket.token, self.clock)
             try:
-                result = await asyncio.wrap_future(future)
+                result, engine_s = await asyncio.wrap_future(future)
             except Cancelled:
                 raise Superseded(doc_key) from None
+            self.pacing.answered(engine_s)
             if not ticket.done.done():
                 ticket.done.set_result(result)
         except asyncio.CancelledError:  # the server is shutting down
@@ -93,6 +136,8 @@ class Scheduler:
         finally:
             if self._latest.get(doc_key) is ticket:
                 del self._latest[doc_key]
+            if not self._latest:
+                self._idle.set()
 
     async def _await(self, ticket: _Ticket) -> Any:
         """Await the job of `ticket` as one of its requests."""
@@ -112,6 +157,9 @@ class Scheduler:
         ticket = self._latest.pop(doc_key, None)
         if ticket is not None:
             ticket.token.cancel()
+        self.pacing.forget(doc_key)
+        if not self._latest:
+            self._idle.set()
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the engine thread after the work queued before it (e.g. dropping a slot)."""
@@ -121,6 +169,8 @@ class Scheduler:
         """Cancel everything in flight and stop the engine thread."""
         for ticket in self._latest.values():
             ticket.token.cancel()
+        for token in self._background:
+            token.cancel()
         self._engine.shutdown(wait=False, cancel_futures=True)
 
 
@@ -128,6 +178,13 @@ def _retrieve(done: asyncio.Future) -> None:
     """Mark a job's exception as seen: with every request gone, nobody else reads it."""
     if not done.cancelled():
         done.exception()
+
+
+def _timed(job: Callable[[CancelToken], T], token: CancelToken, clock: Callable[[], float]) -> tuple[T, float]:
+    """`_unless_cancelled`, and the seconds the job took."""
+    start = clock()
+    result = _unless_cancelled(job, token)
+    return result, clock() - start
 
 
 def _unless_cancelled(job: Callable[[CancelToken], T], token: CancelToken) -> T:

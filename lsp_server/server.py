@@ -21,12 +21,14 @@ from lsp_server.config import ConfigError, ModelConfig, ServerConfig, apply_sett
 from lsp_server.core.context import Encoding
 from lsp_server.documents import DocumentStore, Edit
 from lsp_server.model_host import ModelHost
+from lsp_server.prefill import Background
 from lsp_server.protocol import FimProtocol
 from lsp_server.scheduler import Scheduler
 
 log = logging.getLogger("fim-lsp")
 
 STATUS = "fim-lsp/status"
+CURSOR = "fim-lsp/cursor"  # a client's hint: {textDocument: {uri}, position}; never changes a document
 SUGGESTION_DETAIL = "fim-lsp · AI suggestion"
 NOTEBOOK_SYNC = types.NotebookDocumentSyncOptions(
     notebook_selector=[types.NotebookDocumentFilterWithNotebook(notebook="*")]
@@ -51,6 +53,8 @@ class FimServer(LanguageServer):
         self.scheduler = Scheduler()
         self.model = ModelHost(on_swap=lambda: self.completions.forget_shown())
         self.completions = CompletionService(self.store, self.scheduler, self.model, self.log, self.show)
+        self.background = Background(self.completions, self.scheduler, lambda: (self.config, self.encoding, self.roots),
+                                     self.log)
         self.initialized = False  # `initialized` arrived
         self.required_token: str | None = None  # TCP shared secret
         self.authorized = True
@@ -124,6 +128,7 @@ def initialize(ls: FimServer, params: types.InitializeParams) -> None:
     for note in notes:
         ls.log(types.MessageType.Warning, f"fim-lsp: {note}")
     ls.scheduler.debounce_s = ls.config.debounce_ms / 1000
+    ls.scheduler.adaptive = ls.config.adaptive_wait
 
 
 @server.feature(types.INITIALIZED)
@@ -153,6 +158,7 @@ async def workspace_did_change_configuration(ls: FimServer, params: types.DidCha
         ls.log(types.MessageType.Warning, f"fim-lsp: {note}")
     old, ls.config = ls.config, new
     ls.scheduler.debounce_s = new.debounce_ms / 1000
+    ls.scheduler.adaptive = new.adaptive_wait
     if (new.completion, new.exclude, new.exclude_gitignored) != (old.completion, old.exclude, old.exclude_gitignored):
         # the suggestions shown and the snippets quoted were made under the old settings (with a
         # document now excluded, say): the next request asks the model again
@@ -178,6 +184,13 @@ def text_document_did_change(ls: FimServer, params: types.DidChangeTextDocumentP
         ls.log(types.MessageType.Warning, f"fim-lsp: didChange for a document that is not open: {uri}")
         return
     ls.store.change(uri, params.text_document.version, [to_edit(c) for c in params.content_changes], ls.encoding)
+    ls.background.edited(uri, cursor_after(params.content_changes))
+
+
+@server.feature(CURSOR)
+def fim_lsp_cursor(ls: FimServer, params: Any) -> None:
+    if ls.authorized:
+        ls.background.hint(wire(params))
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
@@ -233,6 +246,30 @@ def to_edit(change: types.TextDocumentContentChangeEvent) -> Edit:
         r = change.range
         return Edit(change.text, (r.start.line, r.start.character, r.end.line, r.end.character))
     return Edit(change.text)
+
+
+def cursor_after(changes: list[types.TextDocumentContentChangeEvent]) -> types.Position | None:
+    """Where the cursor is after one typed edit (the end of its inserted text); None when unknown
+    (a whole-document change, or several changes at once)."""
+    if len(changes) != 1 or not isinstance(changes[0], types.TextDocumentContentChangePartial):
+        return None
+    change = changes[0]
+    lines = change.text.split("\n")
+    start = change.range.start
+    if len(lines) == 1:
+        return types.Position(start.line, start.character + len(lines[0].encode("utf-16-le")) // 2)
+    return types.Position(start.line + len(lines) - 1, len(lines[-1].encode("utf-16-le")) // 2)
+
+
+def wire(params: Any) -> Any:
+    """A notification's params as plain JSON (pygls hands unknown methods' params over as objects)."""
+    if params is None or isinstance(params, (dict, list, str, int, float, bool)):
+        return params
+    if isinstance(params, tuple) and hasattr(params, "_asdict"):
+        return {key: wire(value) for key, value in params._asdict().items()}
+    if isinstance(params, (tuple, list)):
+        return [wire(value) for value in params]
+    return {key: wire(value) for key, value in vars(params).items()} if hasattr(params, "__dict__") else params
 
 
 def cell_kind(kind: types.NotebookCellKind) -> str:
@@ -306,17 +343,33 @@ def fim_lsp_status(ls: FimServer, params: Any) -> dict[str, Any]:
         "last": completions.last,
         "position_encoding": ls.encoding,
         "open_documents": len(ls.store.documents),
+        "ahead": {**ls.background.counts.as_dict(), "working": ls.background.working},
+        "pacing": pacing_figures(ls.scheduler),
+        "engine": {"runs": cache.get("runs"), "forwards": cache.get("forwards"), "forwards_after_cancel": cache.get("forwards_after_cancel"),
+                   "warmed_tokens": cache.get("warmed_tokens"), "prefilled_tokens": cache.get("prefilled_tokens"),
+                   "reused_tokens": cache.get("reused_tokens")},
         "acceptance": {"shown": completions.acceptance.shown, "accepted": completions.acceptance.accepted,
                        "accepted_chars": completions.acceptance.accepted_chars},
         "config": {"max_new_tokens": ls.config.completion.max_new_tokens,
                    "temperature": ls.config.completion.temperature,
                    "multiline": ls.config.completion.multiline,
                    "neighbours": ls.config.completion.neighbours,
-                   "debounce_ms": ls.config.debounce_ms},
+                   "debounce_ms": ls.config.debounce_ms, "adaptive_wait": ls.config.adaptive_wait,
+                   "idle_prefill": ls.config.idle_prefill,
+                   "prefetch": ls.config.prefetch, "cache_regions": ls.config.model.cache_regions},
     }
+
+
+def pacing_figures(scheduler: Scheduler) -> dict[str, Any]:
+    """The adaptive wait's moving averages and the wait a request gets now (milliseconds)."""
+    pacing = scheduler.pacing
+    ms = lambda s: round(s * 1000, 1) if s is not None else None  # noqa: E731
+    wait = scheduler.debounce_s if scheduler.debounce_s > 0 or not scheduler.adaptive else pacing.wait_s()
+    return {"typing_ms": ms(pacing.typing_s), "model_ms": ms(pacing.model_s), "wait_ms": ms(wait)}
 
 
 @server.command(ACCEPTED)
 def fim_lsp_accepted(ls: FimServer, *args: Any) -> None:
     chars = args[0].get("chars") if args and isinstance(args[0], dict) else None
     ls.completions.accepted(chars if isinstance(chars, int) else None)
+    ls.background.accepted(args[0].get("id") if args and isinstance(args[0], dict) else None)

@@ -155,3 +155,34 @@ def test_append_past_capacity_is_a_bug_caught_by_an_assert():
     t.plan(A, [1], 2)
     with pytest.raises(AssertionError, match="do not fit"):
         t.append(A, list(range(9)))
+
+
+R = DocId("a\n(previous region)")
+
+
+@pytest.mark.parametrize("hash_name", sorted(HASHES))
+def test_a_jump_sets_the_region_aside_and_jumping_back_swaps_it_in(hash_name):
+    t = table(HASHES[hash_name])
+    here, there = list(range(10, 22)), list(range(50, 62))  # 12 tokens each: three 4-token blocks
+    t.plan(A, here, 16)
+    t.append(A, here)
+    assert t.set_aside(A, R, here[:11] + [99]) is False  # typing at the same place: no jump
+    assert t.set_aside(A, R, there) is True  # shares 0 of 12 tokens: the slot becomes the region
+    assert A not in t.slots and t.slots[R].cached_tokens == here and t.slots[R].doc_id == R
+    plan = t.plan(A, there, 16)
+    assert (plan.keep, plan.seed_from) == (0, None)
+    t.append(A, there)
+    assert t.set_aside(A, R, here) is True  # the region matches better: they swap
+    assert t.slots[A].cached_tokens == here and t.slots[R].cached_tokens == there
+    assert t.match(A, here) == (11, None, 0)
+    assert {d for holders in t.index.values() for d in holders} == {A, R}
+    assert all(A in t.index[h] for h in t.slots[A].block_hashes) and all(R in t.index[h] for h in t.slots[R].block_hashes)
+
+
+def test_one_region_never_sets_aside_and_warming_is_counted_apart():
+    t = table(regions=1)
+    t.plan(A, list(range(10, 22)), 16)
+    t.append(A, list(range(10, 22)))
+    assert t.set_aside(A, R, list(range(50, 62))) is False and R not in t.slots
+    t.plan(B, list(range(30, 40)), 16, warming=True)
+    assert (t.stats[B].requests, t.stats[B].prefilled, t.stats[B].warmed) == (0, 0, 9)

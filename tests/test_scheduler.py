@@ -177,3 +177,25 @@ def test_latency_window_keeps_the_last_hundred():
     for ms in range(1000, 0, -1):  # 1000 .. 1; the last hundred are 100 .. 1
         window.add(float(ms))
     assert window.summary() == {"count": 100, "p50_ms": 50.0, "p95_ms": 95.0}
+
+
+async def test_while_the_model_is_slower_than_the_typing_a_superseded_request_never_reaches_it():
+    scheduler = Scheduler(adaptive=True)
+    scheduler.pacing.typing_s, scheduler.pacing.model_s = 0.1, 2.0  # waits 150 ms for the next key
+    ran: list[str] = []
+    first = asyncio.ensure_future(scheduler.run("a", lambda token: ran.append("first") or 1))
+    await asyncio.sleep(0)  # the first is waiting for a newer keystroke
+    second = await scheduler.run("a", lambda token: ran.append("second") or 2)
+    with pytest.raises(Superseded):
+        await first
+    assert (second, ran) == (2, ["second"])
+    assert scheduler.pacing.model_s < 2.0  # the answered run's time entered the average
+
+
+async def test_a_fast_model_or_a_fixed_debounce_replaces_the_adaptive_wait():
+    fast = Scheduler(adaptive=True)
+    fast.pacing.typing_s, fast.pacing.model_s = 0.15, 0.01
+    assert fast.pacing.arrived("b", 0.0) == 0.0 and await fast.run("a", lambda token: 1) == 1  # no wait
+    fixed = Scheduler(debounce_s=0.0, adaptive=False)
+    fixed.pacing.typing_s, fixed.pacing.model_s = 0.1, 2.0
+    assert await fixed.run("a", lambda token: 3) == 3

@@ -4,7 +4,7 @@ import threading
 import pytest
 import torch
 
-from engine.api import Cancelled, CompletionRequest, DocId
+from engine.api import CancelToken, Cancelled, CompletionRequest, DocId
 from engine.backends.reference import ReferenceBackend
 from engine.backends.torch_backend import TorchBackend
 from engine.cache import CacheConfig
@@ -281,3 +281,73 @@ def test_an_alternative_starts_from_the_next_likeliest_first_token_and_goes_on_g
     assert firsts[0] != firsts[1] and all("sel".startswith(f) or f.startswith("sel") for f in firsts), firsts
     with pytest.raises(ValueError, match="first_token_rank"):
         b.complete(CompletionRequest(DOC, request.prompt, first_token_rank=-1))
+
+
+def test_warming_in_chunks_leaves_the_request_one_token_to_prefill_and_the_same_tokens(loaded):
+    b = backend(loaded)
+    request = CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=8, heal=True)
+    ids = b.tokenizer.encode(request.prompt)
+    target = len(ids) - 1 - (b.healing_for(ids) is not None)  # healing backs off the last token
+    steps = []
+    while True:
+        written, left = b.warm(request, 7)
+        steps.append((written, left))
+        if left == 0:
+            break
+    assert [w for w, _ in steps] == [min(7, target - 7 * i) for i in range(len(steps))]
+    assert sum(w for w, _ in steps) == target and b.warm(request, 7) == (0, 0)
+    assert b.cache_stats()["warmed_tokens"] == target and b.cache_stats()["prefilled_tokens"] == 0
+    result = b.complete(request)
+    assert (result.prefill_tokens, result.reused_tokens) == (1, target)
+    cold = backend(loaded).complete(request)
+    assert result.token_ids == cold.token_ids and result.text == cold.text
+
+
+def test_a_warm_that_was_cancelled_before_it_began_writes_nothing(loaded):
+    b = backend(loaded)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        b.warm(CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=8), 64, token)
+    assert b.slot_tokens(DOC) == [] and b.cache_stats()["forwards"] == 0
+
+
+@pytest.mark.parametrize("regions, warm_back", [(2, True), (1, False)])
+def test_jumping_back_to_the_region_the_cursor_left_finds_it_cached(loaded, regions, warm_back):
+    b = backend(loaded, regions=regions)
+    header = "".join(f"import module_{i}\n" for i in range(30))  # prompts of more than one 64-token block
+    here = CompletionRequest(DOC, fim_prompt(b, header + PREFIX, SUFFIX), max_new_tokens=4)
+    there = CompletionRequest(DOC, fim_prompt(b, "def other(x):\n    ", "\n" + header + PREFIX + SUFFIX),
+                              max_new_tokens=4)
+    b.complete(here)
+    b.complete(there)
+    back = b.complete(here)
+    ids = b.tokenizer.encode(here.prompt)
+    assert (back.reused_tokens >= len(ids) - 2) == warm_back
+    assert back.token_ids == recompute(loaded, here)
+    again = b.complete(there)
+    assert (again.prefill_tokens <= 2) == warm_back and again.token_ids == recompute(loaded, there)
+    assert b.cache_stats()["slots"] == regions
+    b.drop(DOC)
+    assert b.cache_stats()["slots"] == 0 and b.cache_stats()["bytes"] == 0
+
+
+def test_forwards_are_counted_and_a_cancelled_run_adds_only_the_one_in_flight(loaded):
+    b = backend(loaded)
+    result = b.complete(CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=8))
+    assert b.cache_stats()["forwards"] == 1 + result.extra["decode_steps"]
+    token, calls = CancelToken(), []
+
+    def cancel_during_third(module, args):  # a newer request arrives while the third forward runs
+        calls.append(1)
+        if len(calls) == 3:
+            token.cancel()
+
+    hook = b.model.register_forward_pre_hook(cancel_during_third)
+    try:
+        with pytest.raises(Cancelled):
+            b.complete(CompletionRequest(DOC, fim_prompt(b, PREFIX + "x", SUFFIX), max_new_tokens=64), token)
+    finally:
+        hook.remove()
+    assert len(calls) == 3 and b.cache_stats()["forwards_after_cancel"] == 1
+    assert b.cache_stats()["forwards"] == 1 + result.extra["decode_steps"] + 3

@@ -15,14 +15,21 @@ import torch
 import xxhash
 
 from engine.api import BackendInfo, CancelToken, Cancelled, CompletionRequest, CompletionResult, DocId
-from engine.cache import CacheConfig, Plan, SlotTable
+from engine.cache import CacheConfig, Plan, SlotTable, common_prefix
 from engine.beam import beam_lines
-from engine.generate import Generation, Sampling, StopRules, check_prompt, cut_text, generate, text_ends
+from engine.generate import (Generation, Sampling, StopRules, check_prompt, cut_text, generate, prefill,
+                             text_ends)
 from engine.healing import Healing, healable
 from engine.loading import LoadedModel, available_memory
 from engine.model import KVBuffer
 
 DEFAULT_BUDGET_SHARE = 0.3  # of the memory free after loading, when no budget is configured
+REGION = "\n(previous cursor region)"  # appended to a document's id: the slot of the region the cursor left
+
+
+def previous_region(doc_id: DocId) -> DocId:
+    """The id of the second slot a document keeps (`CacheConfig.regions`); no URI holds a line break."""
+    return DocId(doc_id + REGION)
 
 
 def default_hash(data: bytes) -> int:
@@ -63,6 +70,9 @@ class TorchBackend:
         self.emittable = loaded.tokenizer.tokenizer.get_vocab_size()  # rows past it are padding
         loaded.tokenizer.token_texts()  # healing's index, built now rather than at the first keystroke (~0.3 s at 49k)
         self.lock = threading.Lock()
+        self.runs = 0  # requests that reached the model (a request cancelled while queued never does)
+        self.forwards = 0  # model forwards that wrote K/V (prefill chunks, decode steps), warming included
+        self.forwards_after_cancel = 0  # of those, begun after their request was cancelled (at most one each)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
@@ -92,10 +102,10 @@ class TorchBackend:
                           emittable=self.emittable)
         sampling = Sampling(request.temperature, request.top_p, request.seed, request.first_token_rank)
         with self.lock:
+            self.runs += 1
+            self.set_aside(request.doc_id, ids)
             kv, plan = self.prepare_slot(request.doc_id, ids, len(ids) + max(max_new - 1, 0))
-
-            def written(part: list[int]) -> None:
-                self.table.append(request.doc_id, part)
+            written = self.recorder(request.doc_id, cancel)
 
             try:
                 if beam:
@@ -116,6 +126,67 @@ class TorchBackend:
         results = [self.result_of(gen, rules, decode, len(ids), plan, latency_ms, beam) for gen in gens]
         results[0].other_lines = results[1:]
         return results[0]
+
+    def warm(self, request: CompletionRequest, max_tokens: int, cancel: CancelToken | None = None) -> tuple[int, int]:
+        """Prefill, without decoding, up to `max_tokens` more of the prompt tokens `request` would
+        prefill, into its document's slot: (tokens written now, tokens still to warm).
+
+        The request itself, made later, then finds them cached and prefills only what changed since
+        and its last prompt token (always recomputed for the logits that start decoding). Same
+        tokenisation, healing and slot capacity as `complete`, so the slot ends as the request
+        would leave it before decoding. Raises Cancelled when `cancel` fired before it began.
+        """
+        ids = self.tokenizer.encode(request.prompt)
+        args = self.model.args
+        check_prompt(ids, args.n_positions, args.vocab_size)
+        healing = self.healing_for(ids) if request.heal and request.max_new_tokens > 0 else None
+        if healing is not None:
+            ids = ids[:-1]
+        max_new = min(request.max_new_tokens, args.n_positions - len(ids))
+        target = len(ids) - 1  # the last prompt token is the request's own
+        with self.lock:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("cancelled before warming")
+            self.set_aside(request.doc_id, ids)
+            slot = self.table.slots.get(request.doc_id)
+            have = min(common_prefix(slot.cached_tokens, ids), target) if slot is not None else 0
+            if have >= target:
+                return 0, 0
+            end = min(target, have + max(max_tokens, 1))
+            kv, plan = self.prepare_slot(request.doc_id, ids[:end + 1], len(ids) + max(max_new - 1, 0), warming=True)
+            if plan.keep >= end:  # seeded from another slot
+                return 0, target - plan.keep
+            try:
+                with torch.inference_mode():
+                    prefill(self.model, kv, ids[plan.keep:end], plan.keep, self.prefill_chunk,
+                            self.recorder(request.doc_id, cancel), None)  # one chunk: runs to its end
+            except BaseException:  # the slot may be half written: recompute it next time
+                self.table.evict(request.doc_id)
+                self.buffers.pop(request.doc_id, None)
+                raise
+            return end - plan.keep, target - end
+
+    def recorder(self, doc_id: DocId, cancel: CancelToken | None) -> Callable[[list[int]], None]:
+        """The `written` callback of one run: records the K/V tokens in the slot table and counts the forward."""
+
+        def written(part: list[int]) -> None:
+            self.table.append(doc_id, part)
+            self.forwards += 1
+            if cancel is not None and cancel.fired:
+                self.forwards_after_cancel += 1
+
+        return written
+
+    def set_aside(self, doc_id: DocId, ids: list[int]) -> None:
+        """Keep the cursor region the document leaves in its second slot, or swap back to it
+        (`SlotTable.set_aside`); the buffers follow the table."""
+        region = previous_region(doc_id)
+        if self.table.set_aside(doc_id, region, ids):
+            mine, theirs = self.buffers.pop(doc_id, None), self.buffers.pop(region, None)
+            if mine is not None and region in self.table.slots:
+                self.buffers[region] = mine
+            if theirs is not None and doc_id in self.table.slots:
+                self.buffers[doc_id] = theirs
 
     @staticmethod
     def result_of(gen: Generation, rules: StopRules, decode: Callable[[list[int]], str], prompt_tokens: int,
@@ -144,9 +215,9 @@ class TorchBackend:
         text = texts.text_of(ids[-1])
         return Healing(text, texts) if healable(text, texts) else None
 
-    def prepare_slot(self, doc_id: DocId, ids: list[int], total: int):
+    def prepare_slot(self, doc_id: DocId, ids: list[int], total: int, warming: bool = False):
         """Carry out the table's plan on the buffers: evict, grow, seed. Returns (buffer, plan)."""
-        plan = self.table.plan(doc_id, ids, total)
+        plan = self.table.plan(doc_id, ids, total, warming)
         for victim in plan.evict:
             self.buffers.pop(victim, None)
         try:
@@ -169,8 +240,9 @@ class TorchBackend:
 
     def drop(self, doc_id: DocId) -> None:
         with self.lock:
-            self.table.drop(doc_id)
-            self.buffers.pop(doc_id, None)
+            for slot_id in (doc_id, previous_region(doc_id)):
+                self.table.drop(slot_id)
+                self.buffers.pop(slot_id, None)
 
     def slot_tokens(self, doc_id: DocId) -> list[int]:
         """The token ids whose K/V the document's slot holds (empty when it has none)."""
@@ -188,5 +260,9 @@ class TorchBackend:
                 "reused_tokens": sum(s.reused for s in stats),
                 "seeded_tokens": sum(s.seeded for s in stats),
                 "prefilled_tokens": sum(s.prefilled for s in stats),
+                "warmed_tokens": sum(s.warmed for s in stats),
+                "runs": self.runs,
+                "forwards": self.forwards,
+                "forwards_after_cancel": self.forwards_after_cancel,
                 "evictions": sum(s.evicted for s in stats),
             }

@@ -81,26 +81,12 @@ class Proxy:
         """The server's inline completion items for the cursor at `offset` of cell `active` of the
         notebook (or file, one cell) at `path`; asked by hand (`invoked`), they include alternatives.
         Only code cells are completed: other cells get no items."""
-        sent, index = document_cells(cells, active)
+        document_cells(cells, active)  # a bad `active` raises ValueError here
         if cells[active].kind != "code":
             return []
-        line, character = cell_position(cells[active].source, offset)
-        notebook = path.endswith(".ipynb")
-        if not notebook and len(sent) != 1:
-            raise ValueError(f"{path} is not a notebook (.ipynb), so it has one cell, not {len(sent)}")
-        uri = (Path(self.root_dir) / path).resolve().as_uri()
-        language = language.lower()  # kernels say "Python", "R"; LSP language ids are lower case
         async with self._lock:  # document updates and the request that follows stay in order
-            server = await self._ensure_server()
-            if notebook:
-                messages, cell_uris = self.notebooks.sync(uri, sent, language)
-                for method, params in messages:
-                    server.notify(method, params)
-                target = cell_uris[index]
-            else:
-                for method, params in self.files.sync(uri, sent[0].source, language):
-                    server.notify(method, params)
-                target = uri
+            server, target, sent, index, line, character, language = await self._sync(
+                path, cells, active, offset, language)
             record = {"uri": target, "language": language, "cells": [c.source for c in sent], "cell": index,
                       "line": line, "character": character, "items": None}
             self.recent.append(record)
@@ -115,6 +101,40 @@ class Proxy:
         record["items"] = [{"insertText": i["insertText"] if isinstance(i["insertText"], str) else i["insertText"]["value"],
                             "range": i.get("range"), "command": i.get("command")} for i in items]
         return record["items"]
+
+    async def cursor(self, path: str, cells: list[Cell], active: int, offset: int, language: str = "python") -> bool:
+        """Tell the server where the cursor rests (`fim-lsp/cursor`, a hint: it prefills the prompt
+        there while idle); the documents are synced first. False for a cell that is not code."""
+        document_cells(cells, active)  # a bad `active` raises ValueError here
+        if cells[active].kind != "code":
+            return False
+        async with self._lock:
+            server, target, _, _, line, character, _ = await self._sync(path, cells, active, offset, language)
+            server.notify("fim-lsp/cursor", {"textDocument": {"uri": target},
+                                             "position": {"line": line, "character": character}})
+        return True
+
+    async def _sync(self, path: str, cells: list[Cell], active: int, offset: int, language: str):
+        """Bring the server's copy of the notebook (or file) up to date; the server, the document to
+        ask about, the cells sent, the active one's index among them, the cursor there and the language."""
+        sent, index = document_cells(cells, active)
+        line, character = cell_position(cells[active].source, offset)
+        notebook = path.endswith(".ipynb")
+        if not notebook and len(sent) != 1:
+            raise ValueError(f"{path} is not a notebook (.ipynb), so it has one cell, not {len(sent)}")
+        uri = (Path(self.root_dir) / path).resolve().as_uri()
+        language = language.lower()  # kernels say "Python", "R"; LSP language ids are lower case
+        server = await self._ensure_server()
+        if notebook:
+            messages, cell_uris = self.notebooks.sync(uri, sent, language)
+            for method, params in messages:
+                server.notify(method, params)
+            target = cell_uris[index]
+        else:
+            for method, params in self.files.sync(uri, sent[0].source, language):
+                server.notify(method, params)
+            target = uri
+        return server, target, sent, index, line, character, language
 
     async def _died(self) -> list[dict]:
         await self._ensure_server()  # raises ServerGone with the exit code and stderr
@@ -171,6 +191,25 @@ class InlineHandler(ProxyHandler):
         self.finish(json.dumps({"items": items}))
 
 
+class CursorHandler(ProxyHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        body = self.get_json_body() or {}
+        try:
+            cells = [Cell(kind=c["kind"], source=c["source"]) for c in body["cells"]]
+            path, active, offset = str(body["path"]), int(body["active"]), int(body["offset"])
+            language = body.get("language") or "python"
+            if not isinstance(language, str):
+                raise TypeError(f"language must be a language id such as 'python', got {language!r}")
+            sent = await self.proxy.cursor(path, cells, active, offset, language)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            return self.fail(400, f"bad request: {exc!r}; expected path, cells[{{kind, source}}], active, offset"
+                                  f" and optionally language")
+        except ServerGone as exc:
+            return self.fail(503, str(exc))
+        self.finish(json.dumps({"sent": sent}))
+
+
 class StatusHandler(ProxyHandler):
     @web.authenticated
     async def get(self) -> None:
@@ -196,6 +235,7 @@ def load(serverapp) -> None:
     base = url_path_join(serverapp.web_app.settings["base_url"], "fim-lsp")
     serverapp.web_app.add_handlers(".*$", [
         (url_path_join(base, "inline"), InlineHandler),
+        (url_path_join(base, "cursor"), CursorHandler),
         (url_path_join(base, "status"), StatusHandler),
         (url_path_join(base, "restart"), RestartHandler),
     ])

@@ -9,10 +9,11 @@ import {
   IInlineCompletionList, IInlineCompletionProvider, InlineCompletionTriggerKind,
 } from '@jupyterlab/completer';
 import { URLExt } from '@jupyterlab/coreutils';
-import { NotebookPanel } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
 
 const ID = 'fim-lsp';
+const CURSOR_DEBOUNCE_MS = 150;
 
 interface Cell { kind: string; source: string }
 
@@ -80,14 +81,63 @@ class FimLspProvider implements IInlineCompletionProvider {
   }
 }
 
+/** Tell the server where the cursor rests in the active notebook cell (POST /fim-lsp/cursor ->
+ * `fim-lsp/cursor`), debounced: when a cell gets focus and when its cursor moves without typing
+ * (typing asks for a completion, which does the work). The server prefills the prompt there. */
+function watchCursor(tracker: INotebookTracker): void {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let editedAt = 0;
+  let watched: { dispose: () => void } | undefined;
+  const send = (panel: NotebookPanel) => {
+    const notebook = panel.content;
+    const cell = notebook.activeCell;
+    const editor = cell?.editor;
+    if (!cell || !editor || cell.model.type !== 'code') return;
+    const cells = notebook.widgets.map((c) => ({ kind: c.model.type, source: c.model.sharedModel.getSource() }));
+    const offset = editor.getOffsetAt(editor.getCursorPosition());
+    const info = panel.model?.getMetadata('language_info') as { name?: string } | undefined;
+    const body = JSON.stringify({ path: panel.context.path, cells, active: notebook.activeCellIndex, offset,
+                                  language: info?.name ?? 'python' });
+    call('cursor', { method: 'POST', body }).catch(() => undefined); // a hint: nothing to report
+  };
+  const schedule = () => {
+    if (timer) clearTimeout(timer);
+    const panel = tracker.currentWidget;
+    if (!panel) return;
+    timer = setTimeout(() => { timer = undefined; send(panel); }, CURSOR_DEBOUNCE_MS);
+  };
+  const follow = () => {
+    watched?.dispose();
+    watched = undefined;
+    const cell = tracker.activeCell;
+    if (cell) {
+      const onSource = () => { editedAt = Date.now(); };
+      const onSelection = () => {
+        if (Date.now() - editedAt < 50) { if (timer) clearTimeout(timer); return; } // moved by typing
+        schedule();
+      };
+      cell.model.sharedModel.changed.connect(onSource);
+      cell.model.selections.changed.connect(onSelection);
+      watched = { dispose: () => {
+        cell.model.sharedModel.changed.disconnect(onSource);
+        cell.model.selections.changed.disconnect(onSelection);
+      } };
+    }
+    schedule();
+  };
+  tracker.activeCellChanged.connect(follow);
+  tracker.currentChanged.connect(follow);
+}
+
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'fim-lsp-jupyterlab:plugin',
   description: 'Inline completions from fim-lsp',
   autoStart: true,
-  requires: [ICompletionProviderManager],
-  activate: (app: JupyterFrontEnd, manager: ICompletionProviderManager) => {
+  requires: [ICompletionProviderManager, INotebookTracker],
+  activate: (app: JupyterFrontEnd, manager: ICompletionProviderManager, tracker: INotebookTracker) => {
     const provider = new FimLspProvider();
     manager.registerInlineProvider(provider);
+    watchCursor(tracker);
     app.commands.addCommand('fim-lsp:restart', {
       label: 'fim-lsp: Restart Server',
       execute: () => provider.restart(),

@@ -13,11 +13,13 @@ import {
 
 const SECTION = 'fim-lsp';
 const STATUS_REQUEST = 'fim-lsp/status';
+const CURSOR_NOTIFICATION = 'fim-lsp/cursor'; // a hint: the server prefills the prompt there while idle
+const CURSOR_DEBOUNCE_MS = 150;
 // Settings the server understands (its wire names); the rest only concern how it is started.
 const SERVER_KEYS = ['model', 'revision', 'backend', 'device', 'dtype', 'maxNewTokens', 'temperature', 'multiline',
   'debounceMs', 'neighbours', 'tokenHealing', 'minTokenProbability', 'beam', 'fimMode', 'prefixSuffixRatio', 'timeBudgetMs',
   'cacheBytes', 'speculate', 'alternatives', 'exclude', 'excludeGitignored', 'url', 'remoteModel', 'family', 'remoteTimeoutMs',
-  'caBundle'] as const;
+  'caBundle', 'adaptiveWait', 'idlePrefill', 'prefetch', 'prefillChunkTokens', 'prefillDelayMs', 'cacheRegions'] as const;
 const LAUNCH_KEYS = ['command', 'pythonPath', 'extraArgs'];
 const ENABLE_KEY = 'enable'; // language id -> boolean; '*' for the rest (read here, never sent)
 
@@ -37,6 +39,22 @@ let connected = false; // the running client finished starting (initialize answe
 let loading: string | undefined;
 let lastStatus: ServerStatus | undefined;
 let refreshTimer: NodeJS.Timeout | undefined;
+let cursorTimer: NodeJS.Timeout | undefined;
+let lastEditAt = 0; // typing sends its own requests: a cursor that moved with an edit needs no hint
+
+/** Tell the server where the cursor rests (debounced): it moved without typing, or an editor
+ * (a notebook cell's included) became active. The server only warms its cache there. */
+function hintCursor(editor: vscode.TextEditor | undefined): void {
+  if (cursorTimer) clearTimeout(cursorTimer);
+  if (!editor) return;
+  cursorTimer = setTimeout(() => {
+    cursorTimer = undefined;
+    const c = client;
+    if (!c || c.state !== State.Running || !enabledFor(editor.document.languageId)) return;
+    const position = c.code2ProtocolConverter.asPosition(editor.selection.active);
+    void c.sendNotification(CURSOR_NOTIFICATION, { textDocument: { uri: editor.document.uri.toString() }, position });
+  }, CURSOR_DEBOUNCE_MS);
+}
 let sentKeys: string[] = []; // settings the running server was given
 
 /** The server settings the user set (folder, workspace or user scope) as wire names. Defaults are
@@ -252,6 +270,7 @@ async function start(): Promise<void> {
       render();
     });
   });
+  hintCursor(vscode.window.activeTextEditor);
   await refreshStatus();
 }
 
@@ -283,7 +302,13 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand('fim-lsp.showStatus', showStatus),
     vscode.commands.registerCommand('fim-lsp.showLog', () => output.show()),
     vscode.commands.registerCommand('fim-lsp.toggle', toggle),
-    vscode.window.onDidChangeActiveTextEditor(() => render()),
+    vscode.window.onDidChangeActiveTextEditor((editor) => { render(); hintCursor(editor); }),
+    vscode.window.onDidChangeTextEditorSelection((e) => {
+      // the cursor moved by typing: the completion request does the work, no hint
+      if (Date.now() - lastEditAt < 50) { if (cursorTimer) clearTimeout(cursorTimer); return; }
+      hintCursor(e.textEditor);
+    }),
+    vscode.workspace.onDidChangeTextDocument((e) => { if (e.contentChanges.length) lastEditAt = Date.now(); }),
     vscode.workspace.onDidChangeConfiguration(async (e) => {
       if (!e.affectsConfiguration(SECTION)) return;
       const changed = (keys: readonly string[]) => keys.some((k) => e.affectsConfiguration(`${SECTION}.${k}`));

@@ -31,6 +31,8 @@ M.defaults = {
   dismiss_key = "<C-]>",
   --- Milliseconds to wait after the last keystroke before asking (0.11 ghost text only).
   debounce_ms = 60,
+  --- Milliseconds the cursor rests without typing before the server is told (`fim-lsp/cursor`).
+  cursor_hint_ms = 150,
   --- Highlight group of the ghost text (0.11 ghost text only).
   hl_group = "Comment",
   --- Use Neovim's own vim.lsp.inline_completion when it exists (>= 0.12).
@@ -130,6 +132,7 @@ function M.attach(buf)
   else
     require("fim_lsp.ghost").enable(buf, cfg)
   end
+  require("fim_lsp.cursor").enable(buf, cfg)
   map_keys(buf)
 end
 
