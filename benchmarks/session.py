@@ -22,7 +22,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -152,7 +152,8 @@ def summarize(run: ModeResult) -> dict:
     f50, w50 = percentile(first, 50), percentile(warm, 50)
     ahead = run.status.get("ahead", {})
     return {
-        "mode": run.mode, "dtype": run.status.get("dtype"), "pauses": len(run.pauses), "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95),
+        "mode": run.mode, "dtype": run.status.get("dtype"), "pauses": len(run.pauses),
+        "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95),
         "p99_ms": percentile(lat, 99), "nothing_within_1s": late / len(run.pauses) if run.pauses else None,
         "first_p50_ms": f50, "first_count": len(first), "warm_p50_ms": w50,
         "first_over_warm": f50 / w50 if f50 is not None and w50 else None,
@@ -189,7 +190,8 @@ def run_mode(name: str, serve: list[str], settings: dict, hints: bool, files: li
 
         def position(text: str, offset: int) -> dict:
             line = text.count("\n", 0, offset)
-            return {"line": line, "character": len(text[text.rfind("\n", 0, offset) + 1:offset].encode("utf-16-le")) // 2}
+            column = text[text.rfind("\n", 0, offset) + 1:offset]
+            return {"line": line, "character": len(column.encode("utf-16-le")) // 2}
 
         def edit(start: int, end: int, new: str) -> None:
             nonlocal cursor
@@ -276,7 +278,8 @@ def format_table(rows: list[dict]) -> str:
         return "-" if v is None or math.isinf(v) or math.isnan(v) else f"{v:.2f}"
 
     head = ("| mode | pauses | p50 ms | p95 ms | p99 ms | nothing within 1 s | first p50 ms (n) | warm p50 ms | "
-            "first/warm | p95/p50 | CPU s per min | prompt tokens prefilled | warmed ahead, saved | prefetched, served |")
+            "first/warm | p95/p50 | CPU s per min | prompt tokens prefilled | warmed ahead, saved | "
+            "prefetched, served |")
     lines = [head, "|" + "---|" * 14]
     for r in rows:
         a = r["ahead"]

@@ -242,7 +242,8 @@ class SlotTable:
         if theirs > own:
             self.swap(doc_id, region)
             return True
-        if slot is not None and len(slot.cached_tokens) >= self.config.block_size and own < len(slot.cached_tokens) // 2:
+        held = len(slot.cached_tokens) if slot is not None else 0
+        if held >= self.config.block_size and own < held // 2:
             self.evict(region)
             self.swap(doc_id, region)
             return True

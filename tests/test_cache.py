@@ -176,7 +176,8 @@ def test_a_jump_sets_the_region_aside_and_jumping_back_swaps_it_in(hash_name):
     assert t.slots[A].cached_tokens == here and t.slots[R].cached_tokens == there
     assert t.match(A, here) == (11, None, 0)
     assert {d for holders in t.index.values() for d in holders} == {A, R}
-    assert all(A in t.index[h] for h in t.slots[A].block_hashes) and all(R in t.index[h] for h in t.slots[R].block_hashes)
+    assert all(A in t.index[h] for h in t.slots[A].block_hashes)
+    assert all(R in t.index[h] for h in t.slots[R].block_hashes)
 
 
 def test_one_region_never_sets_aside_and_warming_is_counted_apart():

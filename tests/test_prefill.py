@@ -24,7 +24,8 @@ FUNCTIONS = "".join(
     f"        total += value * scale\n"
     f"    return total - {i}\n\n\n"
     for i in range(14))
-OTHER = "import math\n\n\ndef area(radius):\n    return math.pi * radius ** 2\n\n\ndef perimeter(radius):\n    return 2 * math.pi * radius\n"
+OTHER = ("import math\n\n\ndef area(radius):\n    return math.pi * radius ** 2\n\n\n"
+         "def perimeter(radius):\n    return 2 * math.pi * radius\n")
 A, B = "file:///work/project/steps.py", "file:///work/project/circle.py"
 
 
@@ -81,7 +82,8 @@ def test_a_cursor_hint_warms_the_prompt_and_the_request_prefills_a_few_tokens(ah
     here = position_of(FUNCTIONS, "def step_9(values, scale=9):\n    ")
     before = ahead.status()
     hint(ahead, A, here)
-    warmed = until(ahead, lambda s: s["ahead"]["prefills"] > before["ahead"]["prefills"] and settled(s), "a warm prompt")
+    warmed = until(ahead, lambda s: s["ahead"]["prefills"] > before["ahead"]["prefills"] and settled(s),
+                   "a warm prompt")
     assert warmed["engine"]["runs"] == before["engine"]["runs"], "a hint runs no request"
     assert warmed["ahead"]["prefill_tokens"] > 200
     assert inline(ahead, A, here) is not None
