@@ -22,10 +22,11 @@ from typing import Literal
 import torch
 
 from engine.fim import MissingSpecialToken
+from engine.megatron_layout import AmbiguousConfig, attention_kind, convert_megatron, is_megatron_config, megatron_layout_of
 from engine.model import ModelArgs, Transformer
 from engine.tokenizer import CheckpointTokenizer
 
-Layout = Literal["gpt_bigcode", "santacoder-remote-code"]
+Layout = Literal["gpt_bigcode", "santacoder-remote-code", "santacoder-megatron", "santacoder-megatron-custom"]
 Progress = Callable[[str, float], None]  # (message, fraction done in [0, 1])
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -43,6 +44,7 @@ class CheckpointConfig:
     args: ModelArgs
     layout: Layout
     dtype: torch.dtype  # the dtype the weights are stored in
+    attention_type: int | None = None  # the bigcode fork's kind (Megatron layouts only): 2 or 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +93,15 @@ def read_config(path: Path) -> CheckpointConfig:
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
     model_type = config.get("model_type")
-    if model_type == "gpt_bigcode":
+    attention_type = None
+    if is_megatron_config(config):
+        layout = megatron_layout_of(config)
+        try:
+            attention_type = attention_kind(config)
+        except AmbiguousConfig as exc:
+            raise CheckpointError(f"{file}: {exc}") from None
+        multi_query = True
+    elif model_type == "gpt_bigcode":
         layout: Layout = "gpt_bigcode"
         multi_query = bool(config.get("multi_query", True))
     elif model_type == "gpt2" and "attention_head_type" in config:
@@ -119,7 +129,7 @@ def read_config(path: Path) -> CheckpointConfig:
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{file} lacks or mangles a required key: {exc}") from None
     stored = getattr(torch, str(config.get("torch_dtype") or config.get("dtype") or "float32"), torch.float32)
-    return CheckpointConfig(args=args, layout=layout, dtype=stored)
+    return CheckpointConfig(args=args, layout=layout, dtype=stored, attention_type=attention_type)
 
 
 def load_tokenizer(path: Path) -> CheckpointTokenizer:
@@ -263,10 +273,17 @@ def convert_remote_code(tensors: dict[str, torch.Tensor], args: ModelArgs) -> di
     return out
 
 
-def to_model_state(tensors: dict[str, torch.Tensor], layout: Layout, args: ModelArgs) -> dict[str, torch.Tensor]:
+def to_model_state(tensors: dict[str, torch.Tensor], layout: Layout, args: ModelArgs,
+                   attention_type: int | None = None) -> dict[str, torch.Tensor]:
     """Checkpoint tensors to `Transformer` parameter names (the `transformer.` prefix dropped)."""
     if layout == "santacoder-remote-code":
         tensors = convert_remote_code(tensors, args)
+    elif layout in ("santacoder-megatron", "santacoder-megatron-custom"):
+        assert attention_type is not None, "a Megatron layout's config names its attention_type"
+        try:
+            tensors = convert_megatron(tensors, attention_type, args.n_embd, args.inner)
+        except AmbiguousConfig as exc:
+            raise CheckpointError(str(exc)) from None
     state = {}
     for name, t in tensors.items():
         if name == "lm_head.weight" or name.endswith((".attn.bias", ".attn.masked_bias")):
@@ -304,7 +321,10 @@ def load_model(model: str, device: torch.device, dtype: torch.dtype, revision: s
     files = weight_files(path)
     tensors = read_tensors(files, dtype, say)
     say("converting weights", 0.9)
-    state = to_model_state(tensors, config.layout, config.args)
+    try:
+        state = to_model_state(tensors, config.layout, config.args, config.attention_type)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     with torch.device("meta"):
         net = Transformer(config.args)
     expected = set(net.state_dict())

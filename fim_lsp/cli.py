@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", choices=["tiny", "small", "santacoder", "starcoderbase-1b"], default="tiny")
     p.add_argument("--family", choices=["santacoder", "starcoder"], default="starcoder")
     p.add_argument("--mha", action="store_true", help="multi-head attention (SantaCoder's mha revision)")
-    p.add_argument("--layout", choices=["gpt_bigcode", "santacoder-remote-code"], default="gpt_bigcode")
+    p.add_argument("--layout", default="gpt_bigcode", choices=["gpt_bigcode", "santacoder-remote-code",
+                                                               "santacoder-megatron", "santacoder-megatron-custom"])
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)

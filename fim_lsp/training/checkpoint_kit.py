@@ -20,7 +20,8 @@ from typing import Literal
 
 from engine.fim import EOD_TOKEN, SPELLINGS
 
-Layout = Literal["gpt_bigcode", "santacoder-remote-code"]
+Layout = Literal["gpt_bigcode", "santacoder-remote-code", "santacoder-megatron", "santacoder-megatron-custom"]
+SANTACODER_ONLY = ("santacoder-remote-code", "santacoder-megatron", "santacoder-megatron-custom")
 FamilyName = Literal["santacoder", "starcoder"]
 
 KIT_VERSION = 1  # bump when the files written change, to invalidate caches
@@ -250,6 +251,60 @@ def remote_code_config(shape: Shape, mha: bool, eos_id: int) -> dict:
     }
 
 
+def megatron_config(shape: Shape, eos_id: int, custom: bool) -> dict:
+    """config.json as the bigcode fork's Megatron conversion wrote it (see engine.megatron_layout):
+    `gpt_bigcode` with the fork's integer `attention_type` (2: multi-query, fused c_attn) and no
+    `multi_query`; the custom branch adds `auto_map` to its shipped modeling code."""
+    config = {
+        "activation_function": "gelu_pytorch_tanh",
+        "architectures": ["GPTBigCodeLMHeadModel"],
+        "attention_softmax_in_fp32": True,
+        "attention_type": 2,
+        "attn_pdrop": 0.1,
+        "bos_token_id": eos_id,
+        "embd_pdrop": 0.1,
+        "eos_token_id": eos_id,
+        "inference_runner": 0,
+        "initializer_range": shape.init_std,
+        "layer_norm_epsilon": 1e-05,
+        "model_type": "gpt_bigcode",
+        "n_embd": shape.n_embd,
+        "n_head": shape.n_head,
+        "n_inner": 4 * shape.n_embd,
+        "n_layer": shape.n_layer,
+        "n_positions": shape.n_positions,
+        "resid_pdrop": 0.1,
+        "runner_max_sequence_length": None,
+        "scale_attention_softmax_in_fp32": True,
+        "scale_attn_weights": True,
+        "summary_activation": None,
+        "summary_first_dropout": 0.1,
+        "summary_proj_to_labels": True,
+        "summary_type": "cls_index",
+        "summary_use_proj": True,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "validate_runner_input": True,
+        "vocab_size": shape.vocab_size,
+    }
+    if custom:
+        config["auto_map"] = {
+            "AutoConfig": "configuration_gpt_bigcode.GPTBigCodeConfig",
+            "AutoModelForCausalLM": "modeling_gpt_bigcode.GPTBigCodeLMHeadModel",
+        }
+    return config
+
+
+# Stands in for the modeling code the custom branch ships. fim-lsp must never import it; a test
+# loads the checkpoint and checks that the marker this would write is absent.
+_NEVER_RUN = '''"""Stand-in for shipped modeling code: fim-lsp must never execute checkpoint code."""
+from pathlib import Path
+
+Path(__file__).with_name("EXECUTED").write_text("checkpoint code was executed\\n")
+raise RuntimeError("checkpoint code was executed")
+'''
+
+
 def random_weights(shape: Shape, mha: bool, layout: Layout, seed: int, zero_rows: list[int], dtype: str):
     """Tensors named as the layout names them, drawn from N(0, init_std) (LayerNorms at 1/0).
 
@@ -273,6 +328,15 @@ def random_weights(shape: Shape, mha: bool, layout: Layout, seed: int, zero_rows
 
     def zeros(n: int) -> torch.Tensor:
         return torch.zeros(n, dtype=out_dtype)
+
+    if layout in ("santacoder-megatron", "santacoder-megatron-custom"):
+        from engine.megatron_layout import to_megatron_tensors
+
+        # The same values as the gpt_bigcode layout for this seed, laid out as the fork's script
+        # wrote them: main in Conv1D orientation (the script before 2023-02-20), custom in
+        # Linear orientation (after), so both orientations are exercised.
+        base = random_weights(shape, mha, "gpt_bigcode", seed, zero_rows, dtype)
+        return to_megatron_tensors(base, conv1d=layout == "santacoder-megatron", split_qkv=False, n_embd=E)
 
     conv1d = layout == "santacoder-remote-code"
 
@@ -310,8 +374,10 @@ def write_checkpoint(spec: CheckpointSpec, out: Path, cache_dir: Path | None = N
 
     if spec.shape not in SHAPES:
         raise ValueError(f"unknown shape {spec.shape!r}; choose one of {sorted(SHAPES)}")
-    if spec.layout == "santacoder-remote-code" and spec.family != "santacoder":
-        raise ValueError("the remote-code layout is SantaCoder's; use --family santacoder with it")
+    if spec.layout in SANTACODER_ONLY and spec.family != "santacoder":
+        raise ValueError(f"the {spec.layout} layout is SantaCoder's; use --family santacoder with it")
+    if spec.layout.startswith("santacoder-megatron") and spec.mha:
+        raise ValueError(f"the {spec.layout} layout is multi-query only (the Megatron SantaCoder is MQA)")
     shape = SHAPES[spec.shape]
     cache_dir = cache_dir or default_cache_dir()
     say = progress or (lambda _msg: None)
@@ -325,6 +391,8 @@ def write_checkpoint(spec: CheckpointSpec, out: Path, cache_dir: Path | None = N
 
     if spec.layout == "gpt_bigcode":
         config = gpt_bigcode_config(shape, spec.family, spec.mha, eos_id)
+    elif spec.layout.startswith("santacoder-megatron"):
+        config = megatron_config(shape, eos_id, custom=spec.layout == "santacoder-megatron-custom")
     else:
         config = remote_code_config(shape, spec.mha, eos_id)
     config["torch_dtype"] = spec.dtype
@@ -335,7 +403,16 @@ def write_checkpoint(spec: CheckpointSpec, out: Path, cache_dir: Path | None = N
 
     say(f"weights: {shape.n_layer} layers x {shape.n_embd}, {'MHA' if spec.mha else 'MQA'}, {spec.layout}")
     tensors = random_weights(shape, spec.mha, spec.layout, spec.seed, special_ids, spec.dtype)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if spec.layout.startswith("santacoder-megatron"):
+        import torch
+
+        # The fork's script saved a plain state dict with torch.save (pytorch_model.bin).
+        torch.save(tensors, out / "pytorch_model.bin")
+        if spec.layout == "santacoder-megatron-custom":
+            for module in ("modeling_gpt_bigcode.py", "configuration_gpt_bigcode.py"):
+                (out / module).write_text(_NEVER_RUN)
+    else:
+        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "fim-lsp-kit.json").write_text(json.dumps({"kit_version": KIT_VERSION, **asdict(spec)}, indent=2) + "\n")
     return out
 
