@@ -15,6 +15,12 @@ from typing import Literal
 Family = Literal["santacoder", "starcoder", "none"]
 
 EOD_TOKEN = "<|endoftext|>"
+# StarCoder's notebook markers: its training data held notebooks as
+# <jupyter_start><jupyter_text>markdown<jupyter_code>code<jupyter_output>output...
+JUPYTER_START, JUPYTER_TEXT, JUPYTER_CODE, JUPYTER_OUTPUT = (
+    "<jupyter_start>", "<jupyter_text>", "<jupyter_code>", "<jupyter_output>")
+JUPYTER_TOKENS = (JUPYTER_START, JUPYTER_TEXT, JUPYTER_CODE, JUPYTER_OUTPUT)
+REPONAME_TOKEN = "<reponame>"
 FimOrder = Literal["spm", "psm"]
 SPELLINGS: dict[str, tuple[str, str, str, str]] = {
     # family: (prefix, middle, suffix, pad)
@@ -39,6 +45,8 @@ class FimTokens:
     pad: str | None = None
     filename: str | None = None
     file_sep: str | None = None
+    jupyter: bool = False  # all four Jupyter markers are special tokens (StarCoder)
+    reponame: str | None = None  # StarCoder's `<reponame>` repository header
 
     @property
     def has_fim(self) -> bool:
@@ -47,7 +55,8 @@ class FimTokens:
 
     def stop_tokens(self) -> tuple[str, ...]:
         """Every special token that ends a middle: end of text, FIM markers, file headers."""
-        found = (self.eod, self.prefix, self.middle, self.suffix, self.pad, self.filename, self.file_sep)
+        found = (self.eod, self.prefix, self.middle, self.suffix, self.pad, self.filename, self.file_sep,
+                 self.reponame, *(JUPYTER_TOKENS if self.jupyter else ()))
         return tuple(t for t in found if t is not None)
 
 
@@ -75,6 +84,8 @@ def fim_tokens_from_vocab(tokens: Iterable[str]) -> FimTokens:
                 pad=pad if pad in vocab else None,
                 filename="<filename>" if "<filename>" in vocab else None,
                 file_sep="<file_sep>" if "<file_sep>" in vocab else None,
+                jupyter=all(t in vocab for t in JUPYTER_TOKENS),
+                reponame=REPONAME_TOKEN if REPONAME_TOKEN in vocab else None,
             )
         if present:
             missing = sorted({prefix, middle, suffix} - vocab)

@@ -21,7 +21,7 @@ from engine.api import BackendError
 from lsp_server import pipeline
 from lsp_server.config import ServerConfig
 from lsp_server.core.context import Encoding, offset_to_position, position_to_offset
-from lsp_server.core.notebook import Cell, map_cell_position, notebook_text
+from lsp_server.core.notebook import Cell, map_cell_position, notebook_style, notebook_text
 from lsp_server.core.postprocess import ShownSuggestion
 from lsp_server.documents import DocumentStore, excluded, uri_to_path, workspace_file
 from lsp_server.ignore import GitignoreFiles
@@ -281,8 +281,11 @@ class CompletionService:
             if uri == cell_uri:
                 index = i
                 language = cell_doc.language_id if cell_doc is not None else language
-        text, _ = notebook_text(cells, language)
-        return text, map_cell_position(cells, language, index, position.line, position.character, encoding)
+        # a model trained on StarCoder's Jupyter format is shown notebooks in it; others the percent format
+        backend = self.model.backend
+        style = notebook_style(backend.fim) if backend is not None else "percent"
+        text, _ = notebook_text(cells, language, style)
+        return text, map_cell_position(cells, language, index, position.line, position.character, encoding, style)
 
 
 def last_figures(outcome: pipeline.Outcome, latency_ms: float) -> dict[str, Any]:

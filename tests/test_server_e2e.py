@@ -19,7 +19,7 @@ from lsp_server.config import CompletionSettings, ModelConfig
 from fim_lsp.demo import fetch_status, wait_until_loaded
 from lsp_server.core.context import offset_to_position, position_to_offset
 from lsp_server.documents import excluded, uri_to_path
-from lsp_server.core.notebook import Cell, map_cell_position, notebook_text
+from lsp_server.core.notebook import Cell, map_cell_position, notebook_style, notebook_text
 from lsp_server.core.postprocess import ShownSuggestion
 from tests.conftest import kit
 
@@ -455,12 +455,15 @@ async def test_notebook_cells_see_the_cells_around_them(client: LanguageClient, 
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
 
     notebook_cells = [Cell("code", cells[0][2]), Cell("markdown", cells[1][2]), Cell("code", cell_text)]
-    text, _ = notebook_text(notebook_cells, "python")
-    line, character = map_cell_position(notebook_cells, "python", 2, 0, len(cell_text))
-    assert text.startswith("# %%\nimport math\nradius = 2.0\n") and "# Area of the circle" in text
+    style = notebook_style(engine.fim)
+    assert style == "jupyter"  # the kit's StarCoder-family tokenizer has the Jupyter tokens
+    text, _ = notebook_text(notebook_cells, "python", style)
+    line, character = map_cell_position(notebook_cells, "python", 2, 0, len(cell_text), "utf-16", style)
+    assert text.startswith("<jupyter_start><jupyter_code>import math\nradius = 2.0\n")
+    assert "<jupyter_text># Area of the circle\n" in text  # markdown as text, not comments
     outcome = pipeline.complete(engine, nb, text, line, character, config=Mirror(client, engine).config,
                                 path=uri_to_path(nb))
-    assert outcome.context.prefix.endswith("# %%\narea = math.pi * radius")
+    assert outcome.context.prefix.endswith("<jupyter_code>area = math.pi * radius")
     expected = Mirror(client, engine).record(nb, outcome, cell_text, len(cell_text))
     for item in answer.items:
         item.command = None
