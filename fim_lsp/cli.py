@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each problem's suggestion and score to FILE, one JSON object a line")
 
     p = parsers["make-checkpoint"]
-    p.add_argument("--shape", choices=["tiny", "small", "santacoder", "starcoderbase-1b"], default="tiny")
+    p.add_argument("--shape", default="tiny", choices=["tiny", "small", "santacoder", "starcoderbase-1b",
+                                                       "starcoderbase-7b", "starcoder-15b"],
+                   help="starcoderbase-7b and starcoder-15b: config only (for `status`'s memory plan)")
     p.add_argument("--family", choices=["santacoder", "starcoder"], default="starcoder")
     p.add_argument("--mha", action="store_true", help="multi-head attention (SantaCoder's mha revision)")
     p.add_argument("--layout", default="gpt_bigcode", choices=["gpt_bigcode", "santacoder-remote-code",
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    p.add_argument("--config-only", action="store_true", help="write config.json only (no weights, no tokenizer)")
 
     p = parsers["status"]
     add_model_options(p)

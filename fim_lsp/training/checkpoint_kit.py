@@ -45,7 +45,11 @@ SHAPES: dict[str, Shape] = {
     "small": Shape(4, 256, 8, 4096, 8192, 8192, 0.1),
     "santacoder": Shape(24, 2048, 16, 2048, 49280, 49152, 0.02),
     "starcoderbase-1b": Shape(24, 2048, 16, 8192, 49152, 49152, 0.02),
+    # too large to write weights for here: configs only (write_config_only), for memory plans
+    "starcoderbase-7b": Shape(42, 4096, 32, 8192, 49152, 49152, 0.02),
+    "starcoder-15b": Shape(40, 6144, 48, 8192, 49152, 49152, 0.02),
 }
+CONFIG_ONLY_SHAPES = ("starcoderbase-7b", "starcoder-15b")
 
 # the published tokenizers' special tokens, in their id order (FIM spellings from engine.fim)
 SANTACODER_SPECIALS = [EOD_TOKEN, *SPELLINGS["santacoder"]]
@@ -417,6 +421,27 @@ def write_checkpoint(spec: CheckpointSpec, out: Path, cache_dir: Path | None = N
     return out
 
 
+def write_config_only(spec: CheckpointSpec, out: Path) -> Path:
+    """config.json (and generation_config.json) of the checkpoint `spec` describes, without weights
+    or tokenizer: what `fim-lsp status` reads to plan memory before loading."""
+    if spec.shape not in SHAPES:
+        raise ValueError(f"unknown shape {spec.shape!r}; choose one of {sorted(SHAPES)}")
+    shape = SHAPES[spec.shape]
+    eos_id = 0 if spec.family == "starcoder" else shape.tokenizer_vocab - len(SANTACODER_SPECIALS)
+    if spec.layout == "gpt_bigcode":
+        config = gpt_bigcode_config(shape, spec.family, spec.mha, eos_id)
+    elif spec.layout.startswith("santacoder-megatron"):
+        config = megatron_config(shape, eos_id, custom=spec.layout == "santacoder-megatron-custom")
+    else:
+        config = remote_code_config(shape, spec.mha, eos_id)
+    config["torch_dtype"] = spec.dtype
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": eos_id, "eos_token_id": eos_id}, indent=2) + "\n")
+    return out
+
+
 def ensure_checkpoint(spec: CheckpointSpec, cache_dir: Path | None = None) -> Path:
     """The cached checkpoint for `spec`, written on first use (atomically, safe across processes)."""
     cache_dir = cache_dir or default_cache_dir()
@@ -441,6 +466,9 @@ def main_make_checkpoint(args) -> int:
     if out.exists() and any(out.iterdir()) and not args.force:
         print(f"fim-lsp: {out} is not empty; pass --force to overwrite", file=sys.stderr)
         return 2
-    write_checkpoint(spec, out, progress=lambda msg: print(f"make-checkpoint: {msg}", file=sys.stderr))
+    if getattr(args, "config_only", False) or spec.shape in CONFIG_ONLY_SHAPES:
+        write_config_only(spec, out)
+    else:
+        write_checkpoint(spec, out, progress=lambda msg: print(f"make-checkpoint: {msg}", file=sys.stderr))
     print(out)
     return 0
