@@ -23,7 +23,7 @@ from lsp_server.config import ServerConfig
 from lsp_server.core.context import Encoding, offset_to_position, position_to_offset
 from lsp_server.core.notebook import Cell, map_cell_position, notebook_style, notebook_text
 from lsp_server.core.postprocess import ShownSuggestion
-from lsp_server.documents import DocumentStore, excluded, uri_to_path, workspace_file
+from lsp_server.documents import DocumentStore, excluded, repo_name, uri_to_path, workspace_file
 from lsp_server.ignore import GitignoreFiles
 from lsp_server.model_host import ModelHost
 from lsp_server.scheduler import LatencyWindow, Scheduler, Superseded
@@ -58,6 +58,7 @@ class Where:
     path: str | None  # the prompt's file name
     others: list[tuple[str, str]]  # (path, text) of other open documents, for neighbour snippets
     config: pipeline.PipelineConfig
+    repo: str | None = None  # StarCoder's <reponame>: the workspace folder's name
 
     def same(self, alternatives: int) -> tuple:
         """What makes two requests identical: they share one engine run (and a prefetched answer)."""
@@ -225,6 +226,7 @@ class CompletionService:
             doc_key = doc.notebook_uri
             text, (line, character) = self.notebook_view(doc.notebook_uri, uri, position, encoding)
             path = uri_to_path(doc.notebook_uri, roots)
+        repo = repo_name(doc.notebook_uri or uri, roots)
         if excluded(path, config.exclude):
             return None
         pipeline_config = pipeline.pipeline_config(config.completion)
@@ -232,7 +234,8 @@ class CompletionService:
             pipeline_config = replace(pipeline_config, min_token_probability=0.0)
         hidden = (lambda other: self.gitignored(other, roots)) if config.exclude_gitignored else None
         others = self.store.others(uri, roots, config.exclude, hidden) if pipeline_config.prompt.neighbours else []
-        return Where(uri, doc_key, doc_text, cursor, text, line, character, encoding, path, others, pipeline_config)
+        return Where(uri, doc_key, doc_text, cursor, text, line, character, encoding, path, others, pipeline_config,
+                     repo)
 
     def job_for(self, where: Where, backend, resample: bool = False,
                 alternatives: int = 1) -> Callable[[Any], list[pipeline.Outcome]]:
@@ -242,7 +245,7 @@ class CompletionService:
         def run(shown: ShownSuggestion | None, token, rank: int = 0) -> pipeline.Outcome:
             return pipeline.complete(
                 backend, doc_key, where.text, where.line, where.character, encoding=where.encoding,
-                config=where.config, path=where.path, others=where.others,
+                config=where.config, path=where.path, repo=where.repo, others=where.others,
                 previous_snippets=self.snippets.get(doc_key, ()), shown=shown, cancel=token, first_token_rank=rank)
 
         def job(token) -> list[pipeline.Outcome]:

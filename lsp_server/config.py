@@ -58,6 +58,7 @@ class CompletionSettings:
     multiline: Multiline = "auto"  # single line mid-line, a block after an opener
     prefix_suffix_ratio: float = 3.0  # how the prompt budget splits between before and after the cursor
     neighbours: bool = True  # add snippets from other open documents of the same language
+    repo_name: bool = True  # head StarCoder prompts with <reponame> and the workspace folder's name
     fim_mode: FimMode = "auto"  # FIM template order; auto = the family's trained default
     time_budget_s: float | None = None  # wall-clock cap on decoding
     token_healing: bool = True  # re-spell the token at the cursor (engine.healing); off: prompt as typed
@@ -136,6 +137,10 @@ SETTINGS: dict[str, Setting] = {
     "neighbours": Setting(
         "completion", "neighbours", (bool,), None,
         "Add snippets from other open documents of the same language to the prompt."),
+    "repoName": Setting(
+        "completion", "repo_name", (bool,), None,
+        "Head StarCoder-family prompts with <reponame> and the workspace folder's name, as StarCoder saw "
+        "repositories in training."),
     "fimMode": Setting(
         "completion", "fim_mode", (str,), ('auto', 'spm', 'psm'),
         "Fill-in-the-middle template order; auto is the model family's trained default."),

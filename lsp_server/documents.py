@@ -144,6 +144,11 @@ def uri_to_path(uri: str, roots: Sequence[str] = ()) -> str:
     if parsed.scheme != "file":
         return uri
     path = file_path(parsed.path)
+    best = _innermost_root(path, roots)
+    return str(path.relative_to(best)) if best is not None else path.name
+
+
+def _innermost_root(path: PurePosixPath, roots: Sequence[str]) -> PurePosixPath | None:
     best: PurePosixPath | None = None
     for root in roots:
         r = urlparse(root)
@@ -152,7 +157,17 @@ def uri_to_path(uri: str, roots: Sequence[str] = ()) -> str:
         base = file_path(r.path)
         if path != base and path.is_relative_to(base) and (best is None or len(base.parts) > len(best.parts)):
             best = base
-    return str(path.relative_to(best)) if best is not None else path.name
+    return best
+
+
+def repo_name(uri: str, roots: Sequence[str] = ()) -> str | None:
+    """The name of the innermost workspace folder holding a file URI (StarCoder's `<reponame>`
+    saw a repository's name; a workspace folder is the nearest thing), None outside every folder."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        return None
+    best = _innermost_root(file_path(parsed.path), roots)
+    return (best.name or None) if best is not None else None
 
 
 def file_path(uri_path: str) -> PurePosixPath:

@@ -68,6 +68,7 @@ def pipeline_config(settings: CompletionSettings) -> PipelineConfig:
         prompt=PromptConfig(
             fim_mode=settings.fim_mode, prefix_suffix_ratio=settings.prefix_suffix_ratio,
             max_new_tokens=settings.max_new_tokens, neighbours=settings.neighbours,
+            include_repo_name=settings.repo_name,
         ),
         postprocess=PostprocessConfig(multiline=settings.multiline),
         temperature=settings.temperature,
@@ -113,6 +114,7 @@ def complete(
     encoding: Encoding = "utf-16",
     config: PipelineConfig = PipelineConfig(),
     path: str | None = None,
+    repo: str | None = None,
     others: list[tuple[str, str]] | None = None,
     previous_snippets: tuple[Snippet, ...] = (),
     shown: ShownSuggestion | None = None,
@@ -130,7 +132,7 @@ def complete(
     ctx = cursor_context(text, line, character, encoding)
     if shown is not None and (reused := reuse_suggestion(shown, ctx)) is not None:
         return Outcome(suggestion=reused, context=ctx, prompt=None, result=None)
-    prompt, snippets, request = request_for(backend, doc_id, ctx, config=config, path=path, others=others,
+    prompt, snippets, request = request_for(backend, doc_id, ctx, config=config, path=path, repo=repo, others=others,
                                             previous_snippets=previous_snippets, first_token_rank=first_token_rank)
     one_line = request.stop_at_line_end
     beam = beam_for(backend, config) if one_line and first_token_rank == 0 else 1
@@ -161,7 +163,7 @@ def complete(
 
 
 def request_for(backend: Backend, doc_id: str, ctx: CursorContext, *, config: PipelineConfig = PipelineConfig(),
-                path: str | None = None, others: list[tuple[str, str]] | None = None,
+                path: str | None = None, repo: str | None = None, others: list[tuple[str, str]] | None = None,
                 previous_snippets: tuple[Snippet, ...] = (), first_token_rank: int = 0,
                 ) -> tuple[Prompt, tuple[Snippet, ...], CompletionRequest]:
     """The prompt, its neighbour snippets and the backend request for a cursor: what `complete`
@@ -173,7 +175,8 @@ def request_for(backend: Backend, doc_id: str, ctx: CursorContext, *, config: Pi
         snippets = tuple(select_snippets(
             text_around_cursor(ctx), others, config.prompt.neighbour_tokens, count_tokens, previous=previous_snippets,
         ))
-    prompt = build_prompt(ctx, backend.fim, count_tokens, backend.info.n_ctx, config.prompt, path=path, snippets=snippets)
+    prompt = build_prompt(ctx, backend.fim, count_tokens, backend.info.n_ctx, config.prompt, path=path, snippets=snippets,
+                          repo=repo)
     one_line = not takes_block(ctx, config.postprocess)
     beam = beam_for(backend, config) if one_line and first_token_rank == 0 else 1
     request = CompletionRequest(

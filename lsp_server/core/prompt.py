@@ -63,6 +63,8 @@ class PromptConfig:
     """Generation budget reserved from the model's window."""
     include_filename: bool = True
     """Head the prompt with StarCoder's `<filename>path\\n` when the family has that token."""
+    include_repo_name: bool = True
+    """Head it with `<reponame>name` (the workspace folder's name) when the tokenizer has that token."""
     neighbours: bool = True
     """Add snippets of other open documents of the same language."""
     neighbour_tokens: int = 256
@@ -274,19 +276,26 @@ def window_suffix(suffix: str, budget: int, chunk_lines: int, count: CountTokens
     return _cut_to_fit(suffix[: ends[0]], budget, count, keep_end=False)
 
 
-def render_head(fim: FimTokens, config: PromptConfig, path: str | None, snippets: Sequence[Snippet]) -> str:
-    """The text before the FIM section: snippets of other documents, then the file name.
+def render_head(fim: FimTokens, config: PromptConfig, path: str | None, snippets: Sequence[Snippet],
+                repo: str | None = None) -> str:
+    """The text before the FIM section: snippets of other documents, then the file's metadata.
 
     With a `<filename>` token each snippet is a document of its own, as StarCoder saw files in
     training (`<filename>path\\n...<|endoftext|>`); without one, snippets are line comments headed
-    by their path, as Copilot writes its neighbouring tabs.
+    by their path, as Copilot writes its neighbouring tabs. StarCoder's files were headed by
+    `<reponame>name<filename>path\\n` (each part sometimes left out): the repository name
+    (`repo`, the workspace folder's name) goes just before the file name. It changes only when
+    the workspace does, so the prompt's tokens stay the same from one keystroke to the next.
     """
     parts: list[str] = []
     if fim.filename is not None:
         for s in snippets:
             body = s.text if s.text.endswith("\n") else s.text + "\n"
             parts.append(f"{fim.filename}{s.path}\n{body}{fim.eod}")
-        if config.include_filename and path:
+        named = config.include_filename and path
+        if fim.reponame is not None and config.include_repo_name and repo:
+            parts.append(f"{fim.reponame}{repo}" + ("" if named else "\n"))
+        if named:
             parts.append(f"{fim.filename}{path}\n")
     else:
         for s in snippets:
@@ -316,7 +325,8 @@ def _room(n_ctx: int, config: PromptConfig, mode: PromptMode, fim: FimTokens, he
 
 
 def build_prompt(ctx: CursorContext, fim: FimTokens, count_tokens: CountTokens, n_ctx: int,
-                 config: PromptConfig, path: str | None = None, snippets: Sequence[Snippet] = ()) -> Prompt:
+                 config: PromptConfig, path: str | None = None, snippets: Sequence[Snippet] = (),
+                 repo: str | None = None) -> Prompt:
     """The prompt for a cursor: head, windowed prefix and suffix, in the family's FIM template.
 
     The window is `n_ctx` minus the generation budget minus the head and FIM tokens, split
@@ -328,11 +338,11 @@ def build_prompt(ctx: CursorContext, fim: FimTokens, count_tokens: CountTokens, 
     count = memoize_counts(count_tokens)
     mode, note = choose_mode(fim, config)
     kept = list(snippets) if config.neighbours else []
-    head = render_head(fim, config, path, kept)
-    bare_head = render_head(fim, config, path, [])
+    head = render_head(fim, config, path, kept, repo)
+    bare_head = render_head(fim, config, path, [], repo)
     while kept and count(head) - count(bare_head) > config.neighbour_tokens:
         kept.pop()
-        head = render_head(fim, config, path, kept)
+        head = render_head(fim, config, path, kept, repo)
     available = _room(n_ctx, config, mode, fim, head, count)
     if available <= 0 and kept:
         kept, head = [], bare_head

@@ -17,7 +17,7 @@ const CURSOR_NOTIFICATION = 'fim-lsp/cursor'; // a hint: the server prefills the
 const CURSOR_DEBOUNCE_MS = 150;
 // Settings the server understands (its wire names); the rest only concern how it is started.
 const SERVER_KEYS = ['model', 'revision', 'backend', 'device', 'dtype', 'maxNewTokens', 'temperature', 'multiline',
-  'debounceMs', 'neighbours', 'tokenHealing', 'minTokenProbability', 'beam', 'fimMode', 'prefixSuffixRatio', 'timeBudgetMs',
+  'debounceMs', 'neighbours', 'repoName', 'tokenHealing', 'minTokenProbability', 'beam', 'fimMode', 'prefixSuffixRatio', 'timeBudgetMs',
   'cacheBytes', 'speculate', 'alternatives', 'exclude', 'excludeGitignored', 'url', 'remoteModel', 'family', 'remoteTimeoutMs',
   'caBundle', 'adaptiveWait', 'idlePrefill', 'prefetch', 'prefillChunkTokens', 'prefillDelayMs', 'cacheRegions'] as const;
 const LAUNCH_KEYS = ['command', 'pythonPath', 'extraArgs'];
