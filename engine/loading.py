@@ -10,6 +10,7 @@ refused from its config, before a weight is read. Every caller-facing failure is
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -22,6 +23,7 @@ from typing import Literal
 import torch
 
 from engine.fim import MissingSpecialToken
+from engine.revisions import trained_without_fim
 from engine.megatron_layout import AmbiguousConfig, attention_kind, convert_megatron, is_megatron_config, megatron_layout_of
 from engine.model import ModelArgs, Transformer
 from engine.tokenizer import CheckpointTokenizer
@@ -133,11 +135,16 @@ def read_config(path: Path) -> CheckpointConfig:
 
 
 def load_tokenizer(path: Path) -> CheckpointTokenizer:
-    """The checkpoint's tokenizer, with clear errors for missing files or special tokens."""
+    """The checkpoint's tokenizer, with clear errors for missing files or special tokens. A revision
+    trained without FIM (engine.revisions) gets its FIM tokens withheld, so it completes left to
+    right: no prompt is built with tokens the model never learnt."""
     try:
-        return CheckpointTokenizer.from_dir(path)
+        tokenizer = CheckpointTokenizer.from_dir(path)
     except (FileNotFoundError, MissingSpecialToken) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    if trained_without_fim(path) is not None:
+        tokenizer.fim = dataclasses.replace(tokenizer.fim, prefix=None, middle=None, suffix=None)
+    return tokenizer
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 
 from engine.loading import CheckpointError, available_memory, load_tokenizer, read_config, resolve_checkpoint
 from engine.backends import RUNTIMES
+from engine.revisions import trained_without_fim
 from engine.memory_plan import GIB, MemoryPlan, Place, alternatives, memory_plan, render_plan, visible_places
 from engine.select import INT8, choose_placement, resolve_model_name, tries_onnx
 from engine.backends.torch_backend import DEFAULT_BUDGET_SHARE
@@ -78,6 +79,7 @@ def describe(model: str | None, backend: str = "auto", device: str = "auto", dty
         "params": args.param_count(),
         "n_ctx": args.n_positions,
         "fim_family": tokenizer.fim.family,
+        "fim": "yes" if tokenizer.fim.has_fim else (trained_without_fim(path) or "no FIM tokens: left-to-right"),
         "device": str(placement.device),
         "dtype": INT8 if placement.quantize else str(placement.dtype).removeprefix("torch."),
         "kv_dtype": str(placement.kv_dtype).removeprefix("torch."),
