@@ -174,7 +174,8 @@ def check_fits(args: ModelArgs, target: torch.dtype, available: int, where: str)
         raise CheckpointError(
             f"a {params / 1e9:.1f}B-parameter model needs about {needed / 2**30:.1f} GiB in "
             f"{str(target).removeprefix('torch.')} but {where} has {available / 2**30:.1f} GiB free; "
-            f"choose a smaller model (or --dtype bfloat16 / a GPU)"
+            f"choose a smaller model, --dtype bfloat16 or int8 (int8 weights on the CPU: --device cpu --dtype int8), "
+            f"a GPU, or a remote server (--backend openai --url URL); `fim-lsp status --model M` prints the memory plan"
         )
 
 
