@@ -73,14 +73,19 @@ def memory_plan(args: ModelArgs, places: tuple[Place, ...], int8_bytes: int) -> 
                       fits=fits)
 
 
+def size(n: int) -> str:
+    """Bytes for a reader: GiB from 1 GiB up, else MiB."""
+    return f"{n / GIB:,.2f} GiB" if n >= GIB else f"{n / 2**20:,.1f} MiB"
+
+
 def render_plan(plan: MemoryPlan) -> list[str]:
     """The plan as lines for a terminal."""
-    lines = [f"memory plan ({plan.params / 1e9:.2f}B parameters, window {plan.n_ctx:,} tokens):"]
+    count = f"{plan.params / 1e9:.2f}B" if plan.params >= 1e9 else f"{plan.params / 1e6:.1f}M"
+    lines = [f"memory plan ({count} parameters, window {plan.n_ctx:,} tokens):"]
     for dtype in ("float32", "bfloat16", "float16", "int8"):
-        lines.append(f"  weights {dtype}: {plan.weights[dtype] / GIB:,.2f} GiB")
+        lines.append(f"  weights {dtype}: {size(plan.weights[dtype])}")
     for dtype in ("float32", "bfloat16"):
-        lines.append(f"  K/V {dtype}: {plan.kv_per_token[dtype]:,} B/token, "
-                     f"{plan.kv_window(dtype) / GIB:,.2f} GiB for the window")
+        lines.append(f"  K/V {dtype}: {plan.kv_per_token[dtype]:,} B/token, {size(plan.kv_window(dtype))} for the window")
     for place in plan.places:
         fit = ", ".join(plan.fits[place.name]) or "nothing"
         lines.append(f"  {place.name}: {place.free / GIB:,.1f} GiB free; fits {fit}")

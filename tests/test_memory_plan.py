@@ -63,8 +63,8 @@ def test_rendered_plan_of_starcoderbase_7b(tmp_path):
         "  weights bfloat16: 13.65 GiB",
         "  weights float16: 13.65 GiB",
         "  weights int8: 7.23 GiB",
-        "  K/V float32: 43,008 B/token, 0.33 GiB for the window",
-        "  K/V bfloat16: 21,504 B/token, 0.16 GiB for the window",
+        "  K/V float32: 43,008 B/token, 336.0 MiB for the window",  # 43,008 x 8,192 = 352,321,536 B
+        "  K/V bfloat16: 21,504 B/token, 168.0 MiB for the window",
         "  RAM: 16.0 GiB free; fits int8, bfloat16",  # bf16: 1.1 x 13.65 + 0.16 = 15.18 GiB
     ]
 
