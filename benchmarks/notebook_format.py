@@ -24,7 +24,7 @@ DOCSTRING = re.compile(r'\n(\s+)("""|\'\'\')(.*?)\2[^\n]*\n', re.S)
 
 def as_notebook(prompt: str, suffix: str):
     """(cells, index of the code cell, line, character) for a problem; None where it has no docstring."""
-    from lsp_server.notebook import Cell
+    from lsp_server.core.notebook import Cell
 
     found = DOCSTRING.search(prompt)
     if found is None:
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from lsp_server.config import ModelConfig
-    from lsp_server.evaluate import exact_match, load_problems, pipeline_config_for
-    from lsp_server.notebook import map_cell_position, notebook_text
+    from fim_lsp.evaluation.evaluate import exact_match, load_problems, pipeline_config_for
+    from lsp_server.core.notebook import map_cell_position, notebook_text
     from lsp_server import pipeline
 
     backend = pipeline.load_model(ModelConfig(model=args.model, dtype="float32"))
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         compared += 1
         changed += int(texts["percent"] != texts["jupyter"])
     seconds = time.perf_counter() - start
-    print(f"| model | problems | suggestions changed | exact match: percent | exact match: jupyter |")
-    print(f"| --- | --- | --- | --- | --- |")
+    print("| model | problems | suggestions changed | exact match: percent | exact match: jupyter |")
+    print("| --- | --- | --- | --- | --- |")
     print(f"| {backend.info.model} | {compared} | {changed} | {rows['percent']} | {rows['jupyter']} |")
     print(f"({seconds:.0f} s)")
     return 0

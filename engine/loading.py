@@ -24,7 +24,8 @@ import torch
 
 from engine.fim import MissingSpecialToken
 from engine.revisions import trained_without_fim
-from engine.megatron_layout import AmbiguousConfig, attention_kind, convert_megatron, is_megatron_config, megatron_layout_of
+from engine.megatron_layout import (AmbiguousConfig, attention_kind, convert_megatron, is_megatron_config,
+                                    megatron_layout_of)
 from engine.model import ModelArgs, Transformer
 from engine.tokenizer import CheckpointTokenizer
 

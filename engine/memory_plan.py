@@ -85,7 +85,8 @@ def render_plan(plan: MemoryPlan) -> list[str]:
     for dtype in ("float32", "bfloat16", "float16", "int8"):
         lines.append(f"  weights {dtype}: {size(plan.weights[dtype])}")
     for dtype in ("float32", "bfloat16"):
-        lines.append(f"  K/V {dtype}: {plan.kv_per_token[dtype]:,} B/token, {size(plan.kv_window(dtype))} for the window")
+        per_token, window = plan.kv_per_token[dtype], size(plan.kv_window(dtype))
+        lines.append(f"  K/V {dtype}: {per_token:,} B/token, {window} for the window")
     for place in plan.places:
         fit = ", ".join(plan.fits[place.name]) or "nothing"
         lines.append(f"  {place.name}: {place.free / GIB:,.1f} GiB free; fits {fit}")

@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import GPTBigCodeForCausalLM
 
-from engine.checkpoint_kit import SHAPES
+from fim_lsp.training.checkpoint_kit import SHAPES
 from engine.loading import CheckpointError, load_model, read_config
 from engine.megatron_layout import to_megatron_tensors
 from engine.model import KVBuffer
-from engine.status import describe
+from fim_lsp.status import describe
 from tests.conftest import kit
 
 CPU = torch.device("cpu")
@@ -110,7 +110,7 @@ def test_an_ambiguous_or_unknown_attention_kind_is_a_one_line_refusal(tmp_path, 
 
 
 def test_status_names_the_megatron_layout_and_refuses_the_unknown(tmp_path, capsys):
-    from engine.status import main_status
+    from fim_lsp.status import main_status
 
     path = copy_kit(tmp_path, "santacoder-megatron")
     args = SimpleNamespace(model=str(path), backend="auto", device="cpu", dtype="float32", revision=None,

@@ -4,15 +4,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.checkpoint_kit import CheckpointSpec, write_config_only
+from fim_lsp.training.checkpoint_kit import CheckpointSpec, write_config_only
 from engine.loading import read_config
 from engine.memory_plan import GIB, Place, memory_plan, render_plan
 from engine.quantize import int8_weight_bytes
-from engine.status import DoesNotFit, describe, main_status
+from fim_lsp.status import DoesNotFit, describe, main_status
 from tests.conftest import kit
 
 
-def by_hand(L, E, I, V, P, D=128):
+def by_hand(L, E, I, V, P, D=128):  # noqa: E741 (I: the MLP width, as in the papers)
     """(params, int8 bytes, K/V fp32 bytes a token) of a multi-query GPTBigCode, counted by hand.
 
     A block: two LayerNorms (4E), c_attn [E + 2D, E] + bias, c_proj [E, E] + bias, c_fc [I, E] +
@@ -87,7 +87,7 @@ def test_a_model_that_does_not_fit_is_refused_with_the_plan_and_alternatives(tmp
 def test_status_prints_the_plan_and_auto_choice_or_refuses(tmp_path, monkeypatch, capsys):
     import shutil
 
-    import engine.status as status
+    import fim_lsp.status as status
 
     path = write_config_only(CheckpointSpec(shape="starcoderbase-7b", family="starcoder"), tmp_path / "7b")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):  # any StarCoder tokenizer

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from engine.fim import EOD_TOKEN, SPELLINGS
+from engine.fim import EOD_TOKEN, JUPYTER_TOKENS, REPONAME_TOKEN, SPELLINGS
 
 Layout = Literal["gpt_bigcode", "santacoder-remote-code", "santacoder-megatron", "santacoder-megatron-custom"]
 SANTACODER_ONLY = ("santacoder-remote-code", "santacoder-megatron", "santacoder-megatron-custom")
@@ -55,9 +55,8 @@ CONFIG_ONLY_SHAPES = ("starcoderbase-7b", "starcoder-15b")
 SANTACODER_SPECIALS = [EOD_TOKEN, *SPELLINGS["santacoder"]]
 STARCODER_SPECIALS = [
     EOD_TOKEN, *SPELLINGS["starcoder"], "<filename>",
-    "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>", "<jupyter_start>",
-    "<jupyter_text>", "<jupyter_code>", "<jupyter_output>", "<empty_output>", "<commit_before>",
-    "<commit_msg>", "<commit_after>", "<reponame>",
+    "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>", *JUPYTER_TOKENS,
+    "<empty_output>", "<commit_before>", "<commit_msg>", "<commit_after>", REPONAME_TOKEN,
 ]
 
 
