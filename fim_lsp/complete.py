@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lsp_server import pipeline
 from lsp_server.config import ConfigError, config_from_args
-from lsp_server.documents import uri_to_path
+from lsp_server.documents import repo_name, uri_to_path
 
 EXIT_BAD_INPUT = 2
 
@@ -39,10 +39,11 @@ def main_complete(args: argparse.Namespace) -> int:
         return fail(problem)
     run_config = pipeline.pipeline_config(config.completion)
     path = prompt_path(Path(args.file))
+    repo = repo_name(Path(args.file).resolve().as_uri(), workspace_roots(Path(args.file)))
     for line, character in positions:
         try:
             outcome = pipeline.complete(backend, args.file, text, line, character, encoding="utf-32",
-                                        config=run_config, path=path)
+                                        config=run_config, path=path, repo=repo)
         except Exception as exc:  # a model or prompt failure at one position: say which, stop
             return fail(f"{args.file}:{line}:{character}: {type(exc).__name__}: {exc}")
         print_outcome(args, line, character, outcome, backend.info)
@@ -53,10 +54,17 @@ def prompt_path(file: Path, cwd: Path | None = None) -> str:
     """The name the prompt gives `file`, as the server names an open document: relative to its
     workspace folder, here the enclosing git repository or else the current directory, and by its
     file name when it lies outside both."""
+    return uri_to_path(file.resolve().as_uri(), workspace_roots(file, cwd))
+
+
+def workspace_roots(file: Path, cwd: Path | None = None) -> list[str]:
+    """What stands in for the editor's workspace folders: the enclosing git repository of `file`,
+    then the current directory (as URIs). The innermost holding the file names it, and is the
+    `<reponame>` of its prompt, as in the server."""
     file = file.resolve()
     cwd = (cwd or Path.cwd()).resolve()
     root = next((d for d in file.parents if (d / ".git").exists()), None)
-    return uri_to_path(file.as_uri(), [r.as_uri() for r in (root, cwd) if r is not None])
+    return [r.as_uri() for r in (root, cwd) if r is not None]
 
 
 def cursor_positions(lines: list[int] | None, characters: list[int] | None) -> list[tuple[int, int]]:

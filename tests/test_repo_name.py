@@ -70,3 +70,17 @@ def test_the_setting_turns_it_off():
     with pytest.raises(ConfigError, match="'repoName' must be bool"):
         apply_settings(ServerConfig(), {"repoName": "no"})
     assert FimTokens(family="none", eod="<|endoftext|>").reponame is None
+
+
+def test_fim_lsp_complete_names_the_repository_as_the_server_would(tmp_path):
+    from fim_lsp.complete import prompt_path, workspace_roots
+
+    repo = tmp_path / "shop"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "src").mkdir()
+    file = repo / "src" / "app.py"
+    file.write_text("x = 1\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    roots = workspace_roots(file, cwd=elsewhere)
+    assert repo_name(file.as_uri(), roots) == "shop" and prompt_path(file, cwd=elsewhere) == "src/app.py"
