@@ -175,8 +175,8 @@ def request_for(backend: Backend, doc_id: str, ctx: CursorContext, *, config: Pi
         snippets = tuple(select_snippets(
             text_around_cursor(ctx), others, config.prompt.neighbour_tokens, count_tokens, previous=previous_snippets,
         ))
-    prompt = build_prompt(ctx, backend.fim, count_tokens, backend.info.n_ctx, config.prompt, path=path, snippets=snippets,
-                          repo=repo)
+    prompt = build_prompt(ctx, backend.fim, count_tokens, backend.info.n_ctx, config.prompt, path=path,
+                          snippets=snippets, repo=repo)
     one_line = not takes_block(ctx, config.postprocess)
     beam = beam_for(backend, config) if one_line and first_token_rank == 0 else 1
     request = CompletionRequest(
