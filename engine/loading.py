@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 
 from engine.fim import MissingSpecialToken
-from engine.revisions import trained_without_fim
+from engine.revisions import trained_headers, trained_without_fim
 from engine.megatron_layout import (AmbiguousConfig, attention_kind, convert_megatron, is_megatron_config,
                                     megatron_layout_of)
 from engine.model import ModelArgs, Transformer
@@ -145,6 +145,15 @@ def load_tokenizer(path: Path) -> CheckpointTokenizer:
         raise CheckpointError(f"{path}: {exc}") from None
     if trained_without_fim(path) is not None:
         tokenizer.fim = dataclasses.replace(tokenizer.fim, prefix=None, middle=None, suffix=None)
+    try:
+        headers = trained_headers(path)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    if headers is not None:  # headers the tokenizer has but training never wrote are not used
+        tokenizer.fim = dataclasses.replace(
+            tokenizer.fim, filename=tokenizer.fim.filename if "filename" in headers else None,
+            reponame=tokenizer.fim.reponame if "reponame" in headers else None,
+            jupyter=tokenizer.fim.jupyter and "jupyter" in headers)
     return tokenizer
 
 

@@ -10,6 +10,8 @@ records it: `refs/R` holds COMMIT. A directory copied out of the cache (or downl
 """
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 # (hub id, revision) pairs trained without fill-in-the-middle (the model card's table: no-fim: AR only)
@@ -45,3 +47,19 @@ def trained_without_fim(path: Path) -> str | None:
         if (repo_id, revision) in TRAINED_WITHOUT_FIM:
             return f"{repo_id}@{revision} was trained without FIM: left-to-right completion"
     return None
+
+
+PROMPT_HEADERS_FILE = "fim-lsp-prompt.json"  # {"headers": [...]}: the prompt headers a checkpoint was trained with
+
+
+def trained_headers(path: Path) -> frozenset[str] | None:
+    """The prompt headers (`filename`, `reponame`, `jupyter`) the checkpoint at `path` was trained
+    with, where it says so (fim-lsp's own trainer writes PROMPT_HEADERS_FILE); None: not said, so
+    every header its tokenizer has is used, as for the published StarCoder checkpoints."""
+    file = path / PROMPT_HEADERS_FILE
+    if not file.is_file():
+        return None
+    try:
+        return frozenset(json.loads(file.read_text())["headers"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{file}: expected {{\"headers\": [...]}}: {exc}") from None

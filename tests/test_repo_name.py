@@ -84,3 +84,22 @@ def test_fim_lsp_complete_names_the_repository_as_the_server_would(tmp_path):
     elsewhere.mkdir()
     roots = workspace_roots(file, cwd=elsewhere)
     assert repo_name(file.as_uri(), roots) == "shop" and prompt_path(file, cwd=elsewhere) == "src/app.py"
+
+
+def test_the_bundled_model_is_prompted_with_the_headers_it_was_trained_with(tmp_path):
+    """Its tokenizer has StarCoder's <reponame> and Jupyter tokens, but its trainer wrote only
+    <filename> heads: a checkpoint that says so gets only those; one that says nothing gets all."""
+    import json
+    import shutil
+
+    from engine.loading import load_tokenizer
+    from engine.select import DEFAULT_MODEL_DIR
+
+    bundled = load_tokenizer(DEFAULT_MODEL_DIR).fim
+    assert bundled.filename == "<filename>" and bundled.reponame is None and not bundled.jupyter
+    copy = tmp_path / "unsaid"
+    shutil.copytree(DEFAULT_MODEL_DIR, copy, ignore=shutil.ignore_patterns("*.safetensors", "fim-lsp-prompt.json"))
+    unsaid = load_tokenizer(copy).fim
+    assert unsaid.reponame == "<reponame>" and unsaid.jupyter
+    (copy / "fim-lsp-prompt.json").write_text(json.dumps({"headers": ["filename", "jupyter"]}))
+    assert load_tokenizer(copy).fim.jupyter and load_tokenizer(copy).fim.reponame is None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from engine.fim import FimTokens, family_tokens, fim_prompt
+from engine.revisions import PROMPT_HEADERS_FILE
 from fim_lsp.training.checkpoint_kit import corpus_files, save_tokenizer, specials_for, train_tokenizer
 
 FimOrder = Literal["spm", "psm"]
@@ -425,6 +426,8 @@ def train(cfg: TrainConfig, log=print) -> None:
     eos_id = tokenizer.token_to_id(specials_for("starcoder")[0])
     _write_json(cfg.out / "config.json", model_config(cfg, eos_id))
     _write_json(cfg.out / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
+    # the prompt headers these samples carry, so the server prompts the model as it was trained
+    _write_json(cfg.out / PROMPT_HEADERS_FILE, {"headers": ["filename"]})
 
     files = corpus(cfg.max_package_bytes)
     held_out = files[::200]
