@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from benchmarks.keystroke_replay import keystrokes, load_problems
+from engine.backends.onnx_backend import OnnxConfig, load_onnx_backend
 from engine.backends.torch_backend import TorchBackend
 from engine.cache import CacheConfig
 from engine.loading import load_model
@@ -32,15 +33,10 @@ def int8_backend(loaded, prefill_chunk: int = 512, speculate: int = 0, **cache) 
                         prefill_chunk=prefill_chunk, speculate=speculate)
 
 
-@pytest.mark.parametrize("branches", [1, 3], ids=["greedy", "beam-3"])
-def test_a_typing_replay_with_a_cache_equals_recompute_under_int8(int8_model, branches):
-    """Every keystroke of typing HumanEval spans through the pipeline: the cached backend reuses the
-    previous keystroke's K/V, prefills the 1-2 new tokens and decodes; the other prefills each whole
-    prompt (240-320 tokens) in one forward with no cache. With one activation scale per call
-    (FBGEMM's dynamic linear as it was) these disagreed at most keystrokes of a small random model.
-    Prefill chunks are left at the product's 512: attention (torch's bf16/fp32 SDPA) is not batch
-    invariant across query-chunk sizes, in fp32 as in int8 (docs/cpu-decode.md)."""
-    cached = int8_backend(int8_model)
+def assert_replay_equals_recompute(cached, fresh_backend, branches: int) -> None:
+    """Every keystroke of typing HumanEval spans through the pipeline: `cached` reuses the previous
+    keystroke's K/V, prefills the 1-2 new tokens and decodes; a fresh backend with no cache
+    prefills the whole prompt (240-320 tokens) in one forward. Same tokens, same suggestion."""
     config = pipeline.pipeline_config(CompletionSettings(max_new_tokens=8, branches=branches))
     keys = reused = 0
     for problem in load_problems(2):
@@ -49,14 +45,34 @@ def test_a_typing_replay_with_a_cache_equals_recompute_under_int8(int8_model, br
             text = ctx.prefix + ctx.suffix
             line, character = ctx.prefix.count("\n"), len(ctx.prefix) - (ctx.prefix.rfind("\n") + 1)  # ASCII
             got = pipeline.complete(cached, doc, text, line, character, config=config)
-            fresh = int8_backend(int8_model, reuse=False)  # a new backend: nothing cached at all
-            expected = pipeline.complete(fresh, doc, text, line, character, config=config)
+            expected = pipeline.complete(fresh_backend(), doc, text, line, character, config=config)
             assert got.result.token_ids == expected.result.token_ids, (problem.task_id, ctx.prefix[-30:])
             assert got.suggestion == expected.suggestion
             assert expected.result.reused_tokens == 0
             reused += got.result.reused_tokens
             keys += 1
     assert keys == 18 and reused > 0, "the cached backend should have reused K/V between keystrokes"
+
+
+@pytest.mark.parametrize("branches", [1, 3], ids=["greedy", "beam-3"])
+def test_a_typing_replay_with_a_cache_equals_recompute_under_int8(int8_model, branches):
+    """With one activation scale per call (FBGEMM's dynamic linear as it was) these disagreed at
+    most keystrokes of a small random model. Prefill chunks are left at the product's 512:
+    attention (torch's SDPA) is not batch invariant across query-chunk sizes, in fp32 as in int8
+    (docs/cpu-decode.md)."""
+    assert_replay_equals_recompute(int8_backend(int8_model), lambda: int8_backend(int8_model, reuse=False), branches)
+
+
+@pytest.mark.parametrize("branches", [1, 3], ids=["greedy", "beam-3"])
+def test_the_onnx_int8_graph_with_a_cache_equals_recompute(tiny_onnx, branches):
+    """The same replay through ONNX Runtime's int8 graph (activations quantised per row in the graph)."""
+    def onnx_int8(**cache):
+        return load_onnx_backend(str(tiny_onnx), cache=CacheConfig(**{"budget_bytes": 16 * MIB, **cache}),
+                                 config=OnnxConfig(quantization="int8-dynamic"))
+
+    cached = onnx_int8()
+    assert cached.info.dtype == "int8"
+    assert_replay_equals_recompute(cached, lambda: onnx_int8(reuse=False), branches)
 
 
 def test_speculative_verification_equals_one_token_decoding_under_int8(int8_model):
