@@ -2,7 +2,7 @@
 rows (engine.quantize, batch-invariant) against FBGEMM quantising the whole call with one scale
 (the kernel as it was), interleaved call by call on one model so host drift lands on both.
 
-`python -m benchmarks.int8_rows [--shape santacoder] [--threads 2] [--rounds 5]` prints a table of
+`python -m benchmarks.int8_rows [--shape santacoder] [--threads 2] [--rounds 5] [--prefill]` prints a table of
 medians (ms) and the per-round ratio's median and min-max. Random weights of the checkpoint kit's
 shape are made in memory (speed does not depend on their values).
 """
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from engine.checkpoint_kit import SHAPES
+from fim_lsp.training.checkpoint_kit import SHAPES
 from engine.model import KVBuffer, ModelArgs, Transformer
 from engine.quantize import Int8Linear, quantize_int8
 
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--prefill", action="store_true", help="also time a 512-token prefill (slow on 2 cores)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model = build(a.shape)
@@ -72,7 +73,9 @@ def main() -> None:
         def prefill512():
             model(ids[:512], torch.arange(512), kv, 0, last_only=True)
 
-        cases = {"decode step (1k context)": (step, 8), "8-token verify": (verify8, 4), "prefill 512": (prefill512, 1)}
+        cases = {"decode step (1k context)": (step, 8), "8-token verify": (verify8, 4)}
+        if a.prefill:
+            cases["prefill 512"] = (prefill512, 1)
         results = {(c, k): [] for c in cases for k in kernels}
         for r in range(a.rounds):
             order = list(kernels) if r % 2 == 0 else list(reversed(kernels))  # ABBA

@@ -33,11 +33,11 @@ def int8_backend(loaded, prefill_chunk: int = 512, speculate: int = 0, **cache) 
                         prefill_chunk=prefill_chunk, speculate=speculate)
 
 
-def assert_replay_equals_recompute(cached, fresh_backend, branches: int) -> None:
+def assert_replay_equals_recompute(cached, fresh_backend, beam: int) -> None:
     """Every keystroke of typing HumanEval spans through the pipeline: `cached` reuses the previous
     keystroke's K/V, prefills the 1-2 new tokens and decodes; a fresh backend with no cache
     prefills the whole prompt (240-320 tokens) in one forward. Same tokens, same suggestion."""
-    config = pipeline.pipeline_config(CompletionSettings(max_new_tokens=8, branches=branches))
+    config = pipeline.pipeline_config(CompletionSettings(max_new_tokens=8, beam=beam))
     keys = reused = 0
     for problem in load_problems(2):
         doc = f"file:///{problem.task_id}.py"
@@ -54,17 +54,17 @@ def assert_replay_equals_recompute(cached, fresh_backend, branches: int) -> None
     assert keys == 18 and reused > 0, "the cached backend should have reused K/V between keystrokes"
 
 
-@pytest.mark.parametrize("branches", [1, 3], ids=["greedy", "beam-3"])
-def test_a_typing_replay_with_a_cache_equals_recompute_under_int8(int8_model, branches):
+@pytest.mark.parametrize("beam", [1, 3], ids=["greedy", "beam-3"])
+def test_a_typing_replay_with_a_cache_equals_recompute_under_int8(int8_model, beam):
     """With one activation scale per call (FBGEMM's dynamic linear as it was) these disagreed at
     most keystrokes of a small random model. Prefill chunks are left at the product's 512:
     attention (torch's SDPA) is not batch invariant across query-chunk sizes, in fp32 as in int8
     (docs/cpu-decode.md)."""
-    assert_replay_equals_recompute(int8_backend(int8_model), lambda: int8_backend(int8_model, reuse=False), branches)
+    assert_replay_equals_recompute(int8_backend(int8_model), lambda: int8_backend(int8_model, reuse=False), beam)
 
 
-@pytest.mark.parametrize("branches", [1, 3], ids=["greedy", "beam-3"])
-def test_the_onnx_int8_graph_with_a_cache_equals_recompute(tiny_onnx, branches):
+@pytest.mark.parametrize("beam", [1, 3], ids=["greedy", "beam-3"])
+def test_the_onnx_int8_graph_with_a_cache_equals_recompute(tiny_onnx, beam):
     """The same replay through ONNX Runtime's int8 graph (activations quantised per row in the graph)."""
     def onnx_int8(**cache):
         return load_onnx_backend(str(tiny_onnx), cache=CacheConfig(**{"budget_bytes": 16 * MIB, **cache}),
@@ -72,7 +72,7 @@ def test_the_onnx_int8_graph_with_a_cache_equals_recompute(tiny_onnx, branches):
 
     cached = onnx_int8()
     assert cached.info.dtype == "int8"
-    assert_replay_equals_recompute(cached, lambda: onnx_int8(reuse=False), branches)
+    assert_replay_equals_recompute(cached, lambda: onnx_int8(reuse=False), beam)
 
 
 def test_speculative_verification_equals_one_token_decoding_under_int8(int8_model):
