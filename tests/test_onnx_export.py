@@ -178,11 +178,12 @@ def test_the_int8_graph_gives_a_row_the_same_bits_alone_and_in_any_batch(tmp_pat
     alone = np.concatenate([session.run(None, {"x": x[t:t + 1]})[0] for t in range(40)])
     assert np.array_equal(batch, alone)
     assert np.abs(batch - (x @ w + b)).max() <= 0.03 * np.abs(x @ w + b).max(axis=1).max()
+    w_scale = (np.abs(w).max(0) / 127).astype(np.float32)  # [out]
+    weights = [numpy_helper.from_array(np.clip(np.rint(w / w_scale), -127, 127).astype(np.int8), "w.int8"),
+               numpy_helper.from_array(w_scale, "w.scale"), numpy_helper.from_array(b, "b")]
     per_call = helper.make_model(helper.make_graph(
         [helper.make_node("DynamicQuantizeMatMul", ["x", "w.int8", "w.scale", "", "b"], ["y"], domain="com.microsoft")],
-        "g", graph.input, graph.output,
-        [numpy_helper.from_array(np.clip(np.rint(w / (np.abs(w).max(0) / 127)), -127, 127).astype(np.int8), "w.int8"),
-         numpy_helper.from_array((np.abs(w).max(0) / 127).astype(np.float32), "w.scale"), numpy_helper.from_array(b, "b")]),
+        "g", graph.input, graph.output, weights),
         opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)], ir_version=10)
     onnx.save(per_call, str(tmp_path / "per_call.onnx"))
     old = open_session(tmp_path / "per_call.onnx")

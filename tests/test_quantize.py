@@ -88,7 +88,8 @@ def test_a_row_gets_the_exact_integer_sum_in_a_batch_of_any_size(packed, full_ra
     xq, x_scale, x_zero = quantize_activation_rows(x, activation_qmax(full_range))
     sums = xq.long() @ q.long().t()  # [300, 200] exact
     zero_terms = q.long().sum(dim=1).float() * w_scale  # [200]
-    expected = ((sums.float() * w_scale - x_zero * zero_terms) * x_scale).to(torch.bfloat16) + linear.bias.to(torch.bfloat16)
+    expected = ((sums.float() * w_scale - x_zero * zero_terms) * x_scale).to(torch.bfloat16)
+    expected = expected + linear.bias.to(torch.bfloat16)
     batch = layer(x)  # [300, 200]
     assert torch.equal(batch, expected)
     for rows in (slice(7, 8), slice(0, 2), slice(100, 105), slice(299, 300)):
@@ -146,7 +147,8 @@ NEAR_TIE_NATS = 0.35  # 95% of int8's flips of fp32's argmax are where fp32's to
 # (bundled 8-layer model: 0.08-0.30 over both kernel sets and paths; the 4-layer one's cached steps: 0.12-0.22;
 # twice the layers add twice the rounding)
 CLEAR_CHOICE_NATS = 1.0  # and none where fp32 preferred a token by more: that is a kernel error, not rounding
-MIN_AGREEMENT = 0.96  # of next-token argmaxes, teacher-forced (bundled model: int8 prefill 97.0-97.2%, steps 98.4-99.1%)
+MIN_AGREEMENT = 0.96  # of next-token argmaxes, teacher-forced (bundled run-9 model, per-token int8: prefill 96.4%,
+# steps 97.3%; per call it was 96.9-97.4% and 97.9-98.1%)
 
 
 @pytest.mark.parametrize("packed", KERNELS)
