@@ -161,8 +161,10 @@ def quantize_int8(model: Transformer, packed: bool | None = None, full_range: bo
 
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of parameters and buffers (int8 weights, scales, biases, the embedding tables), FBGEMM's
-    packed weights counted as their int8 bytes."""
-    tensors = list(model.parameters()) + [b for b in model.buffers() if b is not None]
+    packed weights counted as their int8 bytes; FBGEMM's grid rows (one row of K floats a layer,
+    a constant input, not a weight) are left out so both kernels' layouts count alike."""
+    tensors = list(model.parameters()) + [b for name, b in model.named_buffers()
+                                          if b is not None and not name.endswith("grid")]
     packed = sum(m.out_features * m.in_features for m in model.modules()
                  if isinstance(m, Int8Linear) and m.packed is not None)
     return sum(t.numel() * t.element_size() for t in tensors) + packed
