@@ -281,11 +281,15 @@ def check_graphs(out: Path, args, ids: list[int], n_prompt: int, expected, token
 
 
 def quantize(src: Path, dst: Path) -> None:
-    """int8 weights for every MatMul/Gemm with a constant weight; activations quantised per call.
+    """int8 weights for every MatMul/Gemm with a constant weight; activations quantised per row.
 
-    Each such node becomes onnxruntime's `DynamicQuantizeMatMul` over an int8 copy of its weight
-    ([in, out], symmetric, one scale per output column); everything else is unchanged and keeps
-    reading `src`'s external data file. Weights are read and quantised one at a time, so memory
+    Each such node becomes `row_quantized_matmul`'s few nodes over an int8 copy of its weight
+    ([in, out], symmetric, one scale per output column): each row of activations is quantised on
+    its own range and the int32 products come from `MatMulInteger`, so a token's result does not
+    depend on the other rows of the call (onnxruntime's `DynamicQuantizeMatMul` picks one scale
+    for the whole call: a prefill and a decode step quantised the same token differently).
+    Everything else is unchanged and keeps reading `src`'s external data file. Weights are read
+    and quantised one at a time, so memory
     stays at one fp32 weight (onnxruntime's `quantize_dynamic` holds several copies of the model:
     about 18 GB for a 1.1B-parameter one).
     """
@@ -302,7 +306,8 @@ def quantize(src: Path, dst: Path) -> None:
             readers[name] = readers.get(name, 0) + 1
     producers = {out: node for node in graph.node for out in node.output}
     data_file = dst.with_name(dst.name + ".data")
-    quantized: dict[str, tuple[str, str]] = {}  # (fp32 weight, transposed) -> int8 and scale names
+    quantized: dict[str, tuple[str, str, str]] = {}  # (fp32 weight, transposed) -> int8, scale, zero-term names
+    constants = False  # the per-row quantisation's shared constants are in the graph
     nodes = []
     with open(data_file, "wb") as out:
         for node in graph.node:
@@ -326,14 +331,17 @@ def quantize(src: Path, dst: Path) -> None:
                 w = w.T if transposed else w  # [in, out]
                 scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0  # [out]
                 q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)  # [in, out]
-                qname, sname = f"{key}.int8", f"{key}.scale"
+                qname, sname, zname = f"{key}.int8", f"{key}.scale", f"{key}.zero_terms"
                 graph.initializer.append(external_tensor(q, qname, out, data_file.name))
                 graph.initializer.append(numpy_helper.from_array(scale.astype(np.float32), sname))
-                quantized[key] = (qname, sname)
-            qname, sname = quantized[key]
-            bias = [node.input[2]] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else []
-            nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], qname, sname, "", *bias],
-                                          list(node.output), name=f"{node.name}.int8", domain="com.microsoft"))
+                zero_terms = q.sum(axis=0, dtype=np.int64).astype(np.float32) * scale.astype(np.float32)  # [out]
+                graph.initializer.append(numpy_helper.from_array(zero_terms.astype(np.float32), zname))
+                quantized[key] = (qname, sname, zname)
+            if not constants:
+                graph.initializer.extend(row_quantization_constants())
+                constants = True
+            bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+            nodes.extend(row_quantized_matmul(node.input[0], *quantized[key], bias, node.output[0], node.name))
             readers[node.input[1]] -= 1
     outputs = {o.name for o in graph.output}
     for node in [n for n in nodes if n.op_type == "Transpose" and readers.get(n.output[0], 0) == 0
@@ -345,9 +353,60 @@ def quantize(src: Path, dst: Path) -> None:
     kept = [t for t in graph.initializer if readers.get(t.name, 1) > 0]  # fp32 weights nobody reads go
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    if not any(op.domain == "com.microsoft" for op in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(dst))
+
+
+ROW_QMAX = 127  # activations as uint8 in [0, 127]: 7 bits, so u8 x s8 pairs never saturate (AVX2 adds them in int16)
+
+
+def row_quantization_constants() -> list:
+    """The scalars `row_quantized_matmul` reads: the reduced axis, 0, the range's top, the least scale."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    return [numpy_helper.from_array(np.array([-1], dtype=np.int64), "rowq.axes"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "rowq.zero"),
+            numpy_helper.from_array(np.array(ROW_QMAX, dtype=np.float32), "rowq.qmax"),
+            numpy_helper.from_array(np.array(np.finfo(np.float32).tiny, dtype=np.float32), "rowq.tiny")]
+
+
+def row_quantized_matmul(x: str, weight: str, scale: str, zero_terms: str, bias: str | None, y: str,
+                         name: str) -> list:
+    """Nodes for y = x @ (weight * scale) + bias with x quantised per row (the last axis), asymmetric:
+    s = (max(x, 0) - min(x, 0)) / 127, z = -round(min(x, 0) / s), u = clip(round(x / s) + z, 0, 127) as
+    uint8, and y = s * (float(u @ weight) * scale - z * zero_terms) + bias, where zero_terms =
+    sum_k weight[k, :] * scale. Every step but the exact integer MatMul is elementwise or a row's
+    own min/max, so row t of y depends on row t of x alone (engine.quantize does the same in torch).
+    """
+    from onnx import TensorProto, helper
+
+    p = f"{name}.rowq"
+    nodes = [
+        helper.make_node("ReduceMin", [x, "rowq.axes"], [f"{p}.min"], keepdims=1),  # [..., 1]
+        helper.make_node("ReduceMax", [x, "rowq.axes"], [f"{p}.max"], keepdims=1),
+        helper.make_node("Min", [f"{p}.min", "rowq.zero"], [f"{p}.lo"]),  # the range holds 0.0
+        helper.make_node("Max", [f"{p}.max", "rowq.zero"], [f"{p}.hi"]),
+        helper.make_node("Sub", [f"{p}.hi", f"{p}.lo"], [f"{p}.width"]),
+        helper.make_node("Div", [f"{p}.width", "rowq.qmax"], [f"{p}.s0"]),
+        helper.make_node("Max", [f"{p}.s0", "rowq.tiny"], [f"{p}.s"]),  # [..., 1] the row's scale
+        helper.make_node("Div", [f"{p}.lo", f"{p}.s"], [f"{p}.lo_steps"]),
+        helper.make_node("Round", [f"{p}.lo_steps"], [f"{p}.lo_round"]),
+        helper.make_node("Neg", [f"{p}.lo_round"], [f"{p}.z"]),  # [..., 1] the row's zero point
+        helper.make_node("Div", [x, f"{p}.s"], [f"{p}.steps"]),
+        helper.make_node("Round", [f"{p}.steps"], [f"{p}.round"]),
+        helper.make_node("Add", [f"{p}.round", f"{p}.z"], [f"{p}.shifted"]),
+        helper.make_node("Clip", [f"{p}.shifted", "rowq.zero", "rowq.qmax"], [f"{p}.clipped"]),
+        helper.make_node("Cast", [f"{p}.clipped"], [f"{p}.u8"], to=TensorProto.UINT8),
+        helper.make_node("MatMulInteger", [f"{p}.u8", weight], [f"{p}.acc"]),  # int32, exact
+        helper.make_node("Cast", [f"{p}.acc"], [f"{p}.accf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [f"{p}.accf", scale], [f"{p}.wscaled"]),
+        helper.make_node("Mul", [f"{p}.z", zero_terms], [f"{p}.zterm"]),
+        helper.make_node("Sub", [f"{p}.wscaled", f"{p}.zterm"], [f"{p}.centred"]),
+        helper.make_node("Mul", [f"{p}.centred", f"{p}.s"], [f"{p}.y" if bias else y]),
+    ]
+    if bias:
+        nodes.append(helper.make_node("Add", [f"{p}.y", bias], [y]))
+    return nodes
 
 
 def read_weight(tensor, folder: Path) -> "np.ndarray":

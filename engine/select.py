@@ -147,8 +147,8 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
         from engine.quantize import fbgemm_available, quantize_int8
 
         quantize_int8(loaded.model)
-        why += ("; kernel: FBGEMM's int8 linear" if fbgemm_available() else
-                "; kernel: torch's int8 GEMV (this torch has no FBGEMM)")
+        why += ("; kernel: FBGEMM's int8 linear, activations quantised per token" if fbgemm_available() else
+                "; kernel: torch's int8 x int8 matmul, activations quantised per token (this torch has no FBGEMM)")
     if speculate is None:
         speculate = default_speculate("torch", placement.device.type)
     chosen = TorchBackend(loaded, cache=cache, kv_dtype=placement.kv_dtype, model_name=name,
