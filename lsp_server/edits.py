@@ -70,18 +70,21 @@ def check_range(r: Range, index: int = 0) -> None:
 
 def char_index(line: str, units: int, encoding: Encoding) -> tuple[int, bool]:
     """(code-point index in `line` at `units` code units, whether it falls inside a character);
-    clamps to the line's length. Raises EditError inside a UTF-8 character. C-speed codecs, no
-    Python loop over the line."""
+    clamps to the line's length. Raises EditError inside a UTF-8 character. (Split surrogates
+    count one unit each, so a pair split earlier in the same change reads the same.)"""
     if encoding == "utf-32" or line.isascii():
         return min(units, len(line)), False
     if encoding == "utf-16":
-        data = line.encode("utf-16-le", "surrogatepass")
-        if 2 * units >= len(data):
-            return len(line), False
-        index = len(data[:2 * units].decode("utf-16-le", "surrogatepass"))
-        if ord(line[index - 1]) > 0xFFFF if index else False:
-            return index - 1, True  # the cut fell inside this character's surrogate pair: split it
-        return index, False
+        if max(line) <= "\uffff":  # no surrogate pairs: one unit per code point
+            return min(units, len(line)), False
+        seen = 0
+        for index, char in enumerate(line):  # a line with emoji: short, and rare
+            if seen == units:
+                return index, False
+            seen += 2 if ord(char) > 0xFFFF else 1
+            if seen > units:
+                return index, True  # inside this character's surrogate pair: split it
+        return len(line), False
     data = line.encode("utf-8", "surrogatepass")
     if units >= len(data):
         return len(line), False
