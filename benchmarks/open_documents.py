@@ -5,10 +5,11 @@
 One probed server (tests.support.probe) with the target document open. Blocks alternate between
 two conditions, `--rounds` times each: **one** (only the target document is open) and **thirty**
 (30 other Python documents of 1,000,000 characters each are open too, opened at the start of the
-block and closed at its end). In each block `--requests` completions are asked for, each after a
-one-line edit above the cursor (so every request runs the model). The first request of a thirty
-block also pays for indexing the newest other document (documents are indexed once per version);
-it is reported on its own row. Printed: median and spread of the steady-state latency per condition
+block and closed at its end). In each block `--requests` completions are asked for, each after
+typing a new line at the cursor (`\n    v12 = `), as a user does: every request runs the model on a
+prompt that grew by a few tokens. The first request of a thirty
+block also pays for indexing the newest other document (documents are indexed once per version)
+and for a new prompt head (the snippets); it is reported on its own row. Printed: median and spread of the steady-state latency per condition
 and the ratio thirty / one per round (goal: within 1.5x).
 """
 from __future__ import annotations
@@ -41,16 +42,20 @@ def big_document(seed: int) -> str:
     return "".join(lines)[:DOC_CHARS]
 
 
-def complete(client: SyncClient, version: int, round_: int) -> float:
-    """One edit above the cursor, then a completion at the end: its latency in seconds."""
+def complete(client: SyncClient, text: str, version: int) -> tuple[str, float]:
+    """Type a new line at the end of the target (the cursor), then ask for a completion there: the
+    new text and the request's latency in seconds."""
+    line, character = text.count("\n"), len(text.rsplit("\n", 1)[-1])
+    typed = f"\n    v{version} = "
     client.notify("textDocument/didChange", {"textDocument": {"uri": TARGET, "version": version}, "contentChanges": [
-        {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}},
-         "text": f"# edit {round_} {version}\n"}]})
-    line = BODY.count("\n") + version - 1
+        {"range": {"start": {"line": line, "character": character}, "end": {"line": line, "character": character}},
+         "text": typed}]})
+    text += typed
     start = time.perf_counter()
     client.request("textDocument/inlineCompletion", {
-        "textDocument": {"uri": TARGET}, "position": {"line": line, "character": 0}, "context": {"triggerKind": 2}})
-    return time.perf_counter() - start
+        "textDocument": {"uri": TARGET}, "position": {"line": line + 1, "character": len(typed) - 1},
+        "context": {"triggerKind": 2}})
+    return text, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     docs = [big_document(seed) for seed in range(OTHERS)]
     client.notify("textDocument/didOpen", {"textDocument": {"uri": TARGET, "languageId": "python", "version": 1,
                                                             "text": BODY}})
-    version = 1
+    version, text = 1, BODY
     rows: dict[str, list[float]] = {"one": [], "thirty": [], "thirty, first request": []}
     ratios = []
     for round_ in range(args.rounds):
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             times = []
             for k in range(args.requests + (1 if uris else 0)):
                 version += 1
-                took = complete(client, version, round_)
+                text, took = complete(client, text, version)
                 if uris and k == 0:
                     rows["thirty, first request"].append(took)
                 else:
