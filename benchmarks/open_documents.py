@@ -9,7 +9,8 @@ block and closed at its end). In each block `--requests` completions are asked f
 typing a new line at the cursor (`\n    v12 = `), as a user does: every request runs the model on a
 prompt that grew by a few tokens. The first request of a thirty
 block also pays for indexing the newest other document (documents are indexed once per version)
-and for a new prompt head (the snippets); it is reported on its own row. Printed: median and spread of the steady-state latency per condition
+and for a new prompt head (the snippets); it is reported on its own row. Printed: median and spread
+of the steady-state latency per condition
 and the ratio thirty / one per round (goal: within 1.5x).
 """
 from __future__ import annotations
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {len(times)} | {statistics.median(times) * 1000:.0f} | "
               f"{min(times) * 1000:.0f}-{max(times) * 1000:.0f} |")
     print(f"\nratio thirty / one, per round (median of {args.requests} each): "
-          + ", ".join(f"{r:.2f}" for r in ratios) + f"; goal <= 1.5")
+          + ", ".join(f"{r:.2f}" for r in ratios) + "; goal <= 1.5")
     return 0 if max(ratios) <= 1.5 else 1
 
 

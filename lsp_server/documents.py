@@ -42,7 +42,8 @@ class Document:
     language_id: str
     notebook_uri: str | None = None  # set for a notebook cell
     in_sync: bool = True  # False after a change that could not be applied, until the whole text comes again
-    touched: int = field(default=0, compare=False)  # when it was last opened or changed (a store-wide counter): neighbours go newest first
+    # when it was last opened or changed (a store-wide counter): neighbours go newest first
+    touched: int = field(default=0, compare=False)
 
 
 @dataclass(slots=True)

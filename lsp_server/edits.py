@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lsp_server.core.context import Encoding, char_units, line_span
+from lsp_server.core.context import Encoding, line_span
 
 SMALL_CHANGE = 16  # edits applied directly to the string; more go through a line list
 

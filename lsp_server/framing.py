@@ -207,19 +207,23 @@ def decode_body(data: bytes) -> Envelope | EnvelopeError:
     if isinstance(message, list):
         return EnvelopeError(INVALID_REQUEST, "Invalid Request: batches (JSON arrays) are not supported by LSP")
     if not isinstance(message, dict):
-        return EnvelopeError(INVALID_REQUEST, f"Invalid Request: a message must be an object, got {type(message).__name__}")
+        return EnvelopeError(INVALID_REQUEST,
+                             f"Invalid Request: a message must be an object, got {type(message).__name__}")
     has_id = "id" in message
     msg_id = message.get("id")
     if has_id and not valid_id(msg_id):
-        return EnvelopeError(INVALID_REQUEST, f"Invalid Request: id must be an integer or a string, got {_kind(msg_id)}")
+        return EnvelopeError(INVALID_REQUEST,
+                             f"Invalid Request: id must be an integer or a string, got {_kind(msg_id)}")
     is_request = has_id and "method" in message
     is_notification = not has_id and "method" in message
     answer = has_id and "result" not in message and "error" not in message  # never answer a response
     if message.get("jsonrpc") != "2.0":
-        return EnvelopeError(INVALID_REQUEST, f"Invalid Request: jsonrpc must be \"2.0\", got {_kind(message.get('jsonrpc'))}",
+        return EnvelopeError(INVALID_REQUEST,
+                             f"Invalid Request: jsonrpc must be \"2.0\", got {_kind(message.get('jsonrpc'))}",
                              msg_id, answer)
     if (is_request or is_notification) and not isinstance(message["method"], str):
-        return EnvelopeError(INVALID_REQUEST, f"Invalid Request: method must be a string, got {_kind(message['method'])}",
+        return EnvelopeError(INVALID_REQUEST,
+                             f"Invalid Request: method must be a string, got {_kind(message['method'])}",
                              msg_id, answer)
     if not (is_request or is_notification) and not has_id:
         return EnvelopeError(INVALID_REQUEST, "Invalid Request: neither a method nor an id", None, True)

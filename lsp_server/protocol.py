@@ -22,7 +22,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.protocol import LanguageServerProtocol, default_converter
 
-from lsp_server.framing import Envelope, EnvelopeError, decode_body
+from lsp_server.framing import EnvelopeError, decode_body
 
 log = logging.getLogger("fim-lsp")
 
@@ -68,7 +68,8 @@ class FimProtocol(LanguageServerProtocol):
         is_request = "id" in message and method is not None
         if self._shutdown and method is not None and method != types.EXIT:
             if is_request:
-                self.send_error(message["id"], INVALID_REQUEST, "the server is shutting down: no request after `shutdown`")
+                self.send_error(message["id"], INVALID_REQUEST,
+                                "the server is shutting down: no request after `shutdown`")
             return
         if self._workspace is None and method not in (None, types.INITIALIZE, types.EXIT):
             if is_request:

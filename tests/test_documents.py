@@ -148,7 +148,8 @@ def test_many_edits_take_the_line_list_path_and_match_one_by_one(encoding):
     edits = []
     for _ in range(SMALL_CHANGE * 4):
         line = rng.randint(0, 320)
-        edits.append(Edit(rng.choice(["", "x", "\n", "new\r\nlines", "😀"]), (line, rng.randint(0, 4), line, rng.randint(5, 7))))
+        typed = rng.choice(["", "x", "\n", "new\r\nlines", "😀"])
+        edits.append(Edit(typed, (line, rng.randint(0, 4), line, rng.randint(5, 7))))
     one_by_one = text
     try:
         for e in edits:

@@ -30,7 +30,8 @@ OK = b'{"jsonrpc":"2.0","id":1,"method":"x"}'
 
 @pytest.mark.parametrize("step", [None, 1, 7])
 def test_messages_come_out_whole_however_the_bytes_are_cut(step):
-    data = frame(OK) + frame(b"{}", b"Content-Length: 2\r\nContent-Type: application/vscode-jsonrpc; charset=utf-8\r\n\r\n")
+    typed = b"Content-Length: 2\r\nContent-Type: application/vscode-jsonrpc; charset=utf-8\r\n\r\n"
+    data = frame(OK) + frame(b"{}", typed)
     assert feed_all(data, step=step) == [Body(OK), Body(b"{}")]
 
 

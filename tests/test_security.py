@@ -238,7 +238,8 @@ def test_stalled_oversized_and_truncated_connections_never_hold_or_stop_the_tcp_
         mirror = Mirror(None, pipeline.load_model(ModelConfig(model=TINY, backend="torch", dtype="float32")),
                         encoding="utf-16", settings=CompletionSettings(max_new_tokens=6))
         mirror.docs[uri] = text
-        assert [i["insertText"] for i in answer["items"]] == [i.insert_text for i in mirror.expect(uri, len(text)).items]
+        expected = mirror.expect(uri, len(text)).items
+        assert [i["insertText"] for i in answer["items"]] == [i.insert_text for i in expected]
         client.close()
     finally:
         proc.kill()

@@ -221,7 +221,8 @@ class RawSession:
                                                                      "version": 1, "text": text}})
         self.mirror.docs[uri] = text
         lines = text.split("\n")
-        answer = self.client.request(INLINE, inline_params(uri, len(lines) - 1, len(lines[-1].encode("utf-16-le")) // 2))
+        character = len(lines[-1].encode("utf-16-le")) // 2
+        answer = self.client.request(INLINE, inline_params(uri, len(lines) - 1, character))
         expected = self.mirror.expect(uri, len(text))
         assert [i["insertText"] for i in answer["items"]] == [i.insert_text for i in expected.items]
         self.client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
@@ -308,9 +309,10 @@ def test_a_position_of_the_wrong_json_type_is_refused_not_converted(raw, line):
 
 def test_a_lone_surrogate_in_one_documents_uri_and_text_never_fails_another(raw):
     poisoned = "file:///raw/\ud83d-half.py"
+    text = "def add(a, b):\n    x = '\ud800'\n    return a + b\n"
     raw.client.notify("textDocument/didOpen", {"textDocument": {
-        "uri": poisoned, "languageId": "python", "version": 1, "text": "def add(a, b):\n    x = '\ud800'\n    return a + b\n"}})
-    raw.mirror.docs[poisoned] = "def add(a, b):\n    x = '\ud800'\n    return a + b\n"
+        "uri": poisoned, "languageId": "python", "version": 1, "text": text}})
+    raw.mirror.docs[poisoned] = text
     try:
         raw.completion_is_right("def add_all(a, b):\n    return add(")  # the poisoned one is a neighbour
     finally:

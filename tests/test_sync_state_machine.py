@@ -315,7 +315,8 @@ def test_random_edits_never_desync_and_cached_completions_equal_a_recompute(enco
 
 
 def did_change(client: SyncClient, uri: str, version: int, changes: list) -> None:
-    client.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": version}, "contentChanges": changes})
+    client.notify("textDocument/didChange",
+                  {"textDocument": {"uri": uri, "version": version}, "contentChanges": changes})
 
 
 def edit(start: tuple[int, int], end: tuple[int, int], text: str) -> dict:
