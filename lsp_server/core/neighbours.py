@@ -177,11 +177,13 @@ def _score(words: frozenset[str], snippets: Sequence[Snippet]) -> float:
 
 def select_snippets(around_cursor: str, others: Sequence[tuple[str, str]], budget_tokens: int,
                     count_tokens: Callable[[str], int], previous: Sequence[Snippet] = (),
-                    scan_budget_chars: int = SCAN_BUDGET_CHARS) -> list[Snippet]:
+                    scan_budget_chars: int = SCAN_BUDGET_CHARS,
+                    clean: Callable[[str], str] = lambda s: s) -> list[Snippet]:
     """The best windows of `others` ((path, text) of open documents of the same language) for the
     code `around_cursor`, at most one per document, within `budget_tokens` tokens in all.
     Documents over MAX_DOCUMENT_CHARS are left out; `others` are scanned in order until
-    `scan_budget_chars` characters have been (a document over what is left is skipped).
+    `scan_budget_chars` characters have been (a document over what is left is skipped). A chosen
+    window's path and text go through `clean` (the caller's scrub of what the tokenizer cannot take).
 
     Returns `previous` unchanged while every previous snippet still reads the same in its
     document, still scores at least MIN_SCORE, and the new best does not beat it by MATERIAL_GAIN.
@@ -199,7 +201,7 @@ def select_snippets(around_cursor: str, others: Sequence[tuple[str, str]], budge
         best, i = best_window(index, words)
         if best >= MIN_SCORE:
             begin, end, _ = index.windows[i]
-            candidates.append((best, path, text[begin:end]))
+            candidates.append((best, clean(path), clean(text[begin:end])))
     candidates.sort(key=lambda c: (-c[0], c[1]))
     if previous and _still_good(previous, others, words, budget_tokens, count_tokens):
         new_best = candidates[0][0] if candidates else 0.0
