@@ -42,6 +42,9 @@ async def pump(read: Callable[[], Awaitable[bytes]], server, stop: threading.Eve
                 server.report_server_error(exc, None)
             if stop.is_set():
                 return
+            # let the handler tasks this message started run their first step before the next message
+            # is read (an async didChangeConfiguration sets the settings a following request must see)
+            await asyncio.sleep(0)
 
 
 def serve_stdio(server) -> None:
