@@ -59,7 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     p.add_argument("--stdio", action="store_true", help="speak LSP on stdin/stdout (the default)")
     p.add_argument("--tcp", metavar="HOST:PORT", default=None, help="listen on TCP instead of stdio")
-    p.add_argument("--token", default=None, help="shared secret required when --tcp binds beyond loopback")
+    p.add_argument("--token-file", default=None, metavar="PATH",
+                   help="file holding the shared secret a --tcp client must send (or set $FIM_LSP_TOKEN); "
+                        "required when --tcp binds beyond loopback")
+    p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # deprecated: visible in the process list
+    p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="--tcp: drop a connection that has not completed initialize in this time (default 10)")
+    p.add_argument("--allow-client-url", action="store_true",
+                   help="send $FIM_LSP_API_KEY to a url a client sets in its settings too (default: only to --url)")
     add_beam_option(p)
 
     p = parsers["demo"]

@@ -209,12 +209,15 @@ class CompletionService:
 
     def locate(self, uri: str, position: types.Position, *, config: ServerConfig, encoding: Encoding,
                roots: list[str], invoked: bool = False) -> Where | None:
-        """Resolve a cursor against the open documents (None: the document is excluded).
+        """Resolve a cursor against the open documents (None: the document is excluded, or out of
+        sync since a change failed to apply).
 
         Raises JsonRpcInvalidParams for a document that is not open or a position outside it."""
         doc = self.store.get(uri)
         if doc is None:
             raise JsonRpcInvalidParams(f"the document {uri} is not open (send textDocument/didOpen first)")
+        if not doc.in_sync:
+            return None  # a change failed to apply: we do not know the client's text (documents.py)
         doc_text = pipeline.scrub_surrogates(doc.text)
         try:
             cursor = position_to_offset(doc_text, position.line, position.character, encoding)
@@ -223,6 +226,9 @@ class CompletionService:
         doc_key, text, line, character = uri, doc_text, position.line, position.character
         path = uri_to_path(uri, roots)
         if doc.notebook_uri is not None:
+            if not all(c.in_sync for u, _ in self.store.notebooks[doc.notebook_uri].cells
+                       if (c := self.store.get(u)) is not None):
+                return None  # a cell's change failed to apply: the notebook's text is not known
             doc_key = doc.notebook_uri
             text, (line, character) = self.notebook_view(doc.notebook_uri, uri, position, encoding)
             path = uri_to_path(doc.notebook_uri, roots)

@@ -42,6 +42,14 @@ class ModelConfig:
     remote_timeout_s: float = 30.0  # how long one request to `url` may take to answer
     ca_bundle: str | None = None  # PEM file (or directory) of the CAs trusted for an https `url`; None = the system's
     speculate: int | None = None  # prompt-lookup draft tokens per greedy step; 0 = off, None = where it pays
+    key_url: str | None = None  # the url the operator gave (command line): the only one $FIM_LSP_API_KEY goes to
+    client_urls_get_key: bool = False  # opt-in: $FIM_LSP_API_KEY also goes to a url a client sets
+
+    @property
+    def sends_env_key(self) -> bool:
+        """Whether $FIM_LSP_API_KEY may go to `url`: it is the operator's url, or the operator opted in
+        to client-set urls (a client could otherwise point `url` at itself and collect the key)."""
+        return self.url == self.key_url or self.client_urls_get_key
 
     @property
     def runtime(self) -> str:
@@ -330,7 +338,8 @@ def config_from_args(args: Any) -> ServerConfig:
         model=getattr(args, "model", None), revision=getattr(args, "revision", None),
         backend=backend, device=getattr(args, "device", "auto"),
         dtype=getattr(args, "dtype", "auto"), threads=getattr(args, "threads", None), url=url,
-        speculate=getattr(args, "speculate", None), ca_bundle=getattr(args, "ca_bundle", None),
+        speculate=getattr(args, "speculate", None), ca_bundle=getattr(args, "ca_bundle", None), key_url=url,
+        client_urls_get_key=bool(getattr(args, "allow_client_url", False)),
     )
     completion = CompletionSettings()
     if getattr(args, "max_new_tokens", None) is not None:

@@ -129,6 +129,7 @@ def complete(
     that far below the best. Raises engine.api.Cancelled when `cancel` fires during generation.
     """
     text = scrub_surrogates(text)
+    path = scrub_surrogates(path) if path is not None else None  # a URI may hold a lone surrogate too
     ctx = cursor_context(text, line, character, encoding)
     if shown is not None and (reused := reuse_suggestion(shown, ctx)) is not None:
         return Outcome(suggestion=reused, context=ctx, prompt=None, result=None)
@@ -171,9 +172,12 @@ def request_for(backend: Backend, doc_id: str, ctx: CursorContext, *, config: Pi
     count_tokens = token_counter(backend)
     snippets: tuple[Snippet, ...] = ()
     if config.prompt.neighbours and others:
-        others = [(other_path, scrub_surrogates(other)) for other_path, other in others]
+        # the snippets chosen from another document are scrubbed (its path and text may hold a lone
+        # surrogate, which must not fail this request); the documents are not: a request scans only a
+        # budget of them, and scrubbing every open document would cost a pass over all of them
         snippets = tuple(select_snippets(
             text_around_cursor(ctx), others, config.prompt.neighbour_tokens, count_tokens, previous=previous_snippets,
+            clean=scrub_surrogates,
         ))
     prompt = build_prompt(ctx, backend.fim, count_tokens, backend.info.n_ctx, config.prompt, path=path,
                           snippets=snippets, repo=repo)
@@ -297,10 +301,12 @@ def load_model(config: ModelConfig, progress: Progress | None = None) -> Backend
 
     remote = None
     if config.runtime == "openai":  # a thin client: neither torch nor the local engine is imported
-        from engine.backends.openai_backend import RemoteConfig
+        from engine.backends.openai_backend import API_KEY_ENV, RemoteConfig
 
         remote = RemoteConfig(api_key=config.api_key, family=config.family, served_model=config.remote_model,
-                              read_timeout_s=config.remote_timeout_s, ca_bundle=config.ca_bundle)
+                              read_timeout_s=config.remote_timeout_s, ca_bundle=config.ca_bundle,
+                              # "": no key from the environment for a url the operator did not give
+                              api_key_env=API_KEY_ENV if config.sends_env_key else "")
         return load("openai", model=config.model, url=config.url, remote=remote)
     if config.runtime == "reference":
         return load("reference", model=config.model)

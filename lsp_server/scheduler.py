@@ -59,6 +59,7 @@ class Scheduler:
         self.adaptive = adaptive  # wait per `Pacing` (typing rate against model latency)
         self.pacing = Pacing()
         self.clock = clock
+        self.stopped = False  # shutdown() was called: a new session needs a new scheduler
         self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fim-engine")
         self._latest: dict[str, _Ticket] = {}
         self._background: set[CancelToken] = set()  # background jobs queued or running
@@ -167,6 +168,7 @@ class Scheduler:
 
     def shutdown(self) -> None:
         """Cancel everything in flight and stop the engine thread."""
+        self.stopped = True
         for ticket in self._latest.values():
             ticket.token.cancel()
         for token in self._background:

@@ -20,9 +20,10 @@ from lsp_server.completion import ACCEPTED, CompletionService
 from lsp_server.config import ConfigError, ModelConfig, ServerConfig, apply_settings
 from lsp_server.core.context import Encoding
 from lsp_server.documents import DocumentStore, Edit
+from lsp_server.edits import EditError
 from lsp_server.model_host import ModelHost
 from lsp_server.prefill import Background
-from lsp_server.protocol import FimProtocol
+from lsp_server.protocol import FimProtocol, strict_converter
 from lsp_server.scheduler import Scheduler
 
 log = logging.getLogger("fim-lsp")
@@ -41,7 +42,7 @@ class FimServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__(
             "fim-lsp", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
-            notebook_document_sync=NOTEBOOK_SYNC, protocol_cls=FimProtocol,
+            notebook_document_sync=NOTEBOOK_SYNC, protocol_cls=FimProtocol, converter_factory=strict_converter,
         )
         # Our own document store replaces pygls' (see documents.py); its handlers are below.
         for method in (types.TEXT_DOCUMENT_DID_OPEN, types.TEXT_DOCUMENT_DID_CHANGE, types.TEXT_DOCUMENT_DID_CLOSE,
@@ -49,6 +50,7 @@ class FimServer(LanguageServer):
                        types.NOTEBOOK_DOCUMENT_DID_CLOSE):
             self.protocol.fm.builtin_features.pop(method, None)
         self.config = ServerConfig()
+        self.start_config = self.config  # what the command line asked for; each TCP session starts from it
         self.store = DocumentStore()
         self.scheduler = Scheduler()
         self.model = ModelHost(on_swap=lambda: self.completions.forget_shown())
@@ -58,6 +60,35 @@ class FimServer(LanguageServer):
         self.initialized = False  # `initialized` arrived
         self.required_token: str | None = None  # TCP shared secret
         self.authorized = True
+
+    def session_ready(self) -> bool:
+        """The client completed `initialize` (with the token, where one is required)."""
+        return self.protocol._workspace is not None and self.authorized
+
+    def end_session(self) -> None:
+        """A TCP session ended: forget everything it sent, so the next connection starts clean
+        (the loaded model stays)."""
+        for uri in [*self.store.documents, *self.store.notebooks]:
+            self.completions.forget(uri)
+        self.store.documents.clear()
+        self.store.notebooks.clear()
+        self.completions.forget_shown()
+        self.config = self.start_config
+        self.initialized = False
+        self.authorized = True
+        protocol = self.protocol
+        for future in protocol._request_futures.values():
+            future.cancel()
+        protocol._request_futures.clear()
+        protocol._result_types.clear()
+        protocol._shutdown = False
+        protocol._workspace = None
+        protocol.on_exit = None
+        self.background.forget(None)
+        if self.scheduler.stopped:
+            self.scheduler = self.completions.scheduler = self.background.scheduler = Scheduler()
+        self.scheduler.debounce_s = self.config.debounce_ms / 1000
+        self.scheduler.adaptive = self.config.adaptive_wait
 
     def keep_model(self, model: ModelConfig) -> None:
         """A new model failed to load: the settings go back to the one still serving."""
@@ -183,8 +214,23 @@ def text_document_did_change(ls: FimServer, params: types.DidChangeTextDocumentP
     if ls.store.get(uri) is None:
         ls.log(types.MessageType.Warning, f"fim-lsp: didChange for a document that is not open: {uri}")
         return
-    ls.store.change(uri, params.text_document.version, [to_edit(c) for c in params.content_changes], ls.encoding)
-    ls.background.edited(uri, cursor_after(params.content_changes))
+    if change_text(ls, uri, params.text_document.version, params.content_changes):
+        ls.background.edited(uri, cursor_after(params.content_changes))
+
+
+def change_text(ls: FimServer, uri: str, version: int, changes) -> bool:
+    """Apply one document's content changes, all or none; a bad change is logged and leaves the
+    document out of sync (no suggestions from it) until the client sends its whole text."""
+    try:
+        ls.store.change(uri, version, [to_edit(c) for c in changes], ls.encoding)
+        return True
+    except EditError as exc:
+        ls.completions.forget(uri)
+        ls.log(types.MessageType.Error,
+               f"fim-lsp: didChange for {uri} (version {version}) rejected, nothing applied: {exc}. "
+               "The document gets no suggestions until its whole text is sent again "
+               "(a change without a range, or close and reopen it)")
+        return False
 
 
 @server.feature(CURSOR)
@@ -225,12 +271,10 @@ def notebook_document_did_change(ls: FimServer, params: types.DidChangeNotebookD
             ls.store.open(doc.uri, doc.text, doc.version, doc.language_id, notebook_uri=uri)
         for doc in cells.structure.did_close or []:
             ls.store.close(doc.uri)
-    for cell in cells.data or []:
-        ls.store.set_cell_kind(uri, cell.document, cell_kind(cell.kind))
+    ls.store.set_cell_kinds(uri, {cell.document: cell_kind(cell.kind) for cell in cells.data or []})
     for content in cells.text_content or []:
         if ls.store.get(content.document.uri) is not None:
-            ls.store.change(content.document.uri, content.document.version,
-                            [to_edit(c) for c in content.changes], ls.encoding)
+            change_text(ls, content.document.uri, content.document.version, content.changes)
     ls.completions.shown.pop(uri, None)
 
 

@@ -125,3 +125,27 @@ def test_the_settings_page_is_the_generated_table_and_every_client_points_to_it(
         assert "`branches`" not in text.replace("`branches` is now `beam`", ""), f"{readme} uses the setting's name"
     readme = (root / "README.md").read_text()
     assert [key for key in SETTINGS if f"`{key}`" not in readme] == [], "the README names every setting"
+
+
+def test_the_environment_api_key_goes_only_to_the_operators_url(monkeypatch):
+    """A client may set `url`, but $FIM_LSP_API_KEY is sent only to the url of the command line,
+    unless the operator opted in with --allow-client-url."""
+    from engine import backends
+    from lsp_server import pipeline
+
+    args = argparse.Namespace(url="http://127.0.0.1:8000", allow_client_url=False)
+    config = config_from_args(args)
+    assert config.model.sends_env_key
+    moved = apply_settings(config, {"url": "http://collector.example:9"})
+    assert not moved.model.sends_env_key
+    back = apply_settings(moved, {"url": "http://127.0.0.1:8000"})
+    assert back.model.sends_env_key
+    opted = config_from_args(argparse.Namespace(url="http://127.0.0.1:8000", allow_client_url=True))
+    assert apply_settings(opted, {"url": "http://collector.example:9"}).model.sends_env_key
+
+    seen = {}
+    monkeypatch.setattr(backends, "load", lambda name, **kw: seen.update(kw))
+    pipeline.load_model(moved.model)
+    assert seen["url"] == "http://collector.example:9" and seen["remote"].api_key_env == ""
+    pipeline.load_model(config.model)
+    assert seen["remote"].api_key_env == "FIM_LSP_API_KEY"

@@ -94,3 +94,111 @@ def test_uri_to_path_is_relative_to_the_innermost_workspace_folder_else_the_file
     assert uri_to_path(uri, ["file:///home/me/pro", "untitled:x"]) == "my file.py"  # a name prefix is no folder
     assert uri_to_path(uri, ["file:///home/me"]) == "proj/src/my file.py"
     assert uri_to_path("untitled:Untitled-1", ["file:///home/me"]) == "untitled:Untitled-1"
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 27: atomic, linear edits; normalised exclude paths; cell kinds in one pass
+
+import random  # noqa: E402
+
+from lsp_server.edits import SMALL_CHANGE, EditError, _apply_to_lines, _apply_to_string, apply_edits  # noqa: E402
+
+
+def test_the_line_list_path_and_the_string_path_agree_on_random_changes():
+    rng = random.Random(27)
+    pieces = ["a", "\n", "\r", "\r\n", "😀", "é", "xy", "\x0c", "\u2028", "你"]
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        edits = []
+        for _ in range(rng.randint(1, 5)):
+            a, b = sorted([(rng.randint(0, 4), rng.randint(0, 5)), (rng.randint(0, 4), rng.randint(0, 5))])
+            edits.append(Edit("".join(rng.choice(pieces) for _ in range(rng.randint(0, 3))), (*a, *b)))
+        for encoding in ("utf-16", "utf-8", "utf-32"):
+            results = []
+            for apply in (_apply_to_string, _apply_to_lines):
+                try:
+                    results.append(apply(text, edits, encoding))
+                except EditError:
+                    results.append("rejected")
+            assert results[0] == results[1], (text, edits, encoding)
+
+
+def test_a_change_is_applied_whole_or_not_at_all():
+    edits = [Edit("X", (0, 0, 0, 0)), Edit("Y", (0, 3, 0, 1)), Edit("Z", (0, 0, 0, 0))]
+    with pytest.raises(EditError, match="edit 2: its range ends"):
+        apply_edits("abcdef", edits, "utf-16")
+    store = DocumentStore()
+    store.open("file:///a.py", "abcdef", 1, "python")
+    with pytest.raises(EditError):
+        store.change("file:///a.py", 2, edits, "utf-16")
+    doc = store.get("file:///a.py")
+    assert (doc.text, doc.version, doc.in_sync) == ("abcdef", 1, False)
+    assert store.others("file:///b.py") == [] and DocumentStore().others("file:///a.py") == []
+    with pytest.raises(EditError, match="out of sync"):  # further edits would land on a guess
+        store.change("file:///a.py", 3, [Edit("!", (0, 0, 0, 0))], "utf-16")
+    store.change("file:///a.py", 4, [Edit("fresh"), Edit("!", (0, 5, 0, 5))], "utf-16")
+    assert (doc.text, doc.version, doc.in_sync) == ("fresh!", 4, True)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8"])
+def test_many_edits_take_the_line_list_path_and_match_one_by_one(encoding):
+    text = "".join(f"line {i} 😀 ü\r\n" if i % 3 else f"row {i}\n" for i in range(300))
+    rng = random.Random(5 if encoding == "utf-16" else 21)  # seeds whose positions all land between characters
+    edits = []
+    for _ in range(SMALL_CHANGE * 4):
+        line = rng.randint(0, 320)
+        typed = rng.choice(["", "x", "\n", "new\r\nlines", "😀"])
+        edits.append(Edit(typed, (line, rng.randint(0, 4), line, rng.randint(5, 7))))
+    one_by_one = text
+    try:
+        for e in edits:
+            one_by_one = apply_edits(one_by_one, [e], encoding)
+    except EditError:  # UTF-8: a position fell inside a character; the whole change is refused too
+        with pytest.raises(EditError):
+            apply_edits(text, edits, encoding)
+        return
+    assert apply_edits(text, edits, encoding) == one_by_one
+
+
+@pytest.mark.parametrize("path", ["x/../config/a.py", "./config//a.py", "config/./sub/../a.py"])
+def test_paths_are_normalised_before_matching(path):
+    assert excluded(path, ["config/*.py"], fold_case=False)
+    assert not excluded(path.replace("config", "other"), ["config/*.py"], fold_case=False)
+
+
+@pytest.mark.parametrize("uri", [
+    "file:///work/project/x/../config/a.py",
+    "file:///work/project/x/%2e%2e/config/a.py",
+    "file:///work/project/x/%2E%2E/./config//a.py",
+    "file:///work/project//config/a.py",
+])
+def test_an_excluded_path_cannot_be_reached_by_another_spelling_of_its_uri(uri):
+    path = uri_to_path(uri, ["file:///work/project"])
+    assert path == "config/a.py" and excluded(path, ["config/*.py"])
+
+
+def test_case_is_folded_where_the_file_system_ignores_it():
+    assert excluded("Config/A.PY", ["config/*.py"], fold_case=True)
+    assert not excluded("Config/A.PY", ["config/*.py"], fold_case=False)
+    assert excluded("SECRETS/x.txt", ["secrets"], fold_case=True)
+
+
+def test_cell_kinds_change_in_one_pass_for_many_cells():
+    store = DocumentStore()
+    cells = [(f"cell{i}", "code") for i in range(10_000)]
+    store.open_notebook("nb", cells, [])
+    store.set_cell_kinds("nb", {f"cell{i}": "markdown" for i in range(0, 10_000, 2)})
+    assert store.notebooks["nb"].cells[:3] == [("cell0", "markdown"), ("cell1", "code"), ("cell2", "markdown")]
+    store.set_cell_kind("nb", "cell1", "markdown")
+    assert store.notebooks["nb"].cells[1] == ("cell1", "markdown")
+
+
+def test_others_come_newest_first_and_skip_documents_out_of_sync():
+    store = DocumentStore()
+    for name in ("a", "b", "c"):
+        store.open(f"file:///{name}.py", name, 1, "python")
+    store.change("file:///a.py", 2, [Edit("a2")], "utf-16")
+    assert [p for p, _ in store.others("file:///c.py")] == ["a.py", "b.py"]
+    with pytest.raises(EditError):
+        store.change("file:///b.py", 2, [Edit("", (0, 1, 0, 0))], "utf-16")
+    assert [p for p, _ in store.others("file:///c.py")] == ["a.py"]

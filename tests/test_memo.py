@@ -31,11 +31,11 @@ def test_text_bytes_counts_wide_characters():
 
 
 def test_neighbour_windows_stay_under_their_cap():
-    docs = [f"def f{i}(x):\n" + "".join(f"    y{j} = x + {i * j}\n" for j in range(400)) for i in range(200)]
-    total = sum(neighbours.windows_bytes(doc, neighbours._windows(doc)) for doc in docs)
+    docs = [f"def f{i}(x):\n" + "".join(f"    y{j} = x + {i * j}\n" for j in range(400)) for i in range(300)]
+    total = sum(neighbours.index_bytes(doc, neighbours._index(doc)) for doc in docs)
     assert total > neighbours.WINDOWS_MEMO_BYTES  # more than the cap went through the memo
-    assert 0 < neighbours._WINDOWS.nbytes <= neighbours.WINDOWS_MEMO_BYTES
-    assert len(neighbours._WINDOWS) < len(docs)
+    assert 0 < neighbours._INDEXES.nbytes <= neighbours.WINDOWS_MEMO_BYTES
+    assert len(neighbours._INDEXES) < len(docs)
     assert neighbours._windows(docs[-1]) is neighbours._windows(docs[-1])  # the latest is memoised
 
 
@@ -46,5 +46,5 @@ def test_the_windows_of_the_largest_document_scanned_are_memoised():
                    for i in range(20_000))
     doc = body[:neighbours.MAX_DOCUMENT_CHARS]
     windows = neighbours._windows(doc)
-    assert neighbours.windows_bytes(doc, windows) < neighbours.WINDOWS_MEMO_BYTES / 2
+    assert neighbours.index_bytes(doc, neighbours._index(doc)) < neighbours.WINDOWS_MEMO_BYTES / 2
     assert neighbours._windows(doc) is windows

@@ -79,7 +79,7 @@ def wait_listening(proc: subprocess.Popen, port: int, timeout_s: float = 60) -> 
 def test_serve_tcp_beyond_loopback_without_a_token_refuses_to_start(host):
     done = subprocess.run([*SERVE, "--tcp", f"{host}:{free_port()}"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "is reachable from other machines; pass --token SECRET" in done.stderr, done.stderr
+    assert "is reachable from other machines; pass --token-file PATH or set $FIM_LSP_TOKEN" in done.stderr, done.stderr
 
 
 def test_listen_addresses_default_to_loopback():
@@ -104,9 +104,10 @@ def test_serve_tcp_without_a_host_listens_on_loopback_only():
         proc.wait(10)
 
 
-def serve_tcp_with_token(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([*SERVE, "--tcp", f"0.0.0.0:{port}", "--token", "s3cret"], stderr=subprocess.PIPE,
-                            text=True)
+def serve_tcp_with_token(port: int, *extra: str) -> subprocess.Popen:
+    """A server beyond loopback whose token comes from the environment (not the command line)."""
+    proc = subprocess.Popen([*SERVE, "--tcp", f"0.0.0.0:{port}", *extra], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, FIM_LSP_TOKEN="s3cret"))
     assert wait_listening(proc, port) == {"0.0.0.0"}
     return proc
 
@@ -147,6 +148,98 @@ def test_a_second_connection_cannot_take_over_a_tcp_session():
         status = client.status()
         assert status["open_documents"] == 1 and status["state"] == "not started"
         assert intruder.notifications == []
+        client.close()
+        # the session ended; the server serves the next one, which sees nothing of the last
+        nxt = connect_and_initialize(port, {"token": "s3cret"})
+        assert nxt.status()["open_documents"] == 0
+        nxt.close()
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def connect_and_initialize(port: int, options: dict, timeout_s: float = 120) -> SyncClient:
+    """Connect and initialize, retrying while the server refuses (another session holds it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        client = SyncClient.connect("127.0.0.1", port)
+        try:
+            initialize_with(client, options)
+            return client
+        except (ServerGone, OSError):
+            client.sock.close()
+            assert time.monotonic() < deadline, "the server never took a new session"
+
+
+def test_tcp_token_from_a_file_and_the_deprecated_flag_warns(tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("fr0m-file\n")
+    port = free_port()
+    proc = subprocess.Popen([*SERVE, "--tcp", f"0.0.0.0:{port}", "--token-file", str(secret)], stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_listening(proc, port)
+        with pytest.raises(LspError, match="initializationOptions.token"):
+            initialize_with(SyncClient.connect("127.0.0.1", port), {"token": "guess"})
+        client = connect_and_initialize(port, {"token": "fr0m-file"})
+        assert "fr0m-file" not in " ".join(Path(f"/proc/{proc.pid}/cmdline").read_text().split("\0"))
+        client.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+    port = free_port()
+    proc = subprocess.Popen([*SERVE, "--tcp", f"127.0.0.1:{port}", "--token", "old"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert "--token is deprecated" in proc.stderr.readline()
+        connect_and_initialize(port, {"token": "old"}).close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_stalled_oversized_and_truncated_connections_never_hold_or_stop_the_tcp_server(tmp_path):
+    """Half a header and silence, a 70 KB header line, a truncated body: each connection is dropped
+    (the first two after the handshake timeout), the server keeps listening, and a real client then
+    gets a session whose completion is the oracle's."""
+    from lsp_server import pipeline
+    from lsp_server.config import CompletionSettings, ModelConfig
+    from tests.test_server_e2e import Mirror
+
+    port = free_port()
+    proc = serve_tcp_with_token(port, "--handshake-timeout", "1")
+    try:
+        wait_listening(proc, port)
+        for attack in (b"Content-Le", b"X-Long: " + b"x" * 70_000 + b"\r\n",
+                       b"Content-Length: 100\r\n\r\n{\"jsonrpc\""):
+            attacker = socket.create_connection(("127.0.0.1", port))
+            attacker.sendall(attack)
+            if attack.startswith(b"Content-Length"):
+                attacker.close()  # truncated: the stream ends inside the body
+            client = connect_and_initialize(port, {"token": "s3cret"})
+            if not attack.startswith(b"Content-Length"):
+                attacker.settimeout(60)
+                try:  # the server dropped the stalled connection (after logging its framing error to it)
+                    while attacker.recv(65536):
+                        pass
+                except ConnectionResetError:
+                    pass
+                attacker.close()
+            client.close()
+            assert proc.poll() is None
+        client = connect_and_initialize(port, {"token": "s3cret", "maxNewTokens": 6})
+        client.notify("initialized", {})
+        client.wait_ready()
+        uri, text = "file:///tcp/ok.py", "def add(a, b):\n    return "
+        client.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
+                                                                "text": text}})
+        answer = client.request("textDocument/inlineCompletion", {
+            "textDocument": {"uri": uri}, "position": {"line": 1, "character": 11}, "context": {"triggerKind": 2}})
+        mirror = Mirror(None, pipeline.load_model(ModelConfig(model=TINY, backend="torch", dtype="float32")),
+                        encoding="utf-16", settings=CompletionSettings(max_new_tokens=6))
+        mirror.docs[uri] = text
+        expected = mirror.expect(uri, len(text)).items
+        assert [i["insertText"] for i in answer["items"]] == [i.insert_text for i in expected]
         client.close()
     finally:
         proc.kill()

@@ -306,3 +306,76 @@ def test_random_edits_never_desync_and_cached_completions_equal_a_recompute(enco
         assert status["latency"]["count"] > 0, "some completions ran"
     finally:
         assert session.client.close() == 0, session.client.stderr_text()[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 27's cases, exactly: surrogate splits, reversed ranges, a multi-edit change with one bad
+# edit. A change is applied whole or not at all; a rejected one leaves the document out of sync
+# (logged, no suggestions) until the client sends the whole text, and then completions are right.
+
+
+def did_change(client: SyncClient, uri: str, version: int, changes: list) -> None:
+    client.notify("textDocument/didChange",
+                  {"textDocument": {"uri": uri, "version": version}, "contentChanges": changes})
+
+
+def edit(start: tuple[int, int], end: tuple[int, int], text: str) -> dict:
+    return {"range": {"start": {"line": start[0], "character": start[1]},
+                      "end": {"line": end[0], "character": end[1]}}, "text": text}
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8"])
+def test_surrogate_splits_reversed_ranges_and_one_bad_edit_never_desync(encoding, oracle):
+    session = Session(encoding, oracle)
+    client, mirror = session.client, session.mirror
+    try:
+        uri = "file:///issue27/emoji.py"
+        client.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
+                                                                "text": "a😀b"}})
+        if encoding == "utf-16":
+            # VS Code's text is UTF-16 units: X lands between the surrogates, then goes again
+            did_change(client, uri, 2, [edit((0, 2), (0, 2), "X")])
+            assert client.texts([uri])[uri] == "a\ud83dX\ude00b"
+            did_change(client, uri, 3, [edit((0, 2), (0, 3), "")])
+            assert client.texts([uri])[uri] == "a😀b"
+            # both in one change, and a replacement whose start and end both split pairs
+            did_change(client, uri, 4, [edit((0, 2), (0, 2), "X"), edit((0, 2), (0, 3), "")])
+            assert client.texts([uri])[uri] == "a😀b"
+            did_change(client, uri, 5, [edit((0, 0), (0, 0), "😀"), edit((0, 1), (0, 4), "")])
+            assert client.texts([uri])[uri] == "😀b"  # units 1-3 (a low surrogate, a, a high one) went
+            did_change(client, uri, 6, [{"text": "a😀b"}])
+        else:
+            # inside a UTF-8 character there is no text to hold: the change is rejected, none of it applied
+            did_change(client, uri, 2, [edit((0, 0), (0, 0), "ok"), edit((0, 5), (0, 5), "X")])  # byte 5: inside 😀
+            assert client.texts([uri])[uri] == "a😀b"
+            did_change(client, uri, 3, [{"text": "a😀b"}])
+        version = 10
+        before = "def f(x):\n    return x\n"
+        did_change(client, uri, version, [{"text": before}])
+        # a reversed range, after two good edits and before another: nothing of the change applies
+        did_change(client, uri, version + 1, [edit((0, 0), (0, 0), "# one\n"), edit((1, 4), (1, 4), "g"),
+                                              edit((1, 9), (1, 2), "oops"), edit((0, 0), (0, 0), "# lost\n")])
+        assert client.texts([uri])[uri] == before
+        logged = client.messages("window/logMessage")
+        assert any("rejected, nothing applied" in m and "edit 3: its range ends (1:2) before it starts (1:9)" in m
+                   for m in logged), logged
+        # out of sync: no suggestion for text the user may not have, and later edits are refused too
+        assert client.request("textDocument/inlineCompletion", {
+            "textDocument": {"uri": uri}, "position": {"line": 1, "character": 12},
+            "context": {"triggerKind": 2}})["items"] == []
+        did_change(client, uri, version + 2, [edit((0, 0), (0, 0), "#")])
+        assert client.texts([uri])[uri] == before
+        # the whole text brings it back, and a completion is the oracle's again
+        after = "def f(x):\n    y = x * 2\n    return "
+        did_change(client, uri, version + 3, [{"text": after}])
+        assert client.texts([uri])[uri] == after
+        mirror.docs.clear()
+        mirror.docs[uri] = after
+        lines = after.split("\n")
+        answer = client.request("textDocument/inlineCompletion", {
+            "textDocument": {"uri": uri}, "position": {"line": 2, "character": len(lines[2])},
+            "context": {"triggerKind": 2}})
+        expected = mirror.expect(uri, len(after))
+        assert [i["insertText"] for i in answer["items"]] == [i.insert_text for i in expected.items]
+    finally:
+        assert client.close() == 0, client.stderr_text()[-3000:]
