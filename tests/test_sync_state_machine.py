@@ -335,10 +335,10 @@ class MovingCellsMachine(SyncMachine):
     (their text documents stay open and keep their text)."""
 
     @precondition(lambda self: len(self.cells) > 1)
-    @rule(source=st.integers(0, 10), target=st.integers(0, 10))
-    def move_cell(self, source, target):
+    @rule(source=st.integers(0, 10), to=st.integers(0, 10))
+    def move_cell(self, source, to):
         order = list(self.cells)
-        a, b = source % len(order), target % len(order)
+        a, b = source % len(order), to % len(order)
         if a == b:
             return
         moved = order.pop(a)
