@@ -96,7 +96,7 @@ def test_the_cache_changes_no_suggestion_over_a_typing_replay_at_default_setting
 def test_speculation_and_the_cache_change_no_greedy_suggestion_over_a_typing_replay(product, reference):
     """Greedy (one branch, as a larger model or a block completion gets): speculation drafts, and
     the suggestions still equal plain decoding from a full prefill."""
-    greedy = replace(pipeline.pipeline_config(CompletionSettings()), branches=1)
+    greedy = replace(pipeline.pipeline_config(CompletionSettings()), beam=1)
     drafted = replay_in_process(product, reference, greedy)
     product.drop(URI)
     assert drafted > 0, "speculation drafted no token over the replay: the test did not exercise it"
