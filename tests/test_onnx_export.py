@@ -157,19 +157,3 @@ def test_export_refuses_a_directory_that_is_no_checkpoint(tmp_path):
     code = cli.main(["export-onnx", "--model", str(tmp_path), "--out", str(tmp_path / "out")])
     assert code == 2
 
-
-@pytest.mark.slow
-def test_int8_agreement_on_the_bundled_model_meets_the_figure_the_readme_states(tmp_path):
-    """README: greedy agreement of ONNX int8 with fp32 on the bundled trained model over a typing
-    replay of 20 HumanEval problems is >= 95% of tokens. Measured the way the README's figure was
-    (`fim-lsp bench backends`' trained-weights table: 12 keys a problem, 8 greedy tokens a key)."""
-    from benchmarks.backends import Task, agreement, run_task
-    from engine.select import DEFAULT_MODEL_DIR
-
-    snapshot = tmp_path / "default_model"
-    shutil.copytree(DEFAULT_MODEL_DIR, snapshot)
-    tokens = {mode: run_task(Task(mode, str(snapshot), str(tmp_path / "onnx"), 20, 12, None, timings=False))["tokens"]
-              for mode in ("torch fp32", "onnx int8")}
-    assert len(tokens["torch fp32"]) == len(tokens["onnx int8"]) >= 200
-    same_keystrokes, token_agreement = agreement(tokens["torch fp32"], tokens["onnx int8"])
-    assert token_agreement >= 0.95, f"int8 agrees on {token_agreement:.1%} of tokens ({same_keystrokes:.1%} keystrokes)"
