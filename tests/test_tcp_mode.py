@@ -26,7 +26,8 @@ HANG_S = 120  # only a hang takes this long
 
 @pytest.fixture(scope="module")
 def oracle():
-    return load_backend(model=TINY, backend="torch", dtype="float32", cache=CacheConfig(reuse=False, share_blocks=False))
+    return load_backend(model=TINY, backend="torch", dtype="float32",
+                        cache=CacheConfig(reuse=False, share_blocks=False))
 
 
 def typed_session(port: int, oracle, typed: str) -> None:

@@ -603,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         deadline += timedelta(days=1)
     cfg = TrainConfig(out=Path(args.out), n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
                       seq_len=args.seq_len, vocab_size=args.vocab_size, batch_tokens=args.batch_tokens,
-                      micro_batch=args.micro_batch, lr=args.lr, warmup_steps=args.warmup_steps, max_steps=args.max_steps,
+                      micro_batch=args.micro_batch, lr=args.lr, warmup_steps=args.warmup_steps,
+                      max_steps=args.max_steps,
                       deadline=deadline.timestamp(), checkpoint_every_s=args.checkpoint_every,
                       threads=args.threads, bf16=not args.no_bf16, compile=not args.no_compile,
                       max_package_bytes=max_package_bytes(args.max_package_mb),
