@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,12 +54,14 @@ class Scheduler:
     for a newer request (`lsp_server.pacing`)."""
 
     def __init__(self, debounce_s: float = 0.0, adaptive: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.debounce_s = debounce_s  # a fixed wait (the user's debounceMs); > 0 overrides the adaptive one
         self.adaptive = adaptive  # wait per `Pacing` (typing rate against model latency)
         self.pacing = Pacing()
         self.clock = clock
         self.stopped = False  # shutdown() was called: a new session needs a new scheduler
+        self.sleep = sleep  # waits out the debounce (tests pass one they release by hand)
         self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fim-engine")
         self._latest: dict[str, _Ticket] = {}
         self._background: set[CancelToken] = set()  # background jobs queued or running
@@ -117,7 +119,7 @@ class Scheduler:
         """Run the job (after waiting `wait_s` for a newer request) and settle `ticket.done` with its outcome."""
         try:
             if wait_s > 0:
-                await asyncio.sleep(wait_s)
+                await self.sleep(wait_s)
             if ticket.token.cancelled:
                 raise Superseded(doc_key)
             future = self._engine.submit(_timed, job, ticket.token, self.clock)

@@ -1,5 +1,4 @@
 """Slot bookkeeping: exact reuse counts, block hashes, seeding, LRU eviction under the budget."""
-import struct
 
 import pytest
 import xxhash
@@ -36,9 +35,27 @@ def test_block_hashes_chain_exact_values_with_a_hand_checkable_hash():
 
 
 def test_block_hashes_with_xxh3_exact_values():
-    first = xxhash.xxh3_64_intdigest(struct.pack("<Q2q", 0, 10, 11))
-    second = xxhash.xxh3_64_intdigest(struct.pack("<Q2q", first, 12, 13))
-    assert block_hashes([10, 11, 12, 13], 2, xxhash.xxh3_64_intdigest) == [first, second]
+    # literal values (worked out once with int.to_bytes(8, "little"), not with the code under test's
+    # struct.pack): a change of layout, byte order or parent chaining changes them
+    assert block_hashes([10, 11, 12, 13], 2, xxhash.xxh3_64_intdigest) == [17915877049156181887, 15764777212929924145]
+    assert block_hashes([-1, 2**40], 2, xxhash.xxh3_64_intdigest) == [1025464016352853774]  # signed, 64-bit ids
+
+
+def test_block_hashes_match_an_independent_byte_layout():
+    """The layout spelled without struct: the parent as 8 unsigned little-endian bytes, then each
+    token id as 8 signed little-endian bytes."""
+    def independent(tokens: list[int], size: int, parent: int = 0) -> list[int]:
+        out = []
+        for start in range(0, len(tokens) - len(tokens) % size, size):
+            raw = parent.to_bytes(8, "little") + b"".join(t.to_bytes(8, "little", signed=True)
+                                                           for t in tokens[start:start + size])
+            parent = xxhash.xxh3_64_intdigest(raw)
+            out.append(parent)
+        return out
+
+    tokens = [7, 0, 49151, 3, 3, 3, 1, 2, 99]
+    for size in (1, 2, 4):
+        assert block_hashes(tokens, size, xxhash.xxh3_64_intdigest) == independent(tokens, size)
 
 
 @pytest.mark.parametrize("hash_name", sorted(HASHES))

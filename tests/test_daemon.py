@@ -97,7 +97,7 @@ async def test_two_language_servers_share_one_engine_with_separate_caches(daemon
         stats = get(daemon, "/v1/fim-lsp/stats")
         assert sorted(stats["clients"].values()) == [[uri], [uri]], "one slot per client for the same document"
         first.text_document_did_close(did_close(uri))
-        deadline = time.monotonic() + 20  # the drop travels: server's engine thread -> HTTP -> daemon
+        deadline = time.monotonic() + HANG_S  # the drop travels: server's engine thread -> HTTP -> daemon
         while sorted(get(daemon, "/v1/fim-lsp/stats")["clients"].values()) != [[], [uri]]:
             assert time.monotonic() < deadline, get(daemon, "/v1/fim-lsp/stats")
             await asyncio.sleep(0.1)
@@ -206,24 +206,27 @@ def test_the_openai_endpoint_gives_the_engines_tokens(local_engine):
         server.server_close()
 
 
+HANG_S = 60  # only a hang takes this long
+
+
 class Waiting:
-    """A backend whose generation runs until it is cancelled (at most 10 s)."""
+    """A backend whose generation runs until it is cancelled (at most HANG_S)."""
 
     def __init__(self) -> None:
         self.fim = fim_tokens_from_vocab([EOD_TOKEN])
         self.info = BackendInfo("torch", "waiting", "cpu", "float32", 512)
-        self.cancelled = threading.Event()
+        self.started, self.cancelled = threading.Event(), threading.Event()
 
     def count_tokens(self, text: str) -> int:
         return len(text)
 
     def complete(self, request, cancel=None) -> CompletionResult:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        self.started.set()
+        for _ in range(HANG_S * 1000):  # one "decode step" a millisecond
             if cancel is not None and cancel.cancelled:
                 self.cancelled.set()
                 raise Cancelled("cancelled")
-            time.sleep(0.01)
+            time.sleep(0.001)
         raise AssertionError("never cancelled")
 
     def drop(self, doc_id) -> None:
@@ -241,8 +244,9 @@ def test_a_client_hanging_up_cancels_its_generation():
         with socket.create_connection(server.server_address[:2]) as sock:
             sock.sendall(b"POST /v1/fim-lsp/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-            time.sleep(0.2)
-        assert backend.cancelled.wait(2), "the engine saw the hang-up within 2 s"
+            assert backend.started.wait(HANG_S), "the engine never started the generation"
+        # the client hung up mid-generation: only the hang-up can stop it before HANG_S
+        assert backend.cancelled.wait(HANG_S), "the engine saw the hang-up"
     finally:
         server.shutdown()
         server.server_close()

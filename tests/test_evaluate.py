@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -174,10 +173,10 @@ def test_sandbox_reports_a_failing_program():
 
 
 def test_sandbox_kills_an_infinite_loop_at_the_timeout():
-    start = time.perf_counter()
-    result = run_program("while True:\n    pass\n", SandboxLimits(timeout_s=1.0, cpu_s=5))
+    # the CPU limit is far away (it only ends a hang): the wall-clock timer must be what killed it
+    result = run_program("while True:\n    pass\n", SandboxLimits(timeout_s=1.0, cpu_s=120))
     assert result.status == "timeout" and not result.passed
-    assert time.perf_counter() - start < 4.0
+    assert (result.returncode, result.detail) == (None, "killed after 1 s")
 
 
 @pytest.mark.parametrize("attempt", [

@@ -93,10 +93,31 @@ def test_revision_with_a_directory_is_a_mistake(tmp_path):
         load_model(str(kit(shape="tiny")), CPU, torch.float32, revision="main")
 
 
-def test_an_uncached_hub_id_offline_names_the_directory_to_pass_instead():
-    with pytest.raises(CheckpointError, match=r"pass --model DIR") as err:
-        load_model("bigcode/no-such-model-here", CPU, torch.float32, revision="v1")
-    assert "bigcode/no-such-model-here@v1" in str(err.value) and "\n" not in str(err.value)
+def test_an_uncached_hub_id_offline_names_the_directory_to_pass_instead(tmp_path):
+    """Run where the hub is off by its own flags and the network guard refuses anything beyond
+    loopback: the error names the directory to pass, and no connection was even tried."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    log = tmp_path / "guard.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "netguard"), str(REPO)]),
+               FIM_LSP_NETGUARD_LOG=str(log))
+    script = ("import torch\nfrom engine.loading import CheckpointError, load_model\n"
+              "try:\n    load_model('bigcode/no-such-model-here', torch.device('cpu'), torch.float32, revision='v1')\n"
+              "except CheckpointError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    message = done.stdout.strip()
+    assert message.startswith("bigcode/no-such-model-here@v1 is not in the local hub cache and the hub is not "
+                              "reachable (") and message.endswith("and pass --model DIR"), message
+    assert "\n" not in message
+    events = [line.split(" ", 1)[1] for line in log.read_text().splitlines()]
+    assert events == ["guard"], f"the offline load tried the network: {events}"
 
 
 def test_another_model_type_is_refused(tmp_path):

@@ -16,7 +16,6 @@ import socket
 import ssl
 import sys
 import threading
-import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -129,14 +128,37 @@ def status(code: int, body: Any) -> Reply:
     return lambda handler, seen: send(handler, code, body)
 
 
-def silence(seconds: float) -> Reply:
-    def reply(handler: BaseHTTPRequestHandler, seen: Seen) -> None:
-        time.sleep(seconds)
+HANG_S = 60  # only a hang takes this long
+
+
+class Held:
+    """A reply that arrives only when the test releases it (or after HANG_S): a server that went silent."""
+
+    def __init__(self) -> None:
+        self.arrived, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, handler: BaseHTTPRequestHandler, seen: Seen) -> None:
+        self.arrived.set()
+        self.release.wait(HANG_S)
         try:
             send(handler, 200, {"choices": [{"text": "late", "finish_reason": "stop"}]})
         except OSError:
             pass
-    return reply
+
+
+@dataclass(slots=True)
+class FakeClock:
+    """The backend's clock and sleep: sleeping moves the clock on at once and is recorded."""
+
+    now: float = 1000.0
+    slept: list[float] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 def hang_up(handler: BaseHTTPRequestHandler, seen: Seen) -> None:
@@ -304,12 +326,16 @@ def test_a_bad_answer_is_one_clear_backend_error(fake: FakeServer, case: str):
     reply, attempts, message = BAD_ANSWERS[case]
     fake.reply = reply
     backend = load_backend(url=fake.url, remote=FAST, environ={})
-    began = time.monotonic()
+    backend.clock = clock = FakeClock()
+    backend.sleep = clock.sleep
     with pytest.raises(BackendError) as caught:
         backend.complete(request())
     assert str(caught.value) == message.format(url=fake.url)
     assert len(fake.completions()) == attempts
-    assert time.monotonic() - began < 3, "bounded retries with a short backoff"
+    retried = min(attempts - 1, FAST.retries)  # a reconnect on a kept-alive connection waits for nothing
+    assert backend.counters["retries"] == retried
+    assert sum(clock.slept) == pytest.approx(sum(FAST.backoff_s * 2**i for i in range(retried))), \
+        "bounded retries, each backoff twice the one before"
     fake.reply = answer("r * r")  # the same backend serves again once the server does
     assert backend.complete(request()).text == "r * r"
 
@@ -342,14 +368,16 @@ def test_a_refused_key_is_named_and_never_shown(fake: FakeServer, caplog, config
 
 
 def test_a_slow_server_times_out_without_hanging(fake: FakeServer):
-    fake.reply = silence(5)
+    fake.reply = held = Held()  # silent until released: without the read timeout the backend would get "late"
     backend = load_backend(url=fake.url, remote=RemoteConfig(read_timeout_s=0.3, retries=2), environ={})
-    began = time.monotonic()
-    with pytest.raises(BackendError) as caught:
-        backend.complete(request())
+    try:
+        with pytest.raises(BackendError) as caught:
+            backend.complete(request())
+    finally:
+        held.release.set()
     assert str(caught.value) == (f"the completion server at {fake.url} did not answer within 0.3 s; "
                                  f"check that it is not overloaded, or raise remoteTimeoutMs")
-    assert time.monotonic() - began < 2 and len(fake.completions()) == 1, "a timeout is not retried"
+    assert len(fake.completions()) == 1, "a timeout is not retried"
 
 
 def test_an_unreachable_url_is_a_clear_error_after_bounded_retries():
@@ -360,25 +388,32 @@ def test_an_unreachable_url_is_a_clear_error_after_bounded_retries():
     backend = load_backend(url=url, remote=FAST, environ={})
     assert backend.mode == "unknown" and "server not reachable at start" in backend.info.why
     backend.mode = "openai"  # as after a successful probe: now the request's own retries apply
-    began = time.monotonic()
+    backend.clock = clock = FakeClock()
+    backend.sleep = clock.sleep
     with pytest.raises(BackendError) as caught:
         backend.complete(request())
     assert str(caught.value) == (f"cannot reach the completion server at {url}: Connection refused; "
                                  f"is it running? (tried 3 times)")
-    assert time.monotonic() - began < 2
+    assert sum(clock.slept) == pytest.approx(FAST.backoff_s * (1 + 2)), "two backoffs, the second doubled"
     with pytest.raises(BackendError, match="is not an http"):
         load_backend(url="ftp://127.0.0.1:1")
 
 
 def test_cancelling_closes_the_connection_at_once_and_the_next_request_works(fake: FakeServer):
-    fake.reply = silence(5)
-    backend = load_backend(url=fake.url, remote=FAST, environ={})
+    fake.reply = held = Held()  # the server holds the request: only the cancel can end it before HANG_S
+    backend = load_backend(url=fake.url, remote=replace(FAST, read_timeout_s=2 * HANG_S), environ={})
     cancel = CancelToken()
-    threading.Timer(0.2, cancel.cancel).start()
-    began = time.monotonic()
-    with pytest.raises(Cancelled):
-        backend.complete(request(), cancel)
-    assert time.monotonic() - began < 1.5
+
+    def cancel_once_the_server_has_it() -> None:
+        held.arrived.wait(HANG_S)
+        cancel.cancel()
+
+    threading.Thread(target=cancel_once_the_server_has_it, daemon=True).start()
+    try:
+        with pytest.raises(Cancelled):
+            backend.complete(request(), cancel)
+    finally:
+        held.release.set()
     assert backend.conn is None, "the interrupted connection is dropped"
     fake.reply = answer("r * r")
     assert backend.complete(request()).text == "r * r"

@@ -63,6 +63,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_unread_bytes(port: int, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Until a loopback TCP socket on `port` holds received bytes its (stopped) owner has not read.
+
+    Reads the kernel's socket table (/proc/net/tcp: `rx_queue` of each socket whose local port
+    is `port`), so the test knows the request reached the frozen server instead of guessing a delay.
+    """
+    deadline = time.monotonic() + timeout_s  # only a hang takes this long
+    while True:
+        for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = row.split()
+            local, queues = fields[1], fields[4]  # "0100007F:1F90", "tx_queue:rx_queue" in hex
+            if int(local.split(":")[1], 16) == port and int(queues.split(":")[1], 16) > 0:
+                return
+        assert time.monotonic() < deadline, f"no request reached the server on port {port}"
+        time.sleep(0.01)
+
+
 class LlamaServer:
     """`python -m llama_cpp.server` on one loopback port, started and killed at will."""
 
@@ -132,7 +149,7 @@ async def test_the_language_server_serves_llama_cpp_and_survives_its_death(llama
         # the server freezes with our request in its socket, then dies: a clear message, an empty answer
         os.kill(llama.proc.pid, signal.SIGSTOP)
         asking = asyncio.ensure_future(inline(client, URI, 1, 10))
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(wait_for_unread_bytes, llama.port)  # our request sits in its socket
         llama.kill()
         assert await asking == []
         errors = [m.message for m in client.messages if m.type == types.MessageType.Error]

@@ -37,12 +37,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def guarded_env(log: Path, watch: Path | None = None) -> dict[str, str]:
-    """The environment of a server whose outbound connections are refused and written to `log`."""
+def guarded_env(log: Path, watch: list[Path] | None = None) -> dict[str, str]:
+    """The environment of a server whose outbound connections are refused and written to `log`
+    (and whose opening of any `watch` path, however spelled, is written there too)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(NETGUARD), str(REPO)]), FIM_LSP_NETGUARD_LOG=str(log))
-    if watch is not None:
-        env["FIM_LSP_NETGUARD_WATCH"] = str(watch)
+    if watch:
+        env["FIM_LSP_NETGUARD_WATCH"] = os.pathsep.join(str(p) for p in watch)
     return env
+
+
+def guard_events(log: Path, pid: int) -> list[str]:
+    """What the guard wrote for process `pid`, after checking it was loaded there (the log must exist)."""
+    assert log.is_file(), "the guard never ran: no log"
+    lines = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    mine = [event for who, event in lines if who == str(pid)]
+    assert mine[:1] == ["guard"], f"the guard was not loaded in process {pid}: {lines}"
+    return mine[1:]
+
+
+def test_the_guard_records_what_it_refuses_and_opens_by_resolved_path(tmp_path):
+    """The positive control of the guard itself: a connect beyond loopback, a DNS lookup and an
+    opening of a watched file by another spelling are all written down."""
+    log, watched = tmp_path / "guard.log", tmp_path / "dir" / "watched.txt"
+    watched.parent.mkdir()
+    watched.write_text("x")
+    (tmp_path / "link").symlink_to(watched.parent)
+    script = ("import socket\n"
+              "for target in (('203.0.113.7', 9), ('example.com', 80)):\n"
+              "    try: socket.create_connection(target, timeout=1)\n"
+              "    except PermissionError: pass\n"
+              f"open({str(tmp_path / 'dir' / '.' / 'watched.txt')!r}).close()\n"
+              f"open({str(tmp_path / 'link' / 'watched.txt')!r}).close()\n"
+              "open('dir//watched.txt').close()\n")
+    done = subprocess.run([sys.executable, "-c", script], env=guarded_env(log, watch=[watched]), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pid = int(log.read_text().split(" ", 1)[0])
+    assert guard_events(log, pid) == ["socket.connect 203.0.113.7:9", "socket.getaddrinfo example.com",
+                                      *[f"open {watched}"] * 3]
 
 
 def listening_addresses(pid: int, port: int) -> set[str]:
@@ -251,26 +283,31 @@ def test_stalled_oversized_and_truncated_connections_never_hold_or_stop_the_tcp_
 
 
 def test_a_document_never_opened_is_not_read_from_disk(tmp_path):
+    """Watched by resolved path in the server process, with a positive control in the same run: the
+    server's own opening of its model's config (watched through a `/./` spelling) is seen."""
     canary = f"CANARY-{uuid.uuid4().hex}"
     secret = tmp_path / "secret.py"
     secret.write_text(f"API_KEY = '{canary}'\n")
-    uri = secret.as_uri()
+    control = Path(TINY) / "." / "config.json"  # the server reads this one while loading
     log = tmp_path / "guard.log"
     client = SyncClient.spawn(probed_command("--model", TINY, "--dtype", "float32", "--backend", "torch"),
-                              env=guarded_env(log, watch=secret))
+                              env=guarded_env(log, watch=[secret, control]))
+    spellings = [secret.as_uri(), f"file://{tmp_path}/./secret.py", f"file://{tmp_path}//secret.py",
+                 f"file://{tmp_path}/sub/../secret.py"]
     try:
         client.start_session("utf-16", {"maxNewTokens": 6})
-        position = {"textDocument": {"uri": uri}, "position": {"line": 0, "character": 4}}
-        for method, params in [("textDocument/inlineCompletion", {**position, "context": {"triggerKind": 1}}),
-                               ("textDocument/completion", position)]:
-            with pytest.raises(LspError) as refused:
-                client.request(method, params)
-            assert refused.value.code == INVALID_PARAMS and "is not open" in refused.value.message
-        # a change or close for it is ignored; it never becomes a document
-        client.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [
-            {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}}, "text": "#"}]})
-        client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
-        assert client.texts([uri]) == {uri: None}
+        for uri in spellings:
+            position = {"textDocument": {"uri": uri}, "position": {"line": 0, "character": 4}}
+            for method, params in [("textDocument/inlineCompletion", {**position, "context": {"triggerKind": 1}}),
+                                   ("textDocument/completion", position)]:
+                with pytest.raises(LspError) as refused:
+                    client.request(method, params)
+                assert refused.value.code == INVALID_PARAMS and "is not open" in refused.value.message, uri
+            # a change or close for it is ignored; it never becomes a document
+            client.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [
+                {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}}, "text": "#"}]})
+            client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+            assert client.texts([uri]) == {uri: None}
         # another document's completion draws neighbour snippets from open documents only
         other = (tmp_path / "main.py").as_uri()
         client.notify("textDocument/didOpen", {"textDocument": {
@@ -281,7 +318,9 @@ def test_a_document_never_opened_is_not_read_from_disk(tmp_path):
         assert client.status()["open_documents"] == 1
     finally:
         assert client.close() == 0
-    assert not log.exists() or "open" not in log.read_text(), log.read_text()
+    opened = [e for e in guard_events(log, client.proc.pid) if e.startswith("open ")]
+    assert f"open {os.path.realpath(control)}" in opened, "positive control: the guard sees the server's reads"
+    assert f"open {secret}" not in opened, opened
     assert canary not in str(client.notifications) and canary not in client.stderr_text()
 
 
@@ -347,7 +386,12 @@ def test_a_session_makes_no_outbound_connection(tmp_path):
         assert client.status()["config"]["max_new_tokens"] == 4
     finally:
         assert client.close() == 0, client.stderr_text()[-3000:]
-    assert not log.exists() or log.read_text() == "", f"outbound traffic: {log.read_text()}"
+    assert guard_events(log, client.proc.pid) == [], f"outbound traffic: {log.read_text()}"
+    # the positive control, in this test: the same guard in the same environment writes down an attempt
+    done = subprocess.run([sys.executable, "-c", "import socket\ntry: socket.create_connection(('203.0.113.7', 9))\n"
+                           "except PermissionError: print('refused')"], env=guarded_env(log), capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.strip() == "refused" and "socket.connect 203.0.113.7:9" in log.read_text()
 
 
 def test_the_only_outbound_destination_is_the_configured_backend(tmp_path):
@@ -369,5 +413,5 @@ def test_the_only_outbound_destination_is_the_configured_backend(tmp_path):
             "textDocument": {"uri": uri}, "position": {"line": 0, "character": 4}, "context": {"triggerKind": 1}})
     finally:
         client.close()
-    attempts = [line.split(" ", 1)[1] for line in log.read_text().splitlines()]
+    attempts = guard_events(log, client.proc.pid)
     assert attempts and set(attempts) == {f"socket.connect {backend}"}, attempts

@@ -248,10 +248,12 @@ async def test_cancel_mid_decode_answers_32800_and_the_next_request_is_right(cli
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))
     request = asyncio.ensure_future(client.protocol.send_request_async(
         types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="slow-1"))
-    await asyncio.sleep(0.05)  # mid-prefill or mid-decode: 300 tokens take ONNX Runtime under 0.5 s
+    # sent right behind the request, no delay guessed: whether the server has it queued, prefilling
+    # or decoding (300 tokens), the answer is -32800 and the slot stays consistent; the engine's
+    # stop between decode steps is tests/test_scheduler.py's and tests/test_faults.py's
     client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="slow-1"))
     with pytest.raises(Exception) as info:
-        await asyncio.wait_for(request, timeout=10)
+        await asyncio.wait_for(request, timeout=60)  # only a hang takes this long
     assert getattr(info.value, "code", None) == -32800
 
     # the slot stays consistent: a fresh request equals a full recompute in this process

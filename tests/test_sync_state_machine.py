@@ -26,7 +26,6 @@ from engine.select import load_backend
 from lsp_server import pipeline
 from lsp_server.config import CompletionSettings
 from lsp_server.documents import uri_to_path
-from lsp_server.core.notebook import Cell, map_cell_position, notebook_text
 from tests.test_server_e2e import TINY, Mirror
 
 MAX_NEW_TOKENS = 6
@@ -48,8 +47,26 @@ def lsp_position(text: str, offset: int, encoding: str) -> dict:
     for match in BREAK.finditer(text, 0, offset):
         line, start = line + 1, match.end()
     before = text[start:offset]
-    units = len(before.encode("utf-8")) if encoding == "utf-8" else len(before.encode("utf-16-le")) // 2
+    units = {"utf-8": lambda: len(before.encode("utf-8")), "utf-16": lambda: len(before.encode("utf-16-le")) // 2,
+             "utf-32": lambda: len(before)}[encoding]()
     return {"line": line, "character": units}
+
+
+def client_notebook(cells: list[str], index: int, offset: int) -> tuple[str, int]:
+    """The notebook document the server must build from code cells, and the cursor's offset in it.
+
+    Written here from the format's description (docs: each cell is `# %%` on its own line, then
+    the cell's text with its line breaks made `\n`, then `\n`), not with the server's
+    lsp_server.core.notebook, so the two can disagree.
+    """
+    book, cursor = "", 0
+    for i, text in enumerate(cells):
+        book += "# %%\n"
+        if i == index:
+            head = text[:offset]
+            cursor = len(book) + len(head) - head.count("\r\n")  # each \r\n becomes one \n
+        book += text.replace("\r\n", "\n").replace("\r", "\n") + "\n"
+    return book, cursor
 
 
 def snap(text: str, offset: int) -> int:
@@ -163,11 +180,9 @@ class SyncMachine(RuleBasedStateMachine):
         if uri in self.docs:
             return self.mirror.expect(uri, offset)
         order = list(self.cells)
-        cells = [Cell("code", self.cells[u]) for u in order]
-        index = order.index(uri)
-        book, _ = notebook_text(cells, "python")
-        p = lsp_position(text, offset, self.encoding)
-        line, character = map_cell_position(cells, "python", index, p["line"], p["character"], self.encoding)
+        book, cursor = client_notebook([self.cells[u] for u in order], order.index(uri), offset)
+        p = lsp_position(book, cursor, self.encoding)
+        line, character = p["line"], p["character"]
         m = self.mirror
         others = [(uri_to_path(u), t) for u, t in self.docs.items()]
         outcome = pipeline.complete(
@@ -379,3 +394,47 @@ def test_surrogate_splits_reversed_ranges_and_one_bad_edit_never_desync(encoding
         assert [i["insertText"] for i in answer["items"]] == [i.insert_text for i in expected.items]
     finally:
         assert client.close() == 0, client.stderr_text()[-3000:]
+
+
+# -- grown: utf-32, cell moves as VS Code sends them (a splice that re-lists existing cells) -------
+
+MORE = settings(max_examples=6, stateful_step_count=25, deadline=None, print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+class MovingCellsMachine(SyncMachine):
+    """The rules above, plus moves: one notebookDocument/didChange whose structure splice deletes a
+    run of cells and lists the same cells again in their new order, with no didOpen or didClose
+    (their text documents stay open and keep their text)."""
+
+    @precondition(lambda self: len(self.cells) > 1)
+    @rule(source=st.integers(0, 10), to=st.integers(0, 10))
+    def move_cell(self, source, to):
+        order = list(self.cells)
+        a, b = source % len(order), to % len(order)
+        if a == b:
+            return
+        moved = order.pop(a)
+        order.insert(b, moved)
+        low, high = min(a, b), max(a, b)
+        self.cells = {u: self.cells[u] for u in order}
+        self.versions[self.notebook] += 1
+        self.mirror.shown.pop(self.notebook, None)
+        self.client.notify("notebookDocument/didChange", {
+            "notebookDocument": {"uri": self.notebook, "version": self.versions[self.notebook]},
+            "change": {"cells": {"structure": {"array": {
+                "start": low, "deleteCount": high - low + 1,
+                "cells": [{"kind": 2, "document": u} for u in order[low:high + 1]]}}}}})
+
+
+@pytest.mark.parametrize("encoding", ["utf-32", "utf-16"])
+def test_cell_moves_and_utf32_never_desync_and_cached_completions_equal_a_recompute(encoding, oracle):
+    session = Session(encoding, oracle)
+    try:
+        machine = type(f"MovingCells_{encoding.replace('-', '')}", (MovingCellsMachine,), {"session": session})
+        run_state_machine_as_test(machine, settings=MORE)
+        status = session.client.status()
+        assert status["state"] == "ready" and status["open_documents"] == 0
+        assert status["latency"]["count"] > 0, "some completions ran"
+    finally:
+        assert session.client.close() == 0, session.client.stderr_text()[-3000:]

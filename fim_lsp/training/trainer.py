@@ -61,6 +61,7 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1
     deadline: float = 0.0  # unix time at which training stops; the cosine schedule spans it
+    max_steps: int | None = None  # stop after this many optimizer steps of this run, deadline or not
     checkpoint_every_s: float = 600.0
     seed: int = 0
     threads: int = 2
@@ -514,7 +515,7 @@ def train(cfg: TrainConfig, log=print) -> None:
     running = None
     lr = cfg.lr
     tick = time.time()
-    while time.time() < cfg.deadline:
+    while time.time() < cfg.deadline and (cfg.max_steps is None or step - resumed_at < cfg.max_steps):
         lr = lr_at(step - resumed_at, (time.time() - start) / span, cfg)
         for group in optim.param_groups:
             group["lr"] = lr
@@ -578,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--checkpoint-every", type=float, default=600.0, help="seconds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-bf16", action="store_true")
@@ -605,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(out=Path(args.out), n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
                       seq_len=args.seq_len, vocab_size=args.vocab_size, batch_tokens=args.batch_tokens,
                       micro_batch=args.micro_batch, lr=args.lr, warmup_steps=args.warmup_steps,
+                      max_steps=args.max_steps,
                       deadline=deadline.timestamp(), checkpoint_every_s=args.checkpoint_every,
                       threads=args.threads, bf16=not args.no_bf16, compile=not args.no_compile,
                       max_package_bytes=max_package_bytes(args.max_package_mb),

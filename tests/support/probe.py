@@ -164,7 +164,7 @@ class SyncClient:
         self.stderr.seek(0)
         return self.stderr.read().decode(errors="replace")
 
-    def close(self, timeout_s: float = 20) -> int | None:
+    def close(self, timeout_s: float = 120) -> int | None:
         """shutdown + exit; the server's exit status when this client started it (killed if it lingers)."""
         if self._reader.is_alive():
             try:

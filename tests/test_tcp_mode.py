@@ -1,0 +1,79 @@
+"""`fim-lsp serve --tcp`: completions over the socket equal the in-process pipeline's; when the
+session ends (shutdown, exit) the server exits and a new one serves on the same port (what an
+editor that restarts its language server meets)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from engine.cache import CacheConfig
+from engine.select import load_backend
+from lsp_server import pipeline
+from lsp_server.config import CompletionSettings
+from lsp_server.core.postprocess import ShownSuggestion
+from lsp_server.documents import uri_to_path
+from tests.support.probe import SyncClient
+from tests.test_security import free_port, wait_listening
+from tests.test_server_e2e import CODE, TINY
+
+SERVE = [sys.executable, "-m", "fim_lsp.cli", "serve", "--model", TINY, "--dtype", "float32", "--backend", "torch"]
+URI = "file:///work/project/reader.py"
+HANG_S = 120  # only a hang takes this long
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    return load_backend(model=TINY, backend="torch", dtype="float32",
+                        cache=CacheConfig(reuse=False, share_blocks=False))
+
+
+def typed_session(port: int, oracle, typed: str) -> None:
+    """One session: open CODE, type `typed` key by key, each completion equal to a recompute in process."""
+    client = SyncClient.connect("127.0.0.1", port)
+    client.start_session("utf-16", {"maxNewTokens": 8})
+    settings = pipeline.pipeline_config(CompletionSettings(max_new_tokens=8))
+    text, cursor = CODE, CODE.index("    print(len(lines))")
+    client.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1,
+                                                            "text": text}})
+    shown, snippets = None, ()
+    for version, key in enumerate(typed, start=2):
+        line = text.count("\n", 0, cursor)
+        character = cursor - (text.rfind("\n", 0, cursor) + 1)
+        client.notify("textDocument/didChange", {"textDocument": {"uri": URI, "version": version}, "contentChanges": [
+            {"range": {"start": {"line": line, "character": character}, "end": {"line": line, "character": character}},
+             "text": key}]})
+        text, cursor, character = text[:cursor] + key + text[cursor:], cursor + 1, character + 1
+        answer = client.request("textDocument/inlineCompletion", {
+            "textDocument": {"uri": URI}, "position": {"line": line, "character": character},
+            "context": {"triggerKind": 2}})  # automatic, as typing asks: one suggestion
+        key_id = f"{URI}#{port}-{version}"
+        outcome = pipeline.complete(oracle, key_id, text, line, character, config=settings, path=uri_to_path(URI),
+                                    previous_snippets=snippets, shown=shown)
+        oracle.drop(key_id)
+        snippets = outcome.snippets
+        shown = None if outcome.suggestion is None else ShownSuggestion(
+            outcome.context.prefix, outcome.context.suffix, outcome.suggestion)
+        got = [item["insertText"] for item in answer["items"]]
+        assert got == ([outcome.suggestion.text] if outcome.suggestion else []), (version, key)
+    assert client.status()["latency"]["count"] >= 1
+    client.close()  # shutdown + exit, then the socket closes
+
+
+def test_tcp_completions_and_a_new_server_on_the_same_port_after_the_session_ended(oracle):
+    port = free_port()
+    for typed in ("    tot", "    n = "):  # the second server on the same port, after the first exited
+        stderr = tempfile.TemporaryFile()
+        proc = subprocess.Popen([*SERVE, "--tcp", f"127.0.0.1:{port}"], stderr=stderr)
+        try:
+            wait_listening(proc, port)
+            typed_session(port, oracle, typed)
+            proc.wait(HANG_S)  # the session is over: the server exits on its own
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        stderr.seek(0)
+        assert proc.returncode == 0, stderr.read().decode(errors="replace")[-3000:]
