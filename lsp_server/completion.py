@@ -252,7 +252,8 @@ class CompletionService:
             return pipeline.complete(
                 backend, doc_key, where.text, where.line, where.character, encoding=where.encoding,
                 config=where.config, path=where.path, repo=where.repo, others=where.others,
-                previous_snippets=self.snippets.get(doc_key, ()), shown=shown, cancel=token, first_token_rank=rank)
+                previous_snippets=self.snippets.get(doc_key, ()), shown=shown, cancel=token,
+                first_token_rank=rank, quoted=lambda snippets: self.snippets.__setitem__(doc_key, snippets))
 
         def job(token) -> list[pipeline.Outcome]:
             first = run(None if resample else self.shown.get(doc_key), token)

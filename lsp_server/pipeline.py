@@ -120,13 +120,17 @@ def complete(
     shown: ShownSuggestion | None = None,
     cancel: CancelToken | None = None,
     first_token_rank: int = 0,
+    quoted: Callable[[tuple[Snippet, ...]], None] | None = None,
 ) -> Outcome:
     """Complete `text` at (`line`, `character`) with `backend`.
 
     `others` are (path, text) of other open documents for neighbour snippets; `shown` is the
     suggestion the editor shows now: when the user typed into it, its rest is served with no
     model call. `first_token_rank` > 0 asks for an alternative: greedy from the first token ranked
-    that far below the best. Raises engine.api.Cancelled when `cancel` fires during generation.
+    that far below the best. `quoted` is told the snippets the prompt quotes as soon as it is
+    built, before the backend runs: the next request keeps them (`previous_snippets`), so its
+    prompt still matches the cache this one prefilled even when this one is cancelled. Raises
+    engine.api.Cancelled when `cancel` fires during generation.
     """
     text = scrub_surrogates(text)
     path = scrub_surrogates(path) if path is not None else None  # a URI may hold a lone surrogate too
@@ -135,6 +139,8 @@ def complete(
         return Outcome(suggestion=reused, context=ctx, prompt=None, result=None)
     prompt, snippets, request = request_for(backend, doc_id, ctx, config=config, path=path, repo=repo, others=others,
                                             previous_snippets=previous_snippets, first_token_rank=first_token_rank)
+    if quoted is not None:
+        quoted(snippets)
     one_line = request.stop_at_line_end
     beam = beam_for(backend, config) if one_line and first_token_rank == 0 else 1
     if beam > 1 and backend.searches_lines:  # one beam search finds the likeliest lines

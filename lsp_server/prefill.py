@@ -227,8 +227,10 @@ class Background:
 
         def chunk(token) -> tuple[int, int]:  # on the engine thread, as the request's own prompt building
             ctx = cursor_context(where.text, where.line, where.character, where.encoding)
-            _, _, request = pipeline.request_for(backend, where.doc_key, ctx, config=where.config, path=where.path,
-                                                 repo=where.repo, others=where.others, previous_snippets=snippets)
+            _, quoted, request = pipeline.request_for(backend, where.doc_key, ctx, config=where.config,
+                                                      path=where.path, repo=where.repo, others=where.others,
+                                                      previous_snippets=snippets)
+            self.completions.snippets[where.doc_key] = quoted  # the request that follows keeps what was warmed
             return backend.warm(request, chunk_tokens, token)
 
         while True:

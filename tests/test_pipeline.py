@@ -451,3 +451,16 @@ def test_the_lines_compared_share_the_time_budget():
     assert budgets == pytest.approx([0.005, 0.003, 0.001])
     pipeline.complete(backend, "e", CLASS, 3, 8, config=replace(config, time_budget_s=0.004))
     assert len(backend.requests) == 3 + 2, "no third run once the first two spent the budget"
+
+
+def test_the_snippets_a_prompt_quotes_are_told_before_the_backend_runs_even_when_it_is_cancelled():
+    """A request superseded mid-decode has already prefilled its prompt, neighbour snippets
+    included: the next request must quote the same ones, or its prompt misses the cache."""
+    token = CancelToken()
+    token.cancel()  # superseded: the backend stops at its first check
+    told = []
+    others = [("lib/geometry.py", "def area(width, height):\n    return width * height\n")]
+    with pytest.raises(Cancelled):
+        pipeline.complete(RecordingBackend(raw="x"), "d", "w = area(width, height)\n", 0, 4,
+                          config=pipeline.PipelineConfig(), others=others, cancel=token, quoted=told.append)
+    assert len(told) == 1 and [s.path for s in told[0]] == ["lib/geometry.py"]
