@@ -120,7 +120,8 @@ def bench_keystrokes(args) -> int:
                           "decode_floor_ms": floor_ms, "n_ctx": n_ctx, "device": str(placement.device),
                           "dtype": dtype_name, "model": model, "full_typing_prefill": typed}, indent=2))
         return 0
-    print(f"keystroke replay: {model}\n{len(problems)} problems, {total} keystrokes, {MAX_NEW_TOKENS} greedy tokens each, "
+    print(f"keystroke replay: {model}\n{len(problems)} problems, {total} keystrokes, "
+          f"{MAX_NEW_TOKENS} greedy tokens each, "
           f"prompt window {n_ctx} tokens, {placement.device} {dtype_name}, {torch.get_num_threads()} threads")
     print(format_table(rows))
     print("speed-up: p50 of the last mode over each mode's p50; same tokens: share of keystrokes whose tokens "

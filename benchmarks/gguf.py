@@ -122,7 +122,8 @@ def ensure_gguf(checkpoint: Path, outtype: OutType, cache_dir: Path | None = Non
     checkpoint = Path(checkpoint).resolve()
     if not (checkpoint / "config.json").is_file():
         raise FileNotFoundError(f"{checkpoint} is not a checkpoint directory (no config.json)")
-    out = cached_gguf_path(checkpoint, outtype, source_hash or checkpoint_hash(checkpoint), cache_dir or gguf_cache_dir())
+    out = cached_gguf_path(checkpoint, outtype, source_hash or checkpoint_hash(checkpoint),
+                           cache_dir or gguf_cache_dir())
     if out.is_file():
         return out
     fetch()

@@ -24,7 +24,8 @@ from lsp_server.core.context import CursorContext
 from lsp_server.core.prompt import PromptConfig, build_prompt
 
 REPO = Path(__file__).resolve().parent.parent
-DATA_DIRS = (REPO / "lsp_server" / "data" / "human-eval-infilling", REPO.parent / "shared" / "data" / "human-eval-infilling",
+DATA_DIRS = (REPO / "lsp_server" / "data" / "human-eval-infilling",
+             REPO.parent / "shared" / "data" / "human-eval-infilling",
              Path("/work/shared/data/human-eval-infilling"))
 SINGLE_LINE = "HumanEval-SingleLineInfilling.jsonl.gz"
 

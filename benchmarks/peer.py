@@ -81,7 +81,8 @@ class LlamaCppBackend:
         self.emittable = tokenizer.tokenizer.get_vocab_size()  # ids past it are the model's padding rows
         self.info = BackendInfo(backend="llama.cpp", model=str(gguf), device="cpu", dtype=label.split()[-1],
                                 n_ctx=n_ctx, why=f"{label}, {threads} threads, n_batch {n_batch}"
-                                + ("" if extra_buffers else ", without llama.cpp's extra buffer types (AMX, repacking)"))
+                                + ("" if extra_buffers
+                                   else ", without llama.cpp's extra buffer types (AMX, repacking)"))
         self.decoded = 0  # tokens passed to llama_decode (see count_decoded)
         self.count_decoded()
 
@@ -134,7 +135,8 @@ class LlamaCppBackend:
         return CompletionResult(
             text=self.tokenizer.decode(tokens), token_ids=tokens, stop_reason=stop, prompt_tokens=len(ids),
             reused_tokens=keep, prefill_tokens=len(ids) - keep, generated_tokens=len(tokens),
-            latency_ms=(end - start) * 1e3, extra={"prefill_ms": (first - start) * 1e3, "decode_ms": (end - first) * 1e3},
+            latency_ms=(end - start) * 1e3,
+            extra={"prefill_ms": (first - start) * 1e3, "decode_ms": (end - first) * 1e3},
         )
 
     def drop(self, doc_id: DocId) -> None:
@@ -225,7 +227,8 @@ def weight_bytes(row: Row, backend) -> int:
     model = backend.model
     gathered = {"wpe.weight"} | ({"wte.weight"} if getattr(model, "lm_head", None) is not None else set())
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    return model_bytes(model) - sum(t.nbytes for name, t in tensors.items() if name in gathered)  # int8: packed or buffers
+    # int8: packed or buffers
+    return model_bytes(model) - sum(t.nbytes for name, t in tensors.items() if name in gathered)
 
 
 def onnx_step_bytes(graph: Path) -> int:
@@ -374,7 +377,8 @@ def main(args) -> int:
         modes = tuple(m.strip() for m in args.rows.split(","))
         unknown = [m for m in modes if m not in OURS + PEERS]
         if unknown:
-            print(f"fim-lsp bench peer: unknown rows {unknown}; the rows are {', '.join(OURS + PEERS)}", file=sys.stderr)
+            print(f"fim-lsp bench peer: unknown rows {unknown}; the rows are {', '.join(OURS + PEERS)}",
+                  file=sys.stderr)
             return 2
     big = args.shape == "santacoder" and not args.model
     keys = args.max_keys if args.max_keys is not None else (6 if big else 8)  # ~0.1-0.25 s a token: a short replay

@@ -10,7 +10,8 @@ time, prompts from the language server's prompt core) through, on one checkpoint
 - with `--url`, any other OpenAI-compatible server holding the same model (e.g. a llama.cpp
   server on a GGUF conversion of it).
 
-Every row is checked against the in-process text. The difference between the first rows is what the HTTP hop costs per keystroke; prefill and hit
+Every row is checked against the in-process text. The difference between the first rows is what
+the HTTP hop costs per keystroke; prefill and hit
 rate show that the remote path keeps its prefix cache (figures from the server where it reports
 them; llama.cpp does not, so its prefill shows the whole prompt).
 """

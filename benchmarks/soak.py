@@ -341,6 +341,7 @@ def main(args) -> int:
         print(format_table(rows))
         print(f"crashes: {soak.crashes}   desyncs: {soak.desyncs}   errors: {summary['errors']}")
         print(f"RSS: {soak.base_rss:.0f} MiB after {soak_warm(args)} edits of warm-up, peak {peak:.0f} MiB after it; "
-              f"budget {limit_mib:.0f} MiB (warm RSS + K/V budget + {memo_mib:.0f} MiB of memo caps): {'within' if peak <= limit_mib else 'OVER'}")
+              f"budget {limit_mib:.0f} MiB (warm RSS + K/V budget + {memo_mib:.0f} MiB of memo caps): "
+              f"{'within' if peak <= limit_mib else 'OVER'}")
         print(f"plot: {args.plot}")
     return 0 if soak.crashes == 0 and soak.desyncs == 0 and peak <= limit_mib else 1

@@ -47,8 +47,8 @@ class ModelArgs:
 
     def param_count(self) -> int:
         """Parameters of the network (the LM head is tied, so counted once)."""
-        E, I, kv = self.n_embd, self.inner, self.kv_heads * self.head_dim
-        block = 2 * 2 * E + E * (E + 2 * kv) + (E + 2 * kv) + E * E + E + E * I + I + I * E + E
+        E, M, kv = self.n_embd, self.inner, self.kv_heads * self.head_dim
+        block = 2 * 2 * E + E * (E + 2 * kv) + (E + 2 * kv) + E * E + E + E * M + M + M * E + E
         return self.vocab_size * E + self.n_positions * E + self.n_layer * block + 2 * E
 
     def kv_bytes_per_token(self, element_size: int) -> int:
@@ -126,7 +126,7 @@ class Attention(nn.Module):
     def attend(self, qkv: Tensor, input_pos: Tensor, kv: Tensor, start: int) -> Tensor:
         """Attention of the projected tokens qkv [T, E + 2*KH*D] over kv (written at start..); [T, E]."""
         a = self.args
-        T, H, KH, D = qkv.shape[0], a.n_head, a.kv_heads, a.head_dim
+        T, H, D = qkv.shape[0], a.n_head, a.head_dim
         if a.multi_query:
             q, k, v = qkv.split((a.n_embd, D, D), dim=-1)  # [T, E], [T, D], [T, D]
             k, v = k.view(T, 1, D), v.view(T, 1, D)

@@ -22,8 +22,13 @@ import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine.onnx_format import (MANIFEST, FORMAT_VERSION, FP32_FILE, INT8_FILE, COPIED_FILES, PARITY_TOL, ExportError, Manifest, checkpoint_hash, io_names, open_session)
+from engine.onnx_format import (MANIFEST, FORMAT_VERSION, FP32_FILE, INT8_FILE, COPIED_FILES, PARITY_TOL, ExportError,
+                                Manifest, checkpoint_hash, io_names, open_session)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 def export_wrapper(model):
     """An nn.Module over `model`'s weights with the graph's inputs and outputs (see module doc)."""

@@ -108,7 +108,8 @@ class Int8Linear(nn.Module):
         if packed:
             with warnings.catch_warnings():  # "quantized tensors are deprecated": known, see fbgemm_available
                 warnings.simplefilter("ignore", UserWarning)
-                qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+                qw = torch._make_per_channel_quantized_tensor(q, scale.double(),
+                                                              torch.zeros_like(scale, dtype=torch.long), 0)
             self.packed = torch.ops.quantized.linear_prepack(qw, None)  # no bias: it is added after the row scales
             self.register_buffer("weight", None)
             # the grid row: the range's two ends, so FBGEMM's per-call min/max (and scale 1.0) never move
@@ -152,7 +153,8 @@ def quantize_int8(model: Transformer, packed: bool | None = None, full_range: bo
         child = getattr(parent, attr)
         setattr(parent, attr, Int8Linear(child.weight.detach(), child.bias, packed, full_range))
         del child
-    model.lm_head = Int8Linear(model.wte.weight.detach(), None, packed, full_range)  # the tied head's own int8 copy [V, E]
+    # the tied head's own int8 copy [V, E]
+    model.lm_head = Int8Linear(model.wte.weight.detach(), None, packed, full_range)
     for module in model.modules():
         if isinstance(module, (nn.Embedding, nn.LayerNorm)):
             module.to(ACTIVATION_DTYPE)

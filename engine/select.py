@@ -130,8 +130,8 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
 
         exports = backend == "onnx" or bool(onnx and onnx.auto_export)
         try:
-            chosen = load_onnx_backend(name, device, "auto" if dtype == INT8 else dtype, revision, progress, cache, onnx,
-                                       exporter=export if exports else None,
+            chosen = load_onnx_backend(name, device, "auto" if dtype == INT8 else dtype, revision, progress, cache,
+                                       onnx, exporter=export if exports else None,
                                        speculate=speculate or 0)
             if speculate is None:
                 chosen.speculate = default_speculate("onnx", chosen.info.device)

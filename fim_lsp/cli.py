@@ -18,7 +18,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("benchmarks.cli", "main_bench", "run a benchmark and print its table"),
     "export-onnx": ("fim_lsp.export_onnx", "main_export", "export a checkpoint to ONNX (optionally int8)"),
     "eval": ("fim_lsp.evaluation.evaluate", "main_eval", "exact match on the HumanEval infilling problems"),
-    "make-checkpoint": ("fim_lsp.training.checkpoint_kit", "main_make_checkpoint", "write a random-weight GPTBigCode checkpoint"),
+    "make-checkpoint": ("fim_lsp.training.checkpoint_kit", "main_make_checkpoint",
+                        "write a random-weight GPTBigCode checkpoint"),
     "status": ("fim_lsp.status", "main_status", "show which backend, device and dtype a model would use"),
     "engine": ("fim_lsp.daemon", "main_engine", "serve one shared engine to several fim-lsp servers"),
 }

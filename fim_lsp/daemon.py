@@ -102,13 +102,15 @@ def completion_request(body: dict[str, Any], doc_id: DocId, default_temperature:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"`heal` must be true or false, got {heal!r}")
     stop_at_line_end = body.get("stop_at_line_end", False)
     if not isinstance(stop_at_line_end, bool):
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"`stop_at_line_end` must be true or false, got {stop_at_line_end!r}")
+        raise RequestError(HTTPStatus.BAD_REQUEST,
+                           f"`stop_at_line_end` must be true or false, got {stop_at_line_end!r}")
     stop_at_loop = body.get("stop_at_loop", False)
     if not isinstance(stop_at_loop, bool):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"`stop_at_loop` must be true or false, got {stop_at_loop!r}")
     dedent = body.get("stop_at_dedent")
     if dedent is not None and (not isinstance(dedent, int) or isinstance(dedent, bool) or not 0 <= dedent <= 4096):
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"`stop_at_dedent` must be null or a column in 0..4096, got {dedent!r}")
+        raise RequestError(HTTPStatus.BAD_REQUEST,
+                           f"`stop_at_dedent` must be null or a column in 0..4096, got {dedent!r}")
     rank = body.get("first_token_rank", 0)
     if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank <= 64:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"`first_token_rank` must be an integer in 0..64, got {rank!r}")

@@ -142,7 +142,8 @@ async def drive(client: LanguageClient, path: Path, text: str, keys: int) -> int
         shown += bool(items)
         latencies.append(latency_ms)
         prefilled.append(last.get("prefill_tokens", 0))
-        tokens = f"{last.get('prefill_tokens', 0)}/{last.get('prompt_tokens', 0)}" if not last.get("reused") else "reused"
+        tokens = (f"{last.get('prefill_tokens', 0)}/{last.get('prompt_tokens', 0)}" if not last.get("reused")
+                  else "reused")
         sure = "" if last.get("min_token_probability") is None else f"{last['min_token_probability']:.2f}"
         print(f"{key!r:>5} {latency_ms:7.1f} {tokens:>12} {sure:>5}  {one_line(suggestion)}")
     print(f"\n{len(typed)} keystrokes: latency p50 {statistics.median(latencies):.1f} ms, "

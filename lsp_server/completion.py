@@ -264,7 +264,8 @@ class CompletionService:
             # likeliest first tokens
             compared = first if first.result is not None else run(None, token)
             more = [o for o in (compared, *compared.other_lines) if o is not first
-                    and (o.suggestion is None or first.suggestion is None or o.suggestion.text != first.suggestion.text)]
+                    and (o.suggestion is None or first.suggestion is None
+                         or o.suggestion.text != first.suggestion.text)]
             more = more[:alternatives - 1]
             return [first, *more, *(run(None, token, rank)
                                     for rank in range(compared.beam, compared.beam + alternatives - 1 - len(more)))]

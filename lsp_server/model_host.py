@@ -85,7 +85,8 @@ class ModelHost:
                             f"fim-lsp: {info.model} has no fill-in-the-middle tokens; completing left to right")
                 return
             self.error = f"{type(error).__name__}: {error}"
-            kept = f"; keeping {self.loaded.model or 'the default model'}" if self.backend is not None and self.loaded else ""
+            kept = (f"; keeping {self.loaded.model or 'the default model'}"
+                    if self.backend is not None and self.loaded else "")
             if self.loaded is not None:
                 ls.keep_model(self.loaded)
             self.state = "ready" if self.backend is not None else "failed"

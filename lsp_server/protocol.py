@@ -91,7 +91,8 @@ class FimProtocol(LanguageServerProtocol):
         except JsonRpcException as exc:
             if isinstance(data, dict) and "id" in data and "method" in data:
                 cause = exc.__cause__
-                detail = "; ".join(cattrs.transform_error(cause)) if isinstance(cause, cattrs.ClassValidationError) else str(cause)
+                detail = ("; ".join(cattrs.transform_error(cause)) if isinstance(cause, cattrs.ClassValidationError)
+                          else str(cause))
                 error = JsonRpcInvalidParams(f"invalid params for {data['method']}: {detail}")
                 self._send_response(data["id"], error=error.to_response_error())
                 return ANSWERED

@@ -19,7 +19,8 @@ def test_flat_settings_apply_to_their_components():
         "model": "/models/santacoder", "revision": "main", "backend": "torch", "device": "cpu", "dtype": "bfloat16",
         "cacheBytes": 1 << 30, "maxNewTokens": 32, "temperature": 0.2, "multiline": "never",
         "prefixSuffixRatio": 2, "neighbours": False, "fimMode": "psm", "timeBudgetMs": 500, "debounceMs": 30,
-        "tokenHealing": False, "minTokenProbability": 0.2, "alternatives": 2, "exclude": ["**/.env", "*.pem"], "beam": 2,
+        "tokenHealing": False, "minTokenProbability": 0.2, "alternatives": 2, "exclude": ["**/.env", "*.pem"],
+        "beam": 2,
     })
     assert config == ServerConfig(
         model=ModelConfig(model="/models/santacoder", revision="main", backend="torch", device="cpu",

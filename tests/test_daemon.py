@@ -141,7 +141,8 @@ def test_the_token_is_required_and_bad_requests_get_clear_errors(local_engine):
         assert post(url, "/v1/fim-lsp/completions", ok, {"Authorization": "Bearer wrong"})[0] == 401
         code, answer = post(url, "/v1/fim-lsp/completions", ok, auth)
         assert code == 200 and answer["prompt_tokens"] > 0 and len(answer["token_ids"]) == answer["generated_tokens"]
-        second = post(url, "/v1/fim-lsp/completions", json.dumps({**json.loads(ok), "first_token_rank": 1}).encode(), auth)
+        second = post(url, "/v1/fim-lsp/completions",
+                      json.dumps({**json.loads(ok), "first_token_rank": 1}).encode(), auth)
         local = local_engine.complete(CompletionRequest(DocId("local"), json.loads(ok)["prompt"], max_new_tokens=4,
                                                         first_token_rank=1))
         assert second[1]["token_ids"] == local.token_ids != answer["token_ids"]  # an alternative, as in process
@@ -156,7 +157,8 @@ def test_the_token_is_required_and_bad_requests_get_clear_errors(local_engine):
         cases = {
             b"{not json": "the body is not JSON",
             b"[1, 2]": "the body must be a JSON object",
-            json.dumps({"doc_id": "d", "prompt": "x"}).encode(): "`client` must be 1-64 letters, digits, '.', '_' or '-'",
+            json.dumps({"doc_id": "d", "prompt": "x"}).encode():
+                "`client` must be 1-64 letters, digits, '.', '_' or '-'",
             json.dumps({"client": "c1/x", "doc_id": "d", "prompt": "x"}).encode():
                 "`client` must be 1-64 letters, digits, '.', '_' or '-'",
             json.dumps({"client": "c1", "doc_id": "d", "prompt": 7}).encode(): "`prompt` must be one string",

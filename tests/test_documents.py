@@ -90,7 +90,8 @@ def test_uri_to_path_is_relative_to_the_innermost_workspace_folder_else_the_file
     uri = "file:///home/me/proj/src/my%20file.py"
     assert uri_to_path(uri) == "my file.py"
     assert uri_to_path(uri, ["file:///home/me/proj"]) == "src/my file.py"
-    assert uri_to_path(uri, ["file:///home/me/proj/", "file:///home/me/proj/src", "file:///home/me/other"]) == "my file.py"
+    assert uri_to_path(uri, ["file:///home/me/proj/", "file:///home/me/proj/src",
+                             "file:///home/me/other"]) == "my file.py"
     assert uri_to_path(uri, ["file:///home/me/pro", "untitled:x"]) == "my file.py"  # a name prefix is no folder
     assert uri_to_path(uri, ["file:///home/me"]) == "proj/src/my file.py"
     assert uri_to_path("untitled:Untitled-1", ["file:///home/me"]) == "untitled:Untitled-1"

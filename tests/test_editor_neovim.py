@@ -123,7 +123,8 @@ def test_accepting_a_word_then_typing_keeps_the_rest_drawn_then_tab_takes_it(nvi
         asked = server_state(session)["latency"]["count"]
 
         session.keys("M-Right")  # the next word goes in; its rest is drawn at once
-        now = wait_for("the word inserted", lambda: (g := ghost(session)) and g["col"] == col + len(word.encode()) and g)
+        now = wait_for("the word inserted",
+                       lambda: (g := ghost(session)) and g["col"] == col + len(word.encode()) and g)
         assert session.lua("vim.api.nvim_get_current_line()") == start + word
         assert now["ghost"] == text[len(word):] and now["row"] == row
 

@@ -96,7 +96,8 @@ def test_show_next_inline_suggestion_draws_the_servers_alternative_and_tab_takes
     character = len((SOURCE + TYPED).rsplit("\n", 1)[1])
     reference = asyncio.run(server_suggestion(cmd, file.as_uri(), SOURCE + TYPED, line, character, SERVER_SETTINGS))
     alternatives = [item["insertText"] for item in reference]
-    assert len(alternatives) > 1 and inserted in alternatives[1:] and inserted != alternatives[0], (inserted, alternatives)
+    assert len(alternatives) > 1 and inserted in alternatives[1:] and inserted != alternatives[0], (
+        inserted, alternatives)
 
 
 def test_a_language_turned_off_asks_nothing_until_the_toggle_turns_it_on(cache, tiny_starcoder, tmp_path):

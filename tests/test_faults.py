@@ -165,7 +165,8 @@ def start_daemon(port: int = 0) -> tuple[subprocess.Popen, int]:
 
 def test_a_killed_remote_engine_fails_requests_cleanly_and_they_work_once_it_is_back(oracle):
     daemon, port = start_daemon()
-    client = SyncClient.spawn(probed_command("--backend", "openai", "--url", f"http://127.0.0.1:{port}", "--model", TINY))
+    client = SyncClient.spawn(probed_command("--backend", "openai", "--url", f"http://127.0.0.1:{port}",
+                                             "--model", TINY))
     try:
         assert client.start_session("utf-16", {**OPTIONS, "remoteTimeoutMs": 5000})["backend"] == "openai"
         editor = Editor(client, oracle)

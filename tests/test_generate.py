@@ -63,7 +63,8 @@ def test_stop_string_ends_decoding():
     assert (gen.tokens, gen.stop_reason) == ([1, 2, 3], "stop_string")
 
 
-PIECES = {1: "x", 2: "\n", 3: "    y", 4: "\n", 5: "\n", 6: "z", 7: "\n", 8: "w"}  # id -> text, for NextToken's 1, 2, ...
+# id -> text, for NextToken's 1, 2, ...
+PIECES = {1: "x", 2: "\n", 3: "    y", 4: "\n", 5: "\n", 6: "z", 7: "\n", 8: "w"}
 
 
 @pytest.mark.parametrize("rules, tokens, reason", [
@@ -83,7 +84,8 @@ LOOPING = {1: "os", 2: ".path", 3: ".path", 4: ".path", 5: ".path", 6: ".path", 
 
 
 @pytest.mark.parametrize("rules", [StopRules(max_new_tokens=9, line_end=True, loop=True),
-                                   StopRules(max_new_tokens=9, dedent=1, loop=True), StopRules(max_new_tokens=9, loop=True)])
+                                   StopRules(max_new_tokens=9, dedent=1, loop=True),
+                                   StopRules(max_new_tokens=9, loop=True)])
 @pytest.mark.parametrize("speculate", [0, 3])
 def test_a_suggestion_caught_in_a_loop_stops_at_the_fourth_copy(rules, speculate):
     gen = generate(NextToken(), FakeKV(), [0], 0, rules, Sampling(), written=lambda ids: None,

@@ -83,7 +83,8 @@ def test_the_healed_line_break_does_not_fire_a_line_break_stop(model):
     backend = TorchBackend(model, CACHE)
     f = backend.fim
     prompt = f"{f.prefix}{f.suffix}{f.middle}def f(x):\n        "
-    assert backend.tokenizer.decode(backend.tokenizer.encode(prompt)[-1:]) == "\n        ", "the last token holds the break"
+    assert backend.tokenizer.decode(backend.tokenizer.encode(prompt)[-1:]) == "\n        ", (
+        "the last token holds the break")
     result = healed(backend, prompt, max_new_tokens=24, stop_strings=("\n",))
     generated = backend.tokenizer.decode(result.token_ids)
     assert generated.startswith("\n        ") and "\n" not in result.text

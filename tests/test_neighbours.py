@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from lsp_server.core.context import CursorContext
-from lsp_server.core.neighbours import (MAX_DOCUMENT_CHARS, MAX_SNIPPETS, Snippet, WINDOW_LINES, jaccard, select_snippets,
-                                   text_around_cursor, window_score, word_set)
+from lsp_server.core.neighbours import (MAX_DOCUMENT_CHARS, MAX_SNIPPETS, Snippet, WINDOW_LINES, jaccard,
+                                   select_snippets, text_around_cursor, window_score, word_set)
 
 
 def test_word_sets_drop_keywords_and_case():

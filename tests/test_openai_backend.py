@@ -315,7 +315,8 @@ BAD_ANSWERS = {
     "not json": (status(200, b"<html>proxy error</html>"), 1,
                  "the completion server at {url} sent a reply that is not JSON: '<html>proxy error</html>'"),
     "no choices": (status(200, {"object": "text_completion"}), 1,
-                   "the completion server at {url} sent JSON without choices[0].text: '{{\"object\": \"text_completion\"}}'"),
+                   "the completion server at {url} sent JSON without choices[0].text: "
+                   "'{{\"object\": \"text_completion\"}}'"),
     "hangs up": (hang_up, 4,  # the first on the probe's kept-alive connection, reopened at once, then 3 tries
                  "the completion server at {url} closed the connection (RemoteDisconnected) (tried 3 times)"),
 }
@@ -517,7 +518,8 @@ async def test_the_prompt_names_a_file_by_its_path_in_the_innermost_workspace_fo
             fake.reply = answer("1")
             assert await inline(client, uri, 0, 4) == ["1"]
         client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(
-            types.WorkspaceFoldersChangeEvent(added=[types.WorkspaceFolder("file:///home/me/w/pkg", "pkg")], removed=[])))
+            types.WorkspaceFoldersChangeEvent(added=[types.WorkspaceFolder("file:///home/me/w/pkg", "pkg")],
+                                              removed=[])))
         client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
             uri="file:///home/me/w/pkg/area.py", language_id="python", version=1, text="y = ")))
         fake.reply = answer("2")

@@ -18,7 +18,8 @@ from lsp_server.core.postprocess import (PostprocessConfig, ShownSuggestion, Sug
                                     takes_block)
 from lsp_server.core.prompt import PromptConfig
 
-STARCODER = fim_tokens_from_vocab(["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>"])
+STARCODER = fim_tokens_from_vocab(["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>",
+                                   "<filename>"])
 
 
 @dataclass
@@ -161,7 +162,8 @@ LINE_CONTEXTS = [  # (document, line, character): every kind of cursor a one-lin
 @pytest.mark.parametrize("multiline", ["auto", "never"])
 @settings(max_examples=150, deadline=None)
 @given(raw=st.text(alphabet="ab( ):\n\t#", max_size=40))
-def test_stopping_at_the_first_line_end_after_text_changes_no_one_line_suggestion(text, line, character, multiline, raw):
+def test_stopping_at_the_first_line_end_after_text_changes_no_one_line_suggestion(
+        text, line, character, multiline, raw):
     ctx = cursor_context(text, line, character)
     config = PostprocessConfig(multiline=multiline)
     assert not takes_block(ctx, config)
@@ -270,7 +272,8 @@ def test_without_token_probabilities_nothing_is_hidden():
 
 # -- the beam: the likeliest of a few first tokens' greedy lines ------------------------------------
 
-CLASS = "class P:\n    def __init__(self, name, age):\n        self.name = name\n        \n\n    def greet(self):\n        pass\n"
+CLASS = ("class P:\n    def __init__(self, name, age):\n        self.name = name\n        \n\n"
+         "    def greet(self):\n        pass\n")
 
 
 @dataclass

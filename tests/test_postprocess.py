@@ -52,7 +52,8 @@ def test_lone_cr_document_gets_lone_cr():
 
 def test_always_respects_max_lines_of_one():
     ctx = CursorContext("def f():\n    ", "")
-    assert postprocess("a = 1\n    b = 2", ctx, PostprocessConfig(multiline="always", max_lines=1)) == Suggestion("a = 1")
+    assert postprocess("a = 1\n    b = 2", ctx,
+                       PostprocessConfig(multiline="always", max_lines=1)) == Suggestion("a = 1")
 
 
 @pytest.mark.parametrize("field,value", [("multiline", "sometimes"), ("max_lines", 0)])

@@ -9,8 +9,8 @@ from tokenizers import Tokenizer
 from engine.fim import fim_tokens_from_vocab
 from lsp_server.core.context import CursorContext
 from lsp_server.core.memo import text_bytes
-from lsp_server.core.prompt import (ENTRY_OVERHEAD, PromptConfig, TokenCounter, build_prompt, chunk_lines_for, memoize_counts,
-                               window_prefix, window_suffix)
+from lsp_server.core.prompt import (ENTRY_OVERHEAD, PromptConfig, TokenCounter, build_prompt, chunk_lines_for,
+                               memoize_counts, window_prefix, window_suffix)
 from tests.conftest import kit
 
 TYPED = (

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from engine.fim import FimTokens
-from lsp_server.core.context import CursorContext, InvalidPosition, cursor_context, offset_to_position, position_to_offset
+from lsp_server.core.context import (CursorContext, InvalidPosition, cursor_context, offset_to_position,
+                                     position_to_offset)
 from lsp_server.core.neighbours import Snippet, select_snippets
 from lsp_server.core.notebook import Cell, map_cell_position, notebook_context, notebook_text
 from lsp_server.core.postprocess import PostprocessConfig, ShownSuggestion, Suggestion, postprocess, reuse_suggestion
@@ -53,7 +54,8 @@ POSITIONS = [
 ]
 
 
-@pytest.mark.parametrize("text,line,character,encoding,offset", [c[1:] for c in POSITIONS], ids=[c[0] for c in POSITIONS])
+@pytest.mark.parametrize("text,line,character,encoding,offset", [c[1:] for c in POSITIONS],
+                         ids=[c[0] for c in POSITIONS])
 def test_position_to_offset(text, line, character, encoding, offset):
     assert position_to_offset(text, line, character, encoding) == offset
 
@@ -102,10 +104,12 @@ HE_SUFFIX = "\n\ndef main():\n"
 PROMPTS = [
     # (id, ctx, fim, n_ctx, config, path, snippets, expected Prompt)
     ("starcoder-spm-filename", SPM_CTX, STARCODER, 2048, PromptConfig(), "src/calc.py", (),
-     Prompt(text="<filename>src/calc.py\n<fim_prefix><fim_suffix>\n\nprint(add(1, 2))\n<fim_middle>def add(a, b):\n    ",
+     Prompt(text="<filename>src/calc.py\n<fim_prefix><fim_suffix>\n\nprint(add(1, 2))\n<fim_middle>"
+                 "def add(a, b):\n    ",
             mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, prefix_start_line=0, chunk_lines=29)),
     ("starcoder-psm", SPM_CTX, STARCODER, 2048, PromptConfig(fim_mode="psm"), "src/calc.py", (),
-     Prompt(text="<filename>src/calc.py\n<fim_prefix>def add(a, b):\n    <fim_suffix>\n\nprint(add(1, 2))\n<fim_middle>",
+     Prompt(text="<filename>src/calc.py\n<fim_prefix>def add(a, b):\n    <fim_suffix>\n\nprint(add(1, 2))\n"
+                 "<fim_middle>",
             mode="psm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, chunk_lines=29)),
     ("starcoder-no-filename", SPM_CTX, STARCODER, 2048, PromptConfig(include_filename=False), "src/calc.py", (),
      Prompt(text="<fim_prefix><fim_suffix>\n\nprint(add(1, 2))\n<fim_middle>def add(a, b):\n    ",
@@ -117,7 +121,8 @@ PROMPTS = [
      Prompt(text="<fim-prefix>def add(a, b):\n    <fim-suffix>\n\nprint(add(1, 2))\n<fim-middle>",
             mode="psm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, chunk_lines=30)),
     ("no-fim-left-to-right", SPM_CTX, NO_FIM, 2048, PromptConfig(fim_mode="spm"), "src/calc.py", (),
-     Prompt(text="def add(a, b):\n    ", mode="l2r", prefix=SPM_CTX.prefix, suffix="", note=NO_FIM_NOTE, chunk_lines=31)),
+     Prompt(text="def add(a, b):\n    ", mode="l2r", prefix=SPM_CTX.prefix, suffix="", note=NO_FIM_NOTE,
+            chunk_lines=31)),
     # the head (77) runs into the prefix: one token of margin, 2048 - 64 - 78 = 1906 -> 29-line chunks
     ("no-fim-snippet-as-comments", SPM_CTX, NO_FIM, 2048, PromptConfig(), "src/calc.py",
      (Snippet("src/util.py", "def sub(a, b):\n    return a - b\n"),),
@@ -135,7 +140,8 @@ PROMPTS = [
             mode="spm", prefix=SPM_CTX.prefix, suffix=SPM_CTX.suffix, snippets=1, chunk_lines=28)),
     ("js-snippet-uses-slashes", CursorContext("let x = ", ";\n"), SANTACODER, 2048, PromptConfig(), "app.js",
      (Snippet("lib.js", "export const y = 1;\n"),),
-     Prompt(text="// Compare this snippet from lib.js:\n// export const y = 1;\n<fim-prefix><fim-suffix>;\n<fim-middle>let x = ",
+     Prompt(text="// Compare this snippet from lib.js:\n// export const y = 1;\n<fim-prefix><fim-suffix>;\n"
+                 "<fim-middle>let x = ",
             mode="spm", prefix="let x = ", suffix=";\n", snippets=1, chunk_lines=29)),
     ("neighbours-off-drops-snippets", SPM_CTX, STARCODER, 2048, PromptConfig(neighbours=False), None,
      (Snippet("src/util.py", "def sub(a, b):\n    return a - b\n"),),
@@ -155,7 +161,8 @@ PROMPTS = [
     # nine more characters typed: 76 + 129 + 129 > 331, the window jumps a chunk
     ("window-jumps-a-chunk", CursorContext(WINDOW_DOC + "cur" + "X" * 9, WINDOW_SUFFIX), SANTACODER, 446,
      WINDOW_CONFIG, None, (),
-     Prompt(text="<fim-prefix><fim-suffix>" + WINDOW_SUFFIX[:69] + "<fim-middle>" + WINDOW_DOC[8 * 32 :] + "cur" + "X" * 9,
+     Prompt(text="<fim-prefix><fim-suffix>" + WINDOW_SUFFIX[:69] + "<fim-middle>" + WINDOW_DOC[8 * 32 :] + "cur"
+                 + "X" * 9,
             mode="spm", prefix=WINDOW_DOC[8 * 32 :] + "cur" + "X" * 9, suffix=WINDOW_SUFFIX[:69], prefix_start_line=8,
             chunk_lines=4)),
     # a short suffix lends its unused share to the prefix: 400 - 4 = 396 >= 325 (without: 300 < 325)
@@ -203,7 +210,8 @@ NOTEBOOKS = [
 ]
 
 
-@pytest.mark.parametrize("language,cells,expected", NOTEBOOKS, ids=["python", "javascript-markdown", "crlf-empty", "empty"])
+@pytest.mark.parametrize("language,cells,expected", NOTEBOOKS,
+                         ids=["python", "javascript-markdown", "crlf-empty", "empty"])
 def test_notebook_text(language, cells, expected):
     assert notebook_text(cells, language) == expected
 
@@ -215,7 +223,8 @@ CELL_POSITIONS = [
 ]
 
 
-@pytest.mark.parametrize("cell,line,character,expected", [c[1:] for c in CELL_POSITIONS], ids=[c[0] for c in CELL_POSITIONS])
+@pytest.mark.parametrize("cell,line,character,expected", [c[1:] for c in CELL_POSITIONS],
+                         ids=[c[0] for c in CELL_POSITIONS])
 def test_map_cell_position(cell, line, character, expected):
     assert map_cell_position(CELLS, "python", cell, line, character) == expected
 
@@ -239,7 +248,8 @@ AROUND = "config = parse_config(config_path)\nhandle = open(config_path)\n"
 
 
 def test_snippet_chosen_by_similarity():
-    assert select_snippets(AROUND, [("other.py", OTHER), ("util.py", UTIL)], 256, count_chars) == [Snippet("util.py", UTIL)]
+    assert select_snippets(AROUND, [("other.py", OTHER), ("util.py", UTIL)], 256, count_chars) == [
+        Snippet("util.py", UTIL)]
 
 
 def test_snippet_cut_to_budget_on_lines():
@@ -258,7 +268,8 @@ def test_previous_snippets_kept_while_still_good():
 
 def test_previous_snippets_replaced_when_their_document_changed():
     previous = [Snippet("util.py", "def old_parse_config(path):\n")]
-    assert select_snippets(AROUND, [("util.py", UTIL)], 256, count_chars, previous=previous) == [Snippet("util.py", UTIL)]
+    assert select_snippets(AROUND, [("util.py", UTIL)], 256, count_chars, previous=previous) == [
+        Snippet("util.py", UTIL)]
 
 
 def test_no_snippet_when_nothing_is_similar():
@@ -268,10 +279,12 @@ def test_no_snippet_when_nothing_is_similar():
 # ---------------------------------------------------------------- 6. post-processing
 HE_L0_PREFIX = '    >>> has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)\n    True\n    """\n\n'
 HE_L0_SUFFIX = "        for idx2, elem2 in enumerate(numbers):\n            if idx != idx2:\n"
-HE_L3_PREFIX = "    for idx, elem in enumerate(numbers):\n        for idx2, elem2 in enumerate(numbers):\n            if idx != idx2:\n"
+HE_L3_PREFIX = ("    for idx, elem in enumerate(numbers):\n        for idx2, elem2 in enumerate(numbers):\n"
+                "            if idx != idx2:\n")
 HE_L3_SUFFIX = "                if distance < threshold:\n                    return True\n\n    return False\n"
 HE_78_PREFIX = "    primes = ('2', '3', '5', '7', 'B', 'D')\n"
-HE_78_SUFFIX = "    for i in range(0, len(num)):\n        if num[i] in primes:\n            total += 1\n    return total\n"
+HE_78_SUFFIX = ("    for i in range(0, len(num)):\n        if num[i] in primes:\n            total += 1\n"
+                "    return total\n")
 HE_119_PREFIX = "                return False\n        return True if val == 0 else False\n\n"
 HE_119_SUFFIX = "    S2 = lst[1] + lst[0]\n    return 'Yes' if check(S1) or check(S2) else 'No'\n"
 HE_9_PREFIX = '    [1, 2, 3, 3, 3, 4, 4]\n    """\n    running_max = None\n'
@@ -285,7 +298,8 @@ HE_M33_PREFIX = "    ['()', '(())', '(()())']\n    \"\"\"\n\n"
 HE_M33_SUFFIX = "            current_string.append(c)\n        elif c == ')':\n"
 HE_M33_MIDDLE = ("    result = []\n    current_string = []\n    current_depth = 0\n\n    for c in paren_string:\n"
                  "        if c == '(':\n            current_depth += 1\n")
-HE_M700_PREFIX = "    while i <= int(math.sqrt(n) + 1):\n        if n % i == 0:\n            fact.append(i)\n            n //= i\n"
+HE_M700_PREFIX = ("    while i <= int(math.sqrt(n) + 1):\n        if n % i == 0:\n            fact.append(i)\n"
+                  "            n //= i\n")
 HE_M700_SUFFIX = "\n    if n > 1:\n        fact.append(n)\n    return fact\n"
 HE_M700_MIDDLE = "        else:\n            i += 1\n"
 
@@ -335,7 +349,8 @@ POSTPROCESS = [
     ("call-arguments-block", "result = compute(", "\n", "\n    first,\n    second,\n)\nprint(result)", AUTO,
      Suggestion("\n    first,\n    second,\n)")),
     ("always-on-plain-line", "x = 1\n", "\nprint(x)\n", "y = 2\nz = 3\nprint(x)\n", ALWAYS, Suggestion("y = 2\nz = 3")),
-    ("auto-on-plain-line-is-one-line", "x = 1\n", "\nprint(x)\n", "y = 2\nz = 3\nprint(x)\n", AUTO, Suggestion("y = 2")),
+    ("auto-on-plain-line-is-one-line", "x = 1\n", "\nprint(x)\n", "y = 2\nz = 3\nprint(x)\n", AUTO,
+     Suggestion("y = 2")),
     ("next-line-after-line-end", "x = 1", "\n", "\ny = 2\nz = 3", AUTO, Suggestion("\ny = 2")),
     ("repeated-lines-dropped", "def f():\n    ", "", "x = 1\n    x = 1\n    x = 1", AUTO, Suggestion("x = 1")),
     ("repeat-of-line-above-is-none", "    total = 0\n    ", "\n", "total = 0\n", AUTO, None),
@@ -349,7 +364,8 @@ POSTPROCESS = [
     ("empty-is-none", "x = ", "\n", "<|endoftext|>", AUTO, None),
     ("crlf-document-gets-crlf", "def f():\r\n    ", "\r\n", "a = 1\r\n    return a\r\n", AUTO,
      Suggestion("a = 1\r\n    return a")),
-    ("he-single-L0-line-inserted", HE_L0_PREFIX, HE_L0_SUFFIX, "    for idx, elem in enumerate(numbers):\n" + HE_L0_SUFFIX,
+    ("he-single-L0-line-inserted", HE_L0_PREFIX, HE_L0_SUFFIX,
+     "    for idx, elem in enumerate(numbers):\n" + HE_L0_SUFFIX,
      AUTO, Suggestion("    for idx, elem in enumerate(numbers):\n")),
     ("he-single-L3", HE_L3_PREFIX, HE_L3_SUFFIX, "                distance = abs(elem - elem2)\n" + HE_L3_SUFFIX,
      AUTO, Suggestion("                distance = abs(elem - elem2)\n")),
@@ -368,7 +384,8 @@ POSTPROCESS = [
 ]
 
 
-@pytest.mark.parametrize("prefix,suffix,raw,config,expected", [c[1:] for c in POSTPROCESS], ids=[c[0] for c in POSTPROCESS])
+@pytest.mark.parametrize("prefix,suffix,raw,config,expected", [c[1:] for c in POSTPROCESS],
+                         ids=[c[0] for c in POSTPROCESS])
 def test_postprocess(prefix, suffix, raw, config, expected):
     assert postprocess(raw, CursorContext(prefix, suffix), config, STOPS) == expected
 

@@ -125,7 +125,8 @@ def expected_suggestion(url: str, line: int, character: int) -> str:
     """What the pipeline in this process gets from the same server for the same cursor."""
     backend = load_backend(model=TINY, url=url, environ={})
     settings = pipeline.pipeline_config(CompletionSettings(max_new_tokens=8, neighbours=False))
-    outcome = pipeline.complete(backend, URI, TEXT, line, character, config=settings, path="geometry.py")  # the server names a file outside any workspace folder by its name
+    # the server names a file outside any workspace folder by its name
+    outcome = pipeline.complete(backend, URI, TEXT, line, character, config=settings, path="geometry.py")
     assert outcome.result.text, "the server generated text for this prompt"
     return outcome.suggestion.text if outcome.suggestion is not None else None
 

@@ -85,7 +85,8 @@ def status_args(**kw):
 
 def test_status_describes_without_loading_weights(capsys):
     info = describe(str(kit(shape="tiny")), device="cpu", dtype="float32")
-    assert (info["backend"], info["device"], info["dtype"], info["attention"]) == ("torch", "cpu", "float32", "multi-query")
+    assert (info["backend"], info["device"], info["dtype"], info["attention"]) == (
+        "torch", "cpu", "float32", "multi-query")
     assert info["n_ctx"] == 512 and info["fim_family"] == "starcoder" and info["kv_bytes_per_token"] == 2 * 2 * 16 * 4
     assert main_status(status_args()) == 0
     assert json.loads(capsys.readouterr().out)["why"].endswith("--dtype float32 as asked")

@@ -66,7 +66,8 @@ async def test_bad_input_gets_an_error_or_an_empty_result_and_the_server_lives(c
     assert is_error(answer, -32002, "not initialized"), answer
 
     client.capabilities = capabilities()  # pytest-lsp's client checks requests against these
-    await client.initialize_async(types.InitializeParams(capabilities=client.capabilities, initialization_options=OPTIONS))
+    await client.initialize_async(types.InitializeParams(capabilities=client.capabilities,
+                                                         initialization_options=OPTIONS))
     mirror = Mirror(client, engine)
     mirror.open(uri, "def double(x):\n    return 2 * x\n")
     # after `initialize`, before `initialized`: the model is not loading yet, so an empty result
@@ -98,7 +99,8 @@ async def test_bad_input_gets_an_error_or_an_empty_result_and_the_server_lives(c
     assert answer == mirror.expect(uri, end)
     far = await send_raw(client, "past-end", INLINE, inline_params(uri, 999, 999))
     expected = mirror.client.protocol._converter.unstructure(answer)
-    assert [(i["insertText"], i["range"]) for i in far["items"]] == [(i["insertText"], i["range"]) for i in expected["items"]]
+    assert [(i["insertText"], i["range"]) for i in far["items"]] == [
+        (i["insertText"], i["range"]) for i in expected["items"]]
 
     # binary-looking text, and lone surrogates (unencodable in UTF-8) in the document
     odd = "file:///work/project/odd.py"
@@ -160,7 +162,8 @@ async def test_tcp_session_checks_the_token(token, accepted):
                 break
             except OSError:
                 await asyncio.sleep(0.1)
-        params = types.InitializeParams(capabilities=types.ClientCapabilities(), initialization_options={"token": token})
+        params = types.InitializeParams(capabilities=types.ClientCapabilities(),
+                                        initialization_options={"token": token})
         if accepted:
             result = await asyncio.wait_for(client.initialize_async(params), timeout=60)
             assert result.server_info.name == "fim-lsp"

@@ -115,7 +115,8 @@ class Mirror:
         """What the server must answer for an inline completion at `offset` in `uri`."""
         text = self.docs[uri]
         line, character = offset_to_position(text, offset, self.encoding)
-        others = [(uri_to_path(u), t) for u, t in self.docs.items() if u != uri and not excluded(uri_to_path(u), self.exclude)]
+        others = [(uri_to_path(u), t) for u, t in self.docs.items()
+                  if u != uri and not excluded(uri_to_path(u), self.exclude)]
         outcome = pipeline.complete(
             self.engine, uri, text, line, character, encoding=self.encoding, config=self.config,
             path=uri_to_path(uri), others=others, previous_snippets=self.snippets.get(uri, ()),
@@ -131,7 +132,8 @@ class Mirror:
         end = offset + outcome.suggestion.replace_chars
         rng = types.Range(types.Position(*offset_to_position(text, offset, self.encoding)),
                           types.Position(*offset_to_position(text, end, self.encoding)))
-        return types.InlineCompletionList(items=(types.InlineCompletionItem(insert_text=outcome.suggestion.text, range=rng),))
+        return types.InlineCompletionList(
+            items=(types.InlineCompletionItem(insert_text=outcome.suggestion.text, range=rng),))
 
     async def inline(self, uri: str, offset: int) -> types.InlineCompletionList:
         answer = await self.client.text_document_inline_completion_async(types.InlineCompletionParams(
@@ -374,7 +376,8 @@ async def test_an_unsure_suggestion_is_hidden_unless_the_user_asks_for_it(client
             context=types.InlineCompletionContext(trigger_kind=kind)))
         return answer.items
 
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"minTokenProbability": 0.99}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"minTokenProbability": 0.99}))
     try:
         assert not await ask(types.InlineCompletionTriggerKind.Automatic)
         sure = (await fetch_status(client))["last"]["min_token_probability"]
@@ -382,7 +385,8 @@ async def test_an_unsure_suggestion_is_hidden_unless_the_user_asks_for_it(client
         shown = await ask(types.InlineCompletionTriggerKind.Invoked)  # the best first, then alternatives
         assert (shown[0].insert_text, shown[0].range) == (expected[0].insert_text, expected[0].range)
     finally:
-        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"minTokenProbability": 0}))
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"minTokenProbability": 0}))
     mirror.close_all()
 
 
@@ -439,7 +443,8 @@ async def test_notebook_cells_see_the_cells_around_them(client: LanguageClient, 
     client.notebook_document_did_open(types.DidOpenNotebookDocumentParams(
         notebook_document=types.NotebookDocument(
             uri=nb, notebook_type="jupyter-notebook", version=1,
-            cells=[types.NotebookCell(kind=types.NotebookCellKind.Code if k == "code" else types.NotebookCellKind.Markup,
+            cells=[types.NotebookCell(kind=(types.NotebookCellKind.Code if k == "code"
+                                            else types.NotebookCellKind.Markup),
                                       document=u) for u, k, _ in cells]),
         cell_text_documents=[types.TextDocumentItem(uri=u, language_id="python" if k == "code" else "markdown",
                                                     version=1, text=t) for u, k, t in cells]))

@@ -18,7 +18,8 @@ import re
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
+                                 run_state_machine_as_test)
 
 from tests.support.probe import LspError, SyncClient, probed_command
 from engine.cache import CacheConfig
@@ -307,7 +308,8 @@ class SyncMachine(RuleBasedStateMachine):
 @pytest.fixture(scope="module")
 def oracle():
     """The same checkpoint with K/V reuse and cross-document seeding switched off."""
-    return load_backend(model=TINY, backend="torch", dtype="float32", cache=CacheConfig(reuse=False, share_blocks=False))
+    return load_backend(model=TINY, backend="torch", dtype="float32",
+                        cache=CacheConfig(reuse=False, share_blocks=False))
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-8"])

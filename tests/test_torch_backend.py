@@ -236,7 +236,8 @@ def test_token_log_probabilities_are_the_models_and_drafts_change_none(loaded, h
     ids = ids[:-1] if heal else ids
     with torch.no_grad():
         logits = hf(torch.tensor([ids + result.token_ids])).logits[0, len(ids) - 1:-1, :b.emittable]
-    expected = torch.log_softmax(logits.float(), -1)[torch.arange(len(result.token_ids)), torch.tensor(result.token_ids)]
+    expected = torch.log_softmax(logits.float(), -1)[torch.arange(len(result.token_ids)),
+                                                     torch.tensor(result.token_ids)]
     assert len(result.token_ids) > 3 and result.token_logprobs == pytest.approx(expected.tolist(), abs=1e-4)
     assert result.token_ends == sorted(result.token_ends) and result.token_ends[-1] == len(result.text)
     if heal:

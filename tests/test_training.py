@@ -126,7 +126,8 @@ def test_lr_warms_up_then_follows_the_cosine_to_the_floor():
 def test_loss_table_renders_the_log_as_markdown():
     from fim_lsp.training.trainer import loss_table
 
-    log = "step\ttokens\tminutes\tlr\ttrain_loss\tval_loss\n10\t100\t1.0\t1e-3\t5.0\t5.1\n20\t200\t2.0\t9e-4\t4.0\t4.2\n"
+    log = ("step\ttokens\tminutes\tlr\ttrain_loss\tval_loss\n10\t100\t1.0\t1e-3\t5.0\t5.1\n"
+           "20\t200\t2.0\t9e-4\t4.0\t4.2\n")
     assert loss_table(log) == (
         "| step | tokens | minutes | lr | train_loss | val_loss |\n"
         "|---|---|---|---|---|---|\n"

@@ -235,7 +235,8 @@ def locate_export(model: str, revision: str | None, config: OnnxConfig, dtype: s
 
 def load_onnx_backend(model: str, device: str = "auto", dtype: str = "auto", revision: str | None = None,
                       progress: Progress | None = None, cache: CacheConfig | None = None,
-                      config: OnnxConfig | None = None, exporter: Exporter | None = None, speculate: int = 0) -> Backend:
+                      config: OnnxConfig | None = None, exporter: Exporter | None = None,
+                      speculate: int = 0) -> Backend:
     """An OnnxBackend for `model` (a checkpoint or an export directory), or OnnxUnavailable."""
     say = progress or (lambda _msg, _frac: None)
     try:

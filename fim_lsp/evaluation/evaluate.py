@@ -6,7 +6,8 @@ the context alone (a `self.` attribute set in `__init__`, closing brackets, a `r
 accumulated result, `f.read()`, ...), with the cursor after the line's indentation as an editor
 leaves it; it has no tests, so exact match only. The document the model sees is
 `prompt + suffix` with the cursor where the middle was, and the completion goes through the
-product's own path (`lsp_server.pipeline.complete`: prompt core, backend, post-processing), greedy. Scoring follows the SantaCoder paper: a completion is an
+product's own path (`lsp_server.pipeline.complete`: prompt core, backend, post-processing), greedy.
+Scoring follows the SantaCoder paper: a completion is an
 exact match when it equals the canonical middle once both are stripped of surrounding whitespace.
 Functional pass@1 runs prompt + middle + suffix + the problem's tests in the sandbox.
 

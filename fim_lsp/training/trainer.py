@@ -403,7 +403,8 @@ def train(cfg: TrainConfig, log=print) -> None:
     from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
 
     assert cfg.deadline > time.time(), "the deadline is in the past"
-    assert cfg.batch_tokens % (cfg.micro_batch * cfg.seq_len) == 0, "batch_tokens must be a multiple of micro_batch*seq_len"
+    assert cfg.batch_tokens % (cfg.micro_batch * cfg.seq_len) == 0, (
+        "batch_tokens must be a multiple of micro_batch*seq_len")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -455,7 +456,8 @@ def train(cfg: TrainConfig, log=print) -> None:
     else:
         model = GPTBigCodeForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {cfg.n_layer} layers x {cfg.n_embd}, {cfg.n_head} heads MQA, ctx {cfg.seq_len}, {n_params / 1e6:.2f}M params")
+    log(f"model: {cfg.n_layer} layers x {cfg.n_embd}, {cfg.n_head} heads MQA, ctx {cfg.seq_len}, "
+        f"{n_params / 1e6:.2f}M params")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -503,7 +505,8 @@ def train(cfg: TrainConfig, log=print) -> None:
                         "tokens": tokens_seen}, str(cfg.state) + ".tmp")
             os.replace(str(cfg.state) + ".tmp", cfg.state)
         with log_path.open("a") as f:
-            f.write(f"{step}\t{tokens_seen}\t{(time.time() - start) / 60:.1f}\t{lr:.2e}\t{train_loss:.4f}\t{val_loss:.4f}\n")
+            f.write(f"{step}\t{tokens_seen}\t{(time.time() - start) / 60:.1f}\t{lr:.2e}\t"
+                    f"{train_loss:.4f}\t{val_loss:.4f}\n")
         log(f"checkpoint step {step}: val loss {val_loss:.4f}")
         model.eval()
         for text in sanity_generations(model, tokenizer, eos_id):

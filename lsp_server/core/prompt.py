@@ -9,7 +9,8 @@ StarCoder was trained on both orders; we default to SPM,
 because then the prefix comes last: typing at the cursor only appends to the prompt text, so the
 engine reuses every cached token but the last few. That holds only if the window does not slide on
 every keystroke, so the prefix window starts on a line that is a multiple of `chunk_lines` (fewer
-lines in a small window) and moves a whole chunk at a time when the budget runs out; the suffix window is cut by chunks counted
+lines in a small window) and moves a whole chunk at a time when the budget runs out; the suffix
+window is cut by chunks counted
 from the cursor, which typing before it does not change.
 
 Token counts come from the model's tokenizer, passed in as `count_tokens`. Counting is per chunk;

@@ -52,7 +52,8 @@ class CodeServer(EditorServer):
         (self.data / "User").mkdir(parents=True, exist_ok=True)
         (self.data / "User" / "settings.json").write_text(json.dumps({**BASE_SETTINGS, **settings}, indent=1))
         common = ["--user-data-dir", str(self.data), "--extensions-dir", str(self.extensions)]
-        install = subprocess.run([str(self.exe), *common, "--install-extension", str(cache / "vscode" / "fim-lsp.vsix")],
+        install = subprocess.run([str(self.exe), *common, "--install-extension",
+                                  str(cache / "vscode" / "fim-lsp.vsix")],
                                  env=self.env, capture_output=True, text=True, timeout=180)
         assert install.returncode == 0, f"installing the vsix failed: {install.stdout}{install.stderr}"
         config = home / "config.yaml"

@@ -98,7 +98,8 @@ class Proxy:
         except ServerGone:
             return await self._died()
         items = result.get("items", []) if isinstance(result, dict) else (result or [])
-        record["items"] = [{"insertText": i["insertText"] if isinstance(i["insertText"], str) else i["insertText"]["value"],
+        record["items"] = [{"insertText": (i["insertText"] if isinstance(i["insertText"], str)
+                                           else i["insertText"]["value"]),
                             "range": i.get("range"), "command": i.get("command")} for i in items]
         return record["items"]
 
