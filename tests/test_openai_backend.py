@@ -525,4 +525,6 @@ async def test_the_prompt_names_a_file_by_its_path_in_the_innermost_workspace_fo
         fake.reply = answer("2")
         assert await inline(client, "file:///home/me/w/pkg/area.py", 0, 4) == ["2"]
     heads = [c.body["prompt"].split("\n", 1)[0] for c in fake.completions()]
-    assert heads == ["<filename>pkg/geometry.py", "<filename>shapes.py", "<filename>scratch.py", "<filename>area.py"]
+    # StarCoder's head: the workspace folder's name as <reponame>, the path inside it as <filename>
+    assert heads == ["<reponame>w<filename>pkg/geometry.py", "<reponame>lib<filename>shapes.py",
+                     "<filename>scratch.py", "<reponame>pkg<filename>area.py"]
