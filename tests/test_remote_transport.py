@@ -242,5 +242,6 @@ def test_a_server_that_ignores_stream_is_read_as_one_answer(fake: FakeServer):
 
 def test_the_ca_bundle_comes_from_the_command_line_as_from_the_settings():
     args = build_parser().parse_args(["serve", "--url", "https://team-box:8000", "--ca-bundle", "/etc/team/ca.pem"])
-    assert config_from_args(args).model == ModelConfig(url="https://team-box:8000", ca_bundle="/etc/team/ca.pem")
+    assert config_from_args(args).model == ModelConfig(url="https://team-box:8000", ca_bundle="/etc/team/ca.pem",
+                                                      key_url="https://team-box:8000")
     assert apply_settings(ServerConfig(), {"caBundle": "/etc/team/ca.pem"}).model.ca_bundle == "/etc/team/ca.pem"
