@@ -248,7 +248,9 @@ async def test_cancel_mid_decode_answers_32800_and_the_next_request_is_right(cli
     params = types.InlineCompletionParams(
         text_document=types.TextDocumentIdentifier(uri=uri), position=mirror.position(uri, cursor),
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))
-    request = asyncio.ensure_future(client.protocol.send_request_async(
+    # send_request writes the request before it returns (a task wrapping send_request_async would
+    # write it only when the loop next runs, after the cancel below)
+    request = asyncio.wrap_future(client.protocol.send_request(
         types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="slow-1"))
     # sent right behind the request, no delay guessed: whether the server has it queued, prefilling
     # or decoding (300 tokens), the answer is -32800 and the slot stays consistent; the engine's
