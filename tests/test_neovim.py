@@ -51,7 +51,7 @@ def test_neovim_types_and_receives_an_inline_completion(tmp_path, engine):
     outcome = pipeline.complete(
         engine, source.as_uri(), result["text"], 4, 8, encoding="utf-8",
         config=pipeline.pipeline_config(CompletionSettings(max_new_tokens=8)),
-        path=source.name)  # the file in the workspace folder Neovim names (its directory)
+        path=source.name, repo=source.parent.name)  # the file in the workspace folder Neovim names (its directory)
     items = result["answer"]["items"]
     if outcome.suggestion is None:
         assert items == []

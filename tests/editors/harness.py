@@ -42,7 +42,10 @@ def serve_command(model: Path) -> list[str]:
 # Small and single-line: random-weight models produce noise, and a short line keeps it readable.
 # float32: there the cached engine's tokens equal a recompute's exactly, so what the editor shows
 # after any order of requests is what a fresh server answers for the final buffer.
-SERVER_SETTINGS = {"maxNewTokens": 6, "multiline": "never", "temperature": 0, "dtype": "float32"}
+# repoName off: the reference server these tests ask (tests/editors/lsp_probe.py) opens the file
+# with no workspace folder, so it has no <reponame> to head the prompt with (tests/test_repo_name.py
+# covers that header).
+SERVER_SETTINGS = {"maxNewTokens": 6, "multiline": "never", "temperature": 0, "dtype": "float32", "repoName": False}
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 90, every_s: float = 0.2) -> T:
