@@ -240,7 +240,8 @@ def test_the_servers_copy_of_a_notebook_follows_typing_inserts_deletes_moves_and
     store, quiet = DocumentStore(), lambda *a: None
     completions = CompletionService(store, SimpleNamespace(cancel=lambda key: None), SimpleNamespace(backend=None),
                                     quiet, quiet)
-    ls = SimpleNamespace(store=store, encoding="utf-16", completions=completions, log=quiet)
+    ls = SimpleNamespace(store=store, encoding="utf-16", completions=completions, log=quiet,
+                         background=SimpleNamespace(edited=lambda *a: None))
     handlers = {"notebookDocument/didOpen": (lsp.notebook_document_did_open, types.DidOpenNotebookDocumentParams),
                 "notebookDocument/didChange": (lsp.notebook_document_did_change, types.DidChangeNotebookDocumentParams),
                 "notebookDocument/didClose": (lsp.notebook_document_did_close, types.DidCloseNotebookDocumentParams)}
@@ -289,7 +290,8 @@ def server_copy():
     store, quiet = DocumentStore(), lambda *a: None
     completions = CompletionService(store, SimpleNamespace(cancel=lambda key: None), SimpleNamespace(backend=None),
                                     quiet, quiet)
-    ls = SimpleNamespace(store=store, encoding="utf-16", completions=completions, log=quiet)
+    ls = SimpleNamespace(store=store, encoding="utf-16", completions=completions, log=quiet,
+                         background=SimpleNamespace(edited=lambda *a: None))
     handlers = {"notebookDocument/didOpen": (lsp.notebook_document_did_open, types.DidOpenNotebookDocumentParams),
                 "notebookDocument/didChange": (lsp.notebook_document_did_change, types.DidChangeNotebookDocumentParams),
                 "notebookDocument/didClose": (lsp.notebook_document_did_close, types.DidCloseNotebookDocumentParams),
