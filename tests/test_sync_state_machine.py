@@ -56,13 +56,14 @@ def lsp_position(text: str, offset: int, encoding: str) -> dict:
 def client_notebook(cells: list[str], index: int, offset: int) -> tuple[str, int]:
     """The notebook document the server must build from code cells, and the cursor's offset in it.
 
-    Written here from the format's description (docs: each cell is `# %%` on its own line, then
-    the cell's text with its line breaks made `\n`, then `\n`), not with the server's
-    lsp_server.core.notebook, so the two can disagree.
+    The model here is StarCoder-family, whose tokenizer has the Jupyter tokens, so the notebook is
+    in StarCoder's own format. Written here from the format's description (docs/models.md:
+    `<jupyter_start>`, then per code cell `<jupyter_code>` and the cell's text with its line breaks
+    made `\n`, then `\n`), not with the server's lsp_server.core.notebook, so the two can disagree.
     """
-    book, cursor = "", 0
+    book, cursor = "<jupyter_start>", 0
     for i, text in enumerate(cells):
-        book += "# %%\n"
+        book += "<jupyter_code>"
         if i == index:
             head = text[:offset]
             cursor = len(book) + len(head) - head.count("\r\n")  # each \r\n becomes one \n
