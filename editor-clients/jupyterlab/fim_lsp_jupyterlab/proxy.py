@@ -168,19 +168,26 @@ class ProxyHandler(APIHandler):
         self.set_status(status)
         self.finish(json.dumps({"message": message}))
 
+    def where(self, body: dict) -> tuple[str, list[Cell], int, int, str]:
+        """(path, cells, active cell, offset in it, language) of a request body; KeyError,
+        TypeError or ValueError when a field is missing or of the wrong type."""
+        cells = [Cell(kind=c["kind"], source=c["source"]) for c in body["cells"]]
+        path, active, offset = str(body["path"]), int(body["active"]), int(body["offset"])
+        language = body.get("language") or "python"
+        if not isinstance(language, str):
+            raise TypeError(f"language must be a language id such as 'python', got {language!r}")
+        return path, cells, active, offset, language
+
 
 class InlineHandler(ProxyHandler):
     @web.authenticated
     async def post(self) -> None:
         body = self.get_json_body() or {}
         try:
-            cells = [Cell(kind=c["kind"], source=c["source"]) for c in body["cells"]]
-            path, active, offset = str(body["path"]), int(body["active"]), int(body["offset"])
-            invoked, language = body.get("invoked", False), body.get("language") or "python"
+            path, cells, active, offset, language = self.where(body)
+            invoked = body.get("invoked", False)
             if not isinstance(invoked, bool):
                 raise TypeError(f"invoked must be true or false, got {invoked!r}")
-            if not isinstance(language, str):
-                raise TypeError(f"language must be a language id such as 'python', got {language!r}")
             items = await self.proxy.complete(path, cells, active, offset, invoked, language)
         except (KeyError, TypeError, ValueError) as exc:
             return self.fail(400, f"bad request: {exc!r}; expected path, cells[{{kind, source}}], active, offset"
@@ -197,11 +204,7 @@ class CursorHandler(ProxyHandler):
     async def post(self) -> None:
         body = self.get_json_body() or {}
         try:
-            cells = [Cell(kind=c["kind"], source=c["source"]) for c in body["cells"]]
-            path, active, offset = str(body["path"]), int(body["active"]), int(body["offset"])
-            language = body.get("language") or "python"
-            if not isinstance(language, str):
-                raise TypeError(f"language must be a language id such as 'python', got {language!r}")
+            path, cells, active, offset, language = self.where(body)
             sent = await self.proxy.cursor(path, cells, active, offset, language)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             return self.fail(400, f"bad request: {exc!r}; expected path, cells[{{kind, source}}], active, offset"
