@@ -30,7 +30,7 @@ from benchmarks.keystroke_replay import Problem, load_problems
 
 PAUSE_S = 0.3  # a gap at least this long is a pause: the person looks for a suggestion
 SHOWN_WITHIN_S = 1.0
-EventKind = Literal["open", "jump", "switch", "key", "delete"]
+EventKind = Literal["open", "jump", "switch", "key", "delete", "tab"]
 
 # mode -> (server settings, whether the driver sends cursor hints)
 TODAY = {"adaptiveWait": False, "idlePrefill": False, "prefetch": False, "cacheRegions": 1}
@@ -53,7 +53,7 @@ class Event:
     file: int = 0  # open/jump/switch: which file
     hole: int = 0  # open/jump/switch: which removed body the cursor goes to
     char: str = ""  # key: the character typed
-    accept: bool = False  # a pause after this key: accept what is shown (Tab)
+    accept: bool = False  # the pause after this key ends with a Tab (a "tab" event follows)
     first: bool = False  # the first key after an open, jump or switch
 
 
@@ -68,7 +68,7 @@ class SourceFile:
 
 @dataclass(slots=True)
 class Pause:
-    kind: Literal["first", "warm"]
+    kind: Literal["first", "warm", "tab"]
     gap_ms: float
     latency_ms: float | None  # keystroke -> answer; None: no answer within the pause
     shown: bool  # the answer carried a suggestion
@@ -128,6 +128,8 @@ def script(files: list[SourceFile], seed: int, keys_per_visit: int, visits: list
             since_pause = 0 if gap >= PAUSE_S else since_pause + 1
             accept = gap >= PAUSE_S and not first and rng.random() < 0.25
             events.append(Event("key", gap, char=ch, accept=accept, first=first))
+            if accept:  # Tab at the end of the pause, then a look at the next suggestion
+                events.append(Event("tab", rng.uniform(0.6, 1.5)))
             if k == len(middle) // 2 and k > 2:  # a typo: delete two characters and retype them
                 events.append(Event("delete", 0.18))
                 events.append(Event("delete", 0.22))
@@ -148,6 +150,7 @@ def summarize(run: ModeResult) -> dict:
     lat = [p.latency_ms if p.latency_ms is not None else math.inf for p in run.pauses]
     first = [p.latency_ms if p.latency_ms is not None else math.inf for p in run.pauses if p.kind == "first"]
     warm = [p.latency_ms if p.latency_ms is not None else math.inf for p in run.pauses if p.kind == "warm"]
+    tab = [p.latency_ms if p.latency_ms is not None else math.inf for p in run.pauses if p.kind == "tab"]
     late = sum(1 for p in run.pauses if p.latency_ms is None or p.latency_ms > SHOWN_WITHIN_S * 1000)
     f50, w50 = percentile(first, 50), percentile(warm, 50)
     ahead = run.status.get("ahead", {})
@@ -156,6 +159,7 @@ def summarize(run: ModeResult) -> dict:
         "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95),
         "p99_ms": percentile(lat, 99), "nothing_within_1s": late / len(run.pauses) if run.pauses else None,
         "first_p50_ms": f50, "first_count": len(first), "warm_p50_ms": w50,
+        "tab_p50_ms": percentile(tab, 50), "tab_count": len(tab),
         "first_over_warm": f50 / w50 if f50 is not None and w50 else None,
         "p95_over_p50": (percentile(lat, 95) / percentile(lat, 50)) if lat and percentile(lat, 50) else None,
         "cpu_s_per_min": run.cpu_s / (run.wall_s / 60) if run.wall_s else None, "session_s": run.wall_s,
@@ -187,11 +191,23 @@ def run_mode(name: str, serve: list[str], settings: dict, hints: bool, files: li
         uri, cursor = files[0].uri, 0
         last_id: int | None = None
         last_key_at = 0.0
+        on_screen: dict | None = None  # the one-line suggestion drawn in the last pause
 
         def position(text: str, offset: int) -> dict:
             line = text.count("\n", 0, offset)
             column = text[text.rfind("\n", 0, offset) + 1:offset]
             return {"line": line, "character": len(column.encode("utf-16-le")) // 2}
+
+        def offset(text: str, pos: dict) -> int:
+            start = 0
+            for _ in range(pos["line"]):
+                start = text.index("\n", start) + 1
+            units = pos["character"]
+            end = start
+            while units > 0:
+                units -= len(text[end].encode("utf-16-le")) // 2
+                end += 1
+            return end
 
         def edit(start: int, end: int, new: str) -> None:
             nonlocal cursor
@@ -235,14 +251,27 @@ def run_mode(name: str, serve: list[str], settings: dict, hints: bool, files: li
                                                      "position": position(texts[uri], cursor)})
             elif event.kind == "delete":
                 edit(cursor - 1, cursor, "")
+                on_screen = None
+                ask()
+                last_key_at = time.monotonic()
+            elif event.kind == "tab":
+                if on_screen is None:
+                    due += event.gap_s
+                    continue  # nothing shown to accept: the person types on after the look
+                item, on_screen = on_screen, None
+                edit(offset(texts[uri], item["range"]["start"]), offset(texts[uri], item["range"]["end"]),
+                     item["insertText"])  # the client inserts the suggestion, runs its command, asks again
+                client.send("workspace/executeCommand", {"command": item["command"]["command"],
+                                                         "arguments": item["command"]["arguments"]})
                 ask()
                 last_key_at = time.monotonic()
             else:
                 edit(cursor, cursor, event.char)
+                on_screen = None
                 ask()
                 last_key_at = time.monotonic()
             due += event.gap_s
-            if event.kind in ("key", "delete") and event.gap_s >= PAUSE_S and last_id is not None:
+            if event.kind in ("key", "delete", "tab") and event.gap_s >= PAUSE_S and last_id is not None:
                 try:
                     answer = client.wait(last_id, timeout_s=max(due - time.monotonic(), 0.001))
                     latency = (time.monotonic() - last_key_at) * 1000
@@ -253,14 +282,11 @@ def run_mode(name: str, serve: list[str], settings: dict, hints: bool, files: li
                     latency, items = None, []
                 if latency is not None and latency > event.gap_s * 1000:
                     latency = None  # it came after the pause: the person was already typing
-                result.pauses.append(Pause("first" if event.first else "warm", event.gap_s * 1000, latency,
-                                           bool(items)))
+                kind = "tab" if event.kind == "tab" else "first" if event.first else "warm"
+                result.pauses.append(Pause(kind, event.gap_s * 1000, latency, bool(items)))
                 last_id = None if latency is not None else last_id
-                if event.accept and items and "\n" not in items[0]["insertText"]:
-                    item = items[0]
-                    edit(cursor, cursor, item["insertText"])
-                    client.send("workspace/executeCommand", {"command": item["command"]["command"],
-                                                             "arguments": item["command"]["arguments"]})
+                if latency is not None and items and "\n" not in items[0]["insertText"]:
+                    on_screen = items[0]  # what a Tab at the end of this pause accepts
         result.wall_s = time.monotonic() - start
         result.cpu_s = cpu_seconds(client.proc.pid) - start_cpu
         result.status = client.status()
@@ -278,15 +304,16 @@ def format_table(rows: list[dict]) -> str:
         return "-" if v is None or math.isinf(v) or math.isnan(v) else f"{v:.2f}"
 
     head = ("| mode | pauses | p50 ms | p95 ms | p99 ms | nothing within 1 s | first p50 ms (n) | warm p50 ms | "
-            "first/warm | p95/p50 | CPU s per min | prompt tokens prefilled | warmed ahead, saved | "
-            "prefetched, served |")
-    lines = [head, "|" + "---|" * 14]
+            "after Tab p50 ms (n) | first/warm | p95/p50 | CPU s per min | prompt tokens prefilled | "
+            "warmed ahead, saved | prefetched, served |")
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         a = r["ahead"]
         lines.append(
             f"| {r['mode']} | {r['pauses']} | {ms(r['p50_ms'])} | {ms(r['p95_ms'])} | {ms(r['p99_ms'])} | "
             f"{r['nothing_within_1s']:.0%} | {ms(r['first_p50_ms'])} ({r['first_count']}) | {ms(r['warm_p50_ms'])} | "
-            f"{ratio(r['first_over_warm'])} | {ratio(r['p95_over_p50'])} | {r['cpu_s_per_min']:.1f} | "
+            f"{ms(r['tab_p50_ms'])} ({r['tab_count']}) | {ratio(r['first_over_warm'])} | "
+            f"{ratio(r['p95_over_p50'])} | {r['cpu_s_per_min']:.1f} | "
             f"{r['prefilled_tokens']} | {a['prefills']}, {a['prefill_saved_tokens']} | "
             f"{a['prefetches']}, {a['prefetch_served']} |")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
 
-from engine.api import BackendError
+from engine.api import BackendError, Cancelled
 from lsp_server import pipeline
 from lsp_server.config import ServerConfig
 from lsp_server.core.context import Encoding, offset_to_position, position_to_offset
@@ -68,8 +68,12 @@ class Where:
 class Ahead(Protocol):
     """Work done ahead of requests (`lsp_server.prefill.Background`), as the completion path sees it."""
 
-    def take(self, doc_key: str, same: tuple) -> list[pipeline.Outcome] | None:
+    async def take(self, doc_key: str, same: tuple) -> list[pipeline.Outcome] | None:
         """The outcomes prefetched for exactly this request, or None (what was prefetched is dropped)."""
+        ...
+
+    def shown(self, where: Where, text: str, replace_chars: int) -> None:
+        """`text` was placed at `where`: work out what follows it, should it be accepted."""
         ...
 
     def answered(self, doc_key: str, result: Any) -> None:
@@ -158,14 +162,15 @@ class CompletionService:
             alternatives = 1  # a first-token rank means nothing to sampling, or to a plain OpenAI server
         doc_key, doc_text, cursor = where.doc_key, where.doc_text, where.cursor
         same = where.same(alternatives)
-        outcomes = self.ahead.take(doc_key, same) if self.ahead is not None else None
         try:
+            outcomes = await self.ahead.take(doc_key, same) if self.ahead is not None else None
+            prefetched = outcomes is not None
             if outcomes is None:
                 # the same buffer, cursor and settings (VS Code's inline and completion requests for
                 # one keystroke) share one engine run rather than the second cancelling the first
                 outcomes = await self.scheduler.run(doc_key, self.job_for(where, backend, resample, alternatives),
                                                     same=same)
-        except Superseded:
+        except (Superseded, Cancelled):  # Cancelled: a newer request cancelled the prefetch this one took over
             return []
         except BackendError as exc:
             self.report_backend_error(str(exc))
@@ -180,7 +185,7 @@ class CompletionService:
             self.backend_error = ""
             self._log(types.MessageType.Info, "fim-lsp: completions work again")
         self.latency.add(latency_ms)
-        self.last = last_figures(outcomes[0], latency_ms)
+        self.last = {**last_figures(outcomes[0], latency_ms), "prefetched": prefetched}
         self.snippets[doc_key] = outcomes[0].snippets
         by_text: dict[str, pipeline.Outcome] = {}  # each text once, in the order the model ranked them
         for outcome in outcomes:
@@ -205,6 +210,8 @@ class CompletionService:
             self.placed[self.suggestions] = (where.uri, cursor, suggestion.text)
             while len(self.placed) > PLACED_KEPT:
                 del self.placed[next(iter(self.placed))]
+        if self.ahead is not None:
+            self.ahead.shown(where, shown[0].suggestion.text, shown[0].suggestion.replace_chars)
         return placed
 
     def locate(self, uri: str, position: types.Position, *, config: ServerConfig, encoding: Encoding,

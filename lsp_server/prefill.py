@@ -10,9 +10,14 @@ request is queued or running, `Background` builds the prompt a request at that c
 prefills it into the document's slot in chunks of `prefillChunkTokens`, one engine job each: a
 request arriving meanwhile waits for at most the chunk in flight, then finds the prompt cached.
 
-After an accept (`fim-lsp.accepted`), the suggestion at the new cursor is computed ahead
-("prefetch"): the next request with exactly the same text, cursor and settings is answered with
-it; any other request drops it. Work ahead never changes what is shown: the warm writes the K/V
+When a suggestion is shown, the suggestion that would follow it is computed ahead ("prefetch", as
+llama.vim's speculative FIM): the prompt of the document as it will be once the shown text is
+accepted, while the person reads. Pressing Tab then finds the next suggestion ready (or being
+computed: the request takes over the job in flight instead of starting again). After an accept
+(`fim-lsp.accepted`) whose result was not prefetched (the client inserted something else, or the
+shown one was not prefetched in time), the suggestion at the new cursor is computed then. A
+prefetched answer serves only the next request with exactly the same text, cursor and settings;
+any other request drops it. Work ahead never changes what is shown: the warm writes the K/V
 the request would compute itself, and a prefetched answer is the job the request would run, on
 the same inputs.
 """
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from lsprotocol import types
@@ -31,12 +36,12 @@ from engine.api import Cancelled
 from lsp_server import pipeline
 from lsp_server.completion import CompletionService, Log, Where
 from lsp_server.config import ServerConfig
-from lsp_server.core.context import Encoding, cursor_context, offset_to_position
+from lsp_server.core.context import Encoding, cursor_context, offset_to_position, position_to_offset
 from lsp_server.scheduler import Scheduler
 
 log = logging.getLogger("fim-lsp")
 
-Why = Literal["hint", "edit", "accept"]
+Why = Literal["hint", "edit", "accept", "shown"]
 Session = Callable[[], tuple[ServerConfig, Encoding, list[str]]]  # the settings, position encoding and roots now
 
 
@@ -47,6 +52,7 @@ class Target:
     uri: str
     position: types.Position
     why: Why
+    where: Where | None = None  # "shown": the document as it will be once the suggestion is accepted
 
 
 @dataclass(slots=True)
@@ -59,8 +65,8 @@ class AheadCounts:
     chunks: int = 0  # engine jobs those took
     prefill_tokens: int = 0  # prompt tokens prefilled ahead
     prefill_saved_tokens: int = 0  # of those, found cached by the request that followed
-    prefetches: int = 0  # suggestions computed after an accept
-    prefetch_served: int = 0  # answered a request
+    prefetches: int = 0  # suggestions computed ahead: for a shown one's accept, or after an accept
+    prefetch_served: int = 0  # answered a request (ready, or taken over while it ran)
     prefetch_dropped: int = 0  # the next request asked for something else
     prefetch_saved_tokens: int = 0  # prompt and generated tokens the served ones spared
     most_chunks_waited: int = 0  # the most background chunks that finished while one request waited
@@ -81,6 +87,7 @@ class Background:
         self._edits: dict[str, asyncio.TimerHandle] = {}  # uri -> the pending edit hint
         self._warmed: dict[str, int] = {}  # doc key -> tokens warmed since its last request
         self._prefetched: dict[str, tuple[tuple, list[pipeline.Outcome]]] = {}  # doc key -> (same, outcomes)
+        self._running: tuple[str, tuple, asyncio.Future] | None = None  # the prefetch on the engine: doc key, same
         self._chunks_at: dict[str, int] = {}  # doc key -> `counts.chunks` when its request arrived
         completions.ahead = self
 
@@ -127,6 +134,16 @@ class Background:
         line, character = offset_to_position(doc.text, cursor + len(text), encoding)
         self.aim(Target(uri, types.Position(line, character), "accept"))
 
+    def shown(self, where: Where, text: str, replace_chars: int) -> None:
+        """`text` is shown at `where` (replacing `replace_chars` characters after the cursor):
+        compute the suggestion that follows it, for the request an accept will send."""
+        config, _, _ = self.session()
+        if not config.prefetch or not text:
+            return
+        accepted = after_accept(where, text, replace_chars)
+        line, character = offset_to_position(accepted.doc_text, accepted.cursor, accepted.encoding)
+        self.aim(Target(accepted.uri, types.Position(line, character), "shown", accepted))
+
     # -- what the completion path asks -------------------------------------------------------------
 
     @property
@@ -134,23 +151,33 @@ class Background:
         """A hint, edit or accept is waiting or being worked on."""
         return self._target is not None or bool(self._edits)
 
-    def take(self, doc_key: str, same: tuple) -> list[pipeline.Outcome] | None:
+    async def take(self, doc_key: str, same: tuple) -> list[pipeline.Outcome] | None:
+        """The outcomes prefetched for exactly this request (awaiting the prefetch when it is still
+        on the engine), or None: the request runs its own job. Raises Cancelled when a newer
+        request cancelled the prefetch this one took over."""
         self._target = None  # a request moved the cursor: older hints are stale
         self._chunks_at[doc_key] = self.counts.chunks
         for handle in self._edits.values():
             handle.cancel()
         self._edits.clear()
+        running, self._running = self._running, None
+        if running is not None and running[:2] == (doc_key, same) and not running[2].done():
+            outcomes = await asyncio.shield(running[2])  # a newer request cancels it: Cancelled
+            return self._served(outcomes)
         found = self._prefetched.pop(doc_key, None)
         if found is None:
             return None
         if found[0] != same:
             self.counts.prefetch_dropped += 1
             return None
+        return self._served(found[1])
+
+    def _served(self, outcomes: list[pipeline.Outcome]) -> list[pipeline.Outcome]:
         self.counts.prefetch_served += 1
-        result = found[1][0].result
+        result = outcomes[0].result
         if result is not None:
             self.counts.prefetch_saved_tokens += result.prefill_tokens + result.generated_tokens
-        return found[1]
+        return outcomes
 
     def answered(self, doc_key: str, result: Any) -> None:
         if (at := self._chunks_at.pop(doc_key, None)) is not None:
@@ -204,21 +231,28 @@ class Background:
                     self._target = None
 
     async def _work(self, target: Target) -> bool:
-        """Warm (and after an accept, prefetch) at `target`; False when a request interrupted it."""
+        """Warm (and for a shown suggestion or an accept, prefetch) at `target`; False when a
+        request interrupted it."""
         backend = self.completions.model.backend
         if backend is None or not hasattr(backend, "warm"):
             return True  # still loading, or a backend with no cache of its own (a remote server)
         config, encoding, roots = self.session()
-        try:
-            where = self.completions.locate(target.uri, target.position, config=config, encoding=encoding, roots=roots)
-        except JsonRpcInvalidParams as exc:
-            self._log(types.MessageType.Warning, f"fim-lsp: cursor hint dropped: {exc}")
-            return True
+        where = target.where
         if where is None:
-            return True  # an excluded document
+            try:
+                where = self.completions.locate(target.uri, target.position, config=config, encoding=encoding,
+                                                roots=roots)
+            except JsonRpcInvalidParams as exc:
+                self._log(types.MessageType.Warning, f"fim-lsp: cursor hint dropped: {exc}")
+                return True
+            if where is None:
+                return True  # an excluded document
+        prefetch = target.why in ("accept", "shown")
+        if prefetch and (found := self._prefetched.get(where.doc_key)) is not None and found[0] == where.same(1):
+            return True  # the accepted text was prefetched while it was shown
         if not await self._warm(target, where, backend, config.prefill_chunk_tokens):
             return False
-        if target.why == "accept":
+        if prefetch:
             return await self._prefetch(target, where, backend)
         return True
 
@@ -251,13 +285,29 @@ class Background:
     async def _prefetch(self, target: Target, where: Where, backend: Any) -> bool:
         if self._target is not target or self.scheduler.busy:
             return False
-        job = self.completions.job_for(where, backend)
+        same = where.same(1)
+        running = asyncio.ensure_future(self.scheduler.background(self.completions.job_for(where, backend)))
+        self._running = (where.doc_key, same, running)
         try:
-            outcomes = await self.scheduler.background(job)
+            outcomes = await asyncio.shield(running)
         except Cancelled:
-            return False
-        if self._target is not target:
-            return False  # a newer hint or a request came while it decoded
+            return False  # a request came for something else
+        taken = self._running is None or self._running[2] is not running  # a request took it over (`take`)
+        if not taken:
+            self._running = None
         self.counts.prefetches += 1
-        self._prefetched[where.doc_key] = (where.same(1), outcomes)
-        return True
+        if taken:
+            return False
+        self._prefetched[where.doc_key] = (same, outcomes)  # for the request an accept sends
+        return self._target is target
+
+
+def after_accept(where: Where, text: str, replace_chars: int) -> Where:
+    """`where` as it will be once `text` is accepted there: inserted at the cursor over
+    `replace_chars` characters, the cursor after it (in the document and in the prompt's text)."""
+    doc_text = where.doc_text[:where.cursor] + text + where.doc_text[where.cursor + replace_chars:]
+    at = position_to_offset(where.text, where.line, where.character, where.encoding)
+    prompt_text = where.text[:at] + text + where.text[at + replace_chars:]
+    line, character = offset_to_position(prompt_text, at + len(text), where.encoding)
+    return replace(where, doc_text=doc_text, cursor=where.cursor + len(text), text=prompt_text, line=line,
+                   character=character)

@@ -31,14 +31,19 @@ def test_the_script_is_seeded_and_types_at_human_speed():
     assert sum(e.first for e in keys) == 3 and all(e.gap_s >= PAUSE_S for e in keys if e.first)
     assert all(0.06 <= e.gap_s <= 1.6 for e in keys) and any(e.kind == "delete" for e in a)
     assert all(not e.accept or e.gap_s >= PAUSE_S for e in keys)
+    tabs = [i for i, e in enumerate(a) if e.kind == "tab"]
+    assert tabs and all(a[i - 1].accept and a[i].gap_s >= PAUSE_S for i in tabs), "a Tab ends an accepting pause"
+    assert sum(e.accept for e in keys) == len(tabs)
 
 
 def test_a_pause_with_no_answer_counts_as_never_in_the_percentiles():
     run = ModeResult("m", pauses=[Pause("first", 1500, 900.0, True), Pause("warm", 400, 100.0, True),
-                                  Pause("warm", 400, 300.0, False), Pause("warm", 500, None, False)],
+                                  Pause("warm", 400, 300.0, False), Pause("warm", 500, None, False),
+                                  Pause("tab", 800, 40.0, True)],
                      cpu_s=30.0, wall_s=60.0)
     row = summarize(run)
     assert (row["p50_ms"], row["p95_ms"]) == (300.0, math.inf)
-    assert row["nothing_within_1s"] == 0.25 and row["first_p50_ms"] == 900.0 and row["warm_p50_ms"] == 300.0
+    assert (row["tab_p50_ms"], row["tab_count"]) == (40.0, 1)
+    assert row["nothing_within_1s"] == 0.2 and row["first_p50_ms"] == 900.0 and row["warm_p50_ms"] == 300.0
     assert row["first_over_warm"] == 3.0 and row["cpu_s_per_min"] == 30.0
     assert percentile([], 50) is None

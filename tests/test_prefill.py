@@ -153,6 +153,37 @@ def test_superseded_requests_cost_no_forward_beyond_the_one_in_flight():
         client.close()
 
 
+def test_pressing_tab_finds_the_next_suggestion_computed_while_the_shown_one_was_read():
+    docs = {}
+    for name, options in (("today", TODAY), ("ahead", {})):
+        client = serve({**options, "multiline": "never"})
+        try:
+            open_doc(client, B, OTHER)
+            here = position_of(OTHER, "return 2 * math.pi")
+            result = client.request("textDocument/inlineCompletion", {
+                "textDocument": {"uri": B}, "position": here, "context": {"triggerKind": AUTOMATIC}})
+            assert result["items"], "the tiny model suggests something here"
+            item = result["items"][0]
+            before = until(client, settled, "the prefetch of what follows the shown suggestion")
+            # Tab: the client inserts the text, runs the command, and asks at the new cursor
+            text = item["insertText"]
+            start, end = item["range"]["start"], item["range"]["end"]
+            client.notify("textDocument/didChange", {"textDocument": {"uri": B, "version": 2}, "contentChanges": [
+                {"range": {"start": start, "end": end}, "text": text}]})
+            client.request("workspace/executeCommand", {"command": item["command"]["command"],
+                                                        "arguments": item["command"]["arguments"]})
+            after = {**start, "character": start["character"] + len(text)}
+            docs[name] = (text, inline(client, B, after), before, client.status())
+        finally:
+            client.close()
+    (text, today, _, today_status), (ahead_text, ahead, before, status) = docs["today"], docs["ahead"]
+    assert ahead_text == text and ahead == today, "work ahead changed what is shown"
+    assert before["ahead"]["prefetches"] >= 1, "the suggestion after the shown one was computed while it was read"
+    assert status["ahead"]["prefetch_served"] == before["ahead"]["prefetch_served"] + 1
+    assert status["last"]["prefetched"] and not today_status["last"]["prefetched"]
+    assert status["engine"]["runs"] == before["engine"]["runs"], "the request after Tab ran nothing on the engine"
+
+
 def session(client: SyncClient) -> tuple[list[list[str]], dict, bool]:
     """An editing session: open, hint, ask, type, jump away and back, switch files, accept and go on.
     The suggestions it saw, the status at its end, and whether a suggestion was accepted."""
@@ -224,7 +255,7 @@ def test_suggestions_are_the_same_with_and_without_work_ahead_and_it_did_work():
     (today, today_status, accepted), (ahead, ahead_status, _) = results["today"], results["ahead"]
     assert ahead == today
     assert accepted, "the session accepted a suggestion (a one-line one, on this model)"
-    assert ahead_status["ahead"]["prefetches"] == 1 and ahead_status["ahead"]["prefetch_served"] == 1
+    assert ahead_status["ahead"]["prefetches"] >= 1 and ahead_status["ahead"]["prefetch_served"] >= 1
     assert any(items for items in ahead), "the session saw suggestions"
     assert today_status["ahead"]["prefills"] == 0 and today_status["ahead"]["prefetches"] == 0
     assert ahead_status["ahead"]["prefills"] >= 3 and ahead_status["ahead"]["prefill_saved_tokens"] > 0
