@@ -340,18 +340,22 @@ def main(args) -> int:
     if unknown:
         print(f"fim-lsp bench session: unknown mode(s) {unknown}; known: {list(MODES)}", file=sys.stderr)
         return 2
+    budget = getattr(args, "time_budget_ms", None)
+    common = {"maxNewTokens": args.max_new_tokens, **({"timeBudgetMs": budget} if budget else {})}
     rows = []
     for name in wanted:
         settings, hints = MODES[name]
-        run = run_mode(name, serve, {"maxNewTokens": args.max_new_tokens, **settings}, hints, files, events, say)
+        run = run_mode(name, serve, {**common, **settings}, hints, files, events, say)
         rows.append(summarize(run))
     if args.json:
         print(json.dumps({"model": model, "dtype": args.dtype, "seed": args.seed, "session_s": planned,
+                          "time_budget_ms": budget,
                           "file_tokens": [count(f.text) for f in files], "rows": rows}, indent=2,
                          default=lambda v: None))
         return 0
     print(f"session bench: {model}, --dtype {args.dtype}, seed {args.seed}, files of "
           f"{[count(f.text) for f in files]} tokens, {planned:.0f} s session per mode, "
-          f"{args.max_new_tokens} new tokens per suggestion")
+          f"{args.max_new_tokens} new tokens per suggestion"
+          + (f", timeBudgetMs {budget}" if budget else ""))
     print(format_table(rows))
     return 0

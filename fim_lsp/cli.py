@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=None,
                    help="session: comma-separated modes to run (default: all, today's behaviour first)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="session: tokens per suggestion")
+    p.add_argument("--time-budget-ms", type=int, default=None,
+                   help="session: the server's timeBudgetMs in every mode (llama.vim caps prediction at 500-1000 ms)")
     p.add_argument("--rows", default=None,
                    help="peer: comma-separated rows to run (e.g. 'torch int8,llama.cpp q8_0'); default: all")
     p.add_argument("--json", action="store_true")

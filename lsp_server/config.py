@@ -88,7 +88,7 @@ class ServerConfig:
     adaptive_wait: bool = True
     idle_prefill: bool = True  # while idle, prefill the prompt at the cursor a client hints at (lsp_server.prefill)
     prefetch: bool = True  # after an accept, compute the next suggestion before it is asked for
-    prefill_chunk_tokens: int = 64  # prompt tokens per background engine job: the longest a request waits for one
+    prefill_chunk_tokens: int = 64  # most prompt tokens per background engine job (a request waits for one)
     prefill_delay_ms: int = 250  # an edit not followed by a request within this long is taken as a cursor hint
     alternatives: int = 3  # suggestions offered for a request made by hand (each one more decode)
     # documents never completed nor read for other documents' prompts (.gitignore patterns, e.g. ".env", "/config/*.py")
@@ -184,10 +184,12 @@ SETTINGS: dict[str, Setting] = {
         "hints), so the first suggestion after opening a file, a jump or a file switch is quick."),
     "prefetch": Setting(
         "server", "prefetch", (bool,), None,
-        "After you accept a suggestion, compute the next one at the new cursor before it is asked for."),
+        "While a suggestion is shown, compute the one that would follow it, so accepting it (Tab) brings "
+        "the next suggestion at once; after an accept it was not ready for, compute the next one then."),
     "prefillChunkTokens": Setting(
         "server", "prefill_chunk_tokens", (int,), None,
-        "Prompt tokens per background prefill step: the longest a keystroke waits for background work."),
+        "Most prompt tokens per background prefill step (fewer on a slow model: a step takes about 100 ms), "
+        "so a keystroke waits little for background work."),
     "prefillDelayMs": Setting(
         "server", "prefill_delay_ms", (int,), None,
         "An edit no request follows within this long counts as a cursor hint (idlePrefill)."),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -40,6 +41,9 @@ from lsp_server.core.context import Encoding, cursor_context, offset_to_position
 from lsp_server.scheduler import Scheduler
 
 log = logging.getLogger("fim-lsp")
+
+CHUNK_MS = 100  # a background prefill step takes about this long at most: what a keystroke may wait for it
+MIN_CHUNK_TOKENS = 4  # below this a step pays more for reading the weights than for the tokens
 
 Why = Literal["hint", "edit", "accept", "shown"]
 Session = Callable[[], tuple[ServerConfig, Encoding, list[str]]]  # the settings, position encoding and roots now
@@ -89,6 +93,7 @@ class Background:
         self._prefetched: dict[str, tuple[tuple, list[pipeline.Outcome]]] = {}  # doc key -> (same, outcomes)
         self._running: tuple[str, tuple, asyncio.Future] | None = None  # the prefetch on the engine: doc key, same
         self._chunks_at: dict[str, int] = {}  # doc key -> `counts.chunks` when its request arrived
+        self._ms_per_token: float | None = None  # what a warmed prompt token took, moving average
         completions.ahead = self
 
     # -- what the handlers report ------------------------------------------------------------------
@@ -259,22 +264,26 @@ class Background:
     async def _warm(self, target: Target, where: Where, backend: Any, chunk_tokens: int) -> bool:
         snippets = self.completions.snippets.get(where.doc_key, ())
 
-        def chunk(token) -> tuple[int, int]:  # on the engine thread, as the request's own prompt building
+        def chunk(token, tokens: int) -> tuple[int, int]:  # on the engine thread, as the request's prompt building
             ctx = cursor_context(where.text, where.line, where.character, where.encoding)
             _, quoted, request = pipeline.request_for(backend, where.doc_key, ctx, config=where.config,
                                                       path=where.path, repo=where.repo, others=where.others,
                                                       previous_snippets=snippets)
             self.completions.snippets[where.doc_key] = quoted  # the request that follows keeps what was warmed
-            return backend.warm(request, chunk_tokens, token)
+            return backend.warm(request, tokens, token)
 
         while True:
             if self._target is not target or self.scheduler.busy:
                 return False
+            tokens = chunk_size(chunk_tokens, self._ms_per_token)
+            started = time.perf_counter()
             try:
-                written, left = await self.scheduler.background(chunk)
+                written, left = await self.scheduler.background(lambda token: chunk(token, tokens))
             except Cancelled:
                 return False
             if written:
+                took = (time.perf_counter() - started) * 1000 / written
+                self._ms_per_token = took if self._ms_per_token is None else 0.5 * took + 0.5 * self._ms_per_token
                 self.counts.chunks += 1
                 self.counts.prefill_tokens += written
                 self._warmed[where.doc_key] = self._warmed.get(where.doc_key, 0) + written
@@ -300,6 +309,14 @@ class Background:
             return False
         self._prefetched[where.doc_key] = (same, outcomes)  # for the request an accept sends
         return self._target is target
+
+
+def chunk_size(most: int, ms_per_token: float | None) -> int:
+    """Prompt tokens for the next background prefill step: as many as fit in `CHUNK_MS` at the
+    measured speed (the first step, with none measured yet, is the smallest), at most `most`."""
+    if ms_per_token is None:
+        return min(most, MIN_CHUNK_TOKENS)
+    return max(min(most, MIN_CHUNK_TOKENS), min(most, int(CHUNK_MS / max(ms_per_token, 1e-3))))
 
 
 def after_accept(where: Where, text: str, replace_chars: int) -> Where:

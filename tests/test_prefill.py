@@ -260,3 +260,12 @@ def test_suggestions_are_the_same_with_and_without_work_ahead_and_it_did_work():
     assert today_status["ahead"]["prefills"] == 0 and today_status["ahead"]["prefetches"] == 0
     assert ahead_status["ahead"]["prefills"] >= 3 and ahead_status["ahead"]["prefill_saved_tokens"] > 0
     assert ahead_status["engine"]["prefilled_tokens"] < today_status["engine"]["prefilled_tokens"]
+
+
+def test_a_background_step_is_sized_to_take_about_a_tenth_of_a_second_at_the_measured_speed():
+    from lsp_server.prefill import CHUNK_MS, MIN_CHUNK_TOKENS, chunk_size
+
+    assert chunk_size(64, None) == MIN_CHUNK_TOKENS, "the first step, before any speed is known, is the smallest"
+    assert chunk_size(64, 0.5) == 64, "a fast model: the setting's most"
+    assert chunk_size(64, 17.0) == CHUNK_MS // 17, "a slow one (1.1B int8 on two AVX2 cores): about 100 ms of tokens"
+    assert chunk_size(64, 500.0) == MIN_CHUNK_TOKENS and chunk_size(2, 500.0) == 2 and chunk_size(2, None) == 2
