@@ -149,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = parsers["engine"]
     add_model_options(p)
     p.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT")
-    p.add_argument("--token", default=None)
+    p.add_argument("--token-file", default=None, metavar="PATH",
+                   help="file holding the secret clients must send as their API key (or set $FIM_LSP_TOKEN); "
+                        "required when --listen binds beyond loopback")
+    p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # deprecated: visible in the process list
     return parser
 
 

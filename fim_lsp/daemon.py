@@ -10,7 +10,8 @@ One model in memory for every editor a developer has open. The daemon holds the 
   so each editor's documents keep their own slots (`client/doc_id`) and the language server can
   count tokens with the engine's own tokenizer.
 
-It binds to loopback unless told otherwise, and then only with `--token` (sent by clients as
+It binds to loopback unless told otherwise, and then only with a secret (`--token-file` or
+$FIM_LSP_TOKEN; sent by clients as
 `Authorization: Bearer TOKEN`, the OpenAI API key header). A client that hangs up mid-request
 cancels its generation at the engine's next step.
 """
@@ -221,7 +222,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         given = self.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise RequestError(HTTPStatus.UNAUTHORIZED, "this engine needs `Authorization: Bearer TOKEN` (its --token)")
+            raise RequestError(HTTPStatus.UNAUTHORIZED,
+                               "this engine needs `Authorization: Bearer TOKEN` (its --token-file or $FIM_LSP_TOKEN)")
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -339,17 +341,19 @@ def tokenizer_json(backend: Backend) -> str | None:
 def main_engine(args) -> int:
     from engine.loading import CheckpointError
     from engine.select import load_backend
+    from fim_lsp.secret import TOKEN_ENV, read_token
     from lsp_server.address import is_loopback, parse_listen
 
     say = lambda msg: print(f"fim-lsp engine: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         host, port = parse_listen(args.listen)
-    except ValueError as exc:
+        token = read_token(args, "fim-lsp engine")
+    except (OSError, ValueError) as exc:
         say(str(exc).replace("--tcp", "--listen"))
         return 2
-    if not is_loopback(host) and not args.token:
-        say(f"--listen {host} is reachable from other machines; pass --token SECRET (clients send it as their "
-            f"API key) or bind 127.0.0.1")
+    if not is_loopback(host) and not token:
+        say(f"--listen {host} is reachable from other machines; pass --token-file PATH or set ${TOKEN_ENV} "
+            f"(clients send the secret as their API key) or bind 127.0.0.1")
         return 2
     if args.backend == "openai":
         say("--backend openai would forward to another server; the engine runs the model itself: "
@@ -363,7 +367,7 @@ def main_engine(args) -> int:
         say(f"could not load the model: {exc}")
         return 2
     try:
-        server = make_server(Engine(backend, tokenizer_json(backend), args.token), host, port)
+        server = make_server(Engine(backend, tokenizer_json(backend), token), host, port)
     except OSError as exc:
         say(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         return 2

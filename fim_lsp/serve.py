@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from pathlib import Path
 
+from fim_lsp.secret import TOKEN_ENV, read_token
 from lsp_server.address import is_loopback, parse_listen
 from lsp_server.config import ConfigError, config_from_args
 
@@ -27,7 +26,7 @@ def main_serve(args: argparse.Namespace) -> int:
         return 0
     host, port = listen
     try:
-        token = read_token(args)
+        token = read_token(args, "fim-lsp serve")
     except (OSError, ValueError) as exc:
         print(f"fim-lsp serve: {exc}", file=sys.stderr)
         return 2
@@ -39,23 +38,3 @@ def main_serve(args: argparse.Namespace) -> int:
     server.start_config = server.config
     serve_tcp(server, host, port, handshake_timeout_s=args.handshake_timeout)
     return 0
-
-
-TOKEN_ENV = "FIM_LSP_TOKEN"
-
-
-def read_token(args: argparse.Namespace) -> str | None:
-    """The TCP shared secret: from --token-file, else $FIM_LSP_TOKEN, else the deprecated --token
-    (with a warning: a command line is readable by every local user in the process list)."""
-    if getattr(args, "token_file", None):
-        token = Path(args.token_file).read_text().strip()
-        if not token:
-            raise ValueError(f"--token-file {args.token_file} is empty")
-        return token
-    if os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV]
-    if getattr(args, "token", None):
-        print(f"fim-lsp serve: --token is deprecated (every local user can read it in the process list); "
-              f"use --token-file PATH or ${TOKEN_ENV}", file=sys.stderr)
-        return args.token
-    return None

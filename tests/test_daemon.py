@@ -136,7 +136,7 @@ def test_the_token_is_required_and_bad_requests_get_clear_errors(local_engine):
                      "max_tokens": 4, "temperature": 0}).encode()
     try:
         assert post(url, "/v1/fim-lsp/completions", ok) == (401, {"error": {
-            "message": "this engine needs `Authorization: Bearer TOKEN` (its --token)",
+            "message": "this engine needs `Authorization: Bearer TOKEN` (its --token-file or $FIM_LSP_TOKEN)",
             "type": "authentication_error", "code": 401}})
         assert post(url, "/v1/fim-lsp/completions", ok, {"Authorization": "Bearer wrong"})[0] == 401
         code, answer = post(url, "/v1/fim-lsp/completions", ok, auth)
@@ -255,10 +255,10 @@ def test_a_client_hanging_up_cancels_its_generation():
 
 
 def test_binding_beyond_loopback_needs_a_token(capsys):
-    args = argparse.Namespace(listen="0.0.0.0:0", token=None, backend="auto", model=TINY, device="auto",
-                              dtype="auto", revision=None, threads=None, url=None)
+    args = argparse.Namespace(listen="0.0.0.0:0", token=None, token_file=None, backend="auto", model=TINY,
+                              device="auto", dtype="auto", revision=None, threads=None, url=None)
     assert main_engine(args) == 2
-    assert "--listen 0.0.0.0 is reachable from other machines; pass --token SECRET" in capsys.readouterr().err
+    assert "--listen 0.0.0.0 is reachable from other machines; pass --token-file PATH" in capsys.readouterr().err
     args.listen, args.backend = "127.0.0.1:0", "openai"
     assert main_engine(args) == 2
     assert "the engine runs the model itself" in capsys.readouterr().err

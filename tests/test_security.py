@@ -230,6 +230,32 @@ def test_tcp_token_from_a_file_and_the_deprecated_flag_warns(tmp_path):
         proc.wait(10)
 
 
+def test_the_engine_daemon_takes_its_secret_from_a_file_or_the_environment_never_the_command_line(tmp_path):
+    import httpx
+
+    secret = tmp_path / "token"
+    secret.write_text("d43mon-file\n")
+    engine = [sys.executable, "-m", "fim_lsp.cli", "engine", "--model", TINY, "--dtype", "float32"]
+    for how, extra, env in (("file", ["--token-file", str(secret)], {}),
+                            ("environment", [], {"FIM_LSP_TOKEN": "d43mon-env"})):
+        port = free_port()
+        proc = subprocess.Popen([*engine, "--listen", f"0.0.0.0:{port}", *extra], stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **env})
+        try:
+            wait_listening(proc, port)
+            url = f"http://127.0.0.1:{port}/v1/models"
+            assert httpx.get(url, headers={"Authorization": "Bearer guess"}).status_code == 401, how
+            expected = "d43mon-file" if how == "file" else "d43mon-env"
+            assert httpx.get(url, headers={"Authorization": f"Bearer {expected}"}).status_code == 200, how
+            assert expected not in Path(f"/proc/{proc.pid}/cmdline").read_text()
+        finally:
+            proc.kill()
+            proc.wait(10)
+    refused = subprocess.run([*engine, "--listen", "0.0.0.0:0"], capture_output=True, text=True, timeout=120,
+                             env={k: v for k, v in os.environ.items() if k != "FIM_LSP_TOKEN"})
+    assert refused.returncode == 2 and "pass --token-file PATH or set $FIM_LSP_TOKEN" in refused.stderr
+
+
 def test_stalled_oversized_and_truncated_connections_never_hold_or_stop_the_tcp_server(tmp_path):
     """Half a header and silence, a 70 KB header line, a truncated body: each connection is dropped
     (the first two after the handshake timeout), the server keeps listening, and a real client then
