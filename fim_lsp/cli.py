@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget-ms", type=int, default=None,
                    help="session: the server's timeBudgetMs in every mode (llama.vim caps prediction at 500-1000 ms)")
     p.add_argument("--rows", default=None,
-                   help="peer: comma-separated rows to run (e.g. 'torch int8,llama.cpp q8_0'); default: all")
+                   help="peer: comma-separated rows to run (e.g. 'torch int8,llama.cpp q8_0'); default: our "
+                        "fastest CPU rows (torch int8, torch int4) and the four llama.cpp rows")
+    p.add_argument("--passes", type=int, default=3,
+                   help="peer: passes over the timings and keystrokes, every row interleaved (default 3)")
     p.add_argument("--json", action="store_true")
 
     p = parsers["export-onnx"]
