@@ -29,9 +29,9 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INT8 = "int8"  # --dtype int8: int8 weights (engine.quantize), bf16 activations and K/V; CPU only
 INT4 = "int4"  # --dtype int4: 4-bit group-wise weights (engine.int4), bf16 activations and K/V; CPU only
-INT4_NOT_PICKED = ("int4 weights (--dtype int4) not picked by auto: on CPUs without AVX-512 torch's int4 kernel is "
-                   "compute-bound, slower than int8 at decode and several times slower at prefill, and agrees less "
-                   "with fp32 (docs/benchmarks/cpu-decode.md, 4-bit weights)")
+INT4_NOT_PICKED = ("int4 weights (--dtype int4) not picked by auto: measured slower than int8 at decode and "
+                   "several times slower at prefill on an AVX2 CPU (torch's int4 kernel is compute-bound there), and "
+                   "further from fp32's tokens (docs/benchmarks/cpu-decode.md, 4-bit weights)")
 QUANTIZED = (INT8, INT4)
 INT8_MIN_PARAMS = 100_000_000  # below this a step is call overhead, not weight reads: int8 measured slower
 INT8_WHY = ("CPU with int8 dot-product instructions: int8 weights (engine.quantize), the fastest CPU decode "
