@@ -8,9 +8,10 @@ Runtime when an export of this checkpoint exists (or is made on first use, if co
 otherwise torch on the CPU in bf16 when it has native bf16 matrix instructions (AVX-512 BF16 /
 AMX) and fp32 otherwise. `auto` never picks 4-bit weights (`--dtype int4`, engine.int4): measured
 slower than int8 and less faithful to fp32 (INT4_NOT_PICKED says so in every CPU choice). ONNX
-Runtime that cannot serve (not installed, no or a stale or corrupt export) falls back to torch on the CPU, and the reason is kept. Every choice carries a one-line
-reason that `fim-lsp status` prints. Runtimes other than torch live in their own modules and are
-imported only when asked for (the registry in `engine.backends`).
+Runtime that cannot serve (not installed, no or a stale or corrupt export) falls back to torch on
+the CPU, and the reason is kept. Every choice carries a one-line reason that `fim-lsp status`
+prints. Runtimes other than torch live in their own modules and are imported only when asked for
+(the registry in `engine.backends`).
 """
 from __future__ import annotations
 
