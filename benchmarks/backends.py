@@ -26,7 +26,8 @@ PREFILL_TOKENS = 1024
 DECODE_STEPS = 16  # cached single-token steps timed for tokens/s
 REPLAY_TOKENS = 8  # greedy tokens per keystroke in the replay
 VERIFY_TOKENS = (2, 4, 8)  # tokens fed in one cached step, as a speculative draft's verification does
-MODES = ("torch fp32", "torch bf16", "torch int8", "onnx fp32", "onnx int8")
+MODES = ("torch fp32", "torch bf16", "torch int8", "torch int4", "onnx fp32", "onnx int8")
+TRAINED_MODES = ("torch fp32", "torch int8", "torch int4", "onnx fp32", "onnx int8", "torch bf16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,8 @@ def export_dir_for(model: Path) -> Path:
 def load_mode(task: Task):
     """The backend for a mode; ONNX modes export (fp32 + int8) first when needed.
 
-    torch int8: int8 weights (engine.quantize) over bf16 activations and K/V, what `--dtype int8` runs.
+    torch int8: int8 weights (engine.quantize) over bf16 activations and K/V, what `--dtype int8` runs;
+    torch int4: 4-bit group-wise weights (engine.int4), likewise what `--dtype int4` runs.
     """
     import torch
 
@@ -70,6 +72,10 @@ def load_mode(task: Task):
             from engine.quantize import quantize_int8
 
             quantize_int8(loaded.model)
+        elif precision == "int4":
+            from engine.int4 import quantize_int4
+
+            quantize_int4(loaded.model)
         return TorchBackend(loaded, cache, kv_dtype=dtype)
     config = OnnxConfig(export_dir=task.export_dir, quantization="int8-dynamic" if precision == "int8" else "none")
     return load_onnx_backend(task.model, device="cpu", dtype="auto", cache=cache, config=config)
@@ -183,8 +189,10 @@ def checkpoint_for(shape: str, model: str | None) -> Path:
     return ensure_checkpoint(CheckpointSpec(shape=shape, family=family))
 
 
-def trained_agreement(problems: int, max_keys: int | None, threads: int | None, say) -> list[dict] | None:
-    """int8 vs fp32 over the replay on the bundled trained model (a snapshot: training may go on)."""
+def trained_agreement(problems: int, max_keys: int | None, threads: int | None, say,
+                      modes: tuple[str, ...] = TRAINED_MODES) -> list[dict] | None:
+    """int8 and int4 vs fp32 over the replay on the bundled trained model (a snapshot: training may go
+    on). `modes` must hold "torch fp32", the reference."""
     from engine.select import DEFAULT_MODEL_DIR
 
     if not (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
@@ -194,7 +202,7 @@ def trained_agreement(problems: int, max_keys: int | None, threads: int | None, 
         snapshot = Path(tmp) / "default_model"
         shutil.copytree(DEFAULT_MODEL_DIR, snapshot)
         rows = []
-        for mode in ("torch fp32", "torch int8", "onnx fp32", "onnx int8", "torch bf16"):
+        for mode in modes:
             say(f"trained model: {mode}")
             task = Task(mode, str(snapshot), str(Path(tmp) / "onnx"), problems, max_keys, threads, timings=False)
             rows.append({"shape": "trained default", **in_worker(task)})
@@ -243,7 +251,7 @@ def main(args) -> int:
     print("same tokens / token agr.: keystrokes whose tokens equal torch fp32's / tokens equal position-wise")
     for shape in shapes:
         by = {r["mode"]: r for r in rows if r["shape"] == shape}
-        for fast in ("torch int8", "onnx int8"):
+        for fast in ("torch int8", "torch int4", "onnx int8"):
             if "torch fp32" in by and fast in by:
                 ratio = by[fast]["decode_tok_s"] / by["torch fp32"]["decode_tok_s"]
                 print(f"{shape}: {fast} decodes {ratio:.2f}x as fast as torch fp32 (this run)")

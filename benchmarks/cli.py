@@ -73,11 +73,12 @@ def bench_keystrokes(args) -> int:
         return 2
     dtype_name = str(placement.dtype).removeprefix("torch.")
     ours_name = "ours"
-    if placement.quantize:  # int8 weights for our modes; transformers runs the activations' dtype
+    if placement.quantize:  # int8/int4 weights for our modes; transformers runs the activations' dtype
+        from engine.int4 import quantize_int4
         from engine.quantize import quantize_int8
 
-        quantize_int8(loaded.model)
-        ours_name = "ours int8"
+        (quantize_int4 if placement.quantize == "int4" else quantize_int8)(loaded.model)
+        ours_name = f"ours {placement.quantize}"
     speculate = args.speculate or 0
     if speculate:
         ours_name += f" spec{speculate}"
@@ -111,7 +112,7 @@ def bench_keystrokes(args) -> int:
     typed = prefill_counts(problems, loaded.tokenizer.fim, loaded.tokenizer.encode, n_ctx, MAX_NEW_TOKENS)
 
     bandwidth = measure_bandwidth(threads=torch.get_num_threads()) if placement.device.type == "cpu" else float("nan")
-    weight_bytes = loaded.model.args.param_count() * (1 if placement.quantize else
+    weight_bytes = loaded.model.args.param_count() * ({"int8": 1, "int4": 0.5}.get(placement.quantize) or
                                                       torch.empty((), dtype=placement.dtype).element_size())
     floor_ms = weight_bytes / bandwidth * 1e3  # one decode step reads every weight once
     step_ms = rows[0]["decode_step_ms"]

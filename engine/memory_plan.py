@@ -12,9 +12,10 @@ from typing import Literal
 
 from engine.model import ModelArgs
 
-PlanDtype = Literal["float32", "bfloat16", "float16", "int8"]
+PlanDtype = Literal["float32", "bfloat16", "float16", "int8", "int4"]
 ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-KV_DTYPE: dict[str, str] = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "int8": "bfloat16"}
+KV_DTYPE: dict[str, str] = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "int8": "bfloat16",
+                               "int4": "bfloat16"}
 MARGIN = 1.1  # as engine.loading.check_fits: weights are cast as read; 10% for activations and the allocator
 GIB = 2**30
 
@@ -60,15 +61,20 @@ def dtypes_for(kind: str) -> tuple[str, ...]:
     return ("bfloat16", "float16", "float32") if kind == "cuda" else ("int8", "bfloat16", "float32")
 
 
-def memory_plan(args: ModelArgs, places: tuple[Place, ...], int8_bytes: int) -> MemoryPlan:
+def memory_plan(args: ModelArgs, places: tuple[Place, ...], int8_bytes: int,
+                int4_bytes: int | None = None) -> MemoryPlan:
     """The plan for a model of shape `args` over `places`; `int8_bytes`: its weights after int8
-    quantisation (engine.quantize.int8_weight_bytes, passed in so this stays a sum of sizes)."""
+    quantisation (engine.quantize.int8_weight_bytes, passed in so this stays a sum of sizes);
+    `int4_bytes`: after int4 quantisation (engine.int4.int4_weight_bytes), where `--dtype int4` is asked."""
     params = args.param_count()
     weights = {name: params * size for name, size in ELEMENT_BYTES.items()}
     weights["int8"] = int8_bytes
+    if int4_bytes is not None:
+        weights["int4"] = int4_bytes
     kv = {name: args.kv_bytes_per_token(size) for name, size in ELEMENT_BYTES.items()}
     plan = MemoryPlan(params=params, n_ctx=args.n_positions, weights=weights, kv_per_token=kv, places=places)
-    fits = {p.name: tuple(d for d in dtypes_for(p.kind) if plan.needed(d) <= p.free) for p in places}
+    fits = {p.name: tuple(d for d in dtypes_for(p.kind) + (("int4",) if int4_bytes is not None and p.kind == "cpu"
+                                                           else ()) if plan.needed(d) <= p.free) for p in places}
     return MemoryPlan(params=params, n_ctx=args.n_positions, weights=weights, kv_per_token=kv, places=places,
                       fits=fits)
 
@@ -82,7 +88,9 @@ def render_plan(plan: MemoryPlan) -> list[str]:
     """The plan as lines for a terminal."""
     count = f"{plan.params / 1e9:.2f}B" if plan.params >= 1e9 else f"{plan.params / 1e6:.1f}M"
     lines = [f"memory plan ({count} parameters, window {plan.n_ctx:,} tokens):"]
-    for dtype in ("float32", "bfloat16", "float16", "int8"):
+    for dtype in ("float32", "bfloat16", "float16", "int8", "int4"):
+        if dtype not in plan.weights:
+            continue
         lines.append(f"  weights {dtype}: {size(plan.weights[dtype])}")
     for dtype in ("float32", "bfloat16"):
         per_token, window = plan.kv_per_token[dtype], size(plan.kv_window(dtype))
@@ -100,7 +108,7 @@ def alternatives(plan: MemoryPlan) -> list[str]:
     for place in plan.places:
         for dtype in plan.fits[place.name]:
             device = "cpu" if place.kind == "cpu" else place.name.split(" ")[0]
-            what = "int8 weights on the CPU" if dtype == "int8" else f"{dtype} on {place.name}"
+            what = f"{dtype} weights on the CPU" if dtype in ("int8", "int4") else f"{dtype} on {place.name}"
             out.append(f"{what}: --device {device} --dtype {dtype}")
     out.append("a remote server holding the model (llama.cpp, vLLM, TGI): --backend openai --url URL")
     return out

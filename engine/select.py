@@ -6,10 +6,12 @@ or more, torch with int8 weights (`--dtype int8`, engine.quantize: the fastest C
 measured, docs/benchmarks/cpu-decode.md) unless `--model` is an ONNX export directory; otherwise ONNX
 Runtime when an export of this checkpoint exists (or is made on first use, if configured);
 otherwise torch on the CPU in bf16 when it has native bf16 matrix instructions (AVX-512 BF16 /
-AMX) and fp32 otherwise. ONNX Runtime that cannot serve (not installed, no or a stale or corrupt
-export) falls back to torch on the CPU, and the reason is kept. Every choice carries a one-line
-reason that `fim-lsp status` prints. Runtimes other than torch live in their own modules and are
-imported only when asked for (the registry in `engine.backends`).
+AMX) and fp32 otherwise. `auto` never picks 4-bit weights (`--dtype int4`, engine.int4): measured
+slower than int8 and less faithful to fp32 (INT4_NOT_PICKED says so in every CPU choice). ONNX
+Runtime that cannot serve (not installed, no or a stale or corrupt export) falls back to torch on
+the CPU, and the reason is kept. Every choice carries a one-line reason that `fim-lsp status`
+prints. Runtimes other than torch live in their own modules and are imported only when asked for
+(the registry in `engine.backends`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ from engine.speculative import default_speculate
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INT8 = "int8"  # --dtype int8: int8 weights (engine.quantize), bf16 activations and K/V; CPU only
+INT4 = "int4"  # --dtype int4: 4-bit group-wise weights (engine.int4), bf16 activations and K/V; CPU only
+INT4_NOT_PICKED = ("int4 weights (--dtype int4) not picked by auto: measured slower than int8 at decode and "
+                   "several times slower at prefill on an AVX2 CPU (torch's int4 kernel is compute-bound there), and "
+                   "further from fp32's tokens (docs/benchmarks/cpu-decode.md, 4-bit weights)")
+QUANTIZED = (INT8, INT4)
 INT8_MIN_PARAMS = 100_000_000  # below this a step is call overhead, not weight reads: int8 measured slower
 INT8_WHY = ("CPU with int8 dot-product instructions: int8 weights (engine.quantize), the fastest CPU decode "
             "measured (docs/benchmarks/cpu-decode.md)")
@@ -40,7 +47,8 @@ class Placement:
     dtype: torch.dtype
     kv_dtype: torch.dtype  # the per-document K/V buffers
     why: str
-    quantize: bool = False  # int8 weights (engine.quantize); `dtype` is then the activations' dtype
+    quantize: str = ""  # "int8" (engine.quantize) or "int4" (engine.int4) weights; `dtype` is then the activations'
+
 
 
 def int8_pays(params: int | None) -> bool:
@@ -77,10 +85,19 @@ def choose_placement(device: str = "auto", dtype: str = "auto", params: int | No
     if dtype == INT8:
         if dev.type != "cpu":
             raise CheckpointError("--dtype int8 is the CPU's int8-weight path; on CUDA use bfloat16 or float16")
-        return Placement(dev, torch.bfloat16, torch.bfloat16, "--dtype int8 as asked", quantize=True)
+        return Placement(dev, torch.bfloat16, torch.bfloat16, "--dtype int8 as asked", quantize=INT8)
+    if dtype == INT4:
+        if dev.type != "cpu":
+            raise CheckpointError("--dtype int4 is the CPU's int4-weight path; on CUDA use bfloat16 or float16")
+        from engine.int4 import int4_problem
+
+        if problem := int4_problem():
+            raise CheckpointError(f"--dtype int4 needs torch's CPU int4 kernels: {problem}; "
+                                  f"use --dtype int8 (or bfloat16) instead")
+        return Placement(dev, torch.bfloat16, torch.bfloat16, "--dtype int4 as asked", quantize=INT4)
     if dtype != "auto":
         if dtype not in DTYPES:
-            raise CheckpointError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES) + [INT8]}")
+            raise CheckpointError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES) + list(QUANTIZED)}")
         chosen = DTYPES[dtype]
         if dev.type == "cpu" and chosen == torch.float16:
             raise CheckpointError("--dtype float16 is slow and inexact on CPU; use bfloat16 or float32")
@@ -90,11 +107,12 @@ def choose_placement(device: str = "auto", dtype: str = "auto", params: int | No
             return Placement(dev, torch.bfloat16, torch.bfloat16, "CUDA with bf16 support")
         return Placement(dev, torch.float16, torch.float16, "CUDA without bf16: fp16")
     if int8_pays(params):
-        return Placement(dev, torch.bfloat16, torch.bfloat16, INT8_WHY, quantize=True)
+        return Placement(dev, torch.bfloat16, torch.bfloat16, f"{INT8_WHY}; {INT4_NOT_PICKED}", quantize=INT8)
     if hardware.cpu_has_bf16():
         return Placement(dev, torch.bfloat16, kv_dtype_for(dev, torch.bfloat16),
-                         "CPU with AVX-512 BF16/AMX: bf16 measured faster than fp32 (docs/benchmarks/cpu-decode.md)")
-    return Placement(dev, torch.float32, torch.float32, "CPU without native bf16: fp32")
+                         "CPU with AVX-512 BF16/AMX: bf16 measured faster than fp32 (docs/benchmarks/cpu-decode.md); "
+                         + INT4_NOT_PICKED)
+    return Placement(dev, torch.float32, torch.float32, f"CPU without native bf16: fp32; {INT4_NOT_PICKED}")
 
 
 def kv_dtype_for(device: torch.device, dtype: torch.dtype) -> torch.dtype:
@@ -130,7 +148,7 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
 
         exports = backend == "onnx" or bool(onnx and onnx.auto_export)
         try:
-            chosen = load_onnx_backend(name, device, "auto" if dtype == INT8 else dtype, revision, progress, cache,
+            chosen = load_onnx_backend(name, device, "auto" if dtype in QUANTIZED else dtype, revision, progress, cache,
                                        onnx, exporter=export if exports else None,
                                        speculate=speculate or 0)
             if speculate is None:
@@ -143,18 +161,24 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
     from engine.backends.torch_backend import TorchBackend
 
     why = fallback + placement.why
-    if placement.quantize:
+    if placement.quantize == INT8:
         from engine.quantize import fbgemm_available, quantize_int8
 
         quantize_int8(loaded.model)
         why += ("; kernel: FBGEMM's int8 linear, activations quantised per token" if fbgemm_available() else
                 "; kernel: torch's int8 x int8 matmul, activations quantised per token (this torch has no FBGEMM)")
+    elif placement.quantize == INT4:
+        from engine.int4 import GROUP_SIZE, quantize_int4
+
+        quantize_int4(loaded.model)
+        why += (f"; kernel: torch's CPU int4 matmul, groups of {GROUP_SIZE} input values, bf16 activations "
+                f"(weight-only: a token's result does not depend on its batch)")
     if speculate is None:
         speculate = default_speculate("torch", placement.device.type)
     chosen = TorchBackend(loaded, cache=cache, kv_dtype=placement.kv_dtype, model_name=name,
                           why=why, speculate=speculate)
     if placement.quantize:
-        chosen.info = replace(chosen.info, dtype=INT8)
+        chosen.info = replace(chosen.info, dtype=placement.quantize)
     return chosen
 
 
@@ -162,7 +186,7 @@ def tries_onnx(name: str, backend: str, device: str, dtype: str) -> bool:
     """Whether `load_backend` tries ONNX Runtime before torch for these options.
 
     --backend onnx does; auto does on a CPU-only machine, except where torch's int8 weights are
-    the choice (--dtype int8, or --dtype auto on a CPU with int8 instructions) and `name` is a
+    the choice (--dtype int8 or int4, or --dtype auto on a CPU with int8 instructions) and `name` is a
     checkpoint rather than an ONNX export directory (a directory of graphs only ONNX Runtime runs).
     """
     if backend == "onnx":
@@ -173,7 +197,7 @@ def tries_onnx(name: str, backend: str, device: str, dtype: str) -> bool:
 
     if (Path(name) / MANIFEST).is_file():
         return True
-    return not (dtype == INT8 or (dtype == "auto" and int8_pays(local_params(name))))
+    return not (dtype in QUANTIZED or (dtype == "auto" and int8_pays(local_params(name))))
 
 
 def resolve_model_name(model: str | None) -> str:

@@ -40,8 +40,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openai"],
                    help="runtime; auto picks the fastest available (see `fim-lsp status`)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8"],
-                   help="int8: int8 weights on the CPU (docs/benchmarks/cpu-decode.md); auto picks per device")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8", "int4"],
+                   help="int8 / int4: int8 or 4-bit weights on the CPU (docs/benchmarks/cpu-decode.md); "
+                        "auto picks per device (never int4)")
     p.add_argument("--url", default=None, help="OpenAI-compatible server URL for --backend openai")
     p.add_argument("--ca-bundle", default=None, metavar="PEM",
                    help="CA certificates trusted for an https --url (default: the system's, or $SSL_CERT_FILE)")

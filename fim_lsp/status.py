@@ -15,7 +15,7 @@ from engine.loading import CheckpointError, available_memory, load_tokenizer, re
 from engine.backends import RUNTIMES
 from engine.revisions import trained_without_fim
 from engine.memory_plan import GIB, MemoryPlan, Place, alternatives, memory_plan, render_plan, visible_places
-from engine.select import INT8, choose_placement, resolve_model_name, tries_onnx
+from engine.select import INT4, QUANTIZED, choose_placement, resolve_model_name, tries_onnx
 from engine.backends.torch_backend import DEFAULT_BUDGET_SHARE
 
 
@@ -28,8 +28,13 @@ def plan_placement(args, placement, places: tuple[Place, ...]) -> MemoryPlan:
     and one window of K/V."""
     from engine.quantize import int8_weight_bytes
 
-    plan = memory_plan(args, places, int8_weight_bytes(args))
-    chosen = INT8 if placement.quantize else str(placement.dtype).removeprefix("torch.")
+    int4_bytes = None
+    if placement.quantize == INT4:  # the int4 row only when asked for: auto never picks it (engine.select)
+        from engine.int4 import int4_weight_bytes
+
+        int4_bytes = int4_weight_bytes(args)
+    plan = memory_plan(args, places, int8_weight_bytes(args), int4_bytes)
+    chosen = placement.quantize or str(placement.dtype).removeprefix("torch.")
     place = plan.place_of(placement.device.type, placement.device.index)
     if place is None or chosen not in plan.fits[place.name]:
         where = place.name if place is not None else str(placement.device)
@@ -53,7 +58,7 @@ def describe(model: str | None, backend: str = "auto", device: str = "auto", dty
         from engine.backends.onnx_backend import OnnxUnavailable, describe_onnx
 
         try:
-            return describe_onnx(name, revision, "auto" if dtype == INT8 else dtype, explicit=backend == "onnx")
+            return describe_onnx(name, revision, "auto" if dtype in QUANTIZED else dtype, explicit=backend == "onnx")
         except OnnxUnavailable as exc:
             onnx_note = f"ONNX Runtime not used: {exc}. "
     path = resolve_checkpoint(name, revision)
@@ -66,10 +71,8 @@ def describe(model: str | None, backend: str = "auto", device: str = "auto", dty
         placement.device.type, placement.device.index).free
     kv_size = torch.empty((), dtype=placement.kv_dtype).element_size()
     weight_bytes = args.param_count() * torch.empty((), dtype=placement.dtype).element_size()
-    if placement.quantize:  # int8 matrices and head; the embedding tables stay in bf16 for the lookup
-        from engine.quantize import int8_weight_bytes
-
-        weight_bytes = int8_weight_bytes(args)
+    if placement.quantize:  # int8/int4 matrices and head; the embedding tables stay in bf16 for the lookup
+        weight_bytes = plan.weights[placement.quantize]
     return {
         "backend": "torch",
         "model": name,
@@ -81,7 +84,7 @@ def describe(model: str | None, backend: str = "auto", device: str = "auto", dty
         "fim_family": tokenizer.fim.family,
         "fim": "yes" if tokenizer.fim.has_fim else (trained_without_fim(path) or "no FIM tokens: left-to-right"),
         "device": str(placement.device),
-        "dtype": INT8 if placement.quantize else str(placement.dtype).removeprefix("torch."),
+        "dtype": placement.quantize or str(placement.dtype).removeprefix("torch."),
         "kv_dtype": str(placement.kv_dtype).removeprefix("torch."),
         "why": onnx_note + placement.why,
         "threads": torch.get_num_threads(),

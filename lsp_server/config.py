@@ -31,7 +31,7 @@ class ModelConfig:
     revision: str | None = None  # hub revision
     backend: str = "auto"  # auto, torch, onnx, openai
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    dtype: str = "auto"  # auto, float32, bfloat16, float16, int8 (int8 weights on the CPU)
+    dtype: str = "auto"  # auto, float32, bfloat16, float16, int8, int4 (int8 / 4-bit weights on the CPU)
     cache_bytes: int | None = None  # KV cache byte budget; None = sized from free memory
     cache_regions: int = 2  # cursor regions each document keeps cached (2: jumping back and forth stays warm)
     threads: int | None = None  # CPU threads for the engine; None = all cores
@@ -124,9 +124,9 @@ SETTINGS: dict[str, Setting] = {
         "model", "device", (str,), None,
         "auto, cpu, cuda or cuda:N."),
     "dtype": Setting(
-        "model", "dtype", (str,), ('auto', 'float32', 'bfloat16', 'float16', 'int8'),
+        "model", "dtype", (str,), ('auto', 'float32', 'bfloat16', 'float16', 'int8', 'int4'),
         "Weight and activation dtype; int8: int8 weights on the CPU (auto picks it for large models on CPUs "
-        "with int8 instructions)."),
+        "with int8 instructions); int4: 4-bit weights on the CPU (auto never picks it)."),
     "cacheBytes": Setting(
         "model", "cache_bytes", (int, type(None)), None,
         "KV cache byte budget; empty sizes it from free memory."),

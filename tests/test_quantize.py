@@ -224,7 +224,7 @@ def test_auto_without_int8_instructions_keeps_the_float_choice(monkeypatch, cpu_
     monkeypatch.setattr(hardware, "cpu_has_int8", lambda: False)
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
     placement = choose_placement("auto", "auto")
-    assert (placement.dtype, placement.quantize) == (torch.float32, False)
+    assert (placement.dtype, placement.quantize) == (torch.float32, "")
     explicit = choose_placement("cpu", "int8")
     assert explicit.quantize and explicit.why == "--dtype int8 as asked"
 

@@ -35,7 +35,7 @@ def test_auto_on_cpu_follows_native_bf16_support(monkeypatch):
     ("cpu", "float16", "slow and inexact on CPU"),
     ("mps", "auto", "only cpu and cuda"),
     ("nonsense!", "auto", "is not a device"),
-    ("cpu", "int4", "choose one of"),
+    ("cpu", "int3", "choose one of"),
 ])
 def test_bad_placements_are_clear_errors(device, dtype, match):
     with pytest.raises(CheckpointError, match=match):
