@@ -15,7 +15,7 @@ from fim_lsp.status import describe
 from fim_lsp.training.checkpoint_kit import SHAPES
 from tests.conftest import kit
 from tests.test_int8_exact import assert_replay_equals_recompute, int8_backend
-from tests.test_speculative import assert_replay_matches
+from tests.test_speculative import typing_requests
 
 CPU = torch.device("cpu")
 
@@ -74,8 +74,19 @@ def test_a_typing_replay_with_a_cache_equals_recompute_under_int4(int4_model, be
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_speculative_verification_equals_one_token_decoding_under_int4(int4_model):
-    assert_replay_matches(int8_backend(int4_model), int8_backend(int4_model, speculate=4))
+def test_speculative_verification_under_int4_agrees_with_one_token_decoding_at_its_measured_floor(int4_model):
+    """Not exact, like bf16 (its activations are bf16): on the multi-head kit model 1 of 33 typing
+    requests differed (at token 47 of 64) on 2026-12-07; the multi-query one agreed on all. The
+    floor: at most 2 differing requests."""
+    plain, spec = int8_backend(int4_model), int8_backend(int4_model, speculate=4)
+    differing = total = drafted = 0
+    for request in typing_requests(plain):
+        a, b = plain.complete(request), spec.complete(request)
+        total += 1
+        differing += (b.token_ids, b.text) != (a.token_ids, a.text)
+        drafted += b.extra["drafted_tokens"]
+    assert total >= 30 and drafted > 0
+    assert differing <= 2, f"{differing} of {total} requests differ under int4 speculation (measured: 1 of 33)"
 
 
 def test_missing_kernels_are_a_clear_error(monkeypatch):
