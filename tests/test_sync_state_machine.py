@@ -16,7 +16,7 @@ import itertools
 import re
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
                                  run_state_machine_as_test)
@@ -463,6 +463,8 @@ class MovingCellsMachine(SyncMachine):
                      "didClose": [{"uri": u} for u in removed if u not in listed]}
         cells: dict = {"structure": structure}
         again = [u for u in listed if u in removed]
+        if again and (structure["didOpen"] or structure["didClose"]):
+            event("restructure: cells listed again beside opened or closed ones")
         if edit is not None and again:
             index, where, text = edit
             uri = self.pick(again, index)
@@ -473,6 +475,7 @@ class MovingCellsMachine(SyncMachine):
             self.cells[uri] = body[:at] + text + body[at:]
             cells["textContent"] = [{"document": {"uri": uri, "version": self.versions[uri]},
                                      "changes": [{"range": {"start": here, "end": here}, "text": text}]}]
+            event("restructure: an edit of a re-listed cell in the same notification")
         self.client.notify("notebookDocument/didChange", {
             "notebookDocument": {"uri": self.notebook, "version": self.versions[self.notebook]},
             "change": {"cells": cells}})
