@@ -60,9 +60,10 @@ class Where:
     config: pipeline.PipelineConfig
     repo: str | None = None  # StarCoder's <reponame>: the workspace folder's name
 
-    def same(self, alternatives: int) -> tuple:
-        """What makes two requests identical: they share one engine run (and a prefetched answer)."""
-        return (self.text, self.line, self.character, self.config, alternatives)
+    def same(self, alternatives: int, backend: object) -> tuple:
+        """What makes two requests identical: they share one engine run (and a prefetched answer).
+        The backend is part of it: after a reload, a run on the replaced model answers nobody new."""
+        return (self.text, self.line, self.character, self.config, alternatives, backend)
 
 
 class Ahead(Protocol):
@@ -161,7 +162,7 @@ class CompletionService:
         if where.config.temperature > 0 or not backend.ranks_first_token:
             alternatives = 1  # a first-token rank means nothing to sampling, or to a plain OpenAI server
         doc_key, doc_text, cursor = where.doc_key, where.doc_text, where.cursor
-        same = where.same(alternatives)
+        same = where.same(alternatives, backend)
         try:
             outcomes = await self.ahead.take(doc_key, same) if self.ahead is not None else None
             prefetched = outcomes is not None
@@ -178,6 +179,10 @@ class CompletionService:
         except Exception as exc:
             self._log(types.MessageType.Error, f"fim-lsp: completion failed: {exc}\n{traceback.format_exc()}")
             raise JsonRpcInternalError(f"completion failed: {type(exc).__name__}: {exc}") from None
+        if self.model.backend is not backend:
+            # the model was replaced while this ran: its answer is the old model's, and whatever the
+            # swap cleared (the suggestion shown, the snippets quoted) must not come back from it
+            return []
         if self.ahead is not None:
             self.ahead.answered(doc_key, outcomes[0].result)
         latency_ms = (time.perf_counter() - start) * 1000  # request arrival to answer

@@ -253,7 +253,8 @@ class Background:
             if where is None:
                 return True  # an excluded document
         prefetch = target.why in ("accept", "shown")
-        if prefetch and (found := self._prefetched.get(where.doc_key)) is not None and found[0] == where.same(1):
+        found = self._prefetched.get(where.doc_key)
+        if prefetch and found is not None and found[0] == where.same(1, backend):
             return True  # the accepted text was prefetched while it was shown
         if not await self._warm(target, where, backend, config.prefill_chunk_tokens):
             return False
@@ -294,7 +295,7 @@ class Background:
     async def _prefetch(self, target: Target, where: Where, backend: Any) -> bool:
         if self._target is not target or self.scheduler.busy:
             return False
-        same = where.same(1)
+        same = where.same(1, backend)
         running = asyncio.ensure_future(self.scheduler.background(self.completions.job_for(where, backend)))
         self._running = (where.doc_key, same, running)
         try:

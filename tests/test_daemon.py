@@ -24,12 +24,14 @@ from lsprotocol import types
 
 from engine.api import BackendInfo, Cancelled, CompletionRequest, CompletionResult, DocId
 from engine.backends.openai_backend import RemoteConfig, load_backend as load_remote
+from engine.cache import CacheConfig
 from fim_lsp.daemon import Engine, main_engine, make_server, tokenizer_json
 from engine.fim import EOD_TOKEN, fim_tokens_from_vocab
 from engine.select import load_backend
 from lsp_server import pipeline
 from lsp_server.config import CompletionSettings, ModelConfig
 from fim_lsp.demo import fetch_status
+from tests.support.hold import Hold, holding_forward
 from tests.test_openai_backend import lsp_session
 from tests.test_server_e2e import CODE, TINY, Mirror
 
@@ -121,9 +123,10 @@ def serve(engine: Engine):
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def post(url: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def post(url: str, path: str, body: bytes, headers: dict[str, str] | None = None,
+         timeout_s: float = 30) -> tuple[int, Any]:
     host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
     conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
     response = conn.getresponse()
     return response.status, json.loads(response.read())
@@ -262,3 +265,158 @@ def test_binding_beyond_loopback_needs_a_token(capsys):
     args.listen, args.backend = "127.0.0.1:0", "openai"
     assert main_engine(args) == 2
     assert "the engine runs the model itself" in capsys.readouterr().err
+
+
+# -- several clients on one document -----------------------------------------------------------
+
+
+class Watched:
+    """The real engine behind an in-process daemon, recording each slot's request: its cancel
+    token, whether it started and how it ended; `hold_next` holds the next request mid-decode."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.info, self.fim = inner, inner.info, inner.fim
+        self.tokens: dict[str, Any] = {}  # slot -> the cancel token of its latest request
+        self.ended: dict[str, str] = {}  # slot -> "answered" or "cancelled"
+        self.started = threading.Condition()
+        self.next_hold: Hold | None = None
+        self.held: str | None = None  # the slot whose request took the hold
+
+    def complete(self, request, cancel=None) -> CompletionResult:
+        with self.started:
+            self.tokens[request.doc_id] = cancel
+            self.started.notify_all()
+            hold, self.next_hold = self.next_hold, None
+            if hold is not None:
+                self.held = request.doc_id
+        try:
+            if hold is None:
+                result = self.inner.complete(request, cancel)
+            else:
+                with holding_forward(self.inner, hold):
+                    result = self.inner.complete(request, cancel)
+        except Cancelled:
+            self.ended[request.doc_id] = "cancelled"
+            raise
+        self.ended[request.doc_id] = "answered"
+        return result
+
+    def wait_started(self, count: int) -> list[str]:
+        """The slots whose requests reached the engine, once `count` did."""
+        with self.started:
+            assert self.started.wait_for(lambda: len(self.tokens) >= count, HANG_S), self.tokens
+            return list(self.tokens)
+
+    def __getattr__(self, name: str) -> Any:  # count_tokens, drop, cache_stats, ...: the engine's
+        return getattr(self.inner, name)
+
+
+def until(condition, what: str) -> None:
+    """Wait for `condition` (checked every few milliseconds); fail after HANG_S."""
+    deadline = time.monotonic() + HANG_S
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen in {HANG_S} s"
+        threading.Event().wait(0.005)
+
+
+@pytest.fixture(scope="module")
+def solo():
+    """The single-client answer: the same checkpoint with no K/V reuse and no cross-slot seeding."""
+    return load_backend(model=TINY, backend="torch", dtype="float32",
+                        cache=CacheConfig(reuse=False, share_blocks=False))
+
+
+def fim_prompt(typed: str) -> str:
+    at = CODE.index("    print(len(lines))")
+    return f"<fim_prefix>{CODE[:at]}{typed}<fim_suffix>{CODE[at:]}<fim_middle>"
+
+
+def test_three_clients_on_one_document_get_single_client_answers_and_a_hang_up_cancels_only_its_own(solo):
+    backend = Watched(load_backend(model=TINY, backend="torch", dtype="float32"))
+    server, url = serve(Engine(backend, None))
+    doc = "file:///work/project/reader.py"
+    prompts = {"c1": fim_prompt("    tot"), "c2": fim_prompt("    n = "), "c3": fim_prompt("    tot")}
+
+    def body(client: str) -> bytes:
+        return json.dumps({"client": client, "doc_id": doc, "prompt": prompts[client], "max_tokens": 8}).encode()
+
+    def expected(client: str) -> tuple[str, list[int]]:
+        result = solo.complete(CompletionRequest(DocId(f"solo-{client}"), prompts[client], max_new_tokens=8))
+        solo.drop(DocId(f"solo-{client}"))
+        return result.text, result.token_ids
+
+    answers: dict[str, Any] = {}
+    hold = Hold()
+
+    def ask(client: str) -> None:
+        code, answer = post(url, "/v1/fim-lsp/completions", body(client), timeout_s=HANG_S)
+        answers[client] = (code, answer["text"], answer["token_ids"]) if code == 200 else (code, answer)
+
+    try:
+        backend.next_hold = hold
+        first = threading.Thread(target=ask, args=("c1",))
+        first.start()
+        assert hold.reached.wait(HANG_S), "c1's generation never decoded"  # c1 holds the engine mid-decode
+        third = threading.Thread(target=ask, args=("c3",))
+        with socket.create_connection(server.server_address[:2]) as sock:  # c2 speaks raw HTTP, to hang up
+            raw = body("c2")
+            sock.sendall(b"POST /v1/fim-lsp/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw)
+            third.start()
+            assert sorted(backend.wait_started(3)) == [f"c1/{doc}", f"c2/{doc}", f"c3/{doc}"]
+        # c2 hung up while c1 decodes and c3 waits: only c2's request is cancelled
+        until(lambda: backend.tokens[f"c2/{doc}"].cancelled, "c2's cancel")
+        assert not backend.tokens[f"c1/{doc}"].cancelled and not backend.tokens[f"c3/{doc}"].cancelled
+        hold.release.set()
+        first.join(HANG_S)
+        third.join(HANG_S)
+        assert answers == {c: (200, *expected(c)) for c in ("c1", "c3")}
+        until(lambda: f"c2/{doc}" in backend.ended, "c2's request ending")
+        assert backend.ended == {f"c1/{doc}": "answered", f"c2/{doc}": "cancelled", f"c3/{doc}": "answered"}
+        ask("c2")  # c2 asks again: its slot holds what the cancelled request wrote, and the answer is right
+        assert answers["c2"] == (200, *expected("c2"))
+        assert get(url, "/v1/fim-lsp/stats")["clients"] == {c: [doc] for c in ("c1", "c2", "c3")}
+    finally:
+        hold.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_cancel_in_one_language_server_leaves_the_other_servers_request_on_the_same_document(engine):
+    backend = Watched(load_backend(model=TINY, backend="torch", dtype="float32"))
+    server, url = serve(Engine(backend, tokenizer_json(backend.inner)))
+    uri = "file:///work/project/reader.py"
+    hold = Hold()
+    try:
+        async with lsp_session(url) as first, lsp_session(url) as second:
+            mirrors = [Mirror(first, engine), Mirror(second, engine)]
+            for mirror in mirrors:
+                mirror.config = pipeline.pipeline_config(CompletionSettings(max_new_tokens=8, neighbours=False))
+                mirror.open(uri, CODE)
+            cursor = mirrors[0].type(uri, CODE.index("    print(len(lines))"), "    tot")
+            mirrors[1].type(uri, cursor - 7, "    tot")
+            backend.next_hold = hold
+            kept = asyncio.ensure_future(mirrors[1].inline(uri, cursor))
+            assert await asyncio.to_thread(hold.reached.wait, HANG_S), "the second server's request never decoded"
+            params = types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri=uri), position=mirrors[0].position(uri, cursor),
+                context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))
+            cancelled = asyncio.wrap_future(first.protocol.send_request(
+                types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="cancel-me"))
+            slots = await asyncio.to_thread(backend.wait_started, 2)  # the first server's request reached the daemon
+            mine = next(slot for slot in slots if slot != backend.held)
+            first.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="cancel-me"))
+            with pytest.raises(Exception) as info:
+                await asyncio.wait_for(cancelled, HANG_S)  # only a hang takes this long
+            assert getattr(info.value, "code", None) == -32800
+            await asyncio.to_thread(until, lambda: backend.tokens[mine].cancelled, "the first server's cancel")
+            others = [slot for slot in backend.tokens if slot != mine]
+            assert len(others) == 1 and not backend.tokens[others[0]].cancelled, "only the cancelled request stops"
+            hold.release.set()
+            assert await asyncio.wait_for(kept, HANG_S) == mirrors[1].expect(uri, cursor)
+            assert await mirrors[0].inline(uri, cursor) == mirrors[0].expect(uri, cursor)  # and it is served again
+            assert backend.ended[others[0]] == "answered"
+    finally:
+        hold.release.set()
+        server.shutdown()
+        server.server_close()

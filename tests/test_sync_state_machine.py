@@ -16,7 +16,7 @@ import itertools
 import re
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
                                  run_state_machine_as_test)
@@ -401,6 +401,8 @@ def test_surrogate_splits_reversed_ranges_and_one_bad_edit_never_desync(encoding
 
 # -- grown: utf-32, cell moves as VS Code sends them (a splice that re-lists existing cells) -------
 
+# 6 examples: 23 s for both encodings on a quiet 2-core machine. 30 found a failing case (a completion
+# in a notebook cell after the first cell's removal; reported, not fixed): grow it once that is fixed
 MORE = settings(max_examples=6, stateful_step_count=25, deadline=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -408,7 +410,8 @@ MORE = settings(max_examples=6, stateful_step_count=25, deadline=None, print_blo
 class MovingCellsMachine(SyncMachine):
     """The rules above, plus moves: one notebookDocument/didChange whose structure splice deletes a
     run of cells and lists the same cells again in their new order, with no didOpen or didClose
-    (their text documents stay open and keep their text)."""
+    (their text documents stay open and keep their text); and any re-ordering as VS Code's client
+    sends it (`restructure`)."""
 
     @precondition(lambda self: len(self.cells) > 1)
     @rule(source=st.integers(0, 10), to=st.integers(0, 10))
@@ -428,6 +431,79 @@ class MovingCellsMachine(SyncMachine):
             "change": {"cells": {"structure": {"array": {
                 "start": low, "deleteCount": high - low + 1,
                 "cells": [{"kind": 2, "document": u} for u in order[low:high + 1]]}}}}})
+
+
+    @precondition(lambda self: len(self.cells) > 1)
+    @rule(order=st.permutations(range(7)), keep=st.lists(st.booleans(), min_size=5, max_size=5),
+          added=st.lists(texts, max_size=2), edit=st.none() | st.tuples(st.integers(0, 10), st.floats(0, 1), texts))
+    def restructure(self, order, keep, added, edit):
+        """Any re-ordering at once (cells kept, removed, added), sent as VS Code's language client
+        sends it: one splice over the cells between the unchanged head and tail, listing the
+        existing cells there again with no didOpen or didClose, the new ones opened, the removed
+        ones closed; and, in the same notification, an edit of a cell listed again."""
+        old = list(self.cells)
+        kept = [u for u, k in zip(old, keep) if k] or old[:1]
+        new_uris = [f"{self.base}cell{next(self.counter)}" for _ in added]
+        pool = kept + new_uris
+        new = [pool[i] for i in order if i < len(pool)][:5]
+        splice = vscode_splice(old, new)
+        if splice is None:
+            return
+        start, delete, listed = splice
+        texts_now = {**self.cells, **dict(zip(new_uris, added))}
+        self.cells = {u: texts_now[u] for u in new}
+        for u in new_uris:
+            self.versions[u] = 1
+        self.versions[self.notebook] += 1
+        self.mirror.shown.pop(self.notebook, None)
+        array = {"start": start, "deleteCount": delete}
+        if listed:
+            array["cells"] = [{"kind": 2, "document": u} for u in listed]
+        removed = old[start:start + delete]
+        structure = {"array": array, "didOpen": [self.cell_item(u) for u in listed if u not in removed],
+                     "didClose": [{"uri": u} for u in removed if u not in listed]}
+        cells: dict = {"structure": structure}
+        again = [u for u in listed if u in removed]
+        if again and (structure["didOpen"] or structure["didClose"]):
+            event("restructure: cells listed again beside opened or closed ones")
+        if edit is not None and again:
+            index, where, text = edit
+            uri = self.pick(again, index)
+            body = self.cells[uri]
+            at = snap(body, int(where * len(body)))
+            here = lsp_position(body, at, self.encoding)
+            self.versions[uri] += 1
+            self.cells[uri] = body[:at] + text + body[at:]
+            cells["textContent"] = [{"document": {"uri": uri, "version": self.versions[uri]},
+                                     "changes": [{"range": {"start": here, "end": here}, "text": text}]}]
+            event("restructure: an edit of a re-listed cell in the same notification")
+        self.client.notify("notebookDocument/didChange", {
+            "notebookDocument": {"uri": self.notebook, "version": self.versions[self.notebook]},
+            "change": {"cells": cells}})
+
+
+def vscode_splice(old: list[str], new: list[str]) -> tuple[int, int, list[str]] | None:
+    """The structure splice VS Code's language client computes between two cell lists (URIs,
+    each once): (start, deleteCount, the new cells between the common head and tail); None when
+    nothing changed."""
+    start = 0
+    while start < min(len(old), len(new)) and old[start] == new[start]:
+        start += 1
+    old_end, new_end = len(old), len(new)
+    while old_end > start and new_end > start and old[old_end - 1] == new[new_end - 1]:
+        old_end, new_end = old_end - 1, new_end - 1
+    if start == old_end == new_end:
+        return None
+    return start, old_end - start, new[start:new_end]
+
+
+def test_the_splice_is_the_one_vscode_sends():
+    """Literal cases of the client-side splice (a move, an insert, a removal, a mix)."""
+    assert vscode_splice(["a", "b", "c", "d"], ["a", "c", "b", "d"]) == (1, 2, ["c", "b"])
+    assert vscode_splice(["a", "b"], ["a", "x", "b"]) == (1, 0, ["x"])
+    assert vscode_splice(["a", "b", "c"], ["a", "c"]) == (1, 1, [])
+    assert vscode_splice(["a", "b", "c"], ["c", "x", "a"]) == (0, 3, ["c", "x", "a"])
+    assert vscode_splice(["a", "b"], ["a", "b"]) is None
 
 
 @pytest.mark.parametrize("encoding", ["utf-32", "utf-16"])

@@ -1,11 +1,14 @@
 """`fim-lsp serve --tcp`: completions over the socket equal the in-process pipeline's; when a
-session ends (shutdown, exit) the server keeps listening and the next session, on the same port,
-starts clean (what an editor that restarts its language client meets); SIGTERM stops it."""
+session ends (shutdown, exit, or a client that drops the connection mid-request) the server keeps
+listening and the next session, on the same port, starts clean (what an editor that restarts its
+language client meets); SIGTERM stops it."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -15,7 +18,7 @@ from lsp_server import pipeline
 from lsp_server.config import CompletionSettings
 from lsp_server.core.postprocess import ShownSuggestion
 from lsp_server.documents import uri_to_path
-from tests.support.probe import SyncClient
+from tests.support.probe import ServerGone, SyncClient
 from tests.test_security import free_port, wait_listening
 from tests.test_server_e2e import CODE, TINY
 
@@ -30,10 +33,12 @@ def oracle():
                         cache=CacheConfig(reuse=False, share_blocks=False))
 
 
-def typed_session(port: int, oracle, typed: str) -> None:
-    """One session: open CODE, type `typed` key by key, each completion equal to a recompute in process."""
-    client = SyncClient.connect("127.0.0.1", port)
-    client.start_session("utf-16", {"maxNewTokens": 8})
+def typed_session(port: int, oracle, typed: str, client: SyncClient | None = None) -> None:
+    """One session (on `client`, already started, or a new one): open CODE, type `typed` key by
+    key, each completion equal to a recompute in process."""
+    if client is None:
+        client = SyncClient.connect("127.0.0.1", port)
+        client.start_session("utf-16", {"maxNewTokens": 8})
     settings = pipeline.pipeline_config(CompletionSettings(max_new_tokens=8))
     text, cursor = CODE, CODE.index("    print(len(lines))")
     client.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1,
@@ -71,6 +76,51 @@ def test_tcp_completions_and_a_new_session_on_the_same_server_after_the_session_
         for typed in ("    tot", "    n = "):  # the second session after the first one's shutdown and exit
             typed_session(port, oracle, typed)
             assert proc.poll() is None, "a session's end does not stop the server"
+        proc.terminate()
+        proc.wait(HANG_S)  # only a hang takes this long
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    stderr.seek(0)
+    assert proc.returncode in (0, -15), stderr.read().decode(errors="replace")[-3000:]
+
+
+def accepted_session(port: int) -> SyncClient:
+    """A started session, connecting again while the server still winds the previous one down
+    (it closes a connection made while a session is live, as an editor's reconnect meets it)."""
+    deadline = time.monotonic() + HANG_S
+    while True:
+        client = SyncClient.connect("127.0.0.1", port)
+        try:
+            client.start_session("utf-16", {"maxNewTokens": 8})
+            return client
+        except (ServerGone, OSError):
+            client.sock.close()
+            assert time.monotonic() < deadline, "the server took no new session after the drop"
+
+
+def test_a_client_dropping_the_connection_mid_request_leaves_the_server_serving_the_next_session(oracle):
+    port = free_port()
+    stderr = tempfile.TemporaryFile()
+    proc = subprocess.Popen([*SERVE, "--tcp", f"127.0.0.1:{port}"], stderr=stderr)
+    try:
+        wait_listening(proc, port)
+        dropped = SyncClient.connect("127.0.0.1", port)
+        dropped.start_session("utf-16", {"maxNewTokens": 200, "multiline": "always"})
+        dropped.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1,
+                                                                 "text": "# left behind\n" + CODE}})
+        dropped.send("textDocument/inlineCompletion", {"textDocument": {"uri": URI},
+                                                       "position": {"line": 9, "character": 0},
+                                                       "context": {"triggerKind": 1}})
+        dropped.sock.shutdown(socket.SHUT_RDWR)  # no shutdown, no exit: the editor went away
+        dropped.sock.close()
+        client = accepted_session(port)
+        status = client.status()
+        assert status["open_documents"] == 0, "the dropped session's documents are forgotten"
+        assert status["config"]["max_new_tokens"] == 8, "and its settings"
+        typed_session(port, oracle, "    n = ", client)
+        assert proc.poll() is None, "a session's end does not stop the server"
         proc.terminate()
         proc.wait(HANG_S)  # only a hang takes this long
     finally:

@@ -9,7 +9,8 @@ document; that document's next request then meets the fault inside the real engi
 - `alloc_error`: allocating the document's K/V buffer raises MemoryError;
 - `corrupt_slot`: the document's K/V buffer is overwritten with NaN before the request runs.
 
-Each fault fires once. They reach into the engine, so the wrapped backend must be the torch
+Each fault fires once. Besides faults, `hold` makes a document's next request block mid-decode
+until the test releases it (`tests.support.hold`). They reach into the engine, so the wrapped backend must be the torch
 backend (or one built on it): `model`, `new_buffer`, `buffers`.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from engine.api import Backend, CancelToken, CompletionRequest, CompletionResult, DocId
+from tests.support.hold import Hold, holding_forward
 
 FaultKind = Literal["decode_error", "decode_oom", "alloc_error", "corrupt_slot"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("decode_error", "decode_oom", "alloc_error", "corrupt_slot")
@@ -36,6 +38,7 @@ class FaultyBackend:
         self.info = inner.info
         self.fim = inner.fim
         self.armed: dict[DocId, FaultKind] = {}
+        self.holds: dict[DocId, Hold] = {}
 
     def arm(self, doc_id: str, kind: FaultKind) -> None:
         """Make `doc_id`'s next request meet `kind`."""
@@ -45,10 +48,20 @@ class FaultyBackend:
             raise ValueError(f"fault {kind!r} reaches into the torch engine; {self.info.backend} has no K/V buffers")
         self.armed[DocId(doc_id)] = kind
 
+    def hold(self, doc_id: str, hold: Hold) -> None:
+        """Make `doc_id`'s next request block in its second forward until `hold.release` is set."""
+        if not hasattr(self.inner, "model"):
+            raise ValueError(f"a hold reaches into the torch engine; {self.info.backend} has no model to hold")
+        self.holds[DocId(doc_id)] = hold
+
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 
     def complete(self, request: CompletionRequest, cancel: CancelToken | None = None) -> CompletionResult:
+        hold = self.holds.pop(request.doc_id, None)
+        if hold is not None:
+            with holding_forward(self.inner, hold):
+                return self.inner.complete(request, cancel)
         kind = self.armed.pop(request.doc_id, None)
         if kind is None:
             return self.inner.complete(request, cancel)

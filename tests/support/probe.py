@@ -6,7 +6,11 @@ before it starts, so a driver can check it from outside without a debugger:
 - `fim-lsp-probe/texts` `{"uris": [...]}` -> `{"texts": {uri: text or null}}`: the server's copy
   of documents (to compare with the client's after every edit);
 - `fim-lsp-probe/fault` `{"doc": key, "kind": ...}`: arm an `tests.support.faults` fault for a document;
-- `fim-lsp-probe/slot` `{"doc": key}` -> `{"tokens": n}`: how many tokens the document's K/V slot holds.
+- `fim-lsp-probe/slot` `{"doc": key}` -> `{"tokens": n}`: how many tokens the document's K/V slot holds;
+- `fim-lsp-probe/hold` `{"doc": key}`: the document's next request blocks mid-decode
+  (`tests.support.hold`); `fim-lsp-probe/held` `{"doc": key}` answers `{"held": true}` once it
+  blocks (false after 120 s); `fim-lsp-probe/release` `{"doc": key}` lets it go on. A hold
+  outlives a model reload: the held request keeps the backend it started on.
 
 Every backend it loads is wrapped in `tests.support.faults.FaultyBackend` (a pass-through until a fault
 is armed). Run it as `python -m tests.support.probe [fim-lsp serve options]`.
@@ -16,6 +20,7 @@ time, so a hypothesis state machine or a benchmark loop can drive it without an 
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -24,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,6 +37,9 @@ TEXTS = "fim-lsp-probe/texts"
 FAULT = "fim-lsp-probe/fault"
 SLOT = "fim-lsp-probe/slot"
 LIVE = "fim-lsp-probe/live"
+HOLD = "fim-lsp-probe/hold"
+HELD = "fim-lsp-probe/held"
+RELEASE = "fim-lsp-probe/release"
 READY_TIMEOUT_S = 300
 
 
@@ -160,6 +169,22 @@ class SyncClient:
         with self._cond:
             return [n["params"]["message"] for n in self.notifications if n["method"] == method]
 
+    def wait_message(self, predicate: Callable[[str], bool], after: int = 0, method: str = "window/logMessage",
+                     timeout_s: float = 120) -> str:
+        """The first `method` notification past the first `after` whose text satisfies `predicate`,
+        waiting for it to arrive; ServerGone when none comes."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                texts = [n["params"]["message"] for n in self.notifications if n["method"] == method][after:]
+                found = next((text for text in texts if predicate(text)), None)
+                if found is not None:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._reader.is_alive():
+                    raise ServerGone(f"no matching {method} in {timeout_s:.0f} s")
+                self._cond.wait(min(left, 1.0))
+
     def stderr_text(self) -> str:
         self.stderr.seek(0)
         return self.stderr.read().decode(errors="replace")
@@ -238,6 +263,7 @@ def rss_bytes(pid: int) -> int:
 def install_probes() -> None:
     """Register the probe requests on the real server and wrap every backend it loads."""
     from tests.support.faults import FaultyBackend
+    from tests.support.hold import HOLD_BOUND_S, Hold
     from lsp_server import pipeline
     from lsp_server.server import FimServer, server
 
@@ -267,6 +293,26 @@ def install_probes() -> None:
         tokens = await ls.scheduler.call(lambda: len(backend.slot_tokens(doc)))  # after the queued work
         return {"tokens": tokens}
 
+
+    holds: dict[str, Hold] = {}  # doc key -> its latest hold (kept here: a reload replaces the backend)
+
+    @server.feature(HOLD)
+    def probe_hold(ls: FimServer, params: Any) -> dict:
+        assert isinstance(ls.model.backend, FaultyBackend), "no model loaded yet"
+        doc = field(params, "doc")
+        holds[doc] = Hold()
+        ls.model.backend.hold(doc, holds[doc])
+        return {"armed": True}
+
+    @server.feature(HELD)
+    async def probe_held(ls: FimServer, params: Any) -> dict:
+        hold = holds[field(params, "doc")]
+        return {"held": await asyncio.to_thread(hold.reached.wait, HOLD_BOUND_S)}
+
+    @server.feature(RELEASE)
+    def probe_release(ls: FimServer, params: Any) -> dict:
+        holds[field(params, "doc")].release.set()
+        return {"released": True}
 
     @server.feature(LIVE)
     def probe_live(ls: FimServer, params: Any) -> dict:
