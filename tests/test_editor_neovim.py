@@ -181,7 +181,8 @@ def test_moving_the_cursor_and_entering_a_buffer_send_hints_the_server_takes(nvi
     file, other = tmp_path / "scale.py", tmp_path / "other.py"
     file.write_text(SOURCE)
     other.write_text("print('other')\n")
-    with NvimSession(nvim, tmp_path, file, {"cmd": serve_command(tiny_starcoder), "server": SERVER_SETTINGS}) as session:
+    setup = {"cmd": serve_command(tiny_starcoder), "server": SERVER_SETTINGS}
+    with NvimSession(nvim, tmp_path, file, setup) as session:
         wait_for("the model to load", lambda: (s := server_state(session)) and s.get("state") == "ready", 120)
         before = server_state(session)["ahead"]
         session.keys("g", "g", "3", "j", "4", "l")  # normal mode, no typing: line 4, after "def "
