@@ -85,6 +85,7 @@ class Background:
     def __init__(self, completions: CompletionService, scheduler: Scheduler, session: Session, log: Log) -> None:
         self.completions, self.scheduler, self.session, self._log = completions, scheduler, session, log
         self.counts = AheadCounts()
+        self.last_hint: Target | None = None  # the newest hint taken, for `fim-lsp/status`
         self._target: Target | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -113,7 +114,8 @@ class Background:
             self.counts.hints_dropped += 1  # a document the client did not open here (or closed): a hint only
             return
         self.counts.hints += 1
-        self.aim(Target(uri, types.Position(line, character), "hint"))
+        self.last_hint = Target(uri, types.Position(line, character), "hint")
+        self.aim(self.last_hint)
 
     def edited(self, uri: str, position: types.Position | None) -> None:
         """A document changed with the cursor after the edit at `position`: warm there unless a
@@ -148,6 +150,14 @@ class Background:
         accepted = after_accept(where, text, replace_chars)
         line, character = offset_to_position(accepted.doc_text, accepted.cursor, accepted.encoding)
         self.aim(Target(accepted.uri, types.Position(line, character), "shown", accepted))
+
+    def report(self) -> dict[str, Any]:
+        """The `ahead` section of `fim-lsp/status`: the counts, whether work is pending, and where the
+        newest hint taken pointed (a client's end-to-end test reads it to see its hints arrive)."""
+        last = self.last_hint
+        where = None if last is None else {"uri": last.uri, "line": last.position.line,
+                                           "character": last.position.character}
+        return {**self.counts.as_dict(), "working": self.working, "last_hint": where}
 
     # -- what the completion path asks -------------------------------------------------------------
 

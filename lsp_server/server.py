@@ -387,7 +387,7 @@ def fim_lsp_status(ls: FimServer, params: Any) -> dict[str, Any]:
         "last": completions.last,
         "position_encoding": ls.encoding,
         "open_documents": len(ls.store.documents),
-        "ahead": {**ls.background.counts.as_dict(), "working": ls.background.working},
+        "ahead": ls.background.report(),
         "pacing": pacing_figures(ls.scheduler),
         "engine": {"runs": cache.get("runs"), "forwards": cache.get("forwards"),
                    "forwards_after_cancel": cache.get("forwards_after_cancel"),

@@ -81,10 +81,14 @@ class JupyterLab(EditorServer):
             return None
         return data if status == 200 else None
 
-    def drive(self, cache: Path, notebook_path: str, typed: str, out: Path, cycle: bool = False) -> dict:
+    def drive(self, cache: Path, notebook_path: str, typed: str, out: Path, cycle: bool = False,
+              cursor: bool = False) -> dict:
         url = f"{self.base}/lab/tree/{notebook_path}?token={TOKEN}"
         env = {**self.env, "NODE_PATH": str(cache / "playwright" / "node_modules")}
-        return self.run_driver(DRIVER, {"url": url, "typed": typed, "out": str(out), "cycle": cycle}, env)
+        config = {"url": url, "typed": typed, "out": str(out), "cycle": cycle}
+        if cursor:
+            config["cursor"] = {"status": f"{self.base}/fim-lsp/status", "token": TOKEN}
+        return self.run_driver(DRIVER, config, env)
 
 
 def test_notebook_cell_shows_inline_suggestion_with_the_cell_above_as_context(cache, tiny_starcoder, tmp_path):
@@ -154,6 +158,34 @@ def test_asking_by_hand_offers_alternatives_and_alt_bracket_cycles_to_the_next(c
     # Alt+] drew the second suggestion and Tab took it (a later answer may only extend what was shown)
     assert inserted in alternatives[1:] and inserted.startswith(result["ghost"].replace("\u00a0", " ")), result
     assert inserted != alternatives[0]
+
+
+def test_moving_the_cursor_and_focusing_a_cell_send_hints_the_server_takes(cache, tiny_starcoder, tmp_path):
+    out = artifacts_dir("jupyterlab-cursor")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "scale.ipynb").write_text(json.dumps(notebook([CELL_ABOVE, ""])))
+    with JupyterLab(cache, tmp_path / "home", root, {"command": serve_command(tiny_starcoder),
+                                                     "settings": SERVER_SETTINGS}) as lab:
+        warm = lab.call("fim-lsp/inline", {"path": "warm.ipynb", "cells": [{"kind": "code", "source": "x = "}],
+                                           "active": 0, "offset": 4})
+        assert warm[0] == 200, warm
+        wait_for("the model to load", lambda: (s := lab.get("fim-lsp/status")) and s.get("state") == "ready", 120)
+        result = lab.drive(cache, "scale.ipynb", "", out, cursor=True)
+    assert "error" not in result, f"{result} (screenshots in {out})"
+    before, moved, focused = result["aheadBefore"], result["aheadMoved"], result["aheadFocused"]
+    # the cursor's new place in the first cell (line 2, after its indent), then the second cell's
+    # start: each in that cell's document of the notebook, and none dropped
+    cell = (root / "scale.ipynb").resolve().as_uri() + "#cell-"
+    assert moved["last_hint"]["uri"].startswith(cell), moved
+    assert (moved["last_hint"]["line"], moved["last_hint"]["character"]) == (1, 4), moved
+    assert focused["last_hint"]["uri"].startswith(cell), focused
+    assert focused["last_hint"]["uri"] != moved["last_hint"]["uri"], (moved, focused)
+    assert (focused["last_hint"]["line"], focused["last_hint"]["character"]) == (0, 0), focused
+    assert before["hints"] < moved["hints"] < focused["hints"], (before, moved, focused)
+    assert focused["hints_dropped"] == 0, focused
+    # a hint changes no cell
+    assert [c["source"] for c in json.loads((root / "scale.ipynb").read_text())["cells"]] == [CELL_ABOVE, ""]
 
 
 def test_missing_server_is_reported_once_by_the_proxy(cache, tmp_path):

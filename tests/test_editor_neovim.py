@@ -177,6 +177,27 @@ def test_next_and_previous_cycle_through_the_servers_alternatives_and_tab_takes_
     assert len(reference) == second["count"] and reference[1]["insertText"] == second["text"]
 
 
+def test_moving_the_cursor_and_entering_a_buffer_send_hints_the_server_takes(nvim, tiny_starcoder, tmp_path):
+    file, other = tmp_path / "scale.py", tmp_path / "other.py"
+    file.write_text(SOURCE)
+    other.write_text("print('other')\n")
+    setup = {"cmd": serve_command(tiny_starcoder), "server": SERVER_SETTINGS}
+    with NvimSession(nvim, tmp_path, file, setup) as session:
+        wait_for("the model to load", lambda: (s := server_state(session)) and s.get("state") == "ready", 120)
+        before = server_state(session)["ahead"]
+        session.keys("g", "g", "3", "j", "4", "l")  # normal mode, no typing: line 4, after "def "
+        moved = wait_for("the server to take the hint at the cursor", lambda: (a := server_state(session)["ahead"])
+                         and a["last_hint"] == {"uri": file.as_uri(), "line": 3, "character": 4} and a)
+        session.keys(":", "e", " ", "o", "t", "h", "e", "r", ".", "p", "y", "Enter")  # BufEnter in another buffer
+        switched = wait_for("the server to take the hint for the buffer entered",
+                            lambda: (a := server_state(session)["ahead"])
+                            and a["last_hint"] == {"uri": other.as_uri(), "line": 0, "character": 0} and a)
+        assert before["hints"] < moved["hints"] < switched["hints"], (before, moved, switched)
+        assert switched["hints_dropped"] == 0, switched
+        assert session.lua("vim.bo.modified") is False, "a hint changes no buffer"
+    assert file.read_text() == SOURCE
+
+
 @pytest.mark.parametrize("broken", ["missing", "crashing"])
 def test_broken_server_gives_one_message_and_editing_goes_on(nvim, tmp_path, broken):
     out = artifacts_dir(f"neovim-{broken}")

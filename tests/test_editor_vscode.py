@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,33 @@ def test_a_language_turned_off_asks_nothing_until_the_toggle_turns_it_on(cache, 
     inserted = saved[len(SOURCE + TYPED):]
     assert saved.startswith(SOURCE + TYPED) and inserted, saved
     assert visible(result["ghost"]).strip() == visible(inserted).strip()
+
+
+def hints(report: str) -> tuple[int, int]:
+    """(taken, dropped) from the Show Status report's cursor-hints line (the server's `fim-lsp/status`)."""
+    found = re.search(r"cursor hints: (\d+) taken, (\d+) dropped", report)
+    assert found, f"no cursor hints in the status report: {report!r}"
+    return int(found[1]), int(found[2])
+
+
+def test_moving_the_cursor_and_switching_files_send_hints_the_server_takes(cache, tiny_starcoder, tmp_path):
+    out = artifacts_dir("vscode-cursor")
+    workspace, file = scale_workspace(tmp_path)
+    (workspace / "other.py").write_text("print('other')\n")
+    cmd = serve_command(tiny_starcoder)
+    with CodeServer(cache, tmp_path / "home", workspace, extension_settings(cmd)) as vscode:
+        # no typing: the cursor goes to line 4, column 5 (VS Code counts from 1), then other.py opens
+        result = vscode.drive(file=file.name, typed="", statusPattern=f"{tiny_starcoder.name} · ", out=str(out),
+                              cursor={"line": 4, "column": 5, "other": "other.py"})
+    assert "error" not in result, f"{result} (screenshots in {out})"
+    before, moved, switched = (hints(result[k]) for k in ("reportBefore", "reportMoved", "reportSwitched"))
+    # the server took a hint at the cursor's new place, in scale.py, then one for other.py; it dropped none
+    assert "last in scale.py at Ln 4, Col 5" in result["reportMoved"], result["reportMoved"]
+    assert "last in other.py at Ln 1, Col 1" in result["reportSwitched"], result["reportSwitched"]
+    assert before[0] < moved[0] < switched[0], (before, moved, switched)
+    assert before[1] == moved[1] == switched[1] == 0, (before, moved, switched)
+    # a hint changes no document
+    assert file.read_text() == SOURCE and (workspace / "other.py").read_text() == "print('other')\n"
 
 
 @pytest.mark.parametrize("broken", ["missing", "crashing"])

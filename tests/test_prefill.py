@@ -85,6 +85,8 @@ def test_a_cursor_hint_warms_the_prompt_and_the_request_prefills_a_few_tokens(ah
     warmed = until(ahead, lambda s: s["ahead"]["prefills"] > before["ahead"]["prefills"] and settled(s),
                    "a warm prompt")
     assert warmed["engine"]["runs"] == before["engine"]["runs"], "a hint runs no request"
+    assert warmed["ahead"]["hints"] == before["ahead"]["hints"] + 1
+    assert warmed["ahead"]["last_hint"] == {"uri": A, **here}, "status names where the newest hint pointed"
     assert warmed["ahead"]["prefill_tokens"] > 200
     assert inline(ahead, A, here) is not None
     status = ahead.status()
@@ -98,6 +100,10 @@ def test_a_cursor_hint_warms_the_prompt_and_the_request_prefills_a_few_tokens(ah
 def test_hints_that_are_malformed_or_for_unknown_documents_are_dropped_and_change_nothing(ahead):
     open_doc(ahead, B, OTHER)
     before = ahead.status()
+    hint(ahead, B, {"line": 3, "character": 2})
+    taken = until(ahead, lambda s: s["ahead"]["hints"] == before["ahead"]["hints"] + 1, "the hint taken")
+    assert taken["ahead"]["last_hint"] == {"uri": B, "line": 3, "character": 2}
+    before = until(ahead, settled, "its warm done")
     hint(ahead, "file:///work/project/never-opened.py", {"line": 0, "character": 0})
     ahead.notify("fim-lsp/cursor", {"textDocument": {"uri": B}, "position": {"line": -1, "character": 0}})
     ahead.notify("fim-lsp/cursor", {"position": {"line": 0, "character": 0}})
@@ -105,6 +111,7 @@ def test_hints_that_are_malformed_or_for_unknown_documents_are_dropped_and_chang
     status = until(ahead, lambda s: s["ahead"]["hints_dropped"] - before["ahead"]["hints_dropped"] == 4,
                    "four hints dropped")
     assert status["ahead"]["hints"] == before["ahead"]["hints"]
+    assert status["ahead"]["last_hint"] == taken["ahead"]["last_hint"], "a dropped hint is not the newest"
     assert status["engine"]["forwards"] == before["engine"]["forwards"]
     assert ahead.texts([B]) == {B: OTHER}
     assert sum("malformed fim-lsp/cursor hint" in m for m in ahead.messages("window/logMessage")) == 3

@@ -1,8 +1,40 @@
 // Drives JupyterLab in Debian's chromium: open a notebook, type in its second cell, read the
 // inline suggestion from the DOM, press Tab, save. Prints one JSON object; screenshots go to `out`.
 // usage: NODE_PATH=<playwright-core's node_modules> node jupyter_drive.js '<json config>'
-//   config: { url, typed, out, timeoutMs }
+//   config: { url, typed, out, timeoutMs, cycle,
+//             cursor ({status, token}: instead of typing, put the cursor at line 2, column 5 of the first
+//             cell without typing, then focus the second cell; after each, the server's `ahead` status
+//             (polled at `status`) once its newest hint is that place) }
 const { drive } = require('./browser');
+
+/** Poll the server's status (GET `cfg.status`) until `done(ahead)`; that `ahead` section, or the last
+ * one read when it never comes (the test then says what was seen). */
+async function aheadWhen(page, cfg, done, timeoutMs = 60000) {
+  const deadline = Date.now() + timeoutMs;
+  let ahead = null;
+  while (Date.now() < deadline) {
+    const response = await fetch(cfg.cursor.status, { headers: { Authorization: `token ${cfg.cursor.token}` } });
+    ahead = (await response.json()).ahead ?? null;
+    if (ahead && done(ahead)) break;
+    await page.waitForTimeout(250); // the poll's pace; what ends the wait is the status itself
+  }
+  return ahead;
+}
+
+/** Move the cursor in the first cell without typing, then focus the second: each sends a hint. */
+async function moveAndFocus(page, cfg, result, cells) {
+  result.aheadBefore = await aheadWhen(page, cfg, () => true);
+  await cells.nth(0).locator('.cm-content').click();
+  await page.keyboard.press('Control+Home');
+  await page.keyboard.press('ArrowDown');
+  for (let i = 0; i < 4; i++) await page.keyboard.press('ArrowRight');
+  const at = (h, line, character) => h && h.uri.includes('#cell-') && h.line === line && h.character === character;
+  result.aheadMoved = await aheadWhen(page, cfg, (a) => at(a.last_hint, 1, 4));
+  await cells.nth(1).locator('.cm-content').click();
+  const first = result.aheadMoved?.last_hint?.uri;
+  result.aheadFocused = await aheadWhen(page, cfg, (a) => at(a.last_hint, 0, 0) && a.last_hint.uri !== first);
+  await page.screenshot({ path: `${cfg.out}/focused.png` });
+}
 
 drive(async (page, cfg, result) => {
   await page.goto(cfg.url);
@@ -11,6 +43,10 @@ drive(async (page, cfg, result) => {
   // No kernel is needed to type; dismiss a kernel dialog if one comes up.
   await page.waitForTimeout(1000);
   if (await page.locator('.jp-Dialog').count()) await page.keyboard.press('Escape');
+  if (cfg.cursor) {
+    await moveAndFocus(page, cfg, result, cells);
+    return;
+  }
   const editor = cells.nth(1).locator('.cm-content');
   await editor.click();
   await page.keyboard.press('Control+End');

@@ -4,7 +4,9 @@
 //   config: { url, file, typed, statusPattern (a RegExp source), out, timeoutMs, expectNotification,
 //             toggle (the file's language starts turned off: ask, see nothing, toggle it on, accept;
 //             statusPattern then matches the "off" item and statusOnPattern the one naming the model),
-//             cycle (after the first suggestion, show the next one, then accept that) }
+//             cycle (after the first suggestion, show the next one, then accept that),
+//             cursor ({line, column, other}: move the cursor there without typing, then open the file
+//             `other`; the status report after each, as soon as it names that place) }
 const { drive } = require('./browser');
 
 const GHOST = '.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text';
@@ -87,6 +89,39 @@ async function typeAndAccept(page, cfg, result, item) {
   result.statusReport = await statusReport(page);
 }
 
+/** Show Status until its report matches `pattern` (the server has taken the hint it names); the
+ * last report either way. Each read clears the notifications, so the next one is read fresh. */
+async function reportMatching(page, pattern, timeoutMs = 60000) {
+  const deadline = Date.now() + timeoutMs;
+  let text = '';
+  while (Date.now() < deadline) {
+    text = await statusReport(page);
+    await runCommand(page, 'Notifications: Clear All Notifications');
+    if (pattern.test(text)) break;
+    await page.waitForTimeout(250); // the poll's pace; what ends the wait is the report itself
+  }
+  return text;
+}
+
+/** Move the cursor without typing, then switch to another file: each sends a cursor hint, which the
+ * server's status (the extension's Show Status report) names once taken. */
+async function moveAndSwitch(page, cfg, result) {
+  const { line, column, other } = cfg.cursor;
+  result.reportBefore = await statusReport(page);
+  await runCommand(page, 'Notifications: Clear All Notifications');
+  await page.click('.monaco-editor .view-lines');
+  await page.keyboard.press('Control+Home');
+  for (let i = 1; i < line; i++) await page.keyboard.press('ArrowDown');
+  await page.keyboard.press('Home');
+  for (let i = 1; i < column; i++) await page.keyboard.press('ArrowRight');
+  result.reportMoved = await reportMatching(page, new RegExp(`at Ln ${line}, Col ${column}\\b`));
+  const entry = page.locator(`.explorer-folders-view .monaco-list-row[aria-label*="${other}"]`);
+  await entry.first().click();
+  await page.waitForSelector(`.tab.active[aria-label*="${other}"]`);
+  result.reportSwitched = await reportMatching(page, new RegExp(`last in ${other.replace('.', '\\.')} at`));
+  await page.screenshot({ path: `${cfg.out}/switched.png` });
+}
+
 async function expectBrokenServer(page, cfg, result) {
   const toast = page.locator('.notifications-toasts .notification-toast', { hasText: cfg.expectNotification });
   await toast.first().waitFor();
@@ -120,6 +155,8 @@ drive(async (page, cfg, result) => {
   await page.keyboard.press('Control+End');
   if (cfg.expectNotification) {
     await expectBrokenServer(page, cfg, result);
+  } else if (cfg.cursor) {
+    await moveAndSwitch(page, cfg, result);
   } else if (cfg.toggle) {
     await toggleOn(page, cfg, result, item);
   } else {

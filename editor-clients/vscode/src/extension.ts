@@ -13,6 +13,8 @@ import {
 
 const SECTION = 'fim-lsp';
 const STATUS_REQUEST = 'fim-lsp/status';
+// the documents the client syncs with the server (and the only ones it sends cursor hints for)
+const DOCUMENT_SELECTOR = [{ scheme: 'file' }, { scheme: 'untitled' }, { scheme: 'vscode-notebook-cell' }];
 const CURSOR_NOTIFICATION = 'fim-lsp/cursor'; // a hint: the server prefills the prompt there while idle
 const CURSOR_DEBOUNCE_MS = 150;
 // Settings the server understands (its wire names); the rest only concern how it is started.
@@ -29,6 +31,10 @@ interface ServerStatus {
   latency?: { p50_ms?: number; p95_ms?: number; count?: number } | null;
   last?: { latency_ms?: number } | null;
   acceptance?: { shown?: number; accepted?: number } | null;
+  ahead?: {
+    hints?: number; hints_dropped?: number; prefills?: number; prefetches?: number; prefetch_served?: number;
+    last_hint?: { uri: string; line: number; character: number } | null;
+  } | null;
 }
 
 let client: LanguageClient | undefined;
@@ -51,6 +57,8 @@ function hintCursor(editor: vscode.TextEditor | undefined): void {
     cursorTimer = undefined;
     const c = client;
     if (!c || c.state !== State.Running || !enabledFor(editor.document.languageId)) return;
+    // only documents the client syncs: the server drops a hint for one it has not been given
+    if (!vscode.languages.match(DOCUMENT_SELECTOR, editor.document)) return;
     const position = c.code2ProtocolConverter.asPosition(editor.selection.active);
     void c.sendNotification(CURSOR_NOTIFICATION, { textDocument: { uri: editor.document.uri.toString() }, position });
   }, CURSOR_DEBOUNCE_MS);
@@ -155,12 +163,18 @@ function render(): void {
 function describe(s: ServerStatus): string {
   const mb = s.cache_bytes != null ? ` (${(s.cache_bytes / 2 ** 20).toFixed(1)} MiB)` : '';
   const lat = s.latency ?? {};
+  const ahead = s.ahead ?? {};
+  const hint = ahead.last_hint;
   return [
     `model: ${s.model ?? '-'} (${s.state ?? '?'})`,
     `backend: ${s.backend ?? '-'} on ${s.device ?? '-'}, ${s.dtype ?? '-'}`,
     `cache: ${s.cache_slots ?? 0} slots${mb}`,
     `latency: p50 ${fmt(lat.p50_ms)} ms, p95 ${fmt(lat.p95_ms)} ms, last ${fmt(s.last?.latency_ms)} ms`,
     `accepted: ${s.acceptance?.accepted ?? 0} of ${s.acceptance?.shown ?? 0} shown`,
+    `cursor hints: ${ahead.hints ?? 0} taken, ${ahead.hints_dropped ?? 0} dropped` +
+      (hint ? `, last in ${path.posix.basename(vscode.Uri.parse(hint.uri).path)} at Ln ${hint.line + 1}, Col ${hint.character + 1}` : ''),
+    `work ahead: ${ahead.prefills ?? 0} prompts warmed, ${ahead.prefetch_served ?? 0} of ` +
+      `${ahead.prefetches ?? 0} prefetched suggestions used`,
     ...(s.error ? [`error: ${s.error}`] : []),
   ].join('\n');
 }
@@ -212,7 +226,7 @@ async function start(): Promise<void> {
   const initial = serverSettings();
   sentKeys = Object.keys(initial);
   const clientOptions: LanguageClientOptions = {
-    documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }, { scheme: 'vscode-notebook-cell' }],
+    documentSelector: DOCUMENT_SELECTOR,
     initializationOptions: initial,
     outputChannel: output,
     initializationFailedHandler: (err) => {
