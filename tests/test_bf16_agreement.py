@@ -14,18 +14,27 @@ from benchmarks.backends import agreement
 from benchmarks.keystroke_replay import load_problems, replay
 from engine.backends.torch_backend import TorchBackend
 from engine.cache import CacheConfig
+from engine.hardware import cpu_has_bf16
 from engine.loading import load_model
 from engine.select import DEFAULT_MODEL_DIR
 from engine.speculative import DEFAULT_DRAFT
 
 CPU = torch.device("cpu")
 PROBLEMS, KEYS, TOKENS = 6, 12, 8  # 6 problems x 13 keystrokes (before typing, then 12 keys) = 78
-# share of keystrokes whose 8 tokens are identical: (measured on 2026-12-07, floor)
+# Floors on the share of keystrokes whose 8 tokens are identical. bf16 arithmetic differs by CPU:
+# - without native bf16 (measured 2026-12-07, 2-core AMD EPYC, AVX2): 100%, 100%, 91.0%;
+# - with native bf16 (AVX-512 BF16 / AMX), not measured on this replay here: issue 26 measured
+#   speculation on vs off at 74 of 78 keystrokes on the bundled model; docs/benchmarks/speculative.md
+#   cached vs recompute at 99.1% (older weights). Its floors sit under those, and fp32's under
+#   cpu-decode.md's 92.7% of keystrokes.
 FLOORS = {
-    "speculation on vs off (bf16, cached)": 0.0,
-    "cached vs recompute (bf16, no speculation)": 0.0,
-    "bf16 as served (cached, speculation) vs fp32": 0.0,
-}
+    False: {"speculation on vs off (bf16, cached)": 0.97,
+            "cached vs recompute (bf16, no speculation)": 0.97,
+            "bf16 as served (cached, speculation) vs fp32": 0.88},
+    True: {"speculation on vs off (bf16, cached)": 0.92,
+           "cached vs recompute (bf16, no speculation)": 0.92,
+           "bf16 as served (cached, speculation) vs fp32": 0.85},
+}[cpu_has_bf16()]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -193,8 +193,9 @@ def test_the_int8_graph_gives_a_row_the_same_bits_alone_and_in_any_batch(tmp_pat
 
 # The bundled trained model's int8 graph against torch fp32 over docs/benchmarks/keystrokes.md's
 # replay (20 HumanEval problems x 12 keys, 8 greedy tokens a keystroke, 1 thread): measured
-# AGREEMENT_MEASURED of tokens on 2026-12-07; the floor sits a little under it.
-AGREEMENT_MEASURED, AGREEMENT_FLOOR = 0.0, 0.0
+# AGREEMENT_MEASURED of tokens (76.9% of keystrokes) on 2026-12-07, 2-core AMD EPYC (AVX2); the
+# floor sits a little under it.
+AGREEMENT_MEASURED, AGREEMENT_FLOOR = 0.848, 0.83
 
 
 def test_the_int8_graph_of_the_bundled_model_agrees_with_fp32_as_documented(tmp_path, one_thread):
