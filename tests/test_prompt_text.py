@@ -47,43 +47,49 @@ async def inline(client, uri: str, text: str, offset: int) -> types.InlineComple
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
 
 
-def completions_for(log: Path, uri: str, after: int = 0) -> list[str]:
-    """The prompts of `complete` requests for `uri`, from the `after`-th logged request on."""
-    return [r["prompt"] for r in read_prompts(log)[after:] if r["method"] == "complete" and r["doc"] == uri]
+def completions_for(log: Path, uri: str) -> list[str]:
+    """The prompts of the `complete` requests logged for `uri` so far."""
+    return [r["prompt"] for r in read_prompts(log) if r["method"] == "complete" and r["doc"] == uri]
 
 
-async def test_an_excluded_file_is_never_quoted_in_the_prompt_text(tmp_path):
-    log = tmp_path / "prompts.jsonl"
+async def type_and_ask(log: Path, options: dict) -> list[dict]:
+    """A session of the logging server: a secret file (the marker in the code the cursor's file
+    shares, so it is the neighbour chosen) and the file typed into; two keystrokes asked for.
+    Returns every request the backend received, background work (idle prefill, prefetch) included."""
     client = await logging_server(log, str(kit(shape="tiny", family="starcoder"))).start()
     try:
-        ready = await start_session(client, options={"maxNewTokens": 4})
+        ready = await start_session(client, options=options)
         assert ready["state"] == "ready", ready
-        secret, code = "file:///work/project/.env.py", "file:///work/project/app.py"
-        # the secret file shares the code around the cursor, so its lines are the neighbour chosen
         secret_text = CODE.replace("def main():\n", f"def main():\n    token = '{MARKER}'\n")
-        open_doc(client, secret, secret_text)
-        open_doc(client, code, CODE)
+        open_doc(client, SECRET, secret_text)
+        open_doc(client, APP, CODE)
         cursor = CODE.index("    print(len(lines))")
-        await inline(client, code, CODE, cursor)
-        quoted = completions_for(log, code)
-        assert quoted and MARKER in quoted[-1], "positive control: without exclude the neighbour is quoted"
-
-        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-            settings={"maxNewTokens": 4, "exclude": [".env*"]}))
-        seen = len(read_prompts(log))
+        await inline(client, APP, CODE, cursor)
         text = CODE[:cursor] + " " + CODE[cursor:]  # a keystroke, so the answer is computed again
         client.text_document_did_change(types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=code, version=2),
+            text_document=types.VersionedTextDocumentIdentifier(uri=APP, version=2),
             content_changes=[types.TextDocumentContentChangeWholeDocument(text=text)]))
-        await inline(client, code, text, cursor + 1)
-        after = completions_for(log, code, seen)
-        assert after, "the keystroke after the settings change reached the model"
-        assert all(MARKER not in r["prompt"] for r in read_prompts(log)[seen:]), "an excluded file was quoted"
-        assert not (await inline(client, secret, secret_text, len(secret_text))).items
-        assert all(r["doc"] != secret for r in read_prompts(log)[seen:]), "the excluded file itself reached the model"
+        await inline(client, APP, text, cursor + 1)
+        answer = await inline(client, SECRET, secret_text, len(secret_text))
+        if "exclude" in options:
+            assert not answer.items, "an excluded document gets no suggestion"
         await client.shutdown_session()
     finally:
         await client.stop()
+    return read_prompts(log)  # read once the server has exited: nothing more can be added
+
+
+SECRET, APP = "file:///work/project/.env.py", "file:///work/project/app.py"
+
+
+async def test_an_excluded_file_is_never_quoted_in_the_prompt_text(tmp_path):
+    # positive control: the same session without `exclude` quotes the secret file in app.py's prompt
+    control = await type_and_ask(tmp_path / "control.jsonl", {"maxNewTokens": 4})
+    assert any(MARKER in r["prompt"] for r in control if r["doc"] == APP), "the neighbour was not quoted"
+    excluded = await type_and_ask(tmp_path / "excluded.jsonl", {"maxNewTokens": 4, "exclude": [".env*"]})
+    assert any(r["method"] == "complete" and r["doc"] == APP for r in excluded), "app.py's request reached the model"
+    assert all(MARKER not in r["prompt"] for r in excluded), "an excluded file's text reached the model"
+    assert all(r["doc"] != SECRET for r in excluded), "the excluded file itself reached the model"
 
 
 def no_fim_revision(tmp_path: Path) -> str:
@@ -125,13 +131,12 @@ async def test_a_model_without_fim_completes_left_to_right_over_stdio(tmp_path, 
         for anchor in ("    print(len(lines))", "    lines = read_lines(", "def main():\n"):
             cursor = text.index(anchor) + len(anchor) if anchor.endswith("(") else text.index(anchor)
             answer = await inline(client, uri, text, cursor)
-            prompt = completions_for(log, uri)[-1]
-            assert not any(s in prompt for s in FIM_SPELLINGS), prompt
-            assert suffix_mark not in prompt and prompt.endswith(text[:cursor]), prompt
             line, character = offset_to_position(text, cursor)
             expected = pipeline.complete(engine, f"{uri}#{cursor}", text, line, character, config=config,
                                          path=uri_to_path(uri))
             assert expected.prompt is not None and expected.prompt.mode == "l2r"
+            assert expected.prompt.text.endswith(text[:cursor]), "the prompt is the text before the cursor"
+            assert expected.prompt.text in completions_for(log, uri), "the server's backend got that prompt"
             got = [item.insert_text for item in answer.items] if answer else []
             assert got == ([expected.suggestion.text] if expected.suggestion else []), (anchor, got)
             suggested += bool(got)
@@ -139,3 +144,6 @@ async def test_a_model_without_fim_completes_left_to_right_over_stdio(tmp_path, 
         await client.shutdown_session()
     finally:
         await client.stop()
+    sent = [r["prompt"] for r in read_prompts(log)]  # after exit: background work (prefetch) included
+    assert sent and not any(s in p for p in sent for s in FIM_SPELLINGS), sent
+    assert not any(suffix_mark in p for p in sent), "text after the cursor reached the model"
