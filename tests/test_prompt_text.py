@@ -2,8 +2,8 @@
 
 `fim-lsp serve` over stdio with a kit model; every prompt the server hands its backend is written
 down before the model sees it, so these tests check the prompt text itself, not its length:
-- an excluded file's text never reaches another file's prompt (with the positive control, in the
-  same session, that it does before the file is excluded);
+- an excluded file's text never reaches another file's prompt (with the positive control, in a
+  second session of the same test without the exclude, that it does);
 - a model without fill-in-the-middle completes left to right end to end: the prompt is the text
   before the cursor only (no FIM token, nothing of the suffix) and the answer is a suggestion.
 """
