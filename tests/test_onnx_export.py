@@ -193,9 +193,11 @@ def test_the_int8_graph_gives_a_row_the_same_bits_alone_and_in_any_batch(tmp_pat
 
 # The bundled trained model's int8 graph against torch fp32 over docs/benchmarks/keystrokes.md's
 # replay (20 HumanEval problems x 12 keys, 8 greedy tokens a keystroke, 1 thread): measured
-# AGREEMENT_MEASURED of tokens (76.9% of keystrokes) on 2026-12-07, 2-core AMD EPYC (AVX2); the
-# floor sits a little under it.
+# AGREEMENT_MEASURED of tokens and KEYSTROKES_MEASURED of keystrokes on 2026-12-07, 2-core AMD EPYC
+# (AVX2); the floors sit a little under them. ONNX Runtime's own per-call graph (quantize_dynamic)
+# scored 84.0% / 71.9% on the same replay: the keystroke floor is the one that tells them apart.
 AGREEMENT_MEASURED, AGREEMENT_FLOOR = 0.848, 0.83
+KEYSTROKES_MEASURED, KEYSTROKES_FLOOR = 0.769, 0.75
 
 
 def test_the_int8_graph_of_the_bundled_model_agrees_with_fp32_as_documented(tmp_path, one_thread):
@@ -216,3 +218,6 @@ def test_the_int8_graph_of_the_bundled_model_agrees_with_fp32_as_documented(tmp_
     assert same_tokens >= AGREEMENT_FLOOR, (
         f"ONNX int8 agrees with fp32 on {same_tokens:.1%} of tokens ({same_keystrokes:.1%} of keystrokes); "
         f"measured {AGREEMENT_MEASURED:.1%}: the int8 graph regressed")
+    assert same_keystrokes >= KEYSTROKES_FLOOR, (
+        f"ONNX int8 gives fp32's tokens at {same_keystrokes:.1%} of keystrokes; measured "
+        f"{KEYSTROKES_MEASURED:.1%}: the int8 graph regressed (a per-call graph scores ~72%)")
