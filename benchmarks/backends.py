@@ -77,8 +77,10 @@ def load_mode(task: Task):
 
             quantize_int4(loaded.model)
         return TorchBackend(loaded, cache, kv_dtype=dtype)
+    from engine.onnx_export import export
+
     config = OnnxConfig(export_dir=task.export_dir, quantization="int8-dynamic" if precision == "int8" else "none")
-    return load_onnx_backend(task.model, device="cpu", dtype="auto", cache=cache, config=config)
+    return load_onnx_backend(task.model, device="cpu", dtype="auto", cache=cache, config=config, exporter=export)
 
 
 def code_ids(backend, n: int) -> list[int]:
