@@ -39,8 +39,7 @@ MODES: dict[str, tuple[dict, bool]] = {
     "+ adaptive wait": ({**TODAY, "adaptiveWait": True}, False),
     "+ idle prefill, hints": ({**TODAY, "idlePrefill": True}, True),
     "+ idle prefill, hints, two regions": ({**TODAY, "idlePrefill": True, "cacheRegions": 2}, True),
-    "all on (+ prefetch, adaptive wait)": ({"adaptiveWait": True, "idlePrefill": True, "prefetch": True,
-                                            "cacheRegions": 2}, True),
+    "defaults (+ prefetch while shown)": ({"idlePrefill": True, "prefetch": True, "cacheRegions": 2}, True),
 }
 
 

@@ -85,7 +85,7 @@ class ServerConfig:
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     debounce_ms: int = 0  # wait this long for a newer request before running the model
     # no fixed debounce: wait for a newer keystroke only while the model is slower than the typing (lsp_server.pacing)
-    adaptive_wait: bool = True
+    adaptive_wait: bool = False  # saves CPU, costs latency at every pause (docs/benchmarks/session.md)
     idle_prefill: bool = True  # while idle, prefill the prompt at the cursor a client hints at (lsp_server.prefill)
     prefetch: bool = True  # after an accept, compute the next suggestion before it is asked for
     prefill_chunk_tokens: int = 64  # most prompt tokens per background engine job (a request waits for one)
@@ -177,7 +177,8 @@ SETTINGS: dict[str, Setting] = {
         "server", "adaptive_wait", (bool,), None,
         "While the model is slower than your typing, wait about one and a half typing intervals for the next "
         "keystroke before running it (a suggestion nobody would see costs nothing); no wait when the model is "
-        "fast. A debounceMs above 0 replaces it."),
+        "fast. Off by default: it saves CPU (battery) but every pause waits that much longer for its "
+        "suggestion. A debounceMs above 0 replaces it."),
     "idlePrefill": Setting(
         "server", "idle_prefill", (bool,), None,
         "While the model is idle, prefill the prompt where the cursor rests (the clients send fim-lsp/cursor "

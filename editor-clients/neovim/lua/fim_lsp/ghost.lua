@@ -157,6 +157,8 @@ function M.request(buf, invoked, index)
   params.context = { triggerKind = invoked and INVOKED or AUTOMATIC }
   local ok, id = client:request("textDocument/inlineCompletion", params, function(err, result)
     if p.request == id then p.request = nil end
+    -- An answer already on its way when ghost text was turned off (a cancel cannot stop it).
+    if pending[buf] ~= p then return end
     if err or not vim.api.nvim_buf_is_valid(buf) then return end
     -- Drop answers overtaken by typing or cursor moves.
     local r, c = cursor(buf)
