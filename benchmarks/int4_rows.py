@@ -21,25 +21,11 @@ import time
 import torch
 from torch import nn
 
+from benchmarks.int8_rows import build
 from benchmarks.keystroke_replay import measure_bandwidth
 from engine.int4 import GROUP_SIZES, dequantize_groups, quantize_groups, quantize_int4
-from engine.model import KVBuffer, ModelArgs, Transformer
+from engine.model import KVBuffer, Transformer
 from engine.quantize import quantize_int8, weight_bytes
-from fim_lsp.training.checkpoint_kit import SHAPES
-
-
-def build(shape: str, quantize) -> Transformer:
-    s = SHAPES[shape]
-    args = ModelArgs(n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head, n_positions=s.n_positions,
-                     vocab_size=s.vocab_size, multi_query=True)
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = Transformer(args)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, s.init_std)
-    return quantize(model.eval())
 
 
 def step_bytes(model: Transformer) -> int:

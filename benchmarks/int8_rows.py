@@ -26,7 +26,8 @@ def per_call_forward(self: Int8Linear, x: torch.Tensor) -> torch.Tensor:
     return y if self.bias is None else y + self.bias
 
 
-def build(shape: str) -> Transformer:
+def build(shape: str, quantize=quantize_int8) -> Transformer:
+    """A model of the kit's `shape` with random weights made in memory, quantised by `quantize`."""
     s = SHAPES[shape]
     args = ModelArgs(n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head, n_positions=s.n_positions,
                      vocab_size=s.vocab_size, multi_query=True)
@@ -37,7 +38,7 @@ def build(shape: str) -> Transformer:
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, s.init_std)
-    return quantize_int8(model.eval())
+    return quantize(model.eval())
 
 
 def timed(fn) -> float:
