@@ -165,7 +165,7 @@ def test_superseded_requests_cost_no_forward_beyond_the_one_in_flight():
 def test_pressing_tab_finds_the_next_suggestion_computed_while_the_shown_one_was_read():
     docs = {}
     for name, options in (("today", TODAY), ("ahead", {})):
-        client = serve({**options, "multiline": "never"})
+        client = serve({**options, "multiline": "never", "idlePrefill": False})  # the prefetch alone: no edit hints
         try:
             open_doc(client, B, OTHER)
             here = position_of(OTHER, "return 2 * math.pi")
