@@ -214,7 +214,7 @@ class Background:
     def aim(self, target: Target) -> None:
         """Make `target` the newest place to work ahead at (an older one is dropped)."""
         config, _, _ = self.session()
-        if not (config.prefetch if target.why == "accept" else config.idle_prefill):
+        if not (config.prefetch if target.why in ("accept", "shown") else config.idle_prefill):
             return
         if target.why == "edit" and self._target is not None and \
                 (self._target.uri, self._target.position) == (target.uri, target.position):
