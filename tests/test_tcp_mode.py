@@ -76,14 +76,8 @@ def test_tcp_completions_and_a_new_session_on_the_same_server_after_the_session_
         for typed in ("    tot", "    n = "):  # the second session after the first one's shutdown and exit
             typed_session(port, oracle, typed)
             assert proc.poll() is None, "a session's end does not stop the server"
-        proc.terminate()
-        proc.wait(HANG_S)  # only a hang takes this long
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    stderr.seek(0)
-    assert proc.returncode in (0, -15), stderr.read().decode(errors="replace")[-3000:]
+        stopped_cleanly(proc, stderr)
 
 
 def accepted_session(port: int) -> SyncClient:
@@ -121,11 +115,19 @@ def test_a_client_dropping_the_connection_mid_request_leaves_the_server_serving_
         assert status["config"]["max_new_tokens"] == 8, "and its settings"
         typed_session(port, oracle, "    n = ", client)
         assert proc.poll() is None, "a session's end does not stop the server"
-        proc.terminate()
-        proc.wait(HANG_S)  # only a hang takes this long
     finally:
-        if proc.poll() is None:
+        stopped_cleanly(proc, stderr)
+
+
+def stopped_cleanly(proc, stderr) -> None:
+    """SIGTERM stops the server (only a hang takes HANG_S); its exit is clean, else its stderr is shown."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(HANG_S)
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+            raise AssertionError("the server did not stop on SIGTERM") from None
     stderr.seek(0)
     assert proc.returncode in (0, -15), stderr.read().decode(errors="replace")[-3000:]

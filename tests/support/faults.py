@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from engine.api import Backend, CancelToken, CompletionRequest, CompletionResult, DocId
-from tests.support.hold import Hold, holding_forward
+from tests.support.hold import Hold, holding_forward, wrapped_forwards
 
 FaultKind = Literal["decode_error", "decode_oom", "alloc_error", "corrupt_slot"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("decode_error", "decode_oom", "alloc_error", "corrupt_slot")
@@ -105,14 +105,8 @@ def failing_forward(backend: Any, error: BaseException, after_calls: int) -> Ite
             return original(*args, **kwargs)
         return forward
 
-    names = [name for name in ("forward", "forward_rows") if hasattr(model, name)]
-    for name in names:  # an instance attribute shadows the class's method; nn.Module calls it
-        setattr(model, name, failing(getattr(model, name)))
-    try:
+    with wrapped_forwards(model, failing):
         yield
-    finally:
-        for name in names:
-            delattr(model, name)
 
 
 @contextlib.contextmanager

@@ -44,9 +44,16 @@ def holding_forward(backend: Any, hold: Hold, after_calls: int = 1) -> Iterator[
             return original(*args, **kwargs)
         return forward
 
+    with wrapped_forwards(model, holding):
+        yield
+
+
+@contextlib.contextmanager
+def wrapped_forwards(model: Any, wrap) -> Iterator[None]:
+    """`model.forward` (and `forward_rows`, where it has one) replaced by `wrap(original)` while inside."""
     names = [name for name in ("forward", "forward_rows") if hasattr(model, name)]
     for name in names:  # an instance attribute shadows the class's method; nn.Module calls it
-        setattr(model, name, holding(getattr(model, name)))
+        setattr(model, name, wrap(getattr(model, name)))
     try:
         yield
     finally:
