@@ -30,6 +30,16 @@ def test_jupyter_text_is_golden():
         "<jupyter_start><jupyter_code>a\nb\n<jupyter_output>out 1\nout 2\n<jupyter_text>\n", [0, 4])
 
 
+def test_a_cell_ending_in_a_lone_carriage_return_keeps_its_empty_last_line():
+    """"x = 1\r\n\r" is three lines; the line break after the cell must not merge with its \r into
+    one \r\n (found by the notebook state machine: the prompt lost a line, the cursor moved)."""
+    cells = [Cell("code", "x = 1\r\n\r"), Cell("code", "y\r")]
+    assert notebook_text(cells, "python", "jupyter") == (
+        "<jupyter_start><jupyter_code>x = 1\n\n\n<jupyter_code>y\n\n", [0, 3])
+    assert map_cell_position(cells, "python", 1, 1, 0, "utf-16", "jupyter") == (4, 0)
+    assert map_cell_position(cells, "python", 0, 2, 0, "utf-16", "jupyter") == (2, 0)
+
+
 @pytest.mark.parametrize("cell, line, character, encoding, expected", [
     (0, 0, 2, "utf-16", (0, len("<jupyter_start><jupyter_text>") + 2)),  # first line: after both markers
     (0, 2, 4, "utf-16", (2, 4)),  # later lines: as they are

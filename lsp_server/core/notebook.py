@@ -84,7 +84,7 @@ def _jupyter_layout(cells: Sequence[Cell]) -> tuple[str, list[tuple[int, str]]]:
     for cell in cells:
         write(JUPYTER_CODE if cell.kind == "code" else JUPYTER_TEXT)
         starts.append((line, head))
-        write(cell.text + "\n")
+        write("\n".join(_split_lines(cell.text)) + "\n")  # a cell ending in a lone \r keeps its empty last line
         if cell.kind == "code" and cell.output:
             write(JUPYTER_OUTPUT + cell.output.rstrip("\r\n") + "\n")
     return "".join(pieces), starts
