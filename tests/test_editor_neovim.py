@@ -11,7 +11,6 @@ import asyncio
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +41,22 @@ def server_state(session: NvimSession):
                        "if not c or not c.initialized then return nil end "
                        "local r = c:request_sync('fim-lsp/status', {}, 2000, 0) "
                        "return r and r.result end)()")
+
+
+# The inline completions this editor's fim-lsp client has sent since the first evaluation (which
+# wraps the client's `request` to count them).
+COUNT_SENT = ("(function() local c = require('fim_lsp').client(0) "
+              "if not c.fim_sent then local send = c.request c.fim_sent = 0 "
+              "c.request = function(self, method, ...) "
+              "if method == 'textDocument/inlineCompletion' then c.fim_sent = c.fim_sent + 1 end "
+              "return send(self, method, ...) end end "
+              "return c.fim_sent end)()")
+# False until a timer started at the first evaluation fires, twice the debounce later. Timers
+# started earlier with the debounce fire first, and their request is sent before this one's flag is
+# set (both run on the editor's main loop, in order): a barrier with no wall-clock bound of its own.
+AFTER_DEBOUNCE = ("(function() if _G.fim_barrier == nil then _G.fim_barrier = false "
+                  "vim.defer_fn(function() _G.fim_barrier = true end, 2 * require('fim_lsp').config.debounce_ms) "
+                  "end return _G.fim_barrier end)()")
 
 
 def test_typing_shows_ghost_text_and_tab_accepts_it(nvim, tiny_starcoder, tmp_path):
@@ -89,15 +104,17 @@ def test_typing_shows_ghost_text_and_tab_accepts_it(nvim, tiny_starcoder, tmp_pa
         assert last["reused"] is False, f"the suggestion continued an earlier one: {last}"
 
         # :FimLspToggle turns suggestions off in the buffer: typing on asks the server nothing
+        session.lua(COUNT_SENT)  # from here the client counts the completions it asks for
         assert session.lua("(function() vim.cmd('FimLspToggle') return require('fim_lsp').enabled(0) end)()") is False
-        time.sleep(1)  # the request that accepting's edit asked for is answered (or cancelled) by now
-        asked = server_state(session)["latency"]["count"]
+        sent = session.lua(COUNT_SENT)
         session.type(" + 1")
-        time.sleep(3)  # 50x the debounce; the kit model answers in well under a second
-        assert ghost(session) is None and server_state(session)["latency"]["count"] == asked
+        wait_for("the keys typed while off", lambda: session.lua("vim.api.nvim_get_current_line()").endswith(" + 1"))
+        wait_for("a timer started after the keys, longer than the debounce", lambda: session.lua(AFTER_DEBOUNCE))
+        assert ghost(session) is None and session.lua(COUNT_SENT) == sent, "asked while suggestions were off"
         assert session.lua("(function() vim.cmd('FimLspToggle') return require('fim_lsp').enabled(0) end)()") is True
         session.type(" ")
-        wait_for("a request once toggled on", lambda: server_state(session)["latency"]["count"] > asked, timeout_s=60)
+        wait_for("a request once toggled on", lambda: session.lua(COUNT_SENT) > sent, timeout_s=60)
+        wait_for("ghost text once toggled on", lambda: ghost(session), timeout_s=60)
 
     # It was computed for this buffer alone (not a continuation of an earlier suggestion), so a
     # fresh server asked about the same buffer and cursor gives the text the editor showed.

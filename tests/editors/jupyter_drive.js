@@ -21,6 +21,13 @@ async function aheadWhen(page, cfg, done, timeoutMs = 60000) {
   return ahead;
 }
 
+/** Wait for the inline completer's counter ("1/3": the suggestion drawn, of how many) to match
+ * `pattern`; it is in the page whether or not the completer's widget is showing. */
+async function suggestionCounter(page, pattern) {
+  await page.waitForFunction((source) => new RegExp(source).test(
+    document.querySelector('.jp-InlineCompleter')?.firstElementChild?.textContent ?? ''), pattern.source);
+}
+
 /** Move the cursor in the first cell without typing, then focus the second: each sends a hint. */
 async function moveAndFocus(page, cfg, result, cells) {
   result.aheadBefore = await aheadWhen(page, cfg, () => true);
@@ -39,10 +46,10 @@ async function moveAndFocus(page, cfg, result, cells) {
 drive(async (page, cfg, result) => {
   await page.goto(cfg.url);
   const cells = page.locator('.jp-NotebookPanel .jp-Notebook .jp-Cell');
+  // No kernel is needed to type; a kernel dialog, whenever it comes up, is dismissed before the
+  // next action.
+  await page.addLocatorHandler(page.locator('.jp-Dialog'), async () => { await page.keyboard.press('Escape'); });
   await cells.nth(1).waitFor();
-  // No kernel is needed to type; dismiss a kernel dialog if one comes up.
-  await page.waitForTimeout(1000);
-  if (await page.locator('.jp-Dialog').count()) await page.keyboard.press('Escape');
   if (cfg.cursor) {
     await moveAndFocus(page, cfg, result, cells);
     return;
@@ -67,12 +74,10 @@ drive(async (page, cfg, result) => {
     // Ask by hand (Alt+\): the provider is invoked and answers with alternatives; Alt+] draws the next.
     result.automatic = shown;
     await page.keyboard.press('Alt+Backslash');
-    await page.waitForTimeout(1500);
+    await suggestionCounter(page, /^1\/([2-9]|\d\d+)$/); // the answer by hand, with its alternatives
     result.invoked = (await ghost.allTextContents()).join('');
     await page.keyboard.press('Alt+BracketRight');
-    for (let i = 0; i < 20 && (await ghost.allTextContents()).join('') === result.invoked; i++) {
-      await page.waitForTimeout(250);
-    }
+    await suggestionCounter(page, /^2\//);
     shown = (await ghost.allTextContents()).join('');
     result.ghost = shown;
     await page.screenshot({ path: `${cfg.out}/cycled.png` });
@@ -89,7 +94,10 @@ drive(async (page, cfg, result) => {
     await page.waitForTimeout(500);
   }
   result.cellText = await cellText();
+  const tab = '#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current';
+  await page.waitForSelector(`${tab}.jp-mod-dirty`); // the accepted text made the notebook unsaved
   await page.keyboard.press('Control+S');
-  await page.waitForTimeout(1500);
+  // Saved: the notebook's tab loses its "dirty" mark once the file is written.
+  await page.waitForSelector(`${tab}:not(.jp-mod-dirty)`);
   await page.screenshot({ path: `${cfg.out}/accepted.png` });
 });

@@ -82,8 +82,10 @@ async function typeAndAccept(page, cfg, result, item) {
   await page.keyboard.press('Tab');
   await ghost.first().waitFor({ state: 'detached' });
   await save(page);
-  await page.waitForTimeout(500); // the status refresh after a completion
-  result.statusAfter = (await item.first().innerText()).trim();
+  // The status bar refreshes after a completion and then names its latency.
+  const timed = item.filter({ hasText: /\d+ ms/ });
+  await timed.first().waitFor();
+  result.statusAfter = (await timed.first().innerText()).trim();
   await page.screenshot({ path: `${cfg.out}/accepted.png` });
   // The extension's status command, from the command palette.
   result.statusReport = await statusReport(page);
