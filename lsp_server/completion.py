@@ -255,17 +255,21 @@ class CompletionService:
         return Where(uri, doc_key, doc_text, cursor, text, line, character, encoding, path, others, pipeline_config,
                      repo)
 
-    def job_for(self, where: Where, backend, resample: bool = False,
-                alternatives: int = 1) -> Callable[[Any], list[pipeline.Outcome]]:
-        """The engine job that completes at `where`: the outcomes to show, best first."""
+    def job_for(self, where: Where, backend, resample: bool = False, alternatives: int = 1,
+                ahead: bool = False) -> Callable[[Any], list[pipeline.Outcome]]:
+        """The engine job that completes at `where`: the outcomes to show, best first. A request's
+        job keeps the snippets its prompt quotes as soon as it is built (`pipeline.complete`'s
+        `quoted`); work `ahead` of a request keeps nothing: the request it serves keeps them when
+        it is answered, so whether it ran never changes a later prompt."""
         doc_key = where.doc_key
+        keep = None if ahead else (lambda snippets: self.snippets.__setitem__(doc_key, snippets))
 
         def run(shown: ShownSuggestion | None, token, rank: int = 0) -> pipeline.Outcome:
             return pipeline.complete(
                 backend, doc_key, where.text, where.line, where.character, encoding=where.encoding,
                 config=where.config, path=where.path, repo=where.repo, others=where.others,
                 previous_snippets=self.snippets.get(doc_key, ()), shown=shown, cancel=token,
-                first_token_rank=rank, quoted=lambda snippets: self.snippets.__setitem__(doc_key, snippets))
+                first_token_rank=rank, quoted=keep)
 
         def job(token) -> list[pipeline.Outcome]:
             first = run(None if resample else self.shown.get(doc_key), token)

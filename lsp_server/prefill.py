@@ -19,7 +19,8 @@ shown one was not prefetched in time), the suggestion at the new cursor is compu
 prefetched answer serves only the next request with exactly the same text, cursor and settings;
 any other request drops it. Work ahead never changes what is shown: the warm writes the K/V
 the request would compute itself, and a prefetched answer is the job the request would run, on
-the same inputs.
+the same inputs; neither keeps the neighbour snippets it quoted (a request keeps those, for the
+next prompt to match the cache), so whether work ahead ran, and where, never changes a later prompt.
 """
 from __future__ import annotations
 
@@ -277,10 +278,10 @@ class Background:
 
         def chunk(token, tokens: int) -> tuple[int, int]:  # on the engine thread, as the request's prompt building
             ctx = cursor_context(where.text, where.line, where.character, where.encoding)
-            _, quoted, request = pipeline.request_for(backend, where.doc_key, ctx, config=where.config,
-                                                      path=where.path, repo=where.repo, others=where.others,
-                                                      previous_snippets=snippets)
-            self.completions.snippets[where.doc_key] = quoted  # the request that follows keeps what was warmed
+            # the snippets the request at this place will quote, kept by that request, not here
+            _, _, request = pipeline.request_for(backend, where.doc_key, ctx, config=where.config,
+                                                 path=where.path, repo=where.repo, others=where.others,
+                                                 previous_snippets=snippets)
             return backend.warm(request, tokens, token)
 
         while True:
@@ -306,7 +307,7 @@ class Background:
         if self._target is not target or self.scheduler.busy:
             return False
         same = where.same(1, backend)
-        running = asyncio.ensure_future(self.scheduler.background(self.completions.job_for(where, backend)))
+        running = asyncio.ensure_future(self.scheduler.background(self.completions.job_for(where, backend, ahead=True)))
         self._running = (where.doc_key, same, running)
         try:
             outcomes = await asyncio.shield(running)

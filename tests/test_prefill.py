@@ -3,6 +3,7 @@ a cursor hint warms the prompt, a request during the warm waits for at most one 
 requests cost nothing beyond the step in flight, and suggestions are the same with and without."""
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.conftest import kit
 from tests.support.probe import SyncClient, probed_command
+from tests.support.prompt_log import read_prompts
 
 TINY = str(kit(shape="tiny", family="starcoder"))
 TODAY = {"idlePrefill": False, "prefetch": False, "cacheRegions": 1}  # the server before work ahead
@@ -182,7 +184,9 @@ def test_pressing_tab_finds_the_next_suggestion_computed_while_the_shown_one_was
             client.request("workspace/executeCommand", {"command": item["command"]["command"],
                                                         "arguments": item["command"]["arguments"]})
             after = {**start, "character": start["character"] + len(text)}
-            docs[name] = (text, inline(client, B, after), before, client.status())
+            answer = inline(client, B, after)
+            # the answer shown now starts its own prefetch: the engine's runs are read once it is done
+            docs[name] = (text, answer, before, until(client, settled, "the prefetch after the new answer"))
         finally:
             client.close()
     (text, today, _, today_status), (ahead_text, ahead, before, status) = docs["today"], docs["ahead"]
@@ -190,7 +194,9 @@ def test_pressing_tab_finds_the_next_suggestion_computed_while_the_shown_one_was
     assert before["ahead"]["prefetches"] >= 1, "the suggestion after the shown one was computed while it was read"
     assert status["ahead"]["prefetch_served"] == before["ahead"]["prefetch_served"] + 1
     assert status["last"]["prefetched"] and not today_status["last"]["prefetched"]
-    assert status["engine"]["runs"] == before["engine"]["runs"], "the request after Tab ran nothing on the engine"
+    # every engine run since is a prefetch (of what follows the answer after Tab), none the request's
+    assert status["engine"]["runs"] - before["engine"]["runs"] <= \
+        status["ahead"]["prefetches"] - before["ahead"]["prefetches"], "the request after Tab ran nothing on the engine"
 
 
 def session(client: SyncClient) -> tuple[list[list[str]], dict, bool]:
@@ -269,6 +275,44 @@ def test_suggestions_are_the_same_with_and_without_work_ahead_and_it_did_work():
     assert today_status["ahead"]["prefills"] == 0 and today_status["ahead"]["prefetches"] == 0
     assert ahead_status["ahead"]["prefills"] >= 3 and ahead_status["ahead"]["prefill_saved_tokens"] > 0
     assert ahead_status["engine"]["prefilled_tokens"] < today_status["engine"]["prefilled_tokens"]
+
+
+# Neighbour snippets: the first function shares words with both neighbours (both quoted, and kept
+# while they stay as good), the second only with BETA (30 lines below: out of the first's reach).
+ALPHA = "def alpha(alpha_one, alpha_two):\n    return alpha_one - alpha_two\n"
+BETA = "def beta(beta_one, beta_two):\n    return beta_one / beta_two\n"
+BOTH = ("def first(alpha_one, alpha_two, beta_one, beta_two):\n"
+        "    return alpha_one + alpha_two + beta_one + beta_two\n" + "\n" * 30 +
+        "def second(beta_one, beta_two):\n    return beta_one * beta_two\n")
+
+
+def test_work_ahead_never_changes_the_neighbour_snippets_a_later_prompt_quotes(tmp_path):
+    """A hint's warm in the second function quotes BETA alone; the request after it, back in the
+    first function, quotes what the request before the hint quoted (both neighbours, kept), as the
+    server without work ahead does: the prompts each backend received, logged, are the same."""
+    logs = {}
+    for name, options in (("today", TODAY), ("ahead", {"prefetch": False})):
+        logs[name] = tmp_path / f"{name}.jsonl"
+        client = SyncClient.spawn([sys.executable, "-m", "tests.support.prompt_log", str(logs[name]),
+                                   "--model", TINY, "--dtype", "float32"])
+        try:
+            client.start_session(options={"maxNewTokens": 8, "beam": 1, **options})
+            for uri, text in ((f"{A[:-8]}alpha.py", ALPHA), (f"{A[:-8]}beta.py", BETA), (A, BOTH)):
+                open_doc(client, uri, text)
+            inline(client, A, position_of(BOTH, "    return alpha_one"))
+            hint(client, A, position_of(BOTH, "    return beta_one * "))
+            until(client, settled, "the warm at the hint")
+            inline(client, A, position_of(BOTH, "    return alpha_one", after=False))
+        finally:
+            client.close()
+    prompts = {name: read_prompts(log) for name, log in logs.items()}
+    asked = {name: [r["prompt"] for r in logged if r["method"] == "complete"] for name, logged in prompts.items()}
+    warmed = [r["prompt"] for r in prompts["ahead"] if r["method"] == "warm"]
+    assert len(asked["today"]) == 2 and "alpha_one - alpha_two" in asked["today"][1] \
+        and "beta_one / beta_two" in asked["today"][1], "both neighbours, kept"
+    assert warmed and "beta_one / beta_two" in warmed[-1] and "alpha_one - alpha_two" not in warmed[-1], \
+        "the warm at the hint quoted BETA alone"
+    assert asked["ahead"] == asked["today"], "the warm changed what a later prompt quotes"
 
 
 def test_a_background_step_is_sized_to_take_about_a_tenth_of_a_second_at_the_measured_speed():
