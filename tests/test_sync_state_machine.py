@@ -83,6 +83,11 @@ def client_notebook(cells: list[str], index: int, offset: int) -> tuple[str, int
     return book, cursor
 
 
+def wire(position) -> dict:
+    """An lsprotocol Position as the server's JSON holds it."""
+    return {"line": position.line, "character": position.character}
+
+
 def snap(text: str, offset: int) -> int:
     """`offset` within the text and never between the \\r and \\n of one line break."""
     offset = max(0, min(offset, len(text)))
@@ -228,8 +233,7 @@ class SyncMachine(RuleBasedStateMachine):
         for previous in [m.snippets.get(key, ()), *self.maybe_pinned.pop(key, [])]:
             outcome = pipeline.complete(m.engine, key, doc, line, character, encoding=self.encoding, config=m.config,
                                         path=path, others=others, previous_snippets=previous, shown=shown)
-            want = [(item.insert_text, {"start": {"line": item.range.start.line, "character": item.range.start.character},
-                                        "end": {"line": item.range.end.line, "character": item.range.end.character}})
+            want = [(item.insert_text, {"start": wire(item.range.start), "end": wire(item.range.end)})
                     for item in m.record(key, outcome, text, offset).items]
             if first is None:
                 first = (want, outcome)
