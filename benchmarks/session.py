@@ -318,6 +318,22 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_modes(text: str) -> tuple[list[str], list[str]]:
+    """The modes a comma-separated `--modes` names (a mode's own name may hold commas: the longest
+    known name at each place is taken), and the pieces that name none."""
+    wanted, unknown, rest = [], [], text.strip()
+    while rest:
+        name = next((m for m in sorted(MODES, key=len, reverse=True)
+                     if rest == m or rest.startswith(m) and rest[len(m):].lstrip().startswith(",")), None)
+        if name is None:
+            name, _, _ = rest.partition(",")
+            unknown.append(name.strip())
+        else:
+            wanted.append(name)
+        rest = rest[len(name):].lstrip().removeprefix(",").strip()
+    return wanted, unknown
+
+
 def main(args) -> int:
     from benchmarks.cli import bench_model
     from engine.tokenizer import CheckpointTokenizer
@@ -334,8 +350,7 @@ def main(args) -> int:
     say(f"files of {[count(f.text) for f in files]} tokens; {len(events)} events, {planned:.0f} s per mode")
     serve = [sys.executable, "-m", "fim_lsp.cli", "serve", "--model", model, "--dtype", args.dtype,
              *(["--threads", str(args.threads)] if getattr(args, "threads", None) else [])]
-    wanted = [m.strip() for m in args.modes.split(",")] if args.modes else list(MODES)
-    unknown = [m for m in wanted if m not in MODES]
+    wanted, unknown = parse_modes(args.modes) if args.modes else (list(MODES), [])
     if unknown:
         print(f"fim-lsp bench session: unknown mode(s) {unknown}; known: {list(MODES)}", file=sys.stderr)
         return 2

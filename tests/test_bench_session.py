@@ -2,7 +2,7 @@
 import math
 
 from benchmarks.keystroke_replay import Problem
-from benchmarks.session import PAUSE_S, ModeResult, Pause, build_files, percentile, script, summarize
+from benchmarks.session import PAUSE_S, ModeResult, Pause, build_files, parse_modes, percentile, script, summarize
 
 
 def problems(n: int) -> list[Problem]:
@@ -47,3 +47,11 @@ def test_a_pause_with_no_answer_counts_as_never_in_the_percentiles():
     assert row["nothing_within_1s"] == 0.2 and row["first_p50_ms"] == 900.0 and row["warm_p50_ms"] == 300.0
     assert row["first_over_warm"] == 3.0 and row["cpu_s_per_min"] == 30.0
     assert percentile([], 50) is None
+
+
+def test_modes_whose_names_hold_commas_can_be_named():
+    assert parse_modes("+ idle prefill, hints,defaults (+ prefetch while shown)") == (
+        ["+ idle prefill, hints", "defaults (+ prefetch while shown)"], [])
+    assert parse_modes("today, + idle prefill, hints, two regions") == (
+        ["today", "+ idle prefill, hints, two regions"], [])
+    assert parse_modes("today,bogus, + adaptive wait") == (["today", "+ adaptive wait"], ["bogus"])
