@@ -50,7 +50,7 @@ class SlotStats:
     requests: int = 0
     reused: int = 0  # prompt tokens served from the slot's own K/V
     seeded: int = 0  # prompt tokens copied from another slot's K/V
-    prefilled: int = 0  # prompt tokens computed
+    prefilled: int = 0  # prompt tokens requests planned to compute (one cancelled mid-prefill computes fewer)
     warmed: int = 0  # prompt tokens computed ahead of a request (engine warm: idle prefill)
     evicted: int = 0  # times the slot was evicted for memory
 

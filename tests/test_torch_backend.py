@@ -352,3 +352,17 @@ def test_forwards_are_counted_and_a_cancelled_run_adds_only_the_one_in_flight(lo
         hook.remove()
     assert len(calls) == 3 and b.cache_stats()["forwards_after_cancel"] == 1
     assert b.cache_stats()["forwards"] == 1 + result.extra["decode_steps"] + 3
+
+
+def test_prefilled_tokens_counts_what_requests_computed_not_what_they_planned(loaded):
+    b = backend(loaded)
+    b.prefill_chunk = 8  # steps of 8 prompt tokens
+    request = CompletionRequest(DOC, fim_prompt(b, PREFIX, SUFFIX), max_new_tokens=4)
+    ids = b.tokenizer.encode(request.prompt)
+    with pytest.raises(Cancelled):  # superseded after two of its prefill chunks
+        b.complete(request, CancelAfter(2))
+    held = len(b.slot_tokens(DOC))
+    assert 0 < held < len(ids) and b.cache_stats()["prefilled_tokens"] == held
+    result = b.complete(request)  # the next one computes only the rest
+    assert result.reused_tokens == held
+    assert b.cache_stats()["prefilled_tokens"] == len(ids) == held + result.prefill_tokens

@@ -73,6 +73,7 @@ class TorchBackend:
         self.runs = 0  # requests that reached the model (a request cancelled while queued never does)
         self.forwards = 0  # model forwards that wrote K/V (prefill chunks, decode steps), warming included
         self.forwards_after_cancel = 0  # of those, begun after their request was cancelled (at most one each)
+        self.prompt_tokens_computed = 0  # prompt tokens requests wrote K/V for (a cancelled one: those before it stopped)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
@@ -105,7 +106,7 @@ class TorchBackend:
             self.runs += 1
             self.set_aside(request.doc_id, ids)
             kv, plan = self.prepare_slot(request.doc_id, ids, len(ids) + max(max_new - 1, 0))
-            written = self.recorder(request.doc_id, cancel)
+            written = self.recorder(request.doc_id, cancel, prompt_tokens=len(ids))
 
             try:
                 if beam:
@@ -166,10 +167,14 @@ class TorchBackend:
                 raise
             return end - plan.keep, target - end
 
-    def recorder(self, doc_id: DocId, cancel: CancelToken | None) -> Callable[[list[int]], None]:
-        """The `written` callback of one run: records the K/V tokens in the slot table and counts the forward."""
+    def recorder(self, doc_id: DocId, cancel: CancelToken | None,
+                 prompt_tokens: int = 0) -> Callable[[list[int]], None]:
+        """The `written` callback of one run: records the K/V tokens in the slot table and counts the
+        forward, and of a request's `prompt_tokens` those it computed (a warm counts its own)."""
 
         def written(part: list[int]) -> None:
+            held = len(self.table.slots[doc_id].cached_tokens)
+            self.prompt_tokens_computed += max(0, min(held + len(part), prompt_tokens) - held)
             self.table.append(doc_id, part)
             self.forwards += 1
             if cancel is not None and cancel.fired:
@@ -259,7 +264,7 @@ class TorchBackend:
                 "budget_bytes": self.table.budget_bytes,
                 "reused_tokens": sum(s.reused for s in stats),
                 "seeded_tokens": sum(s.seeded for s in stats),
-                "prefilled_tokens": sum(s.prefilled for s in stats),
+                "prefilled_tokens": self.prompt_tokens_computed,  # computed, not planned (SlotStats.prefilled)
                 "warmed_tokens": sum(s.warmed for s in stats),
                 "runs": self.runs,
                 "forwards": self.forwards,
