@@ -73,7 +73,7 @@ class TorchBackend:
         self.runs = 0  # requests that reached the model (a request cancelled while queued never does)
         self.forwards = 0  # model forwards that wrote K/V (prefill chunks, decode steps), warming included
         self.forwards_after_cancel = 0  # of those, begun after their request was cancelled (at most one each)
-        self.prompt_tokens_computed = 0  # prompt tokens requests wrote K/V for (a cancelled one: those before it stopped)
+        self.prompt_tokens_computed = 0  # prompt tokens requests wrote K/V for (a cancelled one: up to its stop)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
