@@ -324,7 +324,7 @@ def parse_modes(text: str) -> tuple[list[str], list[str]]:
     wanted, unknown, rest = [], [], text.strip()
     while rest:
         name = next((m for m in sorted(MODES, key=len, reverse=True)
-                     if rest == m or rest.startswith(m) and rest[len(m):].lstrip().startswith(",")), None)
+                     if rest == m or (rest.startswith(m) and rest[len(m):].lstrip().startswith(","))), None)
         if name is None:
             name, _, _ = rest.partition(",")
             unknown.append(name.strip())

@@ -50,7 +50,6 @@ class SlotStats:
     requests: int = 0
     reused: int = 0  # prompt tokens served from the slot's own K/V
     seeded: int = 0  # prompt tokens copied from another slot's K/V
-    prefilled: int = 0  # prompt tokens requests planned to compute (one cancelled mid-prefill computes fewer)
     warmed: int = 0  # prompt tokens computed ahead of a request (engine warm: idle prefill)
     evicted: int = 0  # times the slot was evicted for memory
 
@@ -191,8 +190,6 @@ class SlotTable:
             self.reuse(doc_id, keep)
         if warming:
             stats.warmed += max(len(tokens) - 1 - keep, 0)
-        else:
-            stats.prefilled += len(tokens) - keep
         return Plan(doc_id=doc_id, keep=keep, reused=own if source is None else 0, seed_from=source,
                     capacity=capacity, evict=tuple(victims))
 

@@ -71,7 +71,7 @@ def test_reuse_is_the_longest_common_prefix_and_leaves_one_token_to_run(hash_nam
     plan = t.plan(A, [1, 2, 3, 4, 5, 60, 9], total_tokens=12)  # identical prompt: recompute the last token
     assert plan.keep == 6
     stats = t.stats[A]
-    assert (stats.requests, stats.reused, stats.prefilled, stats.seeded) == (3, 12, 5 + 1 + 1, 0)
+    assert (stats.requests, stats.reused, stats.seeded) == (3, 12, 0)
 
 
 @pytest.mark.parametrize("hash_name", sorted(HASHES))
@@ -97,7 +97,7 @@ def test_a_new_document_with_the_same_leading_blocks_is_seeded_by_copy(hash_name
     plan = t.plan(B, header + [1, 2, 99, 98], 16)
     assert (plan.seed_from, plan.keep, plan.reused) == (A, 10, 0)
     assert t.slots[B].cached_tokens == header + [1, 2]
-    assert t.stats[B].seeded == 10 and t.stats[B].prefilled == 2
+    assert t.stats[B].seeded == 10
     plan = t.plan(C, [5, 6, 7, 0] + header, 16)  # first block differs: nothing to seed
     assert (plan.seed_from, plan.keep) == (None, 0)
 
@@ -203,4 +203,4 @@ def test_one_region_never_sets_aside_and_warming_is_counted_apart():
     t.append(A, list(range(10, 22)))
     assert t.set_aside(A, R, list(range(50, 62))) is False and R not in t.slots
     t.plan(B, list(range(30, 40)), 16, warming=True)
-    assert (t.stats[B].requests, t.stats[B].prefilled, t.stats[B].warmed) == (0, 0, 9)
+    assert (t.stats[B].requests, t.stats[B].warmed) == (0, 9)

@@ -264,7 +264,7 @@ class TorchBackend:
                 "budget_bytes": self.table.budget_bytes,
                 "reused_tokens": sum(s.reused for s in stats),
                 "seeded_tokens": sum(s.seeded for s in stats),
-                "prefilled_tokens": self.prompt_tokens_computed,  # computed, not planned (SlotStats.prefilled)
+                "prefilled_tokens": self.prompt_tokens_computed,
                 "warmed_tokens": sum(s.warmed for s in stats),
                 "runs": self.runs,
                 "forwards": self.forwards,
